@@ -1,0 +1,88 @@
+"""The Celery application: JSON only, late acks, one reservation per process.
+
+Every setting here answers a pitfall listed in the project notes: late acks
+with requeue on worker loss (nothing lost when a pool process is killed),
+prefetch 1, the visibility timeout set in all three places Celery and kombu
+read it, results that outlive the longest run, and task events for Flower.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from sage_tasks.config import Settings
+
+TASK_RUN = "sage.run_ticket"
+TASK_COMMIT = "sage.commit_ticket"
+TASK_BATCH_DONE = "sage.batch_done"
+TASK_PREPARE = "sage.prepare_run"
+
+
+def _ssl_options(url: str) -> dict[str, Any] | None:
+    """``rediss://`` URLs without ``ssl_cert_reqs`` get certificate checks on by default."""
+    if not url.startswith("rediss://") or "ssl_cert_reqs" in url:
+        return None
+    import ssl
+
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
+def make_app(settings: Settings) -> Celery:
+    """A configured Celery app with sage-tasks' tasks registered on it."""
+    app = Celery("sage_tasks", broker=settings.broker_url, backend=settings.backend_url)
+    vt = int(settings.vt)
+    transport = {
+        "visibility_timeout": vt,
+        # kombu restores unacked messages of dead workers only on a periodic
+        # scan; make it look at least as often as the visibility timeout needs
+        "unacked_restore_limit": 100,
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+        "retry_on_timeout": True,
+    }
+    app.conf.update(
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        worker_deduplicate_successful_tasks=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options=transport,
+        result_backend_transport_options={"visibility_timeout": vt},
+        visibility_timeout=vt,
+        result_expires=settings.result_expires,
+        result_extended=True,
+        task_track_started=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_default_queue=settings.ticket_queue,
+        task_routes={
+            "sage.run_ticket": {"queue": settings.ticket_queue},
+        },
+        worker_hijack_root_logger=False,
+        broker_channel_error_retry=True,
+        redis_socket_keepalive=True,
+        redis_backend_health_check_interval=10,
+        redis_retry_on_timeout=True,
+    )
+    broker_ssl = _ssl_options(settings.broker_url)
+    if broker_ssl:
+        app.conf.broker_use_ssl = broker_ssl
+    backend_ssl = _ssl_options(settings.backend_url)
+    if backend_ssl:
+        app.conf.redis_backend_use_ssl = backend_ssl
+    app.sage_settings = settings  # type: ignore[attr-defined]
+
+    from sage_tasks.tasks import register_tasks
+
+    register_tasks(app)
+    return app

@@ -1,0 +1,128 @@
+"""The commit queue's work: turn a ticket's outcome into exactly one commit.
+
+Under the repository's Redis lock, :class:`~sage_tasks.gitops.CommitTarget`
+applies the patch with a 3-way merge into a temporary index and moves the
+branch with a compare-and-swap; a conflict commits only the index change
+that marks the ticket DEFERRED. The lock keeps writers apart; the CAS and the
+trailer check make a lost lock or a second delivery harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sage_tasks import keys
+from sage_tasks.core.index import State
+from sage_tasks.errors import SageError
+from sage_tasks.gitops import CommitTarget
+from sage_tasks.lock import CommitLock
+from sage_tasks.runstate import FINAL_PHASES, Phase
+from sage_tasks.runtime import Runtime
+from sage_tasks.ticket_runner import check_ids
+
+log = logging.getLogger(__name__)
+
+#: how long the single commit slot waits for the lock before retrying later
+LOCK_WAIT_S = 2.0
+
+
+class RepositoryRefused(SageError):
+    """A commit task names a repository this commit worker was not started for."""
+
+
+def committed(ticket_id: str, state: str) -> dict[str, Any]:
+    """``commit_ticket``'s result: deterministic, so a duplicate adds nothing to the chord."""
+    return {"ticket": ticket_id, "state": state}
+
+
+def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict[str, Any]:
+    """Commit one ticket's outcome to the run's branch (at most once)."""
+    check_ids(run_id, ticket_id)
+    store = rt.store
+    info = store.get(run_id)
+    if info is None:
+        return committed(ticket_id, "LOST")
+    if not rt.serves(info.repo):
+        raise RepositoryRefused(
+            f"refused: ticket {ticket_id} of run {run_id} names repository {info.repo!r}, "
+            f"this commit worker serves {sorted(rt.repo_identities)}", tickets=(ticket_id,))
+    if not isinstance(result, dict) or result.get("ticket") != ticket_id:
+        raise SageError(f"refused: malformed outcome for ticket {ticket_id}", tickets=(ticket_id,))
+    record = store.ticket(run_id, ticket_id)
+    if record.get("state") in FINAL_PHASES:
+        return committed(ticket_id, record["state"])
+    kind = result.get("outcome")
+    if kind == "done":
+        return committed(ticket_id, str(result.get("state", "")))
+    if kind == "lost":
+        return committed(ticket_id, "LOST")
+    if kind == "blocked":
+        store.finish_ticket(run_id, ticket_id, Phase.BLOCKED, reason=str(result.get("reason", "")))
+        return committed(ticket_id, Phase.BLOCKED.value)
+
+    patch: bytes | None = None
+    reason: str | None = None
+    if kind == "ok":
+        state = State.COMPLETED
+        digest = str(result.get("patch") or "")
+        if digest:
+            patch = store.get_patch(run_id, digest)
+            if patch is None:
+                state, reason = State.DEFERRED, "its patch is gone from Redis"
+    else:
+        state = State.DEFERRED
+        reason = str(result.get("reason") or "failed")
+        output = str(result.get("output") or "").strip()
+        if output:
+            reason = f"{reason}; output ends: {output[-1500:]}"
+
+    assert rt.repo_path is not None
+    title = record.get("title", "")
+    target = CommitTarget(rt.repo_path, info.branch, info.index_path)
+    lock = CommitLock(rt.redis, keys.commit_lock(info.repo), lease=rt.settings.lock_lease)
+    lock.acquire(blocking_timeout=LOCK_WAIT_S)
+    try:
+        rt.inject("commit-locked")
+        res = target.commit(ticket_id, title, run_id, patch, state, reason,
+                            before_update_ref=lambda: rt.inject("before-update-ref"))
+    finally:
+        lock.release()
+    final = Phase(res.state.value if isinstance(res.state, State) else str(res.state))
+    final_reason = reason or ""
+    if res.conflicts:
+        final_reason = "merge conflict in: " + ", ".join(res.conflicts)
+    store.finish_ticket(run_id, ticket_id, final, reason=final_reason, commit=res.sha)
+    store.update(run_id, head=res.sha)
+    log.info("ticket %s %s at %s%s", ticket_id, final.value, res.sha[:12],
+             " (already committed)" if res.already else "")
+    return committed(ticket_id, final.value)
+
+
+def prepare_run(rt: Runtime, run_id: str) -> bool:
+    """Create (or resume) the run's branch; True when the run may send its first batch."""
+    from sage_tasks.gitops import prepare_branch
+    from sage_tasks.runstate import RunStatus
+
+    store = rt.store
+    info = store.get(run_id)
+    if info is None or info.status != RunStatus.SUBMITTED:
+        return False
+    if not rt.serves(info.repo):
+        raise RepositoryRefused(
+            f"refused: run {run_id} names repository {info.repo!r}, "
+            f"this commit worker serves {sorted(rt.repo_identities)}")
+    assert rt.repo_path is not None
+    try:
+        branch = prepare_branch(rt.repo_path, info.branch, info.base,
+                                allow_main=bool(info.extra.get("allow_main")))
+    except SageError as exc:
+        store.finish(run_id, info.repo, status=RunStatus.FAILED, error=str(exc))
+        return False
+    if not store.claim_batch_done(run_id, -1):
+        return False
+    import time
+
+    store.update(run_id, status=RunStatus.RUNNING.value, started=time.time(),
+                 base_sha=branch.head_sha, head=branch.head_sha)
+    return True

@@ -1,0 +1,124 @@
+"""Turn a plan into Celery chords, one group at a time.
+
+The plan is stored with the run in Redis; the producer sends only
+``prepare_run`` to the repository's commit queue, which prepares the branch
+and sends the first group's chord. Each chord's body, the batch barrier,
+sends the next one. The whole chain is never built as one canvas: its
+messages would grow with the square of the number of batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from celery import Celery, chord, group
+from celery.canvas import Signature
+
+from sage_tasks.celery_app import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
+from sage_tasks.runstate import Phase, RunInfo, RunStatus
+from sage_tasks.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def ticket_chain(app: Celery, run_id: str, ticket_id: str, commit_queue: str) -> Signature:
+    """``run_ticket`` then ``commit_ticket`` for one ticket; the run task is immutable."""
+    run = app.signature(TASK_RUN, args=(run_id, ticket_id), immutable=True)
+    commit = app.signature(TASK_COMMIT, args=(run_id, ticket_id), queue=commit_queue)
+    return run | commit
+
+
+def commit_only(app: Celery, result: dict[str, Any], run_id: str, ticket_id: str,
+                commit_queue: str) -> Signature:
+    """Send a ticket's stored outcome to the commit queue again."""
+    return app.signature(TASK_COMMIT, args=(result, run_id, ticket_id), queue=commit_queue,
+                         immutable=True)
+
+
+def submit(app: Celery, rt: Runtime, info: RunInfo, plan_json: str,
+           tickets: dict[str, dict[str, str]]) -> None:
+    """Store the run and ask its repository's commit worker to start it."""
+    rt.store.create(info, plan_json, tickets)
+    app.send_task(TASK_PREPARE, args=(info.run_id,), queue=info.commit_queue)
+
+
+def batches_of(rt: Runtime, run_id: str) -> list[list[str]]:
+    """The groups of the run's stored plan."""
+    raw = rt.store.plan_json(run_id)
+    if raw is None:
+        return []
+    batches: list[list[str]] = json.loads(raw)["batches"]
+    return batches
+
+
+def advance(app: Celery, rt: Runtime, run_id: str, start: int) -> None:
+    """Send the first group from ``start`` on that still has tickets to run, or end the run.
+
+    Tickets whose dependencies ended DEFERRED or BLOCKED are marked BLOCKED
+    here instead of being sent; a group left empty is passed over.
+    """
+    store = rt.store
+    info = store.get(run_id)
+    if info is None:
+        log.warning("run %s is gone from Redis; nothing to advance", run_id)
+        return
+    batches = batches_of(rt, run_id)
+    index = start
+    while index < len(batches):
+        ticket_ids = batches[index]
+        records = store.tickets(run_id, ticket_ids)
+        send: list[str] = []
+        for tid in ticket_ids:
+            rec = records[tid]
+            if rec.get("state") in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED):
+                continue
+            reason = _blocking_reason(rt, run_id, json.loads(rec.get("deps", "[]")))
+            if reason:
+                store.finish_ticket(run_id, tid, Phase.BLOCKED, reason=reason)
+            else:
+                send.append(tid)
+        if send:
+            _send_group(app, rt, info, index, send)
+            return
+        store.record_batch(run_id, index, tickets=ticket_ids, sent=time.time(), ended=time.time())
+        store.claim_batch_done(run_id, index)
+        index += 1
+    store.finish(run_id, info.repo, status=RunStatus.FINISHED)
+    log.info("run %s finished", run_id)
+
+
+def _blocking_reason(rt: Runtime, run_id: str, deps: list[str]) -> str:
+    if not deps:
+        return ""
+    records = rt.store.tickets(run_id, deps)
+    for dep in deps:
+        state = records[dep].get("state", "")
+        if state in (Phase.DEFERRED, Phase.BLOCKED):
+            return f"dependency {dep} is {state}"
+    return ""
+
+
+def _send_group(app: Celery, rt: Runtime, info: RunInfo, index: int, ticket_ids: list[str]) -> None:
+    run_id = info.run_id
+    header = group(ticket_chain(app, run_id, tid, info.commit_queue) for tid in ticket_ids)
+    body = app.signature(TASK_BATCH_DONE, args=(run_id, index), queue=info.commit_queue,
+                         immutable=True)
+    rt.store.mark_queued(run_id, ticket_ids, index)
+    rt.store.record_batch(run_id, index, tickets=ticket_ids, sent=time.time())
+    rt.store.update(run_id, batch=index, status=RunStatus.RUNNING.value)
+    result = chord(header)(body)
+    rt.store.record_batch(run_id, index, chord=result.id,
+                          group=getattr(result.parent, "id", None) or "")
+    log.info("run %s: sent batch %d (%d tickets)", run_id, index + 1, len(ticket_ids))
+
+
+def finish_batch(app: Celery, rt: Runtime, run_id: str, index: int) -> bool:
+    """The batch barrier: record the batch and send the next group (once per batch)."""
+    if not rt.store.claim_batch_done(run_id, index):
+        return False
+    rt.store.record_batch(run_id, index, ended=time.time())
+    advance(app, rt, run_id, index + 1)
+    return True

@@ -1,0 +1,269 @@
+"""A run's record in Redis: the plan, each ticket's progress, the outcome.
+
+Workers write it as tickets move; ``sage-submit --wait`` and ``status`` read
+it; the supervisor uses it to find lost tickets and stalled batches. Every
+key name comes from :mod:`sage_tasks.keys`, and every key carries a TTL so a
+finished run leaves nothing behind forever.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from sage_tasks import keys
+
+
+class Phase(StrEnum):
+    """Where a ticket is in a run; the last three are final."""
+
+    PENDING = "PENDING"  # planned, not yet sent
+    QUEUED = "QUEUED"  # sent to the ticket queue
+    RUNNING = "RUNNING"  # its command runs on a worker
+    RAN = "RAN"  # ran; its result waits for the commit queue
+    COMPLETED = "COMPLETED"
+    DEFERRED = "DEFERRED"
+    BLOCKED = "BLOCKED"
+
+
+FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED})
+
+
+class RunStatus(StrEnum):
+    """A run's life: submitted, running its batches, then finished."""
+
+    SUBMITTED = "SUBMITTED"
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"  # could not start (e.g. the branch could not be prepared)
+
+
+@dataclass
+class RunInfo:
+    """The run's own record: what it runs, where, and how far it has come."""
+
+    run_id: str
+    repo: str  # identity the commit worker checks (its path or URL)
+    repo_url: str  # what ticket workers fetch from
+    branch: str
+    base: str
+    index_path: str
+    commit_queue: str
+    executor: str | None
+    ticket_timeout: float
+    batches: int
+    tickets: int
+    to_run: int
+    created: float
+    status: str = RunStatus.SUBMITTED.value
+    batch: int = -1
+    base_sha: str = ""
+    head: str = ""
+    started: float = 0.0
+    ended: float = 0.0
+    error: str = ""
+    submitted_by: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_hash(self) -> dict[str, str]:
+        """Field -> string, as stored in the run's Redis hash."""
+        out: dict[str, str] = {}
+        for k, v in asdict(self).items():
+            out[k] = json.dumps(v)
+        return out
+
+    @classmethod
+    def from_hash(cls, data: Mapping[bytes, bytes]) -> RunInfo:
+        """Read back what :meth:`to_hash` stored; unknown fields are ignored."""
+        names = set(cls.__dataclass_fields__)
+        values: dict[str, Any] = {}
+        for k, v in data.items():
+            name = k.decode()
+            if name in names:
+                values[name] = json.loads(v)
+        return cls(**values)
+
+
+def _decode(data: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode(errors="replace") for k, v in data.items()}
+
+
+class RunStore:
+    """Reads and writes run records in one Redis database."""
+
+    def __init__(self, client: redis.Redis, *, ttl: int):
+        self.r = client
+        self.ttl = ttl
+
+    # -- the run ---------------------------------------------------------------
+
+    def create(self, info: RunInfo, plan_json: str, tickets: Mapping[str, Mapping[str, str]]) -> None:
+        """Store a new run: its record, its plan and a record per ticket."""
+        pipe = self.r.pipeline(transaction=True)
+        key = keys.run(info.run_id)
+        pipe.hset(key, mapping={**info.to_hash(), "plan": plan_json})
+        pipe.expire(key, self.ttl)
+        for tid, fields in tickets.items():
+            tkey = keys.ticket(info.run_id, tid)
+            pipe.hset(tkey, mapping=dict(fields))
+            pipe.expire(tkey, self.ttl)
+            state = fields.get("state")
+            if state in {p.value for p in FINAL_PHASES}:
+                pipe.hset(keys.final(info.run_id), tid, state)
+        pipe.expire(keys.final(info.run_id), self.ttl)
+        pipe.zadd(keys.RUNS, {info.run_id: info.created})
+        pipe.sadd(keys.active_runs(info.repo), info.run_id)
+        pipe.execute()
+
+    def get(self, run_id: str) -> RunInfo | None:
+        """The run's record, or None when Redis does not know it (anymore)."""
+        data = self.r.hgetall(keys.run(run_id))
+        if not data:
+            return None
+        data.pop(b"plan", None)
+        return RunInfo.from_hash(data)
+
+    def plan_json(self, run_id: str) -> str | None:
+        """The plan stored with the run."""
+        raw = self.r.hget(keys.run(run_id), "plan")
+        return None if raw is None else raw.decode()
+
+    def exists(self, run_id: str) -> bool:
+        return bool(self.r.exists(keys.run(run_id)))
+
+    def update(self, run_id: str, **fields: Any) -> None:
+        """Set some fields of the run's record (only when the run still exists)."""
+        key = keys.run(run_id)
+        if not self.r.exists(key):
+            return
+        self.r.hset(key, mapping={k: json.dumps(v) for k, v in fields.items()})
+
+    def latest(self) -> str | None:
+        """The id of the most recently submitted run."""
+        ids = self.r.zrevrange(keys.RUNS, 0, 0)
+        return ids[0].decode() if ids else None
+
+    def active(self, repo: str) -> list[str]:
+        """Unfinished runs of one repository."""
+        return sorted(m.decode() for m in self.r.smembers(keys.active_runs(repo)))
+
+    def finish(self, run_id: str, repo: str, *, status: RunStatus, error: str = "") -> None:
+        """Mark the run ended and start the countdown on all its keys."""
+        self.update(run_id, status=status.value, ended=time.time(), error=error)
+        self.r.srem(keys.active_runs(repo), run_id)
+        self.r.zremrangebyscore(keys.RUNS, "-inf", time.time() - self.ttl)
+        for key in self.r.scan_iter(match=keys.run_keys_pattern(run_id), count=500):
+            self.r.expire(key, self.ttl)
+
+    # -- tickets -----------------------------------------------------------------
+
+    def ticket(self, run_id: str, ticket_id: str) -> dict[str, str]:
+        """One ticket's record (empty when unknown)."""
+        return _decode(self.r.hgetall(keys.ticket(run_id, ticket_id)))
+
+    def tickets(self, run_id: str, ticket_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """Several tickets' records in one round trip."""
+        ids = list(ticket_ids)
+        pipe = self.r.pipeline(transaction=False)
+        for tid in ids:
+            pipe.hgetall(keys.ticket(run_id, tid))
+        return {tid: _decode(d) for tid, d in zip(ids, pipe.execute(), strict=True)}
+
+    def finals(self, run_id: str) -> dict[str, str]:
+        """Ticket id -> final state for every ticket finished so far."""
+        return _decode(self.r.hgetall(keys.final(run_id)))
+
+    def running(self, run_id: str) -> list[str]:
+        return sorted(m.decode() for m in self.r.smembers(keys.running(run_id)))
+
+    def set_ticket(self, run_id: str, ticket_id: str, **fields: Any) -> None:
+        key = keys.ticket(run_id, ticket_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def mark_queued(self, run_id: str, ticket_ids: Iterable[str], batch: int) -> None:
+        now = str(time.time())
+        pipe = self.r.pipeline(transaction=False)
+        for tid in ticket_ids:
+            key = keys.ticket(run_id, tid)
+            pipe.hset(key, mapping={"state": Phase.QUEUED.value, "queued": now, "batch": str(batch)})
+        pipe.execute()
+
+    def start_ticket(self, run_id: str, ticket_id: str, host: str, *, deaths: int = 0) -> None:
+        """Record that a worker took the ticket (``deaths``: workers lost on it so far)."""
+        key = keys.ticket(run_id, ticket_id)
+        now = str(time.time())
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(key, "deliveries", 1)
+        pipe.hset(key, mapping={"state": Phase.RUNNING.value, "host": host, "started": now,
+                                "heartbeat": now, "deaths": str(deaths)})
+        pipe.sadd(keys.running(run_id), ticket_id)
+        pipe.expire(keys.running(run_id), self.ttl)
+        pipe.execute()
+
+    def count_attempt(self, run_id: str, ticket_id: str) -> int:
+        """Record that the ticket's command is started once more; returns the count."""
+        return int(self.r.hincrby(keys.ticket(run_id, ticket_id), "attempts", 1))
+
+    def heartbeat(self, run_id: str, ticket_id: str) -> None:
+        self.r.hset(keys.ticket(run_id, ticket_id), "heartbeat", str(time.time()))
+
+    def ran(self, run_id: str, ticket_id: str, result: Mapping[str, Any]) -> None:
+        """The command ended; its result now waits for the commit queue."""
+        key = keys.ticket(run_id, ticket_id)
+        now = time.time()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(key, mapping={"state": Phase.RAN.value, "ran": str(now),
+                                "result": json.dumps(dict(result)),
+                                "duration": str(result.get("duration_s", 0.0))})
+        pipe.srem(keys.running(run_id), ticket_id)
+        pipe.execute()
+
+    def finish_ticket(self, run_id: str, ticket_id: str, state: Phase, *, reason: str = "",
+                      commit: str = "") -> None:
+        """The ticket's final state (COMPLETED, DEFERRED or BLOCKED)."""
+        key = keys.ticket(run_id, ticket_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(key, mapping={"state": state.value, "ended": str(time.time()),
+                                "reason": reason, "commit": commit})
+        pipe.hset(keys.final(run_id), ticket_id, state.value)
+        pipe.srem(keys.running(run_id), ticket_id)
+        pipe.execute()
+
+    # -- patches -------------------------------------------------------------------
+
+    def put_patch(self, run_id: str, digest: str, data: bytes) -> None:
+        self.r.set(keys.patch(run_id, digest), data, ex=self.ttl)
+
+    def get_patch(self, run_id: str, digest: str) -> bytes | None:
+        data = self.r.get(keys.patch(run_id, digest))
+        return None if data is None else bytes(data)
+
+    # -- batches ---------------------------------------------------------------------
+
+    def record_batch(self, run_id: str, index: int, **fields: Any) -> None:
+        key = keys.batch(run_id, index)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(key, mapping={k: json.dumps(v) for k, v in fields.items()})
+        pipe.expire(key, self.ttl)
+        pipe.execute()
+
+    def batch(self, run_id: str, index: int) -> dict[str, Any]:
+        data = self.r.hgetall(keys.batch(run_id, index))
+        return {k.decode(): json.loads(v) for k, v in data.items()}
+
+    def claim_batch_done(self, run_id: str, index: int) -> bool:
+        """True for the one caller that gets to finish this batch (SET NX)."""
+        return bool(self.r.set(keys.batch_done(run_id, index), str(time.time()), nx=True,
+                               ex=self.ttl))
+
+    def batch_is_done(self, run_id: str, index: int) -> bool:
+        return bool(self.r.exists(keys.batch_done(run_id, index)))

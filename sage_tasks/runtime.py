@@ -1,0 +1,75 @@
+"""What a task needs at hand in a worker process: settings, Redis, the run store.
+
+One :class:`Runtime` hangs off the Celery app. Its Redis client is made
+lazily in each process (prefork children must not share their parent's
+sockets), and a commit worker records here which repository it serves.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from sage_tasks.config import Settings
+from sage_tasks.runstate import RunStore
+
+
+@dataclass
+class Runtime:
+    """Per-process context for the tasks of one Celery app."""
+
+    settings: Settings
+    hostname: str = field(default_factory=socket.gethostname)
+    #: the repository a commit worker was started for (None on ticket workers)
+    repo_path: Path | None = None
+    #: identities (resolved path, URLs) under which that repository may be named
+    repo_identities: frozenset[str] = frozenset()
+    #: a test-only hook point name (``SAGE_FAULT``)
+    fault: str | None = None
+    _client: redis.Redis | None = field(default=None, repr=False)
+    _pid: int = field(default=0, repr=False)
+
+    @property
+    def redis(self) -> redis.Redis:
+        """A Redis client for the result backend, made once per process."""
+        if self._client is None or self._pid != os.getpid():
+            self._client = redis.Redis.from_url(
+                self.settings.backend_url,
+                socket_connect_timeout=5,
+                socket_timeout=30,
+                socket_keepalive=True,
+                health_check_interval=10,
+                retry_on_timeout=True,
+            )
+            self._pid = os.getpid()
+        return self._client
+
+    @property
+    def store(self) -> RunStore:
+        return RunStore(self.redis, ttl=self.settings.result_expires)
+
+    def serve(self, repo_path: Path, urls: tuple[str, ...] = ()) -> None:
+        """Make this process the commit worker of ``repo_path`` (also known by ``urls``)."""
+        resolved = repo_path.resolve()
+        self.repo_path = resolved
+        self.repo_identities = frozenset({str(resolved), *urls})
+
+    def serves(self, repo: str) -> bool:
+        """True when a task naming ``repo`` is for this commit worker's repository."""
+        if not self.repo_identities:
+            return False
+        if repo in self.repo_identities:
+            return True
+        try:
+            return str(Path(repo).resolve()) in self.repo_identities
+        except (OSError, RuntimeError):
+            return False
+
+    def inject(self, point: str) -> None:
+        """A fault-injection point: with ``SAGE_FAULT=<point>`` the process dies here."""
+        if self.fault == point:
+            os._exit(137)

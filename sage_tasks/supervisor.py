@@ -1,0 +1,146 @@
+"""The run supervisor: one per repository, inside its commit worker.
+
+The Redis transport can lose a message outright (popped, then the worker's
+connection dropped before it recorded the delivery), and a batch's chord can
+lose its state. The supervisor does not depend on the producer waiting: on a
+timer it looks at each unfinished run of its repository and
+
+- sends a ticket again when no worker has run or heartbeated it for the
+  visibility timeout (the commit is idempotent, so a late duplicate is
+  harmless);
+- sends a ticket's stored outcome to the commit queue again when it has
+  waited that long for its commit;
+- finishes a batch whose tickets are all final but whose barrier never ran.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from celery import Celery, bootsteps
+
+from sage_tasks import producer
+from sage_tasks.celery_app import TASK_PREPARE
+from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
+from sage_tasks.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class Supervisor:
+    """Finds lost tickets and stalled batches of the runs of one repository."""
+
+    def __init__(self, app: Celery, rt: Runtime):
+        self.app = app
+        self.rt = rt
+
+    @property
+    def grace(self) -> float:
+        """How long a finished batch may wait for its chord body before we finish it."""
+        return max(10.0, 3 * self.rt.settings.supervisor_interval)
+
+    def tick(self) -> None:
+        """Look at every unfinished run once; never raises."""
+        try:
+            store = self.rt.store
+            runs = {r for ident in self.rt.repo_identities for r in store.active(ident)}
+            for run_id in sorted(runs):
+                self.check_run(run_id)
+        except Exception:
+            log.warning("supervisor pass failed", exc_info=True)
+
+    def check_run(self, run_id: str) -> None:
+        store = self.rt.store
+        info = store.get(run_id)
+        if info is None:
+            return
+        now = time.time()
+        vt = self.rt.settings.vt
+        if info.status == RunStatus.SUBMITTED:
+            if now - info.created > vt:
+                log.warning("run %s: not started after %.0f s; asking again", run_id, vt)
+                store.update(run_id, created=now)
+                self.app.send_task(TASK_PREPARE, args=(run_id,), queue=info.commit_queue)
+            return
+        if info.status != RunStatus.RUNNING:
+            return
+        if info.batch < 0:
+            if now - info.started > self.grace:
+                log.warning("run %s: started but no batch sent; sending the first", run_id)
+                producer.advance(self.app, self.rt, run_id, 0)
+            return
+        self.check_batch(info, info.batch, now)
+
+    def check_batch(self, info: RunInfo, index: int, now: float) -> None:
+        store = self.rt.store
+        run_id = info.run_id
+        batch = store.batch(run_id, index)
+        ticket_ids: list[str] = batch.get("tickets", [])
+        records = store.tickets(run_id, ticket_ids)
+        pending = [t for t in ticket_ids if records[t].get("state") not in FINAL_PHASES]
+        if not pending:
+            if store.batch_is_done(run_id, index):
+                return
+            last = max((float(records[t].get("ended") or 0) for t in ticket_ids), default=0.0)
+            if now - last > self.grace:
+                log.warning("run %s: batch %d finished but its barrier never ran; finishing it",
+                            run_id, index + 1)
+                producer.finish_batch(self.app, self.rt, run_id, index)
+            return
+        vt = self.rt.settings.vt
+        for tid in pending:
+            self.check_ticket(info, tid, records[tid], now, vt)
+
+    def check_ticket(self, info: RunInfo, tid: str, rec: dict[str, str], now: float,
+                     vt: float) -> None:
+        store = self.rt.store
+        run_id = info.run_id
+        state = rec.get("state", "")
+        if state == Phase.QUEUED:
+            since = max(float(rec.get("queued") or 0), float(rec.get("resent") or 0))
+            if now - since > vt:
+                log.warning("run %s: ticket %s not taken for %.0f s; sending it again",
+                            run_id, tid, now - since)
+                store.set_ticket(run_id, tid, resent=now)
+                producer.ticket_chain(self.app, run_id, tid, info.commit_queue).apply_async()
+        elif state == Phase.RUNNING:
+            beat = max(float(rec.get("heartbeat") or 0), float(rec.get("resent") or 0))
+            if now - beat > vt:
+                log.warning("run %s: ticket %s silent for %.0f s; sending it again",
+                            run_id, tid, now - beat)
+                store.set_ticket(run_id, tid, resent=now)
+                producer.ticket_chain(self.app, run_id, tid, info.commit_queue).apply_async()
+        elif state == Phase.RAN:
+            ran = float(rec.get("ran") or 0)
+            if now - ran > vt and rec.get("result"):
+                log.warning("run %s: ticket %s waited %.0f s for its commit; sending it again",
+                            run_id, tid, now - ran)
+                store.set_ticket(run_id, tid, ran=now)
+                result: dict[str, Any] = json.loads(rec["result"])
+                producer.commit_only(self.app, result, run_id, tid, info.commit_queue).apply_async()
+
+
+def install(app: Celery, rt: Runtime) -> None:
+    """Run a :class:`Supervisor` on the worker's timer (a consumer bootstep)."""
+    supervisor = Supervisor(app, rt)
+    interval = rt.settings.supervisor_interval
+
+    class SupervisorStep(bootsteps.StartStopStep):
+        requires = {"celery.worker.consumer.tasks:Tasks"}
+
+        def __init__(self, parent: Any, **kwargs: Any) -> None:
+            super().__init__(parent, **kwargs)
+            self.tref: Any = None
+
+        def start(self, c: Any) -> None:
+            self.tref = c.timer.call_repeatedly(interval, supervisor.tick, priority=10)
+
+        def stop(self, c: Any) -> None:
+            if self.tref is not None:
+                self.tref.cancel()
+                self.tref = None
+
+    app.steps["consumer"].add(SupervisorStep)

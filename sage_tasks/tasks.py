@@ -1,0 +1,95 @@
+"""The Celery tasks: thin wrappers that handle retries and call the logic elsewhere.
+
+``sage.run_ticket`` runs on the ``tickets`` queue; ``sage.commit_ticket``,
+``sage.batch_done`` and ``sage.prepare_run`` on the repository's commit queue.
+Expected transient failures (a busy lock, a branch that moved, a dependency
+not yet visible, Redis or git hiccups) retry with exponential backoff and
+jitter; after the last retry the ticket is DEFERRED with the reason, so an
+infrastructure fault never stalls a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Celery, Task
+
+from sage_tasks import committer, producer, ticket_runner
+from sage_tasks.celery_app import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
+from sage_tasks.errors import GitError, Retryable, SageError
+from sage_tasks.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: transient errors are retried this often before the ticket is given up on
+MAX_INFRA_RETRIES = 8
+#: a busy lock or a moved branch is normal on the commit queue: retry for long
+MAX_COMMIT_RETRIES = 200
+
+
+def backoff(retries: int, *, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter (never exactly zero)."""
+    return random.uniform(base / 2, min(cap, base * 2**retries))
+
+
+def runtime(app: Celery) -> Runtime:
+    rt: Runtime | None = getattr(app, "sage_runtime", None)
+    if rt is None:
+        rt = Runtime(app.sage_settings)  # type: ignore[attr-defined]
+        rt.fault = rt.settings.fault
+        app.sage_runtime = rt  # type: ignore[attr-defined]
+    return rt
+
+
+def register_tasks(app: Celery) -> None:
+    """Register sage-tasks' tasks on ``app``."""
+
+    @app.task(name=TASK_RUN, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def run_ticket(self: Task, run_id: str, ticket_id: str) -> dict[str, Any]:
+        rt = runtime(app)
+        if isinstance(self.request.hostname, str) and self.request.hostname:
+            rt.hostname = self.request.hostname
+        try:
+            return ticket_runner.run_ticket(rt, run_id, ticket_id)
+        except (Retryable, GitError, OSError, ConnectionError) as exc:
+            return _retry_or_give_up(self, exc, ticket_id)
+        except SageError as exc:
+            log.error("%s", exc)
+            return ticket_runner.outcome(ticket_id, "failed", reason=str(exc))
+
+    @app.task(name=TASK_COMMIT, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def commit_ticket(self: Task, result: Any, run_id: str, ticket_id: str) -> dict[str, Any]:
+        rt = runtime(app)
+        try:
+            return committer.commit_ticket(rt, result, run_id, ticket_id)
+        except Retryable as exc:
+            if self.request.retries >= MAX_COMMIT_RETRIES:
+                raise
+            raise self.retry(exc=exc, countdown=backoff(self.request.retries, base=0.2, cap=10),
+                             max_retries=MAX_COMMIT_RETRIES) from exc
+        except committer.RepositoryRefused as exc:
+            log.error("%s", exc)
+            raise
+
+    @app.task(name=TASK_BATCH_DONE, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def batch_done(self: Task, run_id: str, index: int) -> bool:
+        return producer.finish_batch(app, runtime(app), run_id, int(index))
+
+    @app.task(name=TASK_PREPARE, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def prepare_run(self: Task, run_id: str) -> bool:
+        rt = runtime(app)
+        if committer.prepare_run(rt, run_id):
+            producer.advance(app, rt, run_id, 0)
+            return True
+        return False
+
+
+def _retry_or_give_up(task: Task, exc: Exception, ticket_id: str) -> dict[str, Any]:
+    retries = task.request.retries
+    if retries < MAX_INFRA_RETRIES:
+        log.warning("ticket %s: %s; retry %d", ticket_id, exc, retries + 1)
+        raise task.retry(exc=exc, countdown=backoff(retries), max_retries=MAX_INFRA_RETRIES)
+    return ticket_runner.outcome(ticket_id, "failed",
+                                 reason=f"infrastructure error after {retries} retries: {exc}")

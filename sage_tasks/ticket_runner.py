@@ -1,0 +1,198 @@
+"""Run one ticket on a ticket worker: fetch, fresh worktree, command, patch.
+
+A failing command is an outcome (``failed``), never an exception: the commit
+queue turns it into a DEFERRED commit, so one bad ticket never stalls a run.
+Exceptions are kept for the infrastructure (git, Redis), which the task
+retries with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sage_tasks.core.index import IndexDocument, is_valid_ticket_id
+from sage_tasks.errors import PatchRejected, Retryable, SageError
+from sage_tasks.executor import run_command, ticket_env
+from sage_tasks.gitops import Mirror, capture_patch
+from sage_tasks.prompt import render_prompt
+from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo
+from sage_tasks.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: a ticket whose worker died this many times is DEFERRED ("worker lost")
+MAX_WORKER_DEATHS = 3
+
+
+class DependencyPending(Retryable):
+    """A dependency has not been committed yet (only after a redelivery race)."""
+
+
+def outcome(ticket_id: str, kind: str, **fields: Any) -> dict[str, Any]:
+    """The JSON result ``run_ticket`` hands to ``commit_ticket``."""
+    return {"ticket": ticket_id, "outcome": kind, **fields}
+
+
+def check_ids(run_id: object, ticket_id: object) -> None:
+    """Ids from a message are never trusted."""
+    if not isinstance(run_id, str) or not run_id.isalnum() or len(run_id) > 64:
+        raise SageError(f"refused: invalid run id {run_id!r}")
+    if not is_valid_ticket_id(ticket_id):
+        raise SageError(f"refused: invalid ticket id {ticket_id!r}")
+
+
+@contextmanager
+def heartbeat(rt: Runtime, run_id: str, ticket_id: str) -> Iterator[None]:
+    """Refresh the ticket's heartbeat while its command runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(rt.settings.heartbeat_interval):
+            try:
+                rt.store.heartbeat(run_id, ticket_id)
+            except Exception:  # the supervisor tolerates a missed beat
+                log.warning("heartbeat of %s failed", ticket_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{ticket_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def blocked_by(rt: Runtime, run_id: str, deps: list[str]) -> str | None:
+    """The reason the ticket is BLOCKED, or None when every dependency is COMPLETED."""
+    if not deps:
+        return None
+    records = rt.store.tickets(run_id, deps)
+    for dep in deps:
+        state = records[dep].get("state", "")
+        if state in (Phase.DEFERRED, Phase.BLOCKED):
+            return f"dependency {dep} is {state}"
+    for dep in deps:
+        if records[dep].get("state") != Phase.COMPLETED:
+            raise DependencyPending(f"dependency {dep} is not committed yet", tickets=(dep,))
+    return None
+
+
+def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
+    """Execute one ticket of a run and return its outcome for the commit queue."""
+    check_ids(run_id, ticket_id)
+    store = rt.store
+    info = store.get(run_id)
+    if info is None:
+        return outcome(ticket_id, "lost", reason="the run is gone from Redis")
+    record = store.ticket(run_id, ticket_id)
+    if not record:
+        raise SageError(f"refused: ticket {ticket_id} is not part of run {run_id}")
+    record = _wait_while_running_elsewhere(rt, run_id, ticket_id, record)
+    state = record.get("state", "")
+    if state in FINAL_PHASES:
+        return outcome(ticket_id, "done", state=state)
+    if state == Phase.RAN and record.get("result"):
+        # a second delivery after the command already ran: hand on the same result
+        result: dict[str, Any] = json.loads(record["result"])
+        return result
+    deps = json.loads(record.get("deps", "[]"))
+    reason = blocked_by(rt, run_id, deps)
+    if reason is not None:
+        return outcome(ticket_id, "blocked", reason=reason)
+    # a delivery that finds the ticket RUNNING with a stale heartbeat follows a dead worker
+    deaths = int(record.get("deaths", "0") or 0) + (1 if state == Phase.RUNNING else 0)
+    if deaths >= MAX_WORKER_DEATHS:
+        result = outcome(ticket_id, "failed", reason=f"worker lost: its worker died {deaths} times")
+        store.ran(run_id, ticket_id, result)
+        return result
+    store.start_ticket(run_id, ticket_id, rt.hostname, deaths=deaths)
+    try:
+        with heartbeat(rt, run_id, ticket_id):
+            result = _execute(rt, info, ticket_id)
+    except BaseException:
+        # not a worker death: the task retries, so the ticket waits in the queue again
+        store.set_ticket(run_id, ticket_id, state=Phase.QUEUED.value)
+        raise
+    store.ran(run_id, ticket_id, result)
+    return result
+
+
+def _wait_while_running_elsewhere(rt: Runtime, run_id: str, ticket_id: str,
+                                  record: dict[str, str]) -> dict[str, str]:
+    """A duplicate delivery waits while another worker's copy is alive (fresh heartbeat)."""
+    stale_after = 3 * rt.settings.heartbeat_interval + 5
+    while record.get("state") == Phase.RUNNING:
+        beat = float(record.get("heartbeat") or 0)
+        if time.time() - beat > stale_after:
+            break
+        time.sleep(rt.settings.heartbeat_interval)
+        record = rt.store.ticket(run_id, ticket_id)
+    return record
+
+
+def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
+    settings = rt.settings
+    mirror = Mirror(settings.workdir, info.repo_url)
+    tries = 1
+    last: dict[str, Any] = {}
+    attempt = 0
+    while attempt < tries:
+        attempt += 1
+        head = mirror.fetch(info.branch)
+        with mirror.worktree(head) as worktree:
+            index_file = worktree / info.index_path
+            doc = IndexDocument.loads(index_file.read_bytes(), source=info.index_path)
+            ticket = doc.get(ticket_id)
+            if ticket is None:
+                return outcome(ticket_id, "failed",
+                               reason=f"ticket {ticket_id} is not in the index at {head[:12]}")
+            tries = 1 + max(0, ticket.retries)
+            command = ticket.run or info.executor
+            if not command:
+                return outcome(ticket_id, "failed", reason="ticket has no command and the run no executor")
+            timeout = float(ticket.timeout or info.ticket_timeout)
+            rt.store.count_attempt(info.run_id, ticket_id)
+            with tempfile.TemporaryDirectory(prefix="sage-ticket-") as tmp:
+                tmpdir = Path(tmp)
+                ticket_json = doc.ticket_json(ticket_id)
+                ticket_file = tmpdir / "ticket.json"
+                ticket_file.write_text(json.dumps(ticket_json, indent=2, ensure_ascii=False))
+                prompt_file = tmpdir / "prompt.md"
+                prompt_file.write_text(render_prompt(ticket_json, run_id=info.run_id))
+                env = ticket_env(os.environ, ticket_id=ticket_id, run_id=info.run_id,
+                                 ticket_file=ticket_file, prompt_file=prompt_file)
+                res = run_command(command, cwd=worktree, env=env, timeout=timeout,
+                                  max_output_bytes=settings.max_output_bytes,
+                                  output_path=tmpdir / "output.log")
+            base = {"duration_s": round(res.duration_s, 3), "attempt": attempt, "head": head}
+            if res.timed_out:
+                last = outcome(ticket_id, "failed", reason=f"timed out after {timeout:g} s",
+                               output=res.output_tail, **base)
+                continue
+            if res.exit_code != 0:
+                last = outcome(ticket_id, "failed", reason=f"exit code {res.exit_code}",
+                               output=res.output_tail, **base)
+                continue
+            try:
+                patch = capture_patch(worktree, head, exclude=[info.index_path],
+                                      max_bytes=settings.max_patch_bytes)
+            except PatchRejected as exc:
+                return outcome(ticket_id, "failed", reason=str(exc), output=res.output_tail, **base)
+            digest = ""
+            if patch.data:
+                digest = hashlib.sha256(patch.data).hexdigest()
+                rt.store.put_patch(info.run_id, digest, patch.data)
+            return outcome(ticket_id, "ok", patch=digest, files=len(patch.paths), **base)
+    if last and tries > 1:
+        last["reason"] = f"{last['reason']} (after {tries} attempts)"
+    return last
