@@ -2,12 +2,16 @@
 
 The document keeps the parsed JSON object as it was read, so every unknown
 ticket field and top-level key survives a load-save round trip with its key
-order; typed :class:`Ticket` views are built over it for the graph.
+order. Beside it the document keeps the columnar
+:class:`~sage_tasks.core.graph.TicketGraph` the planner works on; typed
+:class:`Ticket` views are built lazily, only for the tickets asked for, since
+building 100k pydantic models would cost more than planning them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -16,12 +20,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from sage_tasks.core.graph import STATE_CODES, TicketGraph
+from sage_tasks.core.validate import ID_PATTERN, CheckedIndex, check_tickets, order_or_cycles
 from sage_tasks.errors import IndexValidationError, Problem
 
 DEFAULT_INDEX_PATH = ".sage/tickets/index.json"
-TICKET_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+TICKET_ID_RE = re.compile(ID_PATTERN)
 
 
 class State(StrEnum):
@@ -64,63 +71,126 @@ def is_valid_ticket_id(value: object) -> bool:
 
 
 class IndexDocument:
-    """A loaded index: the raw JSON object plus typed tickets over it."""
+    """A loaded index: the raw JSON object, its ticket graph, and typed views over it.
 
-    def __init__(self, raw: dict[str, Any], tickets: list[Ticket], source: str = DEFAULT_INDEX_PATH):
+    Edit it through :meth:`set_state` so the graph and the views stay in step
+    with ``raw``.
+    """
+
+    def __init__(
+        self,
+        raw: dict[str, Any],
+        tickets: list[Ticket] | None = None,
+        source: str = DEFAULT_INDEX_PATH,
+        *,
+        checked: CheckedIndex | None = None,
+    ):
         self.raw = raw
-        self.tickets = tickets
         self.source = source
-        self._by_id = {t.id: i for i, t in enumerate(tickets)}
+        self._checked = checked
+        self._views: list[Ticket | None] | None = list(tickets) if tickets is not None else None
+        self._all_views = tickets is not None
+        self._stdlib = False  # parsed by the stdlib fallback: write it back the same way
+        self._order: tuple[list[int], list[Problem]] | None = None
 
     # -- reading -------------------------------------------------------------
 
     @classmethod
     def loads(cls, data: bytes | str, source: str = DEFAULT_INDEX_PATH) -> IndexDocument:
-        """Parse and shape-check an index; raises :class:`IndexValidationError` listing all problems."""
+        """Parse and shape-check an index; :class:`IndexValidationError` lists every problem."""
+        stdlib = False
         try:
-            raw = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise IndexValidationError(
-                [Problem(f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")],
-                path=source,
-            ) from None
-        except UnicodeDecodeError as exc:
-            raise IndexValidationError([Problem(f"not UTF-8: {exc.reason}")], path=source) from None
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            # orjson refuses a few things the stdlib reads (NaN, integers past 64 bits);
+            # the stdlib also gives the familiar line and column for real errors
+            raw = _stdlib_loads(data, source)
+            stdlib = True
         if not isinstance(raw, dict):
             raise IndexValidationError([Problem("top level is not a JSON object")], path=source)
         items = raw.get("tickets")
         if not isinstance(items, list):
             raise IndexValidationError([Problem("top level has no 'tickets' list")], path=source)
-        problems: list[Problem] = []
-        tickets: list[Ticket] = []
-        for pos, item in enumerate(items):
-            if not isinstance(item, dict):
-                problems.append(Problem(f"tickets[{pos}] is not an object"))
-                continue
-            try:
-                tickets.append(Ticket.model_validate(item))
-            except Exception as exc:  # pydantic.ValidationError
-                tid = item.get("id")
-                name = tid if isinstance(tid, str) else f"tickets[{pos}]"
-                problems.append(Problem(f"ticket {name}: {_first_error(exc)}", (name,)))
-        if problems:
+        checked = check_tickets(items)
+        if checked.shape:
+            _, cycles = order_or_cycles(checked.graph)
+            problems = [*checked.shape, *checked.semantic, *cycles]
             raise IndexValidationError(problems, path=source)
-        return cls(raw, tickets, source)
+        doc = cls(raw, None, source, checked=checked)
+        doc._stdlib = stdlib
+        return doc
+
+    @property
+    def checked(self) -> CheckedIndex:
+        """The shape check of the tickets and their graph (computed once)."""
+        if self._checked is None:
+            items = self.raw.get("tickets")
+            if not isinstance(items, list):
+                raise IndexValidationError(
+                    [Problem("top level has no 'tickets' list")], path=self.source
+                )
+            self._checked = check_tickets(items)
+        return self._checked
+
+    @property
+    def graph(self) -> TicketGraph:
+        """The tickets as integer-indexed columns, for the planner."""
+        return self.checked.graph
+
+    def problems(self) -> tuple[list[int], list[Problem]]:
+        """A topological order of all tickets, and every problem of the index.
+
+        The problems do not include tickets without a command, which depend
+        on the run (its executor, which tickets it selects).
+        """
+        if self._order is None:
+            checked = self.checked
+            order, cycles = order_or_cycles(checked.graph)
+            self._order = (order, [*checked.shape, *checked.semantic, *cycles])
+        return self._order
+
+    @property
+    def tickets(self) -> list[Ticket]:
+        """Typed views of every ticket, in index order (built on first use)."""
+        views = self._ensure_views()
+        if not self._all_views:
+            for pos in range(len(views)):
+                if views[pos] is None:
+                    self._view(pos)
+            self._all_views = True
+        return views  # type: ignore[return-value]  # no None left
+
+    def _ensure_views(self) -> list[Ticket | None]:
+        if self._views is None:
+            self._views = [None] * len(self.raw["tickets"])
+        return self._views
+
+    def _view(self, pos: int) -> Ticket:
+        views = self._ensure_views()
+        view = views[pos]
+        if view is None:
+            view = views[pos] = Ticket.model_validate(self.raw["tickets"][pos])
+        return view
+
+    def _position(self, ticket_id: str) -> int | None:
+        return self.graph.index.get(ticket_id)
 
     def __iter__(self) -> Iterator[Ticket]:
         return iter(self.tickets)
 
     def __len__(self) -> int:
-        return len(self.tickets)
+        return len(self.raw["tickets"])
 
     def get(self, ticket_id: str) -> Ticket | None:
         """The ticket with that id, or None."""
-        pos = self._by_id.get(ticket_id)
-        return None if pos is None else self.tickets[pos]
+        pos = self._position(ticket_id)
+        return None if pos is None else self._view(pos)
 
     def ticket_json(self, ticket_id: str) -> dict[str, Any]:
         """The ticket's raw JSON object, all fields as the index has them."""
-        pos = self._by_id[ticket_id]
+        pos = self._position(ticket_id)
+        if pos is None:
+            raise KeyError(ticket_id)
         item: dict[str, Any] = self.raw["tickets"][pos]
         return item
 
@@ -128,31 +198,57 @@ class IndexDocument:
 
     def set_state(self, ticket_id: str, state: State, reason: str | None = None) -> None:
         """Set a ticket's state; a DEFERRED reason is stored, and removed otherwise."""
-        pos = self._by_id[ticket_id]
+        pos = self._position(ticket_id)
+        if pos is None:
+            raise KeyError(ticket_id)
+        state = State(state)
         item = self.raw["tickets"][pos]
         item["state"] = state.value
         if state is State.DEFERRED and reason is not None:
             item["deferred_reason"] = reason
         else:
             item.pop("deferred_reason", None)
-        self.tickets[pos].state = state
+        self.graph.states[pos] = STATE_CODES[state.value]
+        if self._views is not None and self._views[pos] is not None:
+            self._views[pos].state = state  # type: ignore[union-attr]
 
     # -- writing -------------------------------------------------------------
 
     def dumps(self) -> bytes:
         """The index as written to disk: 2-space indent, key order kept, trailing newline."""
+        if not self._stdlib:
+            try:
+                return orjson.dumps(self.raw, option=orjson.OPT_INDENT_2) + b"\n"
+            except TypeError:  # an integer past 64 bits, or a value set from Python
+                pass
         return (json.dumps(self.raw, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def _first_error(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        errs = errors()
-        if errs:
-            e = errs[0]
-            loc = ".".join(str(p) for p in e.get("loc", ()))
-            return f"field '{loc}': {e.get('msg', 'invalid')}"
-    return str(exc)
+def _stdlib_loads(data: bytes | str, source: str) -> Any:
+    try:
+        raw = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise IndexValidationError(
+            [Problem(f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")],
+            path=source,
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise IndexValidationError([Problem(f"not UTF-8: {exc.reason}")], path=source) from None
+    if _has_non_finite(raw):
+        raise IndexValidationError(
+            [Problem("malformed JSON: NaN and Infinity are not JSON numbers")], path=source
+        )
+    return raw
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def load_index(path: Path | str) -> IndexDocument:
@@ -171,7 +267,12 @@ def save_index(doc: IndexDocument, path: Path | str) -> None:
     data = doc.dumps()
     fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".tmp", dir=p.parent)
     try:
+        try:  # mkstemp makes the file private: keep the mode the index had
+            mode = p.stat().st_mode & 0o7777
+        except OSError:
+            mode = 0o644
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -179,3 +280,18 @@ def save_index(doc: IndexDocument, path: Path | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(p.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable too (best effort: not every platform can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
