@@ -1,0 +1,1 @@
+"""The command line: ``sage-submit`` and ``sage-worker``."""

@@ -1,0 +1,111 @@
+"""``--wait``: follow a run in Redis with a progress display, then its summary."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import redis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sage_tasks.errors import BrokerUnavailable, RunLost
+from sage_tasks.runstate import Phase, RunStore
+from sage_tasks.summary import RunSummary, load_summary
+
+#: how long ``--wait`` rides out an unreachable broker before giving up (exit 3)
+RECONNECT_WINDOW_S = 120.0
+
+
+def _line(s: RunSummary) -> str:
+    done = sum(1 for r in s.rows if r.state in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED))
+    running = [r.id for r in s.rows if r.state == Phase.RUNNING]
+    batch = s.info.batch + 1 if s.info.batch >= 0 else 0
+    parts = [f"batch {batch}/{len(s.batches)}", f"{done}/{len(s.rows)} done"]
+    if running:
+        shown = ", ".join(running[:6]) + (" ..." if len(running) > 6 else "")
+        parts.append(f"running: {shown}")
+    if s.deferred:
+        parts.append(f"deferred: {len(s.deferred)}")
+    if s.blocked:
+        parts.append(f"blocked: {len(s.blocked)}")
+    return " | ".join(parts)
+
+
+def follow(store_factory: Callable[[], RunStore], run_id: str, *, console: Console,
+           show: bool = True, poll_s: float = 0.5) -> RunSummary:
+    """Poll the run until it ends; raises :class:`RunLost` when its record disappears."""
+    store = store_factory()
+    failing_since: float | None = None
+    last_line = ""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
+        console=console, transient=False, disable=not (show and console.is_terminal),
+    )
+    with progress:
+        task = progress.add_task("run", total=None, detail="")
+        while True:
+            try:
+                summary = load_summary(store, run_id)
+                failing_since = None
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > RECONNECT_WINDOW_S:
+                    raise BrokerUnavailable(
+                        f"lost the broker while following run {run_id}: {exc}") from None
+                time.sleep(1.0)
+                store = store_factory()
+                continue
+            if summary is None:
+                raise RunLost(
+                    f"run {run_id} is gone from Redis (the broker lost its data or the run "
+                    "expired); submit again with the same --branch to resume it")
+            done = sum(1 for r in summary.rows
+                       if r.state in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED))
+            line = _line(summary)
+            progress.update(task, total=len(summary.rows), completed=done,
+                            description=f"run {run_id}", detail=line)
+            if show and not console.is_terminal and line != last_line:
+                console.print(f"  {line}", markup=False, highlight=False)
+            last_line = line
+            if summary.finished:
+                return summary
+            time.sleep(poll_s)
+
+
+def render_summary(summary: RunSummary, console: Console) -> None:
+    """The end-of-run report: outcome per ticket class and the metrics."""
+    info = summary.info
+    console.print()
+    if info.error:
+        console.print(f"[bold red]run {info.run_id} failed:[/] {info.error}", highlight=False)
+    table = Table(title=f"run {info.run_id} on {info.branch}", show_header=True,
+                  header_style="bold")
+    table.add_column("ticket")
+    table.add_column("state")
+    table.add_column("host")
+    table.add_column("attempts", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("reason", overflow="fold")
+    colour = {"COMPLETED": "green", "DEFERRED": "yellow", "BLOCKED": "red"}
+    for r in summary.rows:
+        c = colour.get(r.state, "white")
+        dur = f"{r.duration_s:.1f}s" if r.duration_s is not None else ""
+        table.add_row(r.id, f"[{c}]{r.state}[/]", r.host, str(r.attempts), dur,
+                      r.reason.splitlines()[0][:160] if r.reason else "")
+    console.print(table)
+    speed = f"{summary.speedup:.2f}x" if summary.speedup is not None else "n/a"
+    eff = f"{summary.efficiency:.0%}" if summary.efficiency is not None else "n/a"
+    console.print(
+        f"[bold]completed[/] {len(summary.completed)}  [bold]deferred[/] {len(summary.deferred)}"
+        f"  [bold]blocked[/] {len(summary.blocked)}", highlight=False)
+    console.print(
+        f"[bold]wall time[/] {summary.wall_s:.1f}s  [bold]summed ticket time[/] "
+        f"{summary.ticket_time_s:.1f}s  [bold]speedup[/] {speed}  "
+        f"[bold]parallel efficiency[/] {eff} (at most {summary.max_parallel} at once)",
+        highlight=False)
+    if info.head:
+        console.print(f"[bold]branch[/] {info.branch} at {info.head[:12]}", highlight=False)

@@ -1,0 +1,250 @@
+"""``sage-submit``: validate, plan and submit a ticket graph; follow and inspect runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from sage_tasks.cli.common import ParallelType, connect, error, handle_errors
+from sage_tasks.config import Settings, load_settings
+from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
+from sage_tasks.core.plan import Plan, build_plan
+from sage_tasks.errors import ConfigError, IndexValidationError, Problem, RepositoryError, UnknownRun
+
+PROTECTED_BRANCHES = ("main", "master")
+
+
+def new_run_id() -> str:
+    """A short random run id (hex, safe in branch names and Redis keys)."""
+    return uuid.uuid4().hex[:12]
+
+
+def _consoles(as_json: bool) -> tuple[Console, Console]:
+    """(human output, machine output): with --json the person reads stderr."""
+    out = Console(highlight=False, soft_wrap=True)
+    human = Console(stderr=True, highlight=False, soft_wrap=True) if as_json else out
+    return human, out
+
+
+class Submission:
+    """Everything ``sage-submit`` resolved before it talks to the broker."""
+
+    def __init__(self, *, settings: Settings, repo: Path, repo_url: str, index_path: str,
+                 branch: str, base: str, run_id: str, doc: IndexDocument, plan: Plan,
+                 allow_main: bool, retry_deferred: bool, parallel: Any):
+        self.settings = settings
+        self.repo = repo
+        self.repo_url = repo_url
+        self.index_path = index_path
+        self.branch = branch
+        self.base = base
+        self.run_id = run_id
+        self.doc = doc
+        self.plan = plan
+        self.allow_main = allow_main
+        self.retry_deferred = retry_deferred
+        self.parallel = parallel
+
+
+def resolve(*, settings: Settings, repo: str, repo_url: str | None, index: str | None,
+            branch: str | None, base: str | None, parallel: Any, retry_deferred: bool,
+            allow_main: bool, human: Console) -> Submission:
+    """Read the index from the branch (or base), validate it and plan; exit 2 on bad input."""
+    from sage_tasks import gitops
+
+    root = gitops.repo_root(Path(repo))
+    index_path = index or DEFAULT_INDEX_PATH
+    if Path(index_path).is_absolute() or ".." in Path(index_path).parts:
+        raise ConfigError(f"--index must be a path inside the repository: {index_path!r}")
+    run_id = new_run_id()
+    branch_name = branch or f"sage/run-{run_id}"
+    if branch_name in PROTECTED_BRANCHES and not allow_main:
+        raise ConfigError(f"refusing to write to branch '{branch_name}' without --allow-main")
+    gitops.check_branch_name(root, branch_name)
+    base_ref = base or "HEAD"
+    base_sha = gitops.resolve_ref(root, base_ref)
+    branch_sha = gitops.branch_head(root, branch_name)
+    source_ref = branch_sha or base_sha
+    data = gitops.read_index_at(root, source_ref, index_path)
+    where = f"branch {branch_name}" if branch_sha else f"{base_ref} ({base_sha[:12]})"
+    if data is None:
+        raise IndexValidationError([Problem(f"no ticket index at {where}")], path=index_path)
+    if gitops.working_copy_differs(root, source_ref, index_path):
+        human.print(f"[yellow]warning:[/] {index_path} in the working copy differs from "
+                    f"{where}; the committed version is used", highlight=False)
+    doc = IndexDocument.loads(data, source=index_path)
+    plan = build_plan(doc, parallel=parallel, retry_deferred=retry_deferred,
+                      has_executor=bool(settings.executor))
+    url = repo_url or str(root)
+    return Submission(settings=settings, repo=root, repo_url=url, index_path=index_path,
+                      branch=branch_name, base=base_sha, run_id=run_id, doc=doc, plan=plan,
+                      allow_main=allow_main, retry_deferred=retry_deferred, parallel=parallel)
+
+
+def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
+    """Each planned ticket's first record in the run."""
+    records: dict[str, dict[str, str]] = {}
+    for index, batch in enumerate(sub.plan.batches):
+        for tid in batch:
+            t = sub.doc.get(tid)
+            records[tid] = {
+                "state": "PENDING",
+                "title": t.title if t else "",
+                "deps": json.dumps(sub.plan.deps.get(tid, [])),
+                "batch": str(index),
+                "attempts": "0",
+            }
+    for tid in sub.plan.blocked:
+        t = sub.doc.get(tid)
+        records[tid] = {"state": "BLOCKED", "title": t.title if t else "",
+                        "reason": "depends on a DEFERRED ticket that is not retried",
+                        "ended": str(time.time()), "attempts": "0"}
+    return records
+
+
+def send(sub: Submission, *, repo_identity: str | None = None) -> None:
+    """Store the run in Redis and hand it to the repository's commit worker."""
+    from sage_tasks import producer
+    from sage_tasks.celery_app import make_app
+    from sage_tasks.runstate import RunInfo
+    from sage_tasks.tasks import runtime
+
+    settings = sub.settings
+    connect(settings.backend_url)
+    if settings.broker_url != settings.backend_url:
+        connect(settings.broker_url)
+    app = make_app(settings)
+    rt = runtime(app)
+    info = RunInfo(
+        run_id=sub.run_id, repo=repo_identity or sub.repo_url,
+        repo_url=sub.repo_url, branch=sub.branch, base=sub.base, index_path=sub.index_path,
+        commit_queue=settings.commit_queue, executor=settings.executor,
+        ticket_timeout=settings.ticket_timeout, batches=len(sub.plan.batches),
+        tickets=sub.plan.tickets, to_run=sub.plan.to_run, created=time.time(),
+        submitted_by=socket.gethostname(),
+        extra={"allow_main": sub.allow_main, "retry_deferred": sub.retry_deferred},
+    )
+    producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))
+
+
+def wait_for(sub_settings: Settings, run_id: str, *, human: Console, out: Console,
+             as_json: bool) -> int:
+    """Follow a run to its end, print the summary; returns the exit code."""
+    from sage_tasks.cli.follow import follow, render_summary
+    from sage_tasks.runstate import RunStore
+
+    def store() -> RunStore:
+        return RunStore(connect(sub_settings.backend_url), ttl=sub_settings.result_expires)
+
+    summary = follow(store, run_id, console=human)
+    render_summary(summary, human)
+    if as_json:
+        out.print_json(json.dumps(summary.to_json()))
+    return summary.exit_code()
+
+
+@click.group(invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--repo", default=".", show_default=True, help="The repository (path).")
+@click.option("--repo-url", help="URL ticket workers fetch the repository from (default: --repo).")
+@click.option("--index", help=f"Ticket index path inside the repository [{DEFAULT_INDEX_PATH}].")
+@click.option("--branch", help="Target branch (default sage/run-<run_id>); the same branch resumes.")
+@click.option("--base", help="Commit the branch starts from (default: the repository's HEAD).")
+@click.option("--parallel", type=ParallelType(), help="At most N tickets per batch, or 'auto'.")
+@click.option("--executor", help="Command for tickets without 'run' (env SAGE_EXECUTOR).")
+@click.option("--retry-deferred", is_flag=True, help="Run DEFERRED tickets again.")
+@click.option("--allow-main", is_flag=True, help="Allow writing to main or master.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; submit nothing.")
+@click.option("--wait", is_flag=True, help="Follow the run with a progress display until it ends.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--local", is_flag=True,
+              help="Start a private Redis and workers on this machine, run, stop them.")
+@click.option("--schedule", type=click.Choice(["levels", "eager"]), default="levels",
+              show_default=True, help="One chord per batch, or each ticket as soon as it can.")
+@click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@click.option("--commit-queue", help="The repository's commit queue (env SAGE_COMMIT_QUEUE).")
+@click.pass_context
+@handle_errors
+def cli(ctx: click.Context, repo: str, repo_url: str | None, index: str | None,
+        branch: str | None, base: str | None, parallel: Any, executor: str | None,
+        retry_deferred: bool, allow_main: bool, dry_run: bool, wait: bool, as_json: bool,
+        local: bool, schedule: str, broker: str | None, commit_queue: str | None) -> None:
+    """Validate a repository's ticket graph, plan it into batches and run it on Celery."""
+    ctx.ensure_object(dict)
+    ctx.obj["broker"] = broker
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = load_settings(broker_url=broker, commit_queue=commit_queue, executor=executor)
+    human, out = _consoles(as_json)
+    sub = resolve(settings=settings, repo=repo, repo_url=repo_url, index=index, branch=branch,
+                  base=base, parallel=parallel, retry_deferred=retry_deferred,
+                  allow_main=allow_main, human=human)
+    from sage_tasks.cli.plan_view import render_plan
+
+    if dry_run:
+        if as_json:
+            out.print_json(json.dumps(sub.plan.to_json()))
+        else:
+            render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (dry run)")
+        return
+    if local:
+        from sage_tasks.local import run_local
+
+        sys.exit(run_local(sub, human=human, out=out, as_json=as_json))
+    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch}")
+    send(sub)
+    human.print(f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch}", highlight=False)
+    if not wait:
+        if as_json:
+            out.print_json(json.dumps({"run_id": sub.run_id, "branch": sub.branch}))
+        else:
+            click.echo(sub.run_id)
+        return
+    sys.exit(wait_for(settings, sub.run_id, human=human, out=out, as_json=as_json))
+
+
+@cli.command()
+@click.argument("run_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@click.pass_context
+@handle_errors
+def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | None) -> None:
+    """The state of a run (default: the latest), ticket by ticket."""
+    from sage_tasks.cli.follow import render_summary
+    from sage_tasks.runstate import RunStore
+    from sage_tasks.summary import load_summary
+
+    settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
+    human, out = _consoles(as_json)
+    store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
+    rid = run_id or store.latest()
+    if rid is None:
+        raise UnknownRun("no run is known to the broker")
+    summary = load_summary(store, rid)
+    if summary is None:
+        raise UnknownRun(f"unknown run {rid!r}")
+    if as_json:
+        out.print_json(json.dumps(summary.to_json()))
+    else:
+        human.print(f"run {rid}: {summary.info.status}", highlight=False)
+        render_summary(summary, human)
+
+
+def main() -> None:
+    """Entry point of ``sage-submit``."""
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli(prog_name="sage-submit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""``sage-worker``: start a ticket worker, a repository's commit worker, or Flower."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from sage_tasks.cli.common import error, handle_errors, redact
+from sage_tasks.config import load_settings
+from sage_tasks.errors import ConfigError
+
+
+def _worker_argv(*, queue: str, concurrency: int, hostname: str, loglevel: str) -> list[str]:
+    return [
+        "worker", f"--queues={queue}", f"--concurrency={concurrency}", f"--hostname={hostname}",
+        f"--loglevel={loglevel}", "--pool=prefork", "--without-gossip", "--without-mingle",
+        "--task-events", "-O", "fair",
+    ]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def cli() -> None:
+    """Start the processes of a sage-tasks fleet."""
+
+
+@cli.command()
+@click.option("--concurrency", type=click.IntRange(min=1), help="Ticket slots [cores].")
+@click.option("--hostname", default="tickets@%h", show_default=True,
+              help="Node name (shown as the ticket's host).")
+@click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@click.option("--loglevel", default="INFO", show_default=True)
+@handle_errors
+def tickets(concurrency: int | None, hostname: str, broker: str | None, loglevel: str) -> None:
+    """A ticket worker: runs tickets in fresh worktrees and turns their changes into patches."""
+    from sage_tasks.celery_app import make_app
+    from sage_tasks.gitops import prune_workdir
+    from sage_tasks.tasks import runtime
+
+    settings = load_settings(broker_url=broker)
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    prune_workdir(settings.workdir)
+    app = make_app(settings)
+    runtime(app)
+    n = concurrency or os.cpu_count() or 1
+    app.worker_main(_worker_argv(queue=settings.ticket_queue, concurrency=n, hostname=hostname,
+                                 loglevel=loglevel))
+
+
+@cli.command()
+@click.option("--repo", required=True, help="The repository this worker commits to (path).")
+@click.option("--repo-url", "repo_urls", multiple=True,
+              help="Another name (URL) submitters use for this repository; repeatable.")
+@click.option("--commit-queue", help="The repository's commit queue (env SAGE_COMMIT_QUEUE).")
+@click.option("--hostname", default="commit@%h", show_default=True, help="Node name.")
+@click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@click.option("--loglevel", default="INFO", show_default=True)
+@handle_errors
+def commit(repo: str, repo_urls: tuple[str, ...], commit_queue: str | None, hostname: str,
+           broker: str | None, loglevel: str) -> None:
+    """The commit worker of one repository (always one slot), with the run supervisor."""
+    from sage_tasks import supervisor
+    from sage_tasks.celery_app import make_app
+    from sage_tasks.gitops import repo_root
+    from sage_tasks.tasks import runtime
+
+    settings = load_settings(broker_url=broker, commit_queue=commit_queue)
+    root = repo_root(Path(repo))
+    app = make_app(settings)
+    rt = runtime(app)
+    rt.serve(root, repo_urls)
+    supervisor.install(app, rt)
+    app.worker_main(_worker_argv(queue=settings.commit_queue, concurrency=1, hostname=hostname,
+                                 loglevel=loglevel))
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--no-auth", is_flag=True, help="Start without credentials (not recommended).")
+@click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@handle_errors
+def flower(port: int, address: str, no_auth: bool, broker: str | None) -> None:
+    """Flower for the configured broker, behind basic auth (FLOWER_BASIC_AUTH=user:password)."""
+    settings = load_settings(broker_url=broker)
+    auth = os.environ.get("FLOWER_BASIC_AUTH", "")
+    if not auth and not no_auth:
+        raise ConfigError("FLOWER_BASIC_AUTH=user:password is not set (or pass --no-auth)")
+    if auth and (":" not in auth or auth.startswith(":")):
+        raise ConfigError("FLOWER_BASIC_AUTH must be user:password")
+    celery_bin = shutil.which("celery", path=str(Path(sys.executable).parent)) or "celery"
+    argv = [celery_bin, "flower", f"--port={port}", f"--address={address}"]
+    # secrets travel in the environment, never on a command line others can read in ps
+    env = dict(os.environ)
+    env["CELERY_BROKER_URL"] = settings.broker_url
+    env["CELERY_RESULT_BACKEND"] = settings.backend_url
+    if not auth:
+        env.pop("FLOWER_BASIC_AUTH", None)
+    click.echo(f"starting Flower on {address}:{port} for {redact(settings.broker_url)}", err=True)
+    try:
+        os.execve(celery_bin, argv, env)
+    except OSError as exc:
+        error(f"cannot start Flower: {exc}")
+        sys.exit(3)
+
+
+def main() -> None:
+    """Entry point of ``sage-worker``."""
+    cli(prog_name="sage-worker")
+
+
+if __name__ == "__main__":
+    main()
