@@ -34,7 +34,8 @@ def _line(s: RunSummary) -> str:
 
 
 def follow(store_factory: Callable[[], RunStore], run_id: str, *, console: Console,
-           show: bool = True, poll_s: float = 0.5) -> RunSummary:
+           show: bool = True, poll_s: float = 0.5,
+           on_poll: Callable[[], None] | None = None) -> RunSummary:
     """Poll the run until it ends; raises :class:`RunLost` when its record disappears."""
     store = store_factory()
     failing_since: float | None = None
@@ -47,6 +48,8 @@ def follow(store_factory: Callable[[], RunStore], run_id: str, *, console: Conso
     with progress:
         task = progress.add_task("run", total=None, detail="")
         while True:
+            if on_poll is not None:
+                on_poll()
             try:
                 summary = load_summary(store, run_id)
                 failing_since = None

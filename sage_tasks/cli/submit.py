@@ -8,6 +8,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,7 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
 
 
 def wait_for(sub_settings: Settings, run_id: str, *, human: Console, out: Console,
-             as_json: bool) -> int:
+             as_json: bool, on_poll: Callable[[], None] | None = None) -> int:
     """Follow a run to its end, print the summary; returns the exit code."""
     from sage_tasks.cli.follow import follow, render_summary
     from sage_tasks.runstate import RunStore
@@ -145,7 +146,7 @@ def wait_for(sub_settings: Settings, run_id: str, *, human: Console, out: Consol
     def store() -> RunStore:
         return RunStore(connect(sub_settings.backend_url), ttl=sub_settings.result_expires)
 
-    summary = follow(store, run_id, console=human)
+    summary = follow(store, run_id, console=human, on_poll=on_poll)
     render_summary(summary, human)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))

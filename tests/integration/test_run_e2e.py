@@ -1,0 +1,259 @@
+"""Whole runs on real processes: redis-server, sage-worker tickets/commit, sage-submit --wait.
+
+Each ticket's command checks that its dependencies' work is in its worktree,
+so a test passes only when the commit order and the worktrees are right.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.fleet import Fleet, unique_queue
+from tests.support.gitrepo import make_repo
+from tests.support.redis_server import RedisServer
+
+INDEX = ".sage/tickets/index.json"
+
+
+def ticket(tid: str, run: str, deps: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"id": tid, "title": f"ticket {tid}", "state": "UNPROCESSED", "priority": "P2",
+            "dependencies": deps or [], "run": run, **extra}
+
+
+def writes(tid: str, needs: list[str] | None = None) -> str:
+    """A command that fails unless each dependency's file is present, then writes its own."""
+    checks = "".join(f"test -f out/{d}.txt && " for d in (needs or []))
+    return f"{checks}mkdir -p out && echo {tid} > out/{tid}.txt"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def ticket_log(repo: Path, branch: str) -> list[str]:
+    """Sage-Ticket trailers of the branch's commits, oldest first."""
+    out = git(repo, "log", "--reverse", "--format=%(trailers:key=Sage-Ticket,valueonly)%x00",
+              branch)
+    return [t.strip() for t in out.split("\0") if t.strip()]
+
+
+def index_at(repo: Path, ref: str) -> dict[str, Any]:
+    import json
+
+    data: dict[str, Any] = json.loads(git(repo, "show", f"{ref}:{INDEX}"))
+    return data
+
+
+def states(repo: Path, ref: str) -> dict[str, str]:
+    return {t["id"]: t["state"] for t in index_at(repo, ref)["tickets"]}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("fleet")
+    server = RedisServer(root / "redis")
+    server.start()
+    f = Fleet(root, server)
+    f.start_tickets("tickets", concurrency=2)
+    try:
+        yield f
+    finally:
+        f.stop()
+        server.stop(kill=True)
+
+
+@pytest.fixture
+def run(fleet: Fleet, tmp_path: Path) -> Iterator[Any]:
+    """Build a repo from tickets, start its commit worker, return a submit function."""
+    started: list[str] = []
+
+    def go(tickets: list[dict[str, Any]], *args: str, files: dict[str, str | bytes] | None = None,
+           bare: bool = False, expect: int | None = None) -> tuple[Path, Any]:
+        repo = make_repo(tmp_path / "repo", files or {}, {"version": "1.0", "tickets": tickets},
+                         bare=bare)
+        queue = unique_queue()
+        started.append(fleet.start_commit(repo, queue))
+        res = fleet.submit(repo, "--wait", "--json", *args, queue=queue)
+        if expect is not None:
+            assert res.code == expect, f"{res.stderr}\n{fleet.logs()}"
+        return repo, res
+
+    yield go
+    for name in started:
+        fleet.kill(name)
+
+
+def test_a_diamond_runs_in_dependency_order_with_one_commit_per_ticket(run: Any) -> None:
+    tickets = [
+        ticket("A", writes("A")),
+        ticket("B", writes("B", ["A"]), ["A"]),
+        ticket("C", writes("C", ["A"]), ["A"]),
+        ticket("D", writes("D", ["B", "C"]), ["B", "C"]),
+    ]
+    repo, res = run(tickets, expect=0)
+    data = res.data
+    assert sorted(data["completed"]) == ["A", "B", "C", "D"]
+    assert data["deferred"] == {} and data["blocked"] == []
+    order = ticket_log(repo, data["branch"])
+    assert sorted(order) == ["A", "B", "C", "D"]
+    assert order[0] == "A" and order[-1] == "D"
+    assert git(repo, "rev-parse", data["branch"]).strip() == data["head"]
+    assert set(states(repo, data["branch"]).values()) == {"COMPLETED"}
+    for tid in "ABCD":
+        assert git(repo, "show", f"{data['branch']}:out/{tid}.txt").strip() == tid
+
+
+def test_a_chain_sees_each_predecessor_in_its_worktree(run: Any) -> None:
+    ids = [f"S{i}" for i in range(5)]
+    tickets = [ticket(t, writes(t, ids[:i]), ids[max(0, i - 1):i]) for i, t in enumerate(ids)]
+    repo, res = run(tickets, expect=0)
+    assert ticket_log(repo, res.data["branch"]) == ids
+
+
+def test_two_siblings_editing_one_line_defer_one_and_block_its_dependent(run: Any) -> None:
+    tickets = [
+        ticket("X1", "sleep 0.5; echo one > shared.txt"),
+        ticket("X2", "sleep 0.5; echo two > shared.txt"),
+        ticket("Y1", writes("Y1"), ["X1"]),
+        ticket("Y2", writes("Y2"), ["X2"]),
+    ]
+    repo, res = run(tickets, files={"shared.txt": "zero\n"}, expect=1)
+    data = res.data
+    assert len(data["deferred"]) == 1
+    loser = next(iter(data["deferred"]))
+    assert "merge conflict" in data["deferred"][loser] and "shared.txt" in data["deferred"][loser]
+    dependent = {"X1": "Y1", "X2": "Y2"}[loser]
+    assert data["blocked"] == [dependent]
+    final = states(repo, data["branch"])
+    assert final[loser] == "DEFERRED" and final[dependent] == "UNPROCESSED"
+    deferred = next(t for t in index_at(repo, data["branch"])["tickets"] if t["id"] == loser)
+    assert "shared.txt" in deferred["deferred_reason"]
+    # the DEFERRED ticket's commit holds only the index change
+    log = git(repo, "log", "--format=%H %s", data["branch"])
+    sha = next(line.split()[0] for line in log.splitlines() if line.split()[1] == f"{loser}:")
+    assert git(repo, "diff-tree", "--no-commit-id", "--name-only", "-r", sha).split() == [INDEX]
+    winner_child = {"X1": "Y2", "X2": "Y1"}[loser]
+    assert sorted(ticket_log(repo, data["branch"])) == sorted(["X1", "X2", winner_child])
+
+
+def test_a_failing_ticket_is_deferred_with_its_output_and_its_descendants_blocked(
+        run: Any) -> None:
+    tickets = [
+        ticket("OK", writes("OK")),
+        ticket("BAD", "echo something broke >&2; exit 3"),
+        ticket("CHILD", writes("CHILD"), ["BAD"]),
+        ticket("GRANDCHILD", writes("GRANDCHILD"), ["CHILD"]),
+    ]
+    repo, res = run(tickets, expect=1)
+    data = res.data
+    assert data["completed"] == ["OK"]
+    assert "exit code 3" in data["deferred"]["BAD"]
+    assert "something broke" in data["deferred"]["BAD"]
+    assert sorted(data["blocked"]) == ["CHILD", "GRANDCHILD"]
+    assert sorted(ticket_log(repo, data["branch"])) == ["BAD", "OK"]
+
+
+def test_an_already_completed_dependency_is_not_run_again(run: Any) -> None:
+    tickets = [
+        ticket("DONE", "exit 9", state="COMPLETED"),
+        ticket("NEXT", writes("NEXT"), ["DONE"]),
+    ]
+    repo, res = run(tickets, expect=0)
+    assert res.data["completed"] == ["NEXT"]
+    assert ticket_log(repo, res.data["branch"]) == ["NEXT"]
+
+
+def test_deletions_renames_and_binary_files_reach_the_branch(run: Any) -> None:
+    blob = bytes(range(256)) * 8
+    tickets = [
+        ticket("DEL", "git rm -q gone.txt"),
+        ticket("BIN", "printf '\\000\\001\\002\\377' > data.bin"),
+        ticket("MV", "git mv old.txt new.txt"),
+    ]
+    files: dict[str, str | bytes] = {"gone.txt": "bye\n", "old.txt": "moving\n",
+                                     "blob.bin": blob}
+    repo, res = run(tickets, files=files, expect=0)
+    branch = res.data["branch"]
+    tree = git(repo, "ls-tree", "-r", "--name-only", branch).split()
+    assert "gone.txt" not in tree and "old.txt" not in tree and "new.txt" in tree
+    assert git(repo, "show", f"{branch}:new.txt") == "moving\n"
+    raw = subprocess.run(["git", "-C", str(repo), "show", f"{branch}:data.bin"],
+                         capture_output=True, check=True).stdout
+    assert raw == b"\x00\x01\x02\xff"
+
+
+def test_an_executor_that_edits_the_index_does_not_get_its_edit_taken(run: Any) -> None:
+    edit = (f"python3 -c \"import json;p='{INDEX}';d=json.load(open(p));"
+            "d['tickets'][0]['title']='hacked';json.dump(d,open(p,'w'))\" && echo x > x.txt")
+    repo, res = run([ticket("EDIT", edit)], expect=0)
+    branch = res.data["branch"]
+    data = index_at(repo, branch)
+    assert data["tickets"][0]["title"] == "ticket EDIT"
+    assert data["tickets"][0]["state"] == "COMPLETED"
+    assert git(repo, "show", f"{branch}:x.txt").strip() == "x"
+
+
+def test_a_run_onto_the_checked_out_branch_leaves_the_work_tree_untouched(
+        fleet: Fleet, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"keep.txt": "committed\n"},
+                     {"version": "1.0", "tickets": [ticket("W", writes("W"))]})
+    git(repo, "checkout", "-q", "-b", "work")
+    (repo / "keep.txt").write_text("local edit, not committed\n")
+    (repo / "scratch.txt").write_text("untracked\n")
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*"))
+                if p.is_file() and ".git" not in p.relative_to(repo).parts}
+
+    before_files = snapshot()
+    before_index = (repo / ".git" / "index").read_bytes()
+    queue = unique_queue()
+    node = fleet.start_commit(repo, queue)
+    try:
+        res = fleet.submit(repo, "--branch", "work", "--wait", "--json", queue=queue)
+    finally:
+        fleet.kill(node)
+    assert res.code == 0, res.stderr + fleet.logs()
+    assert ticket_log(repo, "work") == ["W"]
+    assert snapshot() == before_files
+    assert (repo / ".git" / "index").read_bytes() == before_index
+    assert git(repo, "symbolic-ref", "HEAD").strip() == "refs/heads/work"
+
+
+def test_a_run_on_a_bare_repository_commits_every_ticket(run: Any) -> None:
+    repo, res = run([ticket("B1", writes("B1")), ticket("B2", writes("B2", ["B1"]), ["B1"])],
+                    bare=True, expect=0)
+    assert ticket_log(repo, res.data["branch"]) == ["B1", "B2"]
+
+
+def test_single_ticket_groups_run_one_chord_each(run: Any) -> None:
+    tickets = [ticket(f"P{i}", writes(f"P{i}")) for i in range(4)]
+    repo, res = run(tickets, "--parallel", "1", expect=0)
+    assert res.data["batches"] == 4
+    assert sorted(ticket_log(repo, res.data["branch"])) == ["P0", "P1", "P2", "P3"]
+
+
+def test_main_is_refused_without_allow_main(fleet: Fleet, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {}, {"version": "1.0", "tickets": [ticket("A", "true")]})
+    before = git(repo, "rev-parse", "main")
+    res = fleet.submit(repo, "--branch", "main", queue=unique_queue())
+    assert res.code == 2
+    assert "main" in res.stderr and "--allow-main" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert git(repo, "rev-parse", "main") == before
+
+
+def test_an_invalid_index_is_refused_before_anything_is_sent(fleet: Fleet, tmp_path: Path) -> None:
+    tickets = [ticket("A", "true", ["B"]), ticket("B", "true", ["A"])]
+    repo = make_repo(tmp_path / "repo", {}, {"version": "1.0", "tickets": tickets})
+    res = fleet.submit(repo, "--wait", queue=unique_queue())
+    assert res.code == 2
+    assert "A -> B -> A" in res.stderr or "B -> A -> B" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert git(repo, "branch", "--list", "sage/*").strip() == ""

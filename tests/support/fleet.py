@@ -1,0 +1,133 @@
+"""A real sage-tasks fleet for tests: sage-worker processes on a private redis-server.
+
+Everything runs as separate processes started from the installed entry points,
+exactly as an operator would start them; nothing is eager or mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tests.support.redis_server import RedisServer
+
+BIN = Path(sys.executable).parent
+
+
+def bin_path(name: str) -> str:
+    return str(BIN / name)
+
+
+@dataclass
+class Submitted:
+    """What ``sage-submit`` did: exit code, parsed JSON (when any), and its output."""
+
+    code: int
+    data: dict[str, Any] | None
+    stdout: str
+    stderr: str
+
+
+class Fleet:
+    """Worker processes on one redis-server; every process is killed at ``stop``."""
+
+    def __init__(self, root: Path, redis: RedisServer, **env: str):
+        self.root = root
+        self.redis = redis
+        self.extra_env = env
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        root.mkdir(parents=True, exist_ok=True)
+
+    def env(self, **more: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "SAGE_BROKER_URL": self.redis.url,
+            "SAGE_WORKDIR": str(self.root / "work"),
+            "SAGE_VISIBILITY_TIMEOUT": "60",
+            "SAGE_TICKET_TIMEOUT": "30",
+            "SAGE_HEARTBEAT_INTERVAL": "1",
+            "SAGE_SUPERVISOR_INTERVAL": "1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.extra_env)
+        env.update(more)
+        return env
+
+    def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen([bin_path("sage-worker"), *args], stdout=log,
+                                stderr=subprocess.STDOUT, env=self.env(**env),
+                                start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def start_tickets(self, name: str = "tickets", concurrency: int = 2, **env: str) -> None:
+        workdir = str(self.root / f"work-{name}")
+        self.start(name, "tickets", f"--concurrency={concurrency}", f"--hostname={name}@%h",
+                   SAGE_WORKDIR=workdir, **env)
+
+    def start_commit(self, repo: Path, queue: str, name: str | None = None, **env: str) -> str:
+        node = name or f"commit-{queue}"
+        self.start(node, "commit", "--repo", str(repo), "--commit-queue", queue,
+                   f"--hostname={node}@%h", **env)
+        return node
+
+    def submit(self, repo: Path, *args: str, queue: str, timeout: float = 180,
+               **env: str) -> Submitted:
+        cmd = [bin_path("sage-submit"), "--repo", str(repo), "--commit-queue", queue, *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=self.env(**env))
+        data = None
+        if "--json" in args and proc.stdout.strip():
+            try:
+                data = json.loads(proc.stdout)
+            except json.JSONDecodeError:
+                data = None
+        return Submitted(proc.returncode, data, proc.stdout, proc.stderr)
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def logs(self) -> str:
+        return "\n".join(f"== {n} ==\n{self.log(n)[-4000:]}" for n in self.procs)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.kill(name, signal.SIGTERM)
+
+
+def unique_queue() -> str:
+    return f"commit-{uuid.uuid4().hex[:8]}"
+
+
+def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
