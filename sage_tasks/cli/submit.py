@@ -241,6 +241,39 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | 
         render_summary(summary, human)
 
 
+@cli.command()
+@click.option("--repo", help="The repository to check (path).")
+@click.option("--repo-url", help="URL ticket workers fetch the repository from.")
+@click.option("--index", help=f"Ticket index path inside the repository [{DEFAULT_INDEX_PATH}].")
+@click.option("--parallel", type=ParallelType(), help="At most N tickets per batch, or 'auto'.")
+@click.option("--executor", help="Command for tickets without 'run' (env SAGE_EXECUTOR).")
+@click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@click.option("--commit-queue", help="The repository's commit queue (env SAGE_COMMIT_QUEUE).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@handle_errors
+def check(ctx: click.Context, repo: str | None, repo_url: str | None, index: str | None,
+          parallel: Any, executor: str | None, broker: str | None, commit_queue: str | None,
+          as_json: bool) -> None:
+    """Check the prerequisites of a run: broker, workers, repository, git, parallelism."""
+    from sage_tasks.check import run_checks
+
+    settings = load_settings(broker_url=broker or ctx.obj.get("broker"),
+                             commit_queue=commit_queue, executor=executor)
+    human, out = _consoles(as_json)
+    report = run_checks(settings, repo=repo, repo_url=repo_url, index=index, parallel=parallel)
+    if as_json:
+        out.print_json(json.dumps({"ready": report.ready,
+                                   "checks": [f.to_json() for f in report.findings]}))
+    else:
+        for f in report.findings:
+            mark = "[cyan]i[/]" if f.info else ("[green]ok[/]" if f.ok else "[red]FAIL[/]")
+            human.print(f"{mark:>4}  {f.what}: ", end="", highlight=False)
+            human.print(f.detail, markup=False, highlight=False)
+        human.print("ready" if report.ready else "[red]not ready[/]", highlight=False)
+    sys.exit(0 if report.ready else 3)
+
+
 def main() -> None:
     """Entry point of ``sage-submit``."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

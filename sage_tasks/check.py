@@ -1,0 +1,146 @@
+"""The prerequisite check: is everything in place for a run?
+
+Answers what the seed's validation did (TASK-027..029) for a fleet: the
+broker answers, workers listen on the right queues (exactly one commit
+worker per repository, at least one ticket worker), the repository and its
+URL are readable, git is recent enough, and how parallel the index is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sage_tasks.config import Settings
+from sage_tasks.errors import SageError
+
+#: ``git apply --3way --cached`` and ``worktree`` as used here need at least this
+MIN_GIT = (2, 25)
+
+
+@dataclass
+class Finding:
+    """One line of the check: what was looked at, whether it is fine, and why."""
+
+    what: str
+    ok: bool
+    detail: str
+    info: bool = False  # informational (never makes the check fail)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"what": self.what, "ok": self.ok, "detail": self.detail, "info": self.info}
+
+
+@dataclass
+class CheckReport:
+    findings: list[Finding] = field(default_factory=list)
+
+    def add(self, what: str, ok: bool, detail: str, *, info: bool = False) -> None:
+        self.findings.append(Finding(what, ok, detail, info))
+
+    @property
+    def ready(self) -> bool:
+        return all(f.ok for f in self.findings if not f.info)
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_workers(settings: Settings, report: CheckReport, timeout: float = 3.0) -> None:
+    """Which workers consume which queues, asked over the broker's control channel."""
+    from sage_tasks.celery_app import make_app
+
+    app = make_app(settings)
+    try:
+        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    finally:
+        app.close()
+    consumers: dict[str, list[str]] = {}
+    for node, queues in replies.items():
+        for q in queues or []:
+            consumers.setdefault(str(q.get("name")), []).append(node)
+    tickets = sorted(consumers.get(settings.ticket_queue, []))
+    commits = sorted(consumers.get(settings.commit_queue, []))
+    report.add("ticket workers", bool(tickets),
+               f"{len(tickets)} on queue '{settings.ticket_queue}': {', '.join(tickets)}"
+               if tickets else f"no worker consumes queue '{settings.ticket_queue}' "
+               "(start: sage-worker tickets)")
+    if len(commits) == 1:
+        report.add("commit worker", True, f"{commits[0]} on queue '{settings.commit_queue}'")
+    elif not commits:
+        report.add("commit worker", False, f"no worker consumes queue '{settings.commit_queue}' "
+                   "(start: sage-worker commit --repo PATH)")
+    else:
+        report.add("commit worker", False,
+                   f"{len(commits)} workers consume queue '{settings.commit_queue}' "
+                   f"({', '.join(commits)}); a repository needs exactly one")
+
+
+def run_checks(settings: Settings, *, repo: str | None, repo_url: str | None,
+               index: str | None, parallel: Any) -> CheckReport:
+    """Every check, each a finding; nothing is written anywhere."""
+    from sage_tasks import gitops
+    from sage_tasks.cli.common import connect, redact
+    from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
+    from sage_tasks.core.plan import build_plan
+
+    report = CheckReport()
+    try:
+        connect(settings.broker_url, timeout=3)
+        report.add("broker", True, f"{redact(settings.broker_url)} answers")
+        broker_ok = True
+    except SageError as exc:
+        report.add("broker", False, str(exc))
+        broker_ok = False
+    if broker_ok:
+        try:
+            check_workers(settings, report)
+        except Exception as exc:  # control channel trouble is a finding, not a crash
+            report.add("workers", False, f"could not ask the workers: {exc}")
+
+    try:
+        version = gitops.git_version()
+        ok = _version_tuple(version) >= MIN_GIT
+        report.add("git", ok, f"git {version}" + ("" if ok else
+                   f" is older than {'.'.join(map(str, MIN_GIT))}"))
+    except SageError as exc:
+        report.add("git", False, str(exc))
+
+    if repo is None:
+        return report
+    try:
+        root = gitops.repo_root(Path(repo))
+        report.add("repository", True, str(root))
+    except SageError as exc:
+        report.add("repository", False, str(exc))
+        return report
+    url = repo_url or str(root)
+    problem = gitops.url_readable(url)
+    report.add("repository URL", problem is None,
+               f"{gitops.redact_url(url)} is readable" if problem is None
+               else f"{gitops.redact_url(url)}: {problem}")
+    index_path = index or DEFAULT_INDEX_PATH
+    try:
+        data = gitops.read_index_at(root, gitops.resolve_ref(root, "HEAD"), index_path)
+        if data is None:
+            report.add("ticket index", False, f"no {index_path} at HEAD")
+            return report
+        doc = IndexDocument.loads(data, source=index_path)
+        plan = build_plan(doc, parallel=parallel, has_executor=bool(settings.executor))
+    except SageError as exc:
+        report.add("ticket index", False, str(exc).splitlines()[0])
+        return report
+    report.add("ticket index", True, f"{plan.tickets} tickets, {plan.to_run} to run, "
+               f"{len(plan.batches)} batches")
+    stats = plan.stats
+    report.add("parallelism", True,
+               f"{stats.independent_share:.0%} of the tickets to run have no pending dependency; "
+               f"widest batch {stats.widest_batch}; recommended workers "
+               f"{stats.recommended_workers}", info=True)
+    return report
