@@ -242,6 +242,24 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | 
 
 
 @cli.command()
+@click.argument("run_id")
+@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the report.")
+@click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@click.pass_context
+@handle_errors
+def report(ctx: click.Context, run_id: str, html_path: str, broker: str | None) -> None:
+    """A self-contained HTML report of a run: timeline, critical path, graph, reasons."""
+    from sage_tasks.report import write_report
+    from sage_tasks.runstate import RunStore
+
+    settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
+    store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
+    write_report(store, run_id, Path(html_path))
+    click.echo(html_path)
+
+
+@cli.command()
 @click.option("--repo", help="The repository to check (path).")
 @click.option("--repo-url", help="URL ticket workers fetch the repository from.")
 @click.option("--index", help=f"Ticket index path inside the repository [{DEFAULT_INDEX_PATH}].")
