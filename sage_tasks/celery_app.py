@@ -35,9 +35,15 @@ def make_app(settings: Settings) -> Celery:
     vt = int(settings.vt)
     transport = {
         "visibility_timeout": vt,
-        # kombu restores unacked messages of dead workers only on a periodic
-        # scan; make it look at least as often as the visibility timeout needs
-        "unacked_restore_limit": 100,
+        # kombu restores a dead worker's unacknowledged messages on a periodic
+        # scan (by default about every 100 s): scan often enough that recovery
+        # takes the visibility timeout plus a few seconds
+        "unacked_restore_interval": max(1, min(10, vt // 10)),
+        "unacked_restore_throttle": 1,
+        # a broker that vanishes without closing the connection (a cut link)
+        # must not leave a worker blocked on a dead socket forever
+        "socket_timeout": 30,
+        "socket_connect_timeout": 10,
         "socket_keepalive": True,
         "health_check_interval": 10,
         "retry_on_timeout": True,
