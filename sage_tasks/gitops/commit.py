@@ -1,0 +1,265 @@
+"""The commit path: one ticket's patch and index change, as one commit, exactly once.
+
+Nothing here touches a work tree. A commit is built in a private index
+(``GIT_INDEX_FILE``) kept between commits, and published with a
+compare-and-swap on the branch ref, so a checked-out branch, a crash half-way
+or a lost lock never leaves a half-written repository or a lost update.
+
+Per commit, in the usual case (the branch is where our last commit left it),
+this spawns three git processes: ``apply``, ``write-tree`` and
+``commit-tree``. Reads go through a long-lived ``cat-file --batch``, the ref
+update through a long-lived ``update-ref --stdin``, and the index change
+rides in the same ``git apply`` as the ticket's patch, as a binary patch
+whose blob ids git checks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument, State, is_valid_ticket_id
+from sage_tasks.errors import GitError, PatchRejected, RepositoryError
+from sage_tasks.gitops.diff import FileDiff, parse_patch, replace_blob_patch, without_paths
+from sage_tasks.gitops.history import find_ticket_commit, message
+from sage_tasks.gitops.process import first_line
+from sage_tasks.gitops.repository import Repository
+from sage_tasks.gitops.safety import check_files, path_problem
+
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+@-]{0,127}$")
+
+_CONFLICT_RES = (
+    re.compile(r"^Applied patch to '(.+)' with conflicts\.$"),
+    re.compile(r"^error: patch failed: (.+):\d+$"),
+    re.compile(
+        r"^error: (.+?): (?:already exists in index|does not exist in index"
+        r"|does not match index|patch does not apply)$"
+    ),
+)
+_APPLY = (
+    "-c",
+    "apply.ignoreWhitespace=no",
+    "apply",
+    "--cached",
+    "--whitespace=nowarn",
+)
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What a commit did: the commit, the state it recorded, conflicts, and if it was a repeat."""
+
+    sha: str
+    state: State
+    conflicts: list[str] = field(default_factory=list)
+    already: bool = False
+
+
+class CommitTarget:
+    """Commits tickets of a run to ``refs/heads/<branch>`` of ``repo``.
+
+    ``repo`` is a path (a :class:`Repository` is opened and owned) or an open
+    :class:`Repository`, which a commit worker keeps for all the branches of
+    its repository so the helper processes and private index are reused.
+    ``before_update_ref`` is a fault-injection hook called after the commit
+    object is written and before the ref moves.
+    """
+
+    def __init__(
+        self,
+        repo: Path | Repository,
+        branch: str,
+        index_path: str = DEFAULT_INDEX_PATH,
+        *,
+        before_update_ref: Callable[[], None] | None = None,
+    ) -> None:
+        if "\n" in branch or branch.startswith("-") or not branch:
+            raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
+        problem = path_problem(index_path)
+        if problem:
+            raise RepositoryError(f"bad ticket index path: {problem}", path=index_path)
+        self._owned = not isinstance(repo, Repository)
+        self.repo = repo if isinstance(repo, Repository) else Repository(repo)
+        self.branch = branch
+        self.ref = f"refs/heads/{branch}"
+        self.index_path = index_path
+        self.before_update_ref = before_update_ref
+
+    def close(self) -> None:
+        """Release the repository if this target opened it."""
+        if self._owned:
+            self.repo.close()
+
+    def __enter__(self) -> CommitTarget:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the commit ------------------------------------------------------------
+
+    def commit(
+        self,
+        ticket_id: str,
+        title: str,
+        run_id: str,
+        patch: bytes | None,
+        state: State,
+        reason: str | None = None,
+        *,
+        before_update_ref: Callable[[], None] | None = None,
+    ) -> CommitResult:
+        """Record one finished ticket: its patch (if COMPLETED) and its new state, in one commit.
+
+        Idempotent: when the branch already records this ticket as COMPLETED,
+        or as DEFERRED by a commit of this run, nothing is written and the
+        result has ``already=True``. A patch that does not merge onto the
+        branch head is dropped and the ticket recorded DEFERRED with
+        ``merge conflict in: <paths>``. Raises :class:`PatchRejected` for an
+        unsafe patch, :class:`RefMoved` when the branch moves under us
+        (retry), :class:`GitError` for an unknown ticket.
+        """
+        self._check_args(ticket_id, run_id, state)
+        body = b""
+        if state is State.COMPLETED and patch:
+            files = parse_patch(patch)
+            check_files(files)
+            body = self._without_index(patch, files)
+        head = self.repo.head(self.ref)
+        if head is None:
+            raise RepositoryError(f"branch {self.branch!r} does not exist", path=self.branch)
+        head_sha, head_tree = head
+        blob = self.repo.read(f"{head_sha}:{self.index_path}")
+        if blob is None or blob.type != "blob":
+            raise GitError(
+                f"no ticket index at {self.index_path} on {self.branch}", path=self.index_path
+            )
+        doc = IndexDocument.loads(blob.data, source=self.index_path)
+        ticket = doc.get(ticket_id)
+        if ticket is None:
+            raise GitError(
+                f"ticket {ticket_id} is not in {self.index_path} on {self.branch}",
+                tickets=[ticket_id],
+            )
+        done = self._already(ticket_id, run_id, ticket.state, head_sha)
+        if done is not None:
+            return done
+        title = title or ticket.title
+
+        conflicts: list[str] = []
+        tree: str | None = None
+        if state is State.COMPLETED:
+            doc.set_state(ticket_id, State.COMPLETED)
+            tree, conflicts, failure = self._apply(head_tree, body, blob.oid, doc.dumps())
+            if tree is None:
+                state = State.DEFERRED
+                reason = (
+                    f"merge conflict in: {', '.join(conflicts)}"
+                    if conflicts
+                    else f"patch does not apply: {failure}"
+                )
+        if tree is None:
+            doc.set_state(ticket_id, State.DEFERRED, reason)
+            tree, _, failure = self._apply(head_tree, b"", blob.oid, doc.dumps())
+            if tree is None:
+                raise GitError(f"cannot update {self.index_path}: {failure}", tickets=[ticket_id])
+
+        text = message(ticket_id, title, run_id, reason if state is State.DEFERRED else None)
+        proc = self.repo.run(
+            "commit-tree", tree, "-p", head_sha, input=text, env=self.repo.identity_env()
+        )
+        new = proc.stdout.decode().strip()
+        hook = before_update_ref or self.before_update_ref
+        if hook is not None:
+            hook()
+        self.repo.update_ref(self.ref, new, head_sha)
+        return CommitResult(new, state, conflicts, already=False)
+
+    # -- steps -----------------------------------------------------------------
+
+    @staticmethod
+    def _check_args(ticket_id: str, run_id: str, state: State) -> None:
+        if not is_valid_ticket_id(ticket_id):
+            raise GitError(f"invalid ticket id {ticket_id!r}", tickets=[str(ticket_id)])
+        if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+            raise GitError(f"invalid run id {run_id!r}", tickets=[ticket_id])
+        if state not in (State.COMPLETED, State.DEFERRED):
+            raise GitError(
+                f"a commit records COMPLETED or DEFERRED, not {state}", tickets=[ticket_id]
+            )
+
+    def _without_index(self, patch: bytes, files: list[FileDiff]) -> bytes:
+        """The patch minus any change to the ticket index (an executor's edits are not taken)."""
+        for fd in files:
+            if self.index_path in fd.paths and len(fd.paths) > 1:
+                raise PatchRejected(
+                    f"patch renames or copies the ticket index {self.index_path}",
+                    path=self.index_path,
+                )
+        return without_paths(patch, files, {self.index_path})
+
+    def _already(
+        self, ticket_id: str, run_id: str, recorded: State, head_sha: str
+    ) -> CommitResult | None:
+        if recorded is State.COMPLETED:
+            git_dir = self.repo.git_dir
+            sha = find_ticket_commit(git_dir, head_sha, ticket_id, run_id) or find_ticket_commit(
+                git_dir, head_sha, ticket_id, None
+            )
+            return CommitResult(sha or head_sha, State.COMPLETED, already=True)
+        if recorded is State.DEFERRED:
+            sha = find_ticket_commit(self.repo.git_dir, head_sha, ticket_id, run_id)
+            if sha is not None:
+                return CommitResult(sha, State.DEFERRED, already=True)
+        return None
+
+    def _apply(
+        self, head_tree: str, body: bytes, index_oid: str, index_data: bytes
+    ) -> tuple[str | None, list[str], str]:
+        """Build the tree of ``head_tree`` + patch + new index; ``(tree, conflicts, failure)``.
+
+        ``tree`` is None when the patch does not apply; the private index is
+        then thrown away.
+        """
+        repo = self.repo
+        new_oid = repo.blob_id(index_data)
+        patch = body
+        if new_oid != index_oid:
+            patch += replace_blob_patch(self.index_path, index_oid, new_oid, index_data)
+        if not patch:
+            return head_tree, [], ""
+        if repo.index_tree != head_tree:
+            repo.index_tree = None
+            repo.run("read-tree", head_tree, index=True)
+            repo.index_tree = head_tree
+        repo.index_tree = None
+        args = (*_APPLY, "--3way") if body else _APPLY
+        proc = repo.run(*args, input=patch, index=True, check=False)
+        if proc.returncode != 0:
+            return None, self._conflicts(proc.stderr), first_line(proc.stderr)
+        tree = repo.run("write-tree", index=True).stdout.decode().strip()
+        repo.index_tree = tree
+        return tree, [], ""
+
+    def _conflicts(self, stderr: bytes) -> list[str]:
+        found: list[str] = []
+        for line in stderr.decode("utf-8", "replace").splitlines():
+            for pattern in _CONFLICT_RES:
+                m = pattern.match(line.strip())
+                if m and m.group(1) not in found:
+                    found.append(m.group(1))
+        unmerged = self.repo.run("ls-files", "-u", "-z", index=True, check=False).stdout
+        for entry in unmerged.split(b"\0"):
+            if b"\t" in entry:
+                path = entry.split(b"\t", 1)[1].decode("utf-8", "surrogateescape")
+                if path not in found:
+                    found.append(path)
+        return sorted(p for p in found if p != self.index_path)

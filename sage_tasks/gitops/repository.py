@@ -1,0 +1,220 @@
+"""An open repository: where it lives, and the long-lived git processes that serve it.
+
+Git commands that only need objects, refs and a private index are run from
+inside the git directory, where git sets up no work tree at all: nothing this
+module does can touch a checkout, bare or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+from sage_tasks.errors import GitError, RefMoved, RepositoryError
+from sage_tasks.gitops.process import Helper, first_line, git_env, run_git
+
+#: identity used for commits when the host has none configured
+FALLBACK_NAME = "sage-tasks"
+FALLBACK_EMAIL = "sage-tasks@localhost"
+
+
+def repo_root(path: Path) -> Path:
+    """The top of the repository holding ``path``: its work tree, or the git dir if bare.
+
+    Raises :class:`RepositoryError` when ``path`` is not inside a git repository.
+    """
+    bare, git_dir = locate_repo(path)
+    if bare:
+        return git_dir
+    proc = run_git(path, "rev-parse", "--show-toplevel", check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        # inside the .git directory of a non-bare repository
+        return git_dir.parent
+    return Path(proc.stdout.decode("utf-8", "surrogateescape").strip())
+
+
+def locate_repo(path: Path) -> tuple[bool, Path]:
+    """``(is_bare, git_dir)`` of the repository at ``path``; :class:`RepositoryError` if none."""
+    if not path.is_dir():
+        raise RepositoryError(f"{path} is not a directory", path=str(path))
+    proc = run_git(path, "rev-parse", "--is-bare-repository", "--absolute-git-dir", check=False)
+    if proc.returncode != 0:
+        raise RepositoryError(f"{path} is not a git repository", path=str(path))
+    bare, git_dir = proc.stdout.decode("utf-8", "surrogateescape").splitlines()[:2]
+    return bare == "true", Path(git_dir)
+
+
+class GitObject:
+    """One object read from the repository."""
+
+    __slots__ = ("data", "oid", "type")
+
+    def __init__(self, oid: str, type: str, data: bytes) -> None:
+        self.oid = oid
+        self.type = type
+        self.data = data
+
+
+class Repository:
+    """A repository opened for the commit path (not thread-safe; re-opened after a fork).
+
+    Holds a ``git cat-file --batch`` reader and a ``git update-ref --stdin``
+    writer that live as long as this object, and a private index file in a
+    temporary folder that is kept between commits, so that the usual case
+    (the branch is where our last commit left it) needs no ``read-tree``.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.bare, self.git_dir = locate_repo(path)
+        fmt = run_git(self.git_dir, "rev-parse", "--show-object-format").stdout.decode().strip()
+        self.object_format = fmt or "sha1"
+        self.null_oid = "0" * hashlib.new(self.object_format).digest_size * 2
+        self._reader = Helper(self.git_dir, "cat-file", "--batch")
+        self._refs = Helper(self.git_dir, "update-ref", "--stdin")
+        self._ident: dict[str, str] | None = None
+        self._pid = 0
+        self._private()
+
+    def _private(self) -> Path:
+        """This process's temporary folder (a forked child gets its own)."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._tmp = Path(tempfile.mkdtemp(prefix="sage-git-"))
+            #: the tree the private index holds, when known to be clean
+            self.index_tree: str | None = None
+            self._finalizer = weakref.finalize(
+                self, _release, (self._reader, self._refs), self._tmp, self._pid
+            )
+        return self._tmp
+
+    @property
+    def index_file(self) -> Path:
+        """The private index file used by ``run(..., index=True)``."""
+        return self._private() / "index"
+
+    # -- life cycle ----------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the helper processes and remove the private index."""
+        self._finalizer()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- running git ---------------------------------------------------------
+
+    def run(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        index: bool = False,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run git in the git dir; ``index=True`` points it at the private index."""
+        extra = dict(env or {})
+        if index:
+            extra["GIT_INDEX_FILE"] = str(self.index_file)
+        return run_git(self.git_dir, *args, input=input, env=extra, check=check)
+
+    def identity_env(self) -> dict[str, str]:
+        """Author/committer variables for ``commit-tree``: empty when git has an identity.
+
+        A commit worker on a host without ``user.name``/``user.email`` still
+        commits, as ``sage-tasks <sage-tasks@localhost>``.
+        """
+        if self._ident is None:
+            proc = run_git(self.git_dir, "var", "GIT_COMMITTER_IDENT", check=False)
+            self._ident = {}
+            if proc.returncode != 0:
+                env = git_env()
+                for role in ("AUTHOR", "COMMITTER"):
+                    for key, fallback in (("NAME", FALLBACK_NAME), ("EMAIL", FALLBACK_EMAIL)):
+                        var = f"GIT_{role}_{key}"
+                        self._ident[var] = env.get(var) or fallback
+        return self._ident
+
+    # -- objects -------------------------------------------------------------
+
+    def read(self, name: str) -> GitObject | None:
+        """The object ``name`` resolves to (any rev syntax), or None if there is none."""
+        if "\n" in name:
+            raise GitError(f"invalid object name {name!r}")
+        helper = self._reader
+        helper.send(name.encode("utf-8", "surrogateescape") + b"\n")
+        out = helper.stdout
+        header = out.readline()
+        if not header:
+            raise helper.fail(f"stopped reading {name!r}")
+        parts = header.split()
+        if len(parts) == 2 and parts[1] in (b"missing", b"ambiguous"):
+            return None
+        if len(parts) != 3:
+            raise helper.fail(f"gave an unexpected answer {header!r}")
+        size = int(parts[2])
+        data = out.read(size + 1)
+        if len(data) != size + 1:
+            raise helper.fail(f"stopped reading {name!r}")
+        return GitObject(parts[0].decode(), parts[1].decode(), data[:-1])
+
+    def head(self, ref: str) -> tuple[str, str] | None:
+        """``(commit, tree)`` of the commit ``ref`` points to, or None when it does not exist."""
+        obj = self.read(ref)
+        if obj is None:
+            return None
+        if obj.type != "commit":
+            raise RepositoryError(f"{ref} is a {obj.type}, not a commit", path=str(self.path))
+        first = obj.data.split(b"\n", 1)[0]
+        if not first.startswith(b"tree "):
+            raise GitError(f"commit {obj.oid} has no tree line")
+        return obj.oid, first[5:].decode()
+
+    def blob_id(self, data: bytes) -> str:
+        """The id git gives a blob with this content (computed here, not written)."""
+        h = hashlib.new(self.object_format)
+        h.update(b"blob %d\0" % len(data))
+        h.update(data)
+        return h.hexdigest()
+
+    # -- refs ----------------------------------------------------------------
+
+    def update_ref(self, ref: str, new: str, old: str) -> None:
+        """Point ``ref`` at ``new`` only if it is at ``old`` now (``old`` empty: must not exist).
+
+        Raises :class:`RefMoved` when the ref is elsewhere or locked by another writer.
+        """
+        helper = self._refs
+        helper.send(f"start\nupdate {ref} {new} {old or self.null_oid}\ncommit\n".encode())
+        out = helper.stdout
+        answers = (out.readline(), out.readline())
+        if answers == (b"start: ok\n", b"commit: ok\n"):
+            return
+        err = helper.fail("did not update " + ref)
+        stderr = helper.last_stderr
+        if b"cannot lock ref" in stderr or b"Unable to create" in stderr:
+            raise RefMoved(f"{ref} moved while committing: {first_line(stderr)}", path=ref)
+        raise err
+
+
+def _release(helpers: tuple[Helper, ...], tmp: Path, pid: int) -> None:
+    if pid != os.getpid():
+        return
+    for helper in helpers:
+        helper.close()
+    shutil.rmtree(tmp, ignore_errors=True)
