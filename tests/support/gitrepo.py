@@ -151,3 +151,32 @@ def changed_paths(repo: Path, old: str, new: str) -> list[str]:
 def commit_count(repo: Path, spec: str) -> int:
     """How many commits ``git rev-list`` counts for ``spec`` (e.g. ``main..branch``)."""
     return int(git(repo, "rev-list", "--count", spec).strip())
+
+
+def checkout(repo: Path, ref: str, dest: Path) -> Path:
+    """A non-bare clone of ``repo`` at ``dest`` with ``ref`` checked out (detached)."""
+    git(dest.parent, "clone", "-q", "--no-checkout", str(repo), str(dest))
+    git(dest, "checkout", "-q", "--detach", ref)
+    return dest
+
+
+def edit_tree(root: Path, changes: dict[str, str | bytes | None]) -> None:
+    """Write (str/bytes) or delete (None) files under ``root``."""
+    for name, content in changes.items():
+        path = root / name
+        if content is None:
+            path.unlink()
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+def make_patch(repo: Path, ref: str, changes: dict[str, str | bytes | None], dest: Path,
+               *, exclude: tuple[str, ...] = (INDEX,)) -> bytes:
+    """The patch a ticket worker would capture after making ``changes`` at ``ref`` of ``repo``."""
+    from sage_tasks.gitops import capture_patch
+
+    base = git(repo, "rev-parse", ref).strip()
+    work = checkout(repo, base, dest)
+    edit_tree(work, changes)
+    return capture_patch(work, base, exclude=list(exclude), max_bytes=1 << 24).data
