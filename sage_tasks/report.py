@@ -1,0 +1,478 @@
+"""A run's report: one self-contained HTML page (``sage-submit report``).
+
+The page holds the run's header and metrics, a timeline of where and when
+each ticket's command ran, the critical path, the plan's graph and every
+DEFERRED or BLOCKED reason in full. Styles and drawings are inline (CSS and
+SVG): nothing is fetched and no script runs, so the file can be mailed or
+archived as it is. Every string that comes from the run is escaped, since
+reasons carry executor output.
+
+Large runs stay readable: timeline rows and graph nodes get thinner, labels
+give way to tooltips (SVG ``<title>``), and a level too tall for one column
+of the graph wraps into several.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import json
+import math
+import os
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sage_tasks.errors import ConfigError, UnknownRun
+from sage_tasks.runstate import Phase, RunStatus, RunStore
+from sage_tasks.summary import RunSummary, TicketRow, load_summary
+
+#: CSS class per final state; any other state is drawn as "ot"
+_STATE_CLASS = {Phase.COMPLETED.value: "ok", Phase.DEFERRED.value: "df", Phase.BLOCKED.value: "bl"}
+#: graph nodes per column before a level wraps into another column
+_ROWS_PER_COLUMN = 200
+#: dependency edges drawn at most (critical path edges are always drawn)
+_EDGE_CAP = 30_000
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]")
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#212529;
+margin:24px auto;max-width:1320px;padding:0 16px}
+h1{font-size:22px;margin:0 0 8px}h3{font-size:14px;margin:14px 0 4px}
+h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dee2e6;padding-bottom:4px}
+code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+pre{background:#f8f9fa;border:1px solid #dee2e6;padding:8px;white-space:pre-wrap;
+overflow-wrap:anywhere;max-height:480px;overflow:auto;margin:0}
+dl.info{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:0}
+dl.info dt{color:#6c757d}dl.info dd{margin:0;overflow-wrap:anywhere}
+.cards{display:flex;flex-wrap:wrap;gap:10px}
+.card{border:1px solid #dee2e6;border-radius:6px;padding:8px 12px;min-width:130px}
+.card b{display:block;font-size:20px}.card span{color:#6c757d;font-size:12px}
+.chip{display:inline-block;padding:0 7px;border-radius:9px;color:#fff;font-size:12px}
+.chip.ok{background:#2f9e44}.chip.df{background:#e8a317}.chip.bl{background:#d6336c}
+.chip.ot{background:#868e96}.ok{fill:#2f9e44}.df{fill:#e8a317}.bl{fill:#d6336c}
+.ot{fill:#868e96}.note{color:#6c757d}.err{color:#d6336c;font-weight:600}
+.scroll{overflow:auto;max-height:80vh;border:1px solid #dee2e6}
+svg text{font:11px system-ui,sans-serif;fill:#212529}svg text.in{fill:#fff}
+svg text.host{font-weight:600}svg text.tick{fill:#6c757d}
+line.grid{stroke:#f1f3f5}line.batch{stroke:#495057;stroke-dasharray:3 3}
+path.e{fill:none;stroke:#ced4da}path.ce{fill:none;stroke:#1c7ed6;stroke-width:2.5}
+rect.cp{stroke:#1c7ed6;stroke-width:2}
+ol.cp{padding:0;margin:6px 0;line-height:2}ol.cp li{display:inline}
+ol.cp li+li::before{content:" \\2192  ";color:#6c757d}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{text-align:left;padding:3px 8px;border-bottom:1px solid #dee2e6;vertical-align:top}
+th{background:#f8f9fa;position:sticky;top:0}td.n{text-align:right}
+td.r{overflow-wrap:anywhere;max-width:520px}
+"""
+
+_POLICY = "default-src 'none'; style-src 'unsafe-inline'"
+
+
+def _e(value: object) -> str:
+    """``value`` as text safe in HTML and inline SVG, as content or a quoted attribute."""
+    text = _CONTROL.sub("\ufffd", _ANSI.sub("", str(value)))
+    return html.escape(text, quote=True)
+
+
+def _cls(state: str) -> str:
+    return _STATE_CLASS.get(state, "ot")
+
+
+def _chip(state: str) -> str:
+    return f'<span class="chip {_cls(state)}">{_e(state)}</span>'
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "—"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _secs(s: float | None) -> str:
+    """A duration for people: 4.2s, 3m 05s, 1h 02m."""
+    if s is None:
+        return "—"
+    if s < 60:
+        return f"{s:.1f}s"
+    m, sec = divmod(round(s), 60)
+    if m < 60:
+        return f"{m}m {sec:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _clip(text: str, size: int) -> str:
+    return text if len(text) <= size else text[: max(1, size - 1)] + "…"
+
+
+def _span(row: TicketRow) -> tuple[float, float] | None:
+    """When the ticket's command ran: started to started + duration (or its end)."""
+    if row.started is None:
+        return None
+    if row.duration_s is not None:
+        return row.started, row.started + max(0.0, row.duration_s)
+    if row.ended is not None and row.ended >= row.started:
+        return row.started, row.ended
+    return None
+
+
+def _ticks(total: float, count: int = 8) -> list[float]:
+    """Round offsets from 0 to ``total``, about ``count`` of them."""
+    raw = total / count
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    return [i * step for i in range(int(total / step) + 1)]
+
+
+def _legend() -> str:
+    states = (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED)
+    return (
+        "<p>" + " ".join(_chip(p.value) for p in states) + ' <span class="chip ot">other</span></p>'
+    )
+
+
+# -- sections ------------------------------------------------------------------------
+
+
+def _header(s: RunSummary) -> str:
+    info = s.info
+    status = _e(info.status)
+    if info.status == RunStatus.FAILED:
+        status = f'<span class="err">{status}</span>'
+    base = f"{_e(info.base)} <code>{_e(info.base_sha[:12] or '—')}</code>"
+    items = [
+        ("status", status),
+        ("branch", f"<code>{_e(info.branch)}</code>"),
+        ("base → head", f"{base} → <code>{_e(info.head[:12] or '—')}</code>"),
+        ("submitted", f"{_when(info.created)} by {_e(info.submitted_by or '—')}"),
+        ("started", _when(info.started)),
+        ("ended", _when(info.ended)),
+        ("repository", _e(info.repo)),
+        ("index", f"<code>{_e(info.index_path)}</code>"),
+        ("executor", _e(info.executor or "the tickets' commands")),
+    ]
+    rows = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items)
+    out = [f'<header><h1>Run <code>{_e(info.run_id)}</code></h1><dl class="info">{rows}</dl>']
+    if info.error:
+        out.append(f'<p class="err">The run failed: {_e(info.error)}</p>')
+    if not s.finished:
+        out.append('<p class="note">The run has not finished: this shows it as it stood.</p>')
+    return "".join(out) + "</header>"
+
+
+def _metrics(s: RunSummary, plan: dict[str, Any]) -> str:
+    speed = f"{s.speedup:.2f}×" if s.speedup is not None else "n/a"
+    eff = f"{s.efficiency:.0%}" if s.efficiency is not None else "n/a"
+    others = len(s.rows) - len(s.completed) - len(s.deferred) - len(s.blocked)
+    cards = [
+        (_secs(s.wall_s), "wall time"),
+        (_secs(s.ticket_time_s), "summed ticket time"),
+        (speed, "speedup"),
+        (eff, "parallel efficiency"),
+        (str(s.max_parallel), "max parallel"),
+        (str(len(s.completed)), "completed"),
+        (str(len(s.deferred)), "deferred"),
+        (str(len(s.blocked)), "blocked"),
+        (str(len(s.batches)), "batches"),
+    ]
+    if others:
+        cards.append((str(others), "not finished"))
+    body = "".join(f'<div class="card"><b>{v}</b><span>{k}</span></div>' for v, k in cards)
+    return f'<section id="metrics"><h2>Metrics</h2><div class="cards">{body}</div></section>'
+
+
+def _timeline(s: RunSummary) -> str:
+    head = '<section id="timeline"><h2>Timeline</h2>'
+    bars = [(r, sp) for r in s.rows if (sp := _span(r)) is not None]
+    if not bars:
+        return head + '<p class="note">No ticket ran.</p></section>'
+    t0 = min(a for _, (a, _) in bars)
+    total = max(max(b for _, (_, b) in bars) - t0, 1e-3)
+    by_host: dict[str, list[tuple[TicketRow, tuple[float, float]]]] = {}
+    for row, sp in sorted(bars, key=lambda bar: (bar[1][0], bar[0].id)):
+        by_host.setdefault(row.host or "(unknown host)", []).append((row, sp))
+    rh = max(2.0, min(16.0, 2400 / len(bars)))
+    left, width, top = 200.0, 960.0, 24.0
+
+    def x(t: float) -> float:
+        return left + (t - t0) / total * width
+
+    body: list[str] = []
+    y = top
+    for host, items in by_host.items():
+        body.append(f'<text class="host" x="4" y="{y + 12:.1f}">{_e(host)} · {len(items)}</text>')
+        y += 16
+        for row, (a, b) in items:
+            if rh >= 11:
+                body.append(
+                    f'<text x="{left - 6:.0f}" y="{y + rh * 0.75:.1f}" '
+                    f'text-anchor="end">{_e(_clip(row.id, 28))}</text>'
+                )
+            batch = f", batch {row.batch + 1}" if row.batch is not None else ""
+            tip = f"{row.id}: {row.state}, {_secs(b - a)} on {host}{batch}"
+            body.append(
+                f'<rect class="{_cls(row.state)}" x="{x(a):.1f}" y="{y + rh * 0.1:.1f}" '
+                f'width="{max(1.0, x(b) - x(a)):.1f}" height="{rh * 0.8:.1f}">'
+                f"<title>{_e(tip)}</title></rect>"
+            )
+            y += rh
+        y += 4
+    grid: list[str] = []
+    for t in _ticks(total):
+        grid.append(
+            f'<line class="grid" x1="{x(t0 + t):.1f}" y1="{top}" x2="{x(t0 + t):.1f}" '
+            f'y2="{y:.1f}"/><text class="tick" x="{x(t0 + t):.1f}" y="{y + 14:.1f}" '
+            f'text-anchor="middle">{_secs(t)}</text>'
+        )
+    starts: dict[int, float] = {}
+    for row, (a, _) in bars:
+        if row.batch is not None:
+            starts[row.batch] = min(a, starts.get(row.batch, a))
+    last = -1e9
+    for n in sorted(starts):
+        bx = x(starts[n])
+        grid.append(
+            f'<line class="batch" x1="{bx:.1f}" y1="{top - 8}" x2="{bx:.1f}" y2="{y:.1f}">'
+            f"<title>batch {n + 1} starts</title></line>"
+        )
+        if bx - last >= 30:
+            grid.append(f'<text class="tick" x="{bx + 2:.1f}" y="{top - 10}">b{n + 1}</text>')
+            last = bx
+    w, h = left + width + 20, y + 22
+    svg = (
+        f'<svg width="{w:.0f}" height="{h:.0f}" viewBox="0 0 {w:.0f} {h:.0f}" role="img" '
+        f'aria-label="timeline">{"".join(grid)}{"".join(body)}</svg>'
+    )
+    idle = len(s.rows) - len(bars)
+    note = (
+        f'<p class="note">{_count(len(bars), "ticket")} ran on {_count(len(by_host), "host")}'
+        f"{f' ({idle} never ran)' if idle else ''}; dashed lines: batch starts.</p>"
+    )
+    return f'{head}{_legend()}{note}<div class="scroll">{svg}</div></section>'
+
+
+def _critical_path(s: RunSummary, plan: dict[str, Any]) -> str:
+    head = '<section id="critical-path"><h2>Critical path</h2>'
+    path = [str(t) for t in plan.get("critical_path") or s.critical_path]
+    if not path:
+        return head + '<p class="note">No ticket to run.</p></section>'
+    rows = {r.id: r for r in s.rows}
+    items: list[str] = []
+    ran = 0.0
+    for tid in path:
+        row = rows.get(tid)
+        state = row.state if row else Phase.PENDING.value
+        dur = row.duration_s if row else None
+        ran += dur or 0.0
+        items.append(
+            f'<li><span class="chip {_cls(state)}" title="{_e(state)}">{_e(tid)}</span> '
+            f"{_secs(dur)}</li>"
+        )
+    estimate = plan.get("critical_path_seconds")
+    planned = f" (planned {_secs(float(estimate))})" if estimate is not None else ""
+    share = f", {ran / s.wall_s:.0%} of the wall time" if s.wall_s > 0 else ""
+    total = f"<p>{_count(len(path), 'ticket')}; total {_secs(ran)}{planned}{share}.</p>"
+    return f'{head}{total}<ol class="cp">{"".join(items)}</ol></section>'
+
+
+def _graph(s: RunSummary, plan: dict[str, Any]) -> str:
+    head = '<section id="graph"><h2>Graph</h2>'
+    levels = [[str(t) for t in lv] for lv in plan.get("levels") or s.batches]
+    columns = [(f"level {n}", lv) for n, lv in enumerate(levels, 1) if lv]
+    blocked = [str(t) for t in plan.get("blocked", [])]
+    if blocked:
+        columns.append(("blocked", blocked))
+    if not columns:
+        return head + '<p class="note">No ticket in the plan.</p></section>'
+    tallest = min(_ROWS_PER_COLUMN, max(len(ids) for _, ids in columns))
+    subcols = sum(-(-len(ids) // _ROWS_PER_COLUMN) for _, ids in columns)
+    pitch = max(4.0, min(26.0, 1800 / tallest))
+    labelled = pitch >= 16 and subcols <= 40
+    if labelled:
+        node_w, step = 128.0, 184.0
+    else:
+        pitch = min(pitch, 12.0)
+        step = max(6.0, min(48.0, 2400 / subcols))
+        node_w = step * 0.45
+    node_h, top = pitch * 0.7, 30.0
+    pos: dict[str, tuple[float, float]] = {}
+    heads: list[str] = []
+    col, last_end = 0, -1e9
+    for name, ids in columns:
+        cx = 10 + col * step
+        if cx >= last_end:
+            text = f"{name} · {len(ids)}"
+            heads.append(f'<text class="host" x="{cx:.1f}" y="16">{_e(text)}</text>')
+            last_end = cx + 7 * len(text)
+        for i, tid in enumerate(ids):
+            sub, k = divmod(i, _ROWS_PER_COLUMN)
+            pos[tid] = (cx + sub * step, top + k * pitch)
+        col += -(-len(ids) // _ROWS_PER_COLUMN)
+
+    def edge(a: str, b: str, cls: str) -> str:
+        (xa, ya), (xb, yb) = pos[a], pos[b]
+        x1, y1, x2, y2 = xa + node_w, ya + node_h / 2, xb, yb + node_h / 2
+        mid = (x1 + x2) / 2
+        return (
+            f'<path class="{cls}" d="M{x1:.1f},{y1:.1f} C{mid:.1f},{y1:.1f} '
+            f'{mid:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"/>'
+        )
+
+    path = [str(t) for t in plan.get("critical_path") or s.critical_path]
+    crit = {(a, b) for a, b in itertools.pairwise(path) if a in pos and b in pos}
+    edges: list[str] = []
+    skipped = 0
+    for tid, deps in plan.get("deps", {}).items():
+        for dep in deps:
+            if (dep, tid) in crit or dep not in pos or tid not in pos:
+                continue
+            if len(edges) < _EDGE_CAP:
+                edges.append(edge(dep, tid, "e"))
+            else:
+                skipped += 1
+    edges += [edge(a, b, "ce") for a, b in sorted(crit)]
+    state = {r.id: r.state for r in s.rows}
+    on_path = set(path)
+    nodes: list[str] = []
+    for tid, (nx, ny) in pos.items():
+        st = state.get(tid, Phase.PENDING.value)
+        cls = _cls(st) + (" cp" if tid in on_path else "")
+        nodes.append(
+            f'<rect class="{cls}" x="{nx:.1f}" y="{ny:.1f}" width="{node_w:.1f}" '
+            f'height="{node_h:.1f}" rx="2"><title>{_e(tid)}: {_e(st)}</title></rect>'
+        )
+        if labelled:
+            nodes.append(
+                f'<text class="in" x="{nx + 4:.1f}" y="{ny + node_h * 0.72:.1f}">'
+                f"{_e(_clip(tid, 17))}</text>"
+            )
+    w, h = 20 + col * step, top + tallest * pitch + 10
+    svg = (
+        f'<svg width="{w:.0f}" height="{h:.0f}" viewBox="0 0 {w:.0f} {h:.0f}" role="img" '
+        f'aria-label="graph">{"".join(heads)}{"".join(edges)}{"".join(nodes)}</svg>'
+    )
+    note = "Columns are levels; blue edges and outlines: the critical path."
+    if skipped:
+        note += f" {skipped} further dependency edges are not drawn."
+    return f'{head}{_legend()}<p class="note">{note}</p><div class="scroll">{svg}</div></section>'
+
+
+def _has_reason(row: TicketRow) -> bool:
+    return row.state in (Phase.DEFERRED, Phase.BLOCKED)
+
+
+def _table(s: RunSummary) -> str:
+    rows: list[str] = []
+    for n, r in enumerate(s.rows):
+        first = r.reason.splitlines()[0] if r.reason.strip() else ""
+        reason = _e(_clip(first, 140))
+        if _has_reason(r):
+            reason += f' <a href="#reason-{n}">full</a>'
+        batch = str(r.batch + 1) if r.batch is not None else "—"
+        rows.append(
+            f'<tr id="ticket-{n}"><td><code>{_e(r.id)}</code></td><td>{_chip(r.state)}</td>'
+            f'<td class="n">{batch}</td><td>{_e(r.host or "—")}</td>'
+            f'<td class="n">{r.attempts}</td><td class="n">{_secs(r.duration_s)}</td>'
+            f'<td><code>{_e(r.commit[:12] or "—")}</code></td><td class="r">{reason}</td></tr>'
+        )
+    heads = "".join(
+        f"<th>{h}</th>"
+        for h in ("ticket", "state", "batch", "host", "attempts", "duration", "commit", "reason")
+    )
+    return (
+        f'<section id="tickets"><h2>Tickets ({len(s.rows)})</h2><table><thead><tr>{heads}'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
+def _reasons(s: RunSummary, plan: dict[str, Any]) -> str:
+    out = ['<section id="reasons"><h2>Deferred and blocked</h2>']
+    for n, r in enumerate(s.rows):
+        if _has_reason(r):
+            text = _e(r.reason) if r.reason else '<span class="note">no reason recorded</span>'
+            out.append(
+                f'<article id="reason-{n}"><h3>{_chip(r.state)} <code>{_e(r.id)}</code>'
+                f"</h3><pre>{text}</pre></article>"
+            )
+    earlier = [str(t) for t in plan.get("deferred", [])]
+    if earlier:
+        ids = ", ".join(f"<code>{_e(t)}</code>" for t in earlier)
+        out.append(f"<p>DEFERRED before this run and not retried: {ids}.</p>")
+    if len(out) == 1:
+        out.append('<p class="note">None: every ticket completed.</p>')
+    return "".join(out) + "</section>"
+
+
+# -- the page ----------------------------------------------------------------------------
+
+
+def render_html(summary: RunSummary, plan: dict[str, Any]) -> str:
+    """The report page of a run, from its summary and the plan stored with it."""
+    title = f"sage-tasks run {summary.info.run_id}"
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+            _header(summary),
+            _metrics(summary, plan),
+            _timeline(summary),
+            _critical_path(summary, plan),
+            _graph(summary, plan),
+            _table(summary),
+            _reasons(summary, plan),
+            "</body></html>",
+            "",
+        ]
+    )
+
+
+def write_report(store: RunStore, run_id: str, path: Path) -> None:
+    """Write the report of run ``run_id`` to ``path``, atomically.
+
+    Raises :class:`UnknownRun` when Redis does not know the run (never
+    submitted, or expired), and :class:`ConfigError` when ``path`` cannot be
+    written.
+    """
+    summary = load_summary(store, run_id)
+    raw = store.plan_json(run_id)
+    if summary is None or raw is None:
+        raise UnknownRun(f"unknown run {run_id!r} (never submitted, or its record expired)")
+    page = render_html(summary, json.loads(raw))
+    target = Path(path)
+    try:
+        _write_atomic(target, page.encode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the report to {target}: {exc.strerror or exc}", path=str(target)
+        ) from None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename: readers see the old page or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    try:
+        try:  # mkstemp makes the file private: keep the mode an old report had
+            mode = path.stat().st_mode & 0o7777
+        except OSError:
+            mode = 0o644
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
