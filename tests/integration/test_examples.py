@@ -268,3 +268,114 @@ def test_the_stand_in_agent_fails_without_a_prompt(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "no prompt" in proc.stderr
     assert list(tmp_path.iterdir()) == [tmp_path / f"{ticket['id']}.json"]
+
+
+# -- whole runs with --local -------------------------------------------------
+
+
+def run_local(repo: Path, *args: str) -> dict[str, Any]:
+    """``sage-submit --local --json`` on ``repo``; the run summary, with the exit code added."""
+    proc = submit("--repo", str(repo), "--local", "--json", *args, timeout=240)
+    assert proc.returncode in (0, 1), proc.stderr
+    summary: dict[str, Any] = json.loads(proc.stdout)
+    summary["exit_code"] = proc.returncode
+    return summary
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def subjects(repo: Path, branch: str) -> list[str]:
+    """Commit subjects on ``branch`` since ``main``, oldest first."""
+    return git(repo, "log", "--reverse", "--format=%s", f"main..{branch}").splitlines()
+
+
+def test_the_basic_example_commits_each_ticket_once_on_the_run_branch(tmp_path: Path) -> None:
+    repo = build_repo("basic", tmp_path / "repo")
+    summary = run_local(repo)
+    assert summary["exit_code"] == 0
+    assert sorted(summary["completed"]) == ["HELLO-001", "HELLO-002", "HELLO-003"]
+    assert sorted(subjects(repo, summary["branch"])) == [
+        "HELLO-001: Say hello in English",
+        "HELLO-002: Say hello in French",
+        "HELLO-003: Say hello in Spanish",
+    ]
+    assert git(repo, "show", f"{summary['branch']}:bonjour.txt") == "bonjour\n"
+    assert git(repo, "rev-parse", summary["branch"]).strip() == summary["head"]
+
+
+def test_the_dependencies_example_commits_every_ticket_after_its_dependencies(
+    tmp_path: Path,
+) -> None:
+    repo = build_repo("dependencies", tmp_path / "repo")
+    summary = run_local(repo)
+    assert summary["exit_code"] == 0
+    order = [s.split(":")[0] for s in subjects(repo, summary["branch"])]
+    assert sorted(order) == sorted(
+        t["id"] for t in load_index(EXAMPLES / "dependencies/index.json")
+    )
+    for t in load_index(EXAMPLES / "dependencies/index.json"):
+        for dep in t["dependencies"]:
+            assert order.index(dep) < order.index(t["id"])
+
+
+def test_the_deferrals_example_defers_a_conflict_and_a_failure_and_blocks_the_dependent(
+    tmp_path: Path,
+) -> None:
+    repo = build_repo("deferrals", tmp_path / "repo")
+    summary = run_local(repo, "--parallel", "3")
+    assert summary["exit_code"] == 1
+    assert summary["completed"] == ["THEME-001"]
+    assert set(summary["deferred"]) == {"THEME-002", "LINT-001"}
+    assert "config.txt" in summary["deferred"]["THEME-002"]
+    assert "exit code 1" in summary["deferred"]["LINT-001"]
+    assert "unknown color" in summary["deferred"]["LINT-001"]
+    assert summary["blocked"] == ["THEME-003"]
+    branch = summary["branch"]
+    assert git(repo, "show", f"{branch}:config.txt") == "color = blue\n"
+    index = json.loads(git(repo, "show", f"{branch}:.sage/tickets/index.json"))
+    assert {t["id"]: t["state"] for t in index["tickets"]} == {
+        "THEME-001": "COMPLETED",
+        "THEME-002": "DEFERRED",
+        "THEME-003": "UNPROCESSED",
+        "LINT-001": "DEFERRED",
+    }
+
+    # resumed with --retry-deferred, the conflicting ticket starts from the new line
+    again = run_local(repo, "--parallel", "3", "--branch", branch, "--retry-deferred")
+    assert again["exit_code"] == 1
+    assert sorted(again["completed"]) == ["THEME-002", "THEME-003"]
+    assert set(again["deferred"]) == {"LINT-001"}
+    assert git(repo, "show", f"{branch}:config.txt") == "color = green\n"
+
+
+def test_the_agent_example_runs_the_stand_in_agent_as_the_executor(tmp_path: Path) -> None:
+    repo = build_repo("agent-executor", tmp_path / "repo")
+    summary = run_local(repo, "--executor", AGENT_EXECUTOR)
+    assert summary["exit_code"] == 0
+    branch = summary["branch"]
+    assert git(repo, "show", f"{branch}:notes/RELEASE.md").splitlines() == [
+        "- NOTES-001: Start the release notes",
+        "- NOTES-002: Add the upgrade note",
+    ]
+    assert git(repo, "show", f"{branch}:CHANGELOG.md") == "- CHANGELOG-001: Add a changelog entry\n"
+
+
+def test_the_par_001_demo_runs_all_29_tickets_in_dependency_order(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(PAR001 / "demo.py"), "--parallel", "4"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    hint = re.search(r"git -C (\S+) log --oneline main\.\.(\S+)", proc.stdout)
+    assert hint, proc.stdout
+    assert "wall time:" in proc.stdout
+    repo, branch = Path(hint[1]), hint[2]
+    assert len(subjects(repo, branch)) == 29
+    tree = git(repo, "ls-tree", "-r", "--name-only", branch).splitlines()
+    for t in load_index(PAR001 / "index.json"):
+        assert set(t["files"]) <= set(tree), t["id"]
