@@ -71,10 +71,10 @@ class Mirror:
 
     def fetch(self, branch: str) -> str:
         """Fetch ``refs/heads/<branch>`` from the URL into the mirror; return its head commit."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
         check = run_git(self.workdir, "check-ref-format", f"refs/heads/{branch}", check=False)
         if check.returncode != 0 or branch.startswith("-"):
             raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
-        self.workdir.mkdir(parents=True, exist_ok=True)
         ref = f"refs/heads/{branch}"
         with self._locked():
             self._init()
