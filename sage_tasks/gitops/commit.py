@@ -23,7 +23,7 @@ from types import TracebackType
 
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument, State, is_valid_ticket_id
 from sage_tasks.errors import GitError, PatchRejected, RepositoryError
-from sage_tasks.gitops.diff import FileDiff, parse_patch, replace_blob_patch, without_paths
+from sage_tasks.gitops.diff import FileDiff, parse_patch, replace_file_patch, without_paths
 from sage_tasks.gitops.history import find_ticket_commit, message
 from sage_tasks.gitops.process import first_line
 from sage_tasks.gitops.repository import Repository
@@ -129,6 +129,7 @@ class CommitTarget:
         """
         self._check_args(ticket_id, run_id, state)
         body = b""
+        files: list[FileDiff] = []
         if state is State.COMPLETED and patch:
             files = parse_patch(patch)
             check_files(files)
@@ -137,12 +138,7 @@ class CommitTarget:
         if head is None:
             raise RepositoryError(f"branch {self.branch!r} does not exist", path=self.branch)
         head_sha, head_tree = head
-        blob = self.repo.read(f"{head_sha}:{self.index_path}")
-        if blob is None or blob.type != "blob":
-            raise GitError(
-                f"no ticket index at {self.index_path} on {self.branch}", path=self.index_path
-            )
-        doc = IndexDocument.loads(blob.data, source=self.index_path)
+        index_oid, index_data, doc = self._load_index(head_sha)
         ticket = doc.get(ticket_id)
         if ticket is None:
             raise GitError(
@@ -151,14 +147,17 @@ class CommitTarget:
             )
         done = self._already(ticket_id, run_id, ticket.state, head_sha)
         if done is not None:
+            self.repo.last_index = (index_oid, index_data, doc)
             return done
         title = title or ticket.title
+        old = (index_oid, index_data)
 
         conflicts: list[str] = []
         tree: str | None = None
         if state is State.COMPLETED:
             doc.set_state(ticket_id, State.COMPLETED)
-            tree, conflicts, failure = self._apply(head_tree, body, blob.oid, doc.dumps())
+            exact = self._preimages_at(head_sha, files)
+            tree, conflicts, failure = self._apply(head_tree, body, old, doc.dumps(), exact, doc)
             if tree is None:
                 state = State.DEFERRED
                 reason = (
@@ -168,15 +167,12 @@ class CommitTarget:
                 )
         if tree is None:
             doc.set_state(ticket_id, State.DEFERRED, reason)
-            tree, _, failure = self._apply(head_tree, b"", blob.oid, doc.dumps())
+            tree, _, failure = self._apply(head_tree, b"", old, doc.dumps(), True, doc)
             if tree is None:
                 raise GitError(f"cannot update {self.index_path}: {failure}", tickets=[ticket_id])
 
         text = message(ticket_id, title, run_id, reason if state is State.DEFERRED else None)
-        proc = self.repo.run(
-            "commit-tree", tree, "-p", head_sha, input=text, env=self.repo.identity_env()
-        )
-        new = proc.stdout.decode().strip()
+        new = self.repo.commit_tree(tree, head_sha, text)
         hook = before_update_ref or self.before_update_ref
         if hook is not None:
             hook()
@@ -195,6 +191,24 @@ class CommitTarget:
             raise GitError(
                 f"a commit records COMPLETED or DEFERRED, not {state}", tickets=[ticket_id]
             )
+
+    def _load_index(self, head_sha: str) -> tuple[str, bytes, IndexDocument]:
+        """The ticket index at ``head_sha``: blob id, content, parsed document.
+
+        The document our last commit wrote is kept (by blob id, so it cannot
+        go stale) and reused when the branch still holds it: the usual case
+        neither reads nor parses the index again.
+        """
+        oid = self.repo.object_id(f"{head_sha}:{self.index_path}")
+        memo, self.repo.last_index = self.repo.last_index, None
+        if oid is not None and memo is not None and memo[0] == oid:
+            return memo
+        blob = self.repo.read(oid) if oid is not None else None
+        if blob is None or blob.type != "blob":
+            raise GitError(
+                f"no ticket index at {self.index_path} on {self.branch}", path=self.index_path
+            )
+        return blob.oid, blob.data, IndexDocument.loads(blob.data, source=self.index_path)
 
     def _without_index(self, patch: bytes, files: list[FileDiff]) -> bytes:
         """The patch minus any change to the ticket index (an executor's edits are not taken)."""
@@ -222,32 +236,56 @@ class CommitTarget:
         return None
 
     def _apply(
-        self, head_tree: str, body: bytes, index_oid: str, index_data: bytes
+        self,
+        head_tree: str,
+        body: bytes,
+        index: tuple[str, bytes],
+        index_data: bytes,
+        exact: bool,
+        doc: IndexDocument | None = None,
     ) -> tuple[str | None, list[str], str]:
         """Build the tree of ``head_tree`` + patch + new index; ``(tree, conflicts, failure)``.
 
-        ``tree`` is None when the patch does not apply; the private index is
-        then thrown away.
+        ``exact``: every file the patch changes is at the head exactly as the
+        patch expects, so a straight apply gives what a merge would, and the
+        3-way machinery (git tries it first) is skipped. ``tree`` is None
+        when the patch does not apply; the private index is then thrown away.
         """
         repo = self.repo
+        old_oid, old_data = index
         new_oid = repo.blob_id(index_data)
         patch = body
-        if new_oid != index_oid:
-            patch += replace_blob_patch(self.index_path, index_oid, new_oid, index_data)
+        if new_oid != old_oid:
+            patch += replace_file_patch(self.index_path, old_oid, new_oid, old_data, index_data)
         if not patch:
             return head_tree, [], ""
         if repo.index_tree != head_tree:
-            repo.index_tree = None
             repo.run("read-tree", head_tree, index=True)
-            repo.index_tree = head_tree
-        repo.index_tree = None
-        args = (*_APPLY, "--3way") if body else _APPLY
-        proc = repo.run(*args, input=patch, index=True, check=False)
+        repo.index_tree = None  # unknown until write-tree says what it holds
+        straight = exact or not body
+        proc = repo.run(*_APPLY, input=patch, index=True, check=False) if straight else None
+        if body and (proc is None or proc.returncode != 0):
+            proc = repo.run(*_APPLY, "--3way", input=patch, index=True, check=False)
+        assert proc is not None
         if proc.returncode != 0:
             return None, self._conflicts(proc.stderr), first_line(proc.stderr)
         tree = repo.run("write-tree", index=True).stdout.decode().strip()
         repo.index_tree = tree
+        if doc is not None:
+            repo.last_index = (new_oid, index_data, doc)
         return tree, [], ""
+
+    def _preimages_at(self, head_sha: str, files: list[FileDiff]) -> bool:
+        """True when each changed file is at ``head_sha`` as the patch's ``index`` line says."""
+        for fd in files:
+            if fd.old_path is None:
+                if fd.new_path is None or self.repo.object_id(f"{head_sha}:{fd.new_path}"):
+                    return False
+            elif (
+                fd.old_oid is None or self.repo.object_id(f"{head_sha}:{fd.old_path}") != fd.old_oid
+            ):
+                return False
+        return True
 
     def _conflicts(self, stderr: bytes) -> list[str]:
         found: list[str] = []

@@ -22,7 +22,9 @@ GITLINK_MODE = "160000"
 
 _HUNK_RE = re.compile(rb"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 _MODE_RE = re.compile(r"^[0-7]{6}$")
+_OID_RE = re.compile(r"^[0-9a-f]{4,64}$")
 _BASE85_LINE_RE = re.compile(rb"^[A-Za-z][0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]+$")
+_CONTEXT = 3
 _HEADER_KEYS = (
     b"old mode ",
     b"new mode ",
@@ -61,6 +63,9 @@ class FileDiff:
     new_path: str | None = None
     old_mode: str | None = None
     new_mode: str | None = None
+    #: blob ids from the ``index`` line (abbreviated unless ``--full-index``)
+    old_oid: str | None = None
+    new_oid: str | None = None
     binary: bool = False
     #: the text the section's hunks add (a symlink's target)
     added: bytes = b""
@@ -224,6 +229,10 @@ def _parse_header(lines: list[bytes], i: int, fd: FileDiff) -> int:
                 fd.old_path = None
         elif key == b"index ":
             parts = text.split(" ")
+            ids = parts[0].split("..")
+            if len(ids) != 2 or not all(_OID_RE.match(x) for x in ids):
+                raise PatchRejected(f"bad index line {text!r} in patch")
+            fd.old_oid, fd.new_oid = ids
             if len(parts) == 2:
                 fd.old_mode = fd.old_mode or _mode(parts[1])
                 fd.new_mode = fd.new_mode or _mode(parts[1])
@@ -298,6 +307,44 @@ def without_paths(data: bytes, files: list[FileDiff], paths: set[str]) -> bytes:
     return b"".join(keep)
 
 
+def replace_file_patch(path: str, old_oid: str, new_oid: str, old: bytes, new: bytes) -> bytes:
+    """A patch turning the blob ``old_oid`` (content ``old``) at ``path`` into ``new``.
+
+    One text hunk around the lines that differ (a state change touches one
+    ticket), so git reads and writes little; a binary patch when either side
+    is not plain newline-terminated text.
+    """
+    if not (old.endswith(b"\n") and new.endswith(b"\n")) or b"\0" in old or b"\0" in new:
+        return replace_blob_patch(path, old_oid, new_oid, new)
+    a, b = old.split(b"\n")[:-1], new.split(b"\n")[:-1]
+    limit = min(len(a), len(b))
+    same_head = 0
+    while same_head < limit and a[same_head] == b[same_head]:
+        same_head += 1
+    same_tail = 0
+    while same_tail < limit - same_head and a[-1 - same_tail] == b[-1 - same_tail]:
+        same_tail += 1
+    start = max(0, same_head - _CONTEXT)
+    a_mid, b_mid = len(a) - same_tail, len(b) - same_tail
+    after = a[a_mid : a_mid + _CONTEXT]
+    lines = [b" " + ln for ln in a[start:same_head]]
+    lines += [b"-" + ln for ln in a[same_head:a_mid]]
+    lines += [b"+" + ln for ln in b[same_head:b_mid]]
+    lines += [b" " + ln for ln in after]
+    a_count, b_count = a_mid + len(after) - start, b_mid + len(after) - start
+    names = f"{_quote('a/' + path)} {_quote('b/' + path)}"
+    head = (
+        f"diff --git {names}\nindex {old_oid}..{new_oid}\n"
+        f"--- {_quote('a/' + path)}\n+++ {_quote('b/' + path)}\n"
+        f"@@ -{_start(start, a_count)},{a_count} +{_start(start, b_count)},{b_count} @@\n"
+    )
+    return head.encode("utf-8", "surrogateescape") + b"\n".join(lines) + b"\n"
+
+
+def _start(start: int, count: int) -> int:
+    return start + 1 if count else start
+
+
 def replace_blob_patch(path: str, old_oid: str, new_oid: str, new_data: bytes) -> bytes:
     """A binary patch that replaces the blob ``old_oid`` at ``path`` with ``new_data``.
 
@@ -315,12 +362,15 @@ def replace_blob_patch(path: str, old_oid: str, new_oid: str, new_data: bytes) -
 
 def _literal(data: bytes) -> bytes:
     packed = zlib.compress(data, 1)
+    whole = len(packed) // 52 * 52
+    encoded = base64.b85encode(packed[:whole])
     out = [b"literal %d\n" % len(data)]
-    for pos in range(0, len(packed), 52):
-        chunk = packed[pos : pos + 52]
-        size = len(chunk)
+    out += [b"z" + encoded[pos : pos + 65] + b"\n" for pos in range(0, len(encoded), 65)]
+    rest = packed[whole:]
+    if rest:
+        size = len(rest)
         tag = chr(ord("A") + size - 1) if size <= 26 else chr(ord("a") + size - 27)
-        out.append(tag.encode() + base64.b85encode(chunk + b"\0" * (-size % 4)) + b"\n")
+        out.append(tag.encode() + base64.b85encode(rest + b"\0" * (-size % 4)) + b"\n")
     out.append(b"\n")
     return b"".join(out)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -16,13 +17,18 @@ import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from sage_tasks.errors import GitError, RefMoved, RepositoryError
 from sage_tasks.gitops.process import Helper, first_line, git_env, run_git
 
+if TYPE_CHECKING:
+    from sage_tasks.core.index import IndexDocument
+
 #: identity used for commits when the host has none configured
 FALLBACK_NAME = "sage-tasks"
 FALLBACK_EMAIL = "sage-tasks@localhost"
+_IDENTITY_RE = re.compile(rb"identity unknown|unable to auto-detect|empty ident name|ident name")
 
 
 def repo_root(path: Path) -> Path:
@@ -42,13 +48,25 @@ def repo_root(path: Path) -> Path:
 
 def locate_repo(path: Path) -> tuple[bool, Path]:
     """``(is_bare, git_dir)`` of the repository at ``path``; :class:`RepositoryError` if none."""
+    bare, git_dir, _ = _probe(path)
+    return bare, git_dir
+
+
+def _probe(path: Path) -> tuple[bool, Path, str]:
     if not path.is_dir():
         raise RepositoryError(f"{path} is not a directory", path=str(path))
-    proc = run_git(path, "rev-parse", "--is-bare-repository", "--absolute-git-dir", check=False)
+    proc = run_git(
+        path,
+        "rev-parse",
+        "--is-bare-repository",
+        "--absolute-git-dir",
+        "--show-object-format",
+        check=False,
+    )
     if proc.returncode != 0:
         raise RepositoryError(f"{path} is not a git repository", path=str(path))
-    bare, git_dir = proc.stdout.decode("utf-8", "surrogateescape").splitlines()[:2]
-    return bare == "true", Path(git_dir)
+    bare, git_dir, fmt = proc.stdout.decode("utf-8", "surrogateescape").splitlines()[:3]
+    return bare == "true", Path(git_dir), fmt or "sha1"
 
 
 class GitObject:
@@ -73,13 +91,15 @@ class Repository:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.bare, self.git_dir = locate_repo(path)
-        fmt = run_git(self.git_dir, "rev-parse", "--show-object-format").stdout.decode().strip()
-        self.object_format = fmt or "sha1"
+        self.bare, self.git_dir, self.object_format = _probe(path)
         self.null_oid = "0" * hashlib.new(self.object_format).digest_size * 2
         self._reader = Helper(self.git_dir, "cat-file", "--batch")
+        self._checker = Helper(self.git_dir, "cat-file", "--batch-check")
         self._refs = Helper(self.git_dir, "update-ref", "--stdin")
-        self._ident: dict[str, str] | None = None
+        #: the ticket index the last commit wrote: (blob id, content, parsed document)
+        self.last_index: tuple[str, bytes, IndexDocument] | None = None
+        #: author/committer variables, set once git says it has no identity
+        self._ident: dict[str, str] = {}
         self._pid = 0
         self._private()
 
@@ -91,7 +111,7 @@ class Repository:
             #: the tree the private index holds, when known to be clean
             self.index_tree: str | None = None
             self._finalizer = weakref.finalize(
-                self, _release, (self._reader, self._refs), self._tmp, self._pid
+                self, _release, (self._reader, self._checker, self._refs), self._tmp, self._pid
             )
         return self._tmp
 
@@ -133,22 +153,25 @@ class Repository:
             extra["GIT_INDEX_FILE"] = str(self.index_file)
         return run_git(self.git_dir, *args, input=input, env=extra, check=check)
 
-    def identity_env(self) -> dict[str, str]:
-        """Author/committer variables for ``commit-tree``: empty when git has an identity.
+    def commit_tree(self, tree: str, parent: str, message: bytes) -> str:
+        """Write a commit of ``tree`` on ``parent``; return its id.
 
         A commit worker on a host without ``user.name``/``user.email`` still
-        commits, as ``sage-tasks <sage-tasks@localhost>``.
+        commits, as ``sage-tasks <sage-tasks@localhost>`` (asked only when git
+        refuses, so the usual case costs no extra process).
         """
-        if self._ident is None:
-            proc = run_git(self.git_dir, "var", "GIT_COMMITTER_IDENT", check=False)
-            self._ident = {}
-            if proc.returncode != 0:
-                env = git_env()
-                for role in ("AUTHOR", "COMMITTER"):
-                    for key, fallback in (("NAME", FALLBACK_NAME), ("EMAIL", FALLBACK_EMAIL)):
-                        var = f"GIT_{role}_{key}"
-                        self._ident[var] = env.get(var) or fallback
-        return self._ident
+        args = ("commit-tree", tree, "-p", parent)
+        proc = self.run(*args, input=message, env=self._ident, check=False)
+        if proc.returncode != 0 and not self._ident and _IDENTITY_RE.search(proc.stderr):
+            env = git_env()
+            for role in ("AUTHOR", "COMMITTER"):
+                for key, fallback in (("NAME", FALLBACK_NAME), ("EMAIL", FALLBACK_EMAIL)):
+                    var = f"GIT_{role}_{key}"
+                    self._ident[var] = env.get(var) or fallback
+            proc = self.run(*args, input=message, env=self._ident, check=False)
+        if proc.returncode != 0:
+            raise GitError(f"git commit-tree failed in {self.git_dir}: {first_line(proc.stderr)}")
+        return proc.stdout.decode().strip()
 
     # -- objects -------------------------------------------------------------
 
@@ -172,6 +195,19 @@ class Repository:
         if len(data) != size + 1:
             raise helper.fail(f"stopped reading {name!r}")
         return GitObject(parts[0].decode(), parts[1].decode(), data[:-1])
+
+    def object_id(self, name: str) -> str | None:
+        """The id of the object ``name`` resolves to, without reading it; None if none."""
+        if "\n" in name:
+            raise GitError(f"invalid object name {name!r}")
+        helper = self._checker
+        helper.send(name.encode("utf-8", "surrogateescape") + b"\n")
+        parts = helper.stdout.readline().split()
+        if not parts:
+            raise helper.fail(f"stopped checking {name!r}")
+        if len(parts) != 3:
+            return None
+        return parts[0].decode()
 
     def head(self, ref: str) -> tuple[str, str] | None:
         """``(commit, tree)`` of the commit ``ref`` points to, or None when it does not exist."""

@@ -161,3 +161,48 @@ def test_quoted_and_renamed_paths_are_read_as_git_writes_them() -> None:
                           b"rename from x y\nrename to z w\n")
     assert (renamed[0].old_path, renamed[0].new_path) == ("x y", "z w")
     assert check_patch(b"") == []
+
+
+def _rewrites() -> list[tuple[bytes, bytes]]:
+    import random
+
+    rng = random.Random(7)
+    lines = [f"line {i}\n".encode() for i in range(40)]
+    cases = [
+        (b"a\n", b"b\n"),
+        (b"".join(lines), b"".join([*lines[:20], b"changed\n", *lines[21:]])),
+        (b"".join(lines), b"".join(lines[:1] + lines[2:])),
+        (b"".join(lines), b"".join([b"first\n", *lines, b"last\n"])),
+        (b"x\r\ny\r\n", b"x\r\nz\r\n"),
+        (b"same\nsame\nsame\n", b"same\nsame\nsame\nsame\n"),
+        (b"no newline at end", b"{}\n"),
+        (b"{}\n", b"binary \0 content\n"),
+        (bytes(range(256)) * 3, b"text\n"),
+    ]
+    for _ in range(12):
+        old = [rng.choice(lines) for _ in range(rng.randint(1, 30))]
+        new = list(old)
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(new) + 1)
+            if rng.random() < 0.5 and pos < len(new):
+                del new[pos]
+            else:
+                new.insert(pos, rng.choice(lines))
+        cases.append((b"".join(old), b"".join(new) or b"\n"))
+    return cases
+
+
+def test_the_index_rewrite_patch_turns_the_old_blob_into_the_new_one_exactly(
+        tmp_path: Path) -> None:
+    from sage_tasks.gitops.diff import replace_file_patch
+
+    repo = make_repo(tmp_path / "repo", {}, None, bare=True)
+    env = {"GIT_INDEX_FILE": str(tmp_path / "index")}
+    for old, new in _rewrites():
+        old_id = git(repo, "hash-object", "-w", "--stdin", input=old).strip()
+        new_id = git(repo, "hash-object", "--stdin", input=new).strip()
+        git(repo, "update-index", "--add", "--cacheinfo", f"100644,{old_id},f.json", env=env)
+        patch = replace_file_patch("f.json", old_id, new_id, old, new)
+        assert check_patch(patch) == ["f.json"]
+        git(repo, "apply", "--cached", input=patch, env=env)
+        assert git(repo, "ls-files", "-s", "f.json", env=env).split()[1] == new_id, (old, new)
