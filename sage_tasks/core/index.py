@@ -23,12 +23,13 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from sage_tasks.core.graph import STATE_CODES, TicketGraph
-from sage_tasks.core.validate import ID_PATTERN, CheckedIndex, check_tickets, order_or_cycles
+from sage_tasks.core.graph import STATE_CODES, TicketGraph, gc_paused
+from sage_tasks.core.validate import ID_RE, CheckedIndex, check_tickets, graph_problems
 from sage_tasks.errors import IndexValidationError, Problem
 
 DEFAULT_INDEX_PATH = ".sage/tickets/index.json"
-TICKET_ID_RE = re.compile(ID_PATTERN)
+#: the design's ``^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$``, ending in ``\Z`` so no newline slips in
+TICKET_ID_RE: re.Pattern[str] = ID_RE
 
 
 class State(StrEnum):
@@ -91,34 +92,34 @@ class IndexDocument:
         self._views: list[Ticket | None] | None = list(tickets) if tickets is not None else None
         self._all_views = tickets is not None
         self._stdlib = False  # parsed by the stdlib fallback: write it back the same way
-        self._order: tuple[list[int], list[Problem]] | None = None
 
     # -- reading -------------------------------------------------------------
 
     @classmethod
     def loads(cls, data: bytes | str, source: str = DEFAULT_INDEX_PATH) -> IndexDocument:
         """Parse and shape-check an index; :class:`IndexValidationError` lists every problem."""
-        stdlib = False
-        try:
-            raw = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            # orjson refuses a few things the stdlib reads (NaN, integers past 64 bits);
-            # the stdlib also gives the familiar line and column for real errors
-            raw = _stdlib_loads(data, source)
-            stdlib = True
-        if not isinstance(raw, dict):
-            raise IndexValidationError([Problem("top level is not a JSON object")], path=source)
-        items = raw.get("tickets")
-        if not isinstance(items, list):
-            raise IndexValidationError([Problem("top level has no 'tickets' list")], path=source)
-        checked = check_tickets(items)
-        if checked.shape:
-            _, cycles = order_or_cycles(checked.graph)
-            problems = [*checked.shape, *checked.semantic, *cycles]
-            raise IndexValidationError(problems, path=source)
-        doc = cls(raw, None, source, checked=checked)
-        doc._stdlib = stdlib
-        return doc
+        with gc_paused():
+            stdlib = False
+            try:
+                raw = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                # orjson refuses a few things the stdlib reads (integers past 64 bits);
+                # the stdlib also words real errors with the familiar line and column
+                raw = _stdlib_loads(data, source)
+                stdlib = True
+            if not isinstance(raw, dict):
+                raise IndexValidationError([Problem("top level is not a JSON object")], path=source)
+            items = raw.get("tickets")
+            if not isinstance(items, list):
+                raise IndexValidationError(
+                    [Problem("top level has no 'tickets' list")], path=source
+                )
+            checked = check_tickets(items)
+            if checked.shape:
+                raise IndexValidationError(graph_problems(checked), path=source)
+            doc = cls(raw, None, source, checked=checked)
+            doc._stdlib = stdlib
+            return doc
 
     @property
     def checked(self) -> CheckedIndex:
@@ -129,25 +130,14 @@ class IndexDocument:
                 raise IndexValidationError(
                     [Problem("top level has no 'tickets' list")], path=self.source
                 )
-            self._checked = check_tickets(items)
+            with gc_paused():
+                self._checked = check_tickets(items)
         return self._checked
 
     @property
     def graph(self) -> TicketGraph:
         """The tickets as integer-indexed columns, for the planner."""
         return self.checked.graph
-
-    def problems(self) -> tuple[list[int], list[Problem]]:
-        """A topological order of all tickets, and every problem of the index.
-
-        The problems do not include tickets without a command, which depend
-        on the run (its executor, which tickets it selects).
-        """
-        if self._order is None:
-            checked = self.checked
-            order, cycles = order_or_cycles(checked.graph)
-            self._order = (order, [*checked.shape, *checked.semantic, *cycles])
-        return self._order
 
     @property
     def tickets(self) -> list[Ticket]:

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import eq
 from typing import Any, Literal
 
-from sage_tasks.core.graph import COMPLETED, STATE_CODES, TicketGraph
+from sage_tasks.core.graph import COMPLETED, TicketGraph, gc_paused, topological_order
 from sage_tasks.core.index import IndexDocument
 from sage_tasks.core.stats import PlanStats, auto_workers, compute_stats
-from sage_tasks.core.validate import command_problems
-from sage_tasks.errors import ConfigError, IndexValidationError, Problem
+from sage_tasks.core.validate import command_problems, cycle_problems, graph_problems
+from sage_tasks.errors import ConfigError, IndexValidationError
 
 Parallel = int | Literal["auto"] | None
 
@@ -136,23 +138,39 @@ def build_plan(
 ) -> Plan:
     """Validate ``doc`` and plan its run; :class:`IndexValidationError` lists every problem."""
     if parallel is not None:
-        resolve_parallel(parallel, cores, 1)  # reject a bad value before the work
-    order, found = doc.problems()
-    graph = doc.graph
-    problems = list(found)
-    states = _current_states(doc, graph, problems)
-    skip = _SKIPPED if not retry_deferred else _RUN
-    status = [(_RUN, _RUN, _DONE, skip)[s] for s in states]
-    candidates = [v for v, s in enumerate(status) if s == _RUN]
-    problems += command_problems(graph, candidates, has_executor)
+        resolve_parallel(parallel, cores, 1)  # reject a bad value before any work
+    with gc_paused():
+        return _build(doc, parallel, retry_deferred, has_executor, cores)
+
+
+def _build(
+    doc: IndexDocument,
+    parallel: Parallel,
+    retry_deferred: bool,
+    has_executor: bool,
+    cores: int | None,
+) -> Plan:
+    checked = doc.checked
+    graph = checked.graph
+    if checked.shape:  # only for a document built without ``loads``
+        raise IndexValidationError(graph_problems(checked), path=doc.source)
+    problems = list(checked.semantic)
+    states = graph.states
+    status = list(
+        map((_RUN, _RUN, _DONE, _RUN if retry_deferred else _SKIPPED).__getitem__, states)
+    )
+    selected = [v for v, s in enumerate(status) if s == _RUN]
+    weights = _weights(graph, selected)
+    walk = _Walk(graph.deps, status, weights)
+    if not walk.acyclic:
+        problems += cycle_problems(graph, topological_order(graph)[1])
+    problems += command_problems(graph, selected, has_executor)
     if problems:
         raise IndexValidationError(problems, path=doc.source)
 
-    level = _select_and_level(graph.deps, order, status)
-    ids, prios = graph.ids, graph.priorities
-    run = [v for v in candidates if status[v] == _RUN]
-    depth = max((level[v] for v in run), default=0)
-    buckets: list[list[int]] = [[] for _ in range(depth)]
+    ids, prios, level = graph.ids, graph.priorities, walk.level
+    run = [v for v in selected if status[v] == _RUN]
+    buckets: list[list[int]] = [[] for _ in range(max(map(level.__getitem__, run), default=0))]
     for v in run:
         buckets[level[v] - 1].append(v)
     for bucket in buckets:
@@ -168,124 +186,175 @@ def build_plan(
             groups.append(bucket[start : start + step])
             group_levels.append(n)
 
-    weights = _weights(graph, run)
-    path = _critical_path(graph, status, level, weights, buckets)
-    path_seconds = sum(weights[v] for v in path) if weights is not None else None
     estimated = sum(1 for v in run if graph.estimates[v] is not None)
+    if weights is not None and len(run) < len(selected):
+        # blocked tickets shifted the mean estimate (or held all of them): weigh again
+        weights = _weights(graph, run)
+        walk.heavy = _heavy(graph.deps, status, weights, buckets) if weights else None
+    path = _critical_path(graph, status, walk, buckets, run)
+    path_seconds = sum(weights[v] for v in path) if weights is not None else None
     stats = compute_stats(groups, [len(b) for b in buckets], weights, estimated, size)
 
-    def names(nodes: list[int]) -> list[str]:
-        return [ids[v] for v in nodes]
-
-    deps = graph.deps
+    levels = [list(map(ids.__getitem__, b)) for b in buckets]
     return Plan(
-        batches=[names(g) for g in groups],
+        batches=[list(map(ids.__getitem__, g)) for g in groups]
+        if size
+        else list(map(list, levels)),
         batch_levels=group_levels,
-        levels=[names(b) for b in buckets],
-        critical_path=names(path),
+        levels=levels,
+        critical_path=[ids[v] for v in path],
         critical_path_seconds=path_seconds,
-        blocked=[ids[v] for v, s in enumerate(status) if s == _BLOCKED],
-        completed=[ids[v] for v, s in enumerate(states) if s == COMPLETED],
+        blocked=list(compress(ids, map(eq, status, repeat(_BLOCKED)))),
+        completed=list(compress(ids, map(eq, states, repeat(COMPLETED)))),
         tickets=len(ids),
         to_run=len(run),
         parallel=size,
         stats=stats,
-        deps={ids[v]: [ids[d] for d in deps[v] if status[d] == _RUN] for v in run},
-        deferred=[ids[v] for v, s in enumerate(status) if s == _SKIPPED],
+        deps=_run_deps(graph, status, run, walk.mixed),
+        deferred=list(compress(ids, map(eq, status, repeat(_SKIPPED)))),
     )
 
 
-def _current_states(doc: IndexDocument, graph: TicketGraph, problems: list[Problem]) -> list[int]:
-    """States as ``raw`` has them now, in case a caller edited it without ``set_state``."""
-    codes = STATE_CODES
-    states = graph.states
-    for v, item in enumerate(doc.raw["tickets"]):
-        if type(item) is not dict:
-            continue
-        name = item.get("state", "UNPROCESSED")
-        code = codes.get(name) if type(name) is str else None
-        if code is None:
-            problems.append(Problem(f"ticket {graph.ids[v]}: bad state {name!r}", (graph.ids[v],)))
-        elif code != states[v]:
-            states[v] = code
-    return states
-
-
-def _select_and_level(deps: list[list[int]], order: list[int], status: list[int]) -> list[int]:
-    """Mark blocked tickets in ``status`` and return each ticket to run's level.
-
-    One pass in topological order: a ticket to run is blocked when a
-    dependency is blocked or a skipped DEFERRED ticket; otherwise its level is
-    one more than the deepest level among its dependencies to run.
-    """
-    level = [0] * len(status)
-    for v in order:
-        if status[v] != _RUN:
-            continue
-        deepest = 0
-        for d in deps[v]:
-            sd = status[d]
-            if sd == _RUN:
-                if level[d] > deepest:
-                    deepest = level[d]
-            elif sd != _DONE:
-                status[v] = _BLOCKED
-                break
-        else:
-            level[v] = deepest + 1
-    return level
-
-
-def _weights(graph: TicketGraph, run: list[int]) -> list[float] | None:
-    """Seconds per ticket (by number) when any ticket to run has an estimate, else None."""
+def _weights(graph: TicketGraph, tickets: list[int]) -> list[float] | None:
+    """Seconds per slot when any of ``tickets`` has an estimate (the others get the mean)."""
     est = graph.estimates
-    known = [s for v in run if (s := est[v]) is not None]
+    known = [s for v in tickets if (s := est[v]) is not None]
     if not known:
         return None
     mean = sum(known) / len(known)
     return [mean if s is None else s for s in est]
 
 
+class _Walk:
+    """Depth first over the whole graph, finishing each ticket after its dependencies.
+
+    When a ticket finishes, its dependencies are final, so it pulls from them:
+    its level is one more than the deepest level among its dependencies to
+    run (likewise the heaviest chain ending in it, with ``weights``); a
+    ticket to run with a blocked or skipped dependency is blocked. Meeting a
+    ticket that is still open means a cycle (``acyclic`` is then False and
+    nothing else is meaningful). ``mixed`` lists the tickets to run with a
+    COMPLETED dependency.
+    """
+
+    def __init__(self, deps: list[list[int]], status: list[int], weights: list[float] | None):
+        n = len(deps)
+        mark = [0] * n  # 0 unseen, 1 open (on the path), 2 finished
+        level = [0] * n  # while open: deepest finished dependency to run so far
+        heavy = [0.0] * n
+        w = weights if weights is not None else heavy
+        mixed: list[int] = []
+        acyclic = True
+        for root in range(n):
+            if mark[root]:
+                continue
+            mark[root] = 1
+            stack = [(root, iter(deps[root]))]
+            while stack:
+                v, todo = stack[-1]
+                lv, hv = level[v], heavy[v]
+                for d in todo:
+                    m = mark[d]
+                    if m == 2:
+                        s = status[d]
+                        if s == _RUN:
+                            if level[d] > lv:
+                                lv = level[d]
+                            if heavy[d] > hv:
+                                hv = heavy[d]
+                        elif s == _DONE:
+                            mixed.append(v)
+                        elif status[v] == _RUN:
+                            status[v] = _BLOCKED
+                    elif m == 0:  # open it; come back to ``v`` when it is finished
+                        level[v], heavy[v] = lv, hv
+                        mark[d] = 1
+                        stack.append((d, iter(deps[d])))
+                        break
+                    else:
+                        acyclic = False
+                else:
+                    stack.pop()
+                    mark[v] = 2
+                    lv += 1
+                    hv += w[v]
+                    level[v], heavy[v] = lv, hv
+                    if stack:  # the parent consumed ``v`` before opening it: pull it now
+                        p = stack[-1][0]
+                        s = status[v]
+                        if s == _RUN:
+                            if lv > level[p]:
+                                level[p] = lv
+                            if hv > heavy[p]:
+                                heavy[p] = hv
+                        elif s == _DONE:
+                            mixed.append(p)
+                        elif status[p] == _RUN:
+                            status[p] = _BLOCKED
+        self.level = level
+        self.heavy: list[float] | None = heavy if weights is not None else None
+        self.mixed = mixed
+        self.acyclic = acyclic
+
+
+def _heavy(
+    deps: list[list[int]], status: list[int], weights: list[float], buckets: list[list[int]]
+) -> list[float]:
+    """The heaviest chain ending in each ticket to run, level by level."""
+    heavy = [0.0] * len(status)
+    for bucket in buckets:
+        for v in bucket:
+            m = 0.0
+            for d in deps[v]:
+                if status[d] == _RUN and heavy[d] > m:
+                    m = heavy[d]
+            heavy[v] = m + weights[v]
+    return heavy
+
+
 def _critical_path(
-    graph: TicketGraph,
-    status: list[int],
-    level: list[int],
-    weights: list[float] | None,
-    buckets: list[list[int]],
+    graph: TicketGraph, status: list[int], walk: _Walk, buckets: list[list[int]], run: list[int]
 ) -> list[int]:
     """The heaviest chain of tickets to run; ties go to priority, then id.
 
-    By count the chain's weight is its last ticket's level, so only the path
-    itself is traced; with weights, the heaviest total to each ticket is
-    computed level by level first.
+    By count a chain's weight is its last ticket's level, so the path ends on
+    the last level; with estimates it ends on the heaviest ticket.
     """
     if not buckets:
         return []
     deps, ids, prios = graph.deps, graph.ids, graph.priorities
-    if weights is None:
-        dist: list[float] | list[int] = level
+
+    def key(v: int) -> tuple[int, str]:
+        return prios[v], ids[v]
+
+    dist: list[float] | list[int]
+    if walk.heavy is None:
+        dist = walk.level
         end = buckets[-1][0]
     else:
-        heavy = [0.0] * len(status)
-        for bucket in buckets:  # levels are a topological order of the tickets to run
-            for v in bucket:
-                m = 0.0
-                for d in deps[v]:
-                    if status[d] == _RUN and heavy[d] > m:
-                        m = heavy[d]
-                heavy[v] = m + weights[v]
-        best = max(heavy[v] for b in buckets for v in b)
-        # buckets are sorted by priority then id, but the heaviest may sit on any level
-        end = min(
-            (v for b in buckets for v in b if heavy[v] == best), key=lambda v: (prios[v], ids[v])
-        )
-        dist = heavy
+        dist = walk.heavy
+        best = max(map(dist.__getitem__, run))
+        end = min(compress(run, map(eq, map(dist.__getitem__, run), repeat(best))), key=key)
     path = [end]
     while True:
         run_deps = [d for d in deps[path[-1]] if status[d] == _RUN]
         if not run_deps:
             break
         top = max(dist[d] for d in run_deps)
-        path.append(min((d for d in run_deps if dist[d] == top), key=lambda d: (prios[d], ids[d])))
+        path.append(min((d for d in run_deps if dist[d] == top), key=key))
     path.reverse()
     return path
+
+
+def _run_deps(
+    graph: TicketGraph, status: list[int], run: list[int], mixed: list[int]
+) -> dict[str, list[str]]:
+    """Each ticket to run with its dependencies that are to run too, each named once."""
+    ids, dep_names, deps = graph.ids, graph.dep_names, graph.deps
+    unique = dict.fromkeys  # an index may list a dependency twice
+    names = map(ids.__getitem__, run)
+    out = dict(zip(names, map(list, map(unique, map(dep_names.__getitem__, run))), strict=True))
+    for v in set(mixed):
+        if status[v] == _RUN:
+            out[ids[v]] = list(unique(ids[d] for d in deps[v] if status[d] == _RUN))
+    return out

@@ -1,0 +1,265 @@
+"""The per-ticket pass over an index: field shapes, ids, dependencies, estimates.
+
+It runs on every load, on indexes of 100k tickets, so it has two paths.
+The fast path pulls each field into a column in one loop and checks whole
+columns at once in C (``set(map(type, ...))``, one regex over all ids, one
+``dict`` for uniqueness); it gives up at the first sign of trouble. The slow
+path then walks the tickets one by one and words every problem.
+
+Problems come in two kinds:
+
+* *shape* problems (a ticket that is not an object, a missing or non-string
+  id, a field of the wrong type, a bad ``state`` or ``priority``) make a
+  typed :class:`~sage_tasks.core.index.Ticket` impossible, so loading fails;
+* *semantic* problems (invalid or duplicate ids, unknown and self
+  dependencies, unreadable estimates) are raised when the index is planned,
+  with the cycles and the tickets without a command.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from sage_tasks.core.estimate import parse_estimate
+from sage_tasks.core.graph import PRIORITY_CODES, STATE_CODES, TicketGraph
+from sage_tasks.errors import Problem
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+#: ``ID_PATTERN`` whose end does not accept a trailing newline (as ``$`` would)
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+_IDS_RE = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63}\n)*")
+_EMPTY: list[str] = []
+_NONE = type(None)
+_STRINGS = {str}
+_OPT_STR = {str, _NONE}
+_NUMBERS = {int, float, _NONE}
+_INTS = {int}
+_ESTIMATES = {str, int, float, _NONE}
+_STATES = "UNPROCESSED, IN_PROGRESS, COMPLETED or DEFERRED"
+
+
+@dataclass(slots=True, eq=False)
+class CheckedIndex:
+    """The result of :func:`check_tickets`: the graph and what is wrong with it."""
+
+    graph: TicketGraph
+    shape: list[Problem] = field(default_factory=list)
+    semantic: list[Problem] = field(default_factory=list)
+
+
+def check_tickets(items: list[Any]) -> CheckedIndex:
+    """Check every ticket object of an index's ``tickets`` list and build its graph."""
+    try:
+        fast = _fast(items)
+    except (TypeError, KeyError, ValueError):  # unhashable values, unknown ids, ...
+        fast = None
+    return fast if fast is not None else _slow(items)
+
+
+def _fast(items: list[Any]) -> CheckedIndex | None:
+    """The whole check in column operations, or None at the first anomaly."""
+    if items and set(map(type, items)) != {dict}:
+        return None
+    ids: list[Any] = []
+    sts: list[Any] = []
+    prs: list[Any] = []
+    dls: list[Any] = []
+    runs: list[Any] = []
+    ests: list[Any] = []
+    titles: list[Any] = []
+    touts: list[Any] = []
+    tries: list[Any] = []
+    a_id, a_st, a_pr, a_dl = ids.append, sts.append, prs.append, dls.append
+    a_run, a_est, a_ti, a_to, a_re = (
+        runs.append,
+        ests.append,
+        titles.append,
+        touts.append,
+        tries.append,
+    )
+    for item in items:
+        get = item.get
+        a_id(get("id"))
+        a_st(get("state", "UNPROCESSED"))
+        a_pr(get("priority", "P2"))
+        a_dl(get("dependencies", _EMPTY))
+        a_run(get("run"))
+        a_est(get("estimate"))
+        a_ti(get("title", ""))
+        a_to(get("timeout"))
+        a_re(get("retries", 0))
+    n = len(ids)
+    if n:
+        if set(map(type, ids)) != _STRINGS:
+            return None
+        joined = "\n".join(ids)
+        # one regex over all ids; the count makes sure no id hides a newline
+        if joined.count("\n") != n - 1 or _IDS_RE.fullmatch(joined + "\n") is None:
+            return None
+    index = dict(zip(ids, range(n), strict=True))
+    states = list(map(STATE_CODES.__getitem__, sts))
+    prios = list(map(PRIORITY_CODES.__getitem__, prs))
+    if len(index) != n or not set(map(type, runs)) <= _OPT_STR:
+        return None
+    if not set(map(type, titles)) <= _STRINGS or not set(map(type, touts)) <= _NUMBERS:
+        return None
+    if not set(map(type, tries)) <= _INTS or min(tries, default=0) < 0:
+        return None
+    if min((t for t in touts if t is not None), default=1) <= 0:
+        return None
+    if not set(map(type, ests)) <= _ESTIMATES:
+        return None
+    seconds = {e: _seconds(e) for e in set(ests)}
+    if -1.0 in seconds.values():
+        return None
+    if not set(map(type, dls)) <= {list}:
+        return None
+    graph = TicketGraph(
+        ids=ids,
+        index=index,
+        states=states,
+        priorities=prios,
+        runs=runs,
+        estimates=list(map(seconds.__getitem__, ests)),
+        dep_names=dls,
+    )
+    # raises KeyError for an unknown dependency (or one that is not a string); a
+    # dependency listed twice stays twice (harmless), a self dependency shows up as
+    # a cycle of one ticket, reported as such
+    graph.link()
+    return CheckedIndex(graph)
+
+
+def _seconds(value: object) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_estimate(value)
+    except ValueError:
+        return -1.0
+
+
+def _show(value: object) -> str:
+    text = f"'{value}'" if isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _slow(items: list[Any]) -> CheckedIndex:
+    """One ticket at a time, wording every problem."""
+    graph = TicketGraph()
+    shape: list[Problem] = []
+    semantic: list[Problem] = []
+    raw_deps: list[list[str]] = []
+    for pos, item in enumerate(items):
+        if type(item) is not dict:
+            shape.append(Problem(f"tickets[{pos}]: is not an object but {type(item).__name__}"))
+            _add_slot(graph, f"tickets[{pos}]")
+            raw_deps.append(_EMPTY)
+            continue
+        tid = item.get("id")
+        ref: tuple[str, ...] = ()
+        if type(tid) is str:
+            name = who = tid
+            if ID_RE.match(tid) is None:
+                semantic.append(
+                    Problem(f"tickets[{pos}]: invalid id {_show(tid)} (must match {ID_PATTERN})")
+                )
+                who = f"tickets[{pos}]"
+            elif tid in graph.index:
+                first = graph.index[tid]
+                semantic.append(
+                    Problem(
+                        f"ticket {tid}: duplicate id (tickets[{first}] and tickets[{pos}])", (tid,)
+                    )
+                )
+                ref = (tid,)
+            else:
+                graph.index[tid] = pos
+                ref = (tid,)
+            who = f"ticket {who}" if ref else who
+        else:
+            name = who = f"tickets[{pos}]"
+            what = "no 'id'" if tid is None else f"'id' must be a string, got {_show(tid)}"
+            shape.append(Problem(f"{name}: {what}"))
+        _add_slot(graph, name)
+        raw_deps.append(_check_fields(item, graph, who, ref, shape, semantic))
+    _resolve(graph, raw_deps, semantic)
+    return CheckedIndex(graph, shape, semantic)
+
+
+def _add_slot(graph: TicketGraph, name: str) -> None:
+    graph.ids.append(name)
+    graph.states.append(0)
+    graph.priorities.append(2)
+    graph.runs.append(None)
+    graph.estimates.append(None)
+
+
+def _check_fields(
+    item: dict[str, Any],
+    graph: TicketGraph,
+    who: str,
+    ref: tuple[str, ...],
+    shape: list[Problem],
+    semantic: list[Problem],
+) -> list[str]:
+    """Check one ticket's fields into its (last) slot; returns its dependency names."""
+
+    def bad(message: str) -> None:
+        shape.append(Problem(f"{who}: {message}", ref))
+
+    state = item.get("state", "UNPROCESSED")
+    code = STATE_CODES.get(state) if type(state) is str else None
+    if code is None:
+        bad(f"bad state {_show(state)} (expected {_STATES})")
+    else:
+        graph.states[-1] = code
+    prio = item.get("priority", "P2")
+    code = PRIORITY_CODES.get(prio) if type(prio) is str else None
+    if code is None:
+        bad(f"bad priority {_show(prio)} (expected P0, P1, P2 or P3)")
+    else:
+        graph.priorities[-1] = code
+    run = item.get("run")
+    if run is None or type(run) is str:
+        graph.runs[-1] = run
+    else:
+        bad(f"'run' must be a shell command string, got {_show(run)}")
+    if type(item.get("title", "")) is not str:
+        bad(f"'title' must be a string, got {_show(item['title'])}")
+    timeout = item.get("timeout")
+    if timeout is not None and (type(timeout) not in (int, float) or timeout <= 0):
+        bad(f"'timeout' must be a positive number of seconds, got {_show(timeout)}")
+    retries = item.get("retries", 0)
+    if type(retries) is not int or retries < 0:
+        bad(f"'retries' must be a whole number >= 0, got {_show(retries)}")
+    est = item.get("estimate")
+    if est is not None:
+        try:
+            graph.estimates[-1] = parse_estimate(est)
+        except ValueError:
+            semantic.append(Problem(f"{who}: cannot read estimate {_show(est)}", ref))
+    deps = item.get("dependencies", _EMPTY)
+    if type(deps) is list and all(type(d) is str for d in deps):
+        return deps
+    bad(f"'dependencies' must be a list of ticket ids, got {_show(deps)}")
+    return _EMPTY
+
+
+def _resolve(graph: TicketGraph, raw_deps: list[list[str]], semantic: list[Problem]) -> None:
+    """Keep the known dependencies; unknown and self ones become problems."""
+    index = graph.index
+    for v, names in enumerate(raw_deps):
+        me = graph.ids[v]
+        kept: list[str] = []
+        for d in names:
+            if d == me:
+                semantic.append(Problem(f"ticket {me}: depends on itself", (me,)))
+            elif d not in index:
+                semantic.append(Problem(f"ticket {me}: unknown dependency {_show(d)}", (me,)))
+            else:
+                kept.append(d)
+        graph.dep_names.append(kept if len(kept) < len(names) else names)
+    graph.link()
