@@ -23,12 +23,17 @@ from types import TracebackType
 
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument, State, is_valid_ticket_id
 from sage_tasks.errors import GitError, PatchRejected, RepositoryError
-from sage_tasks.gitops.diff import FileDiff, parse_patch, replace_file_patch, without_paths
+from sage_tasks.gitops.diff import FileDiff, parse_patch
 from sage_tasks.gitops.history import find_ticket_commit, message
 from sage_tasks.gitops.process import first_line
+from sage_tasks.gitops.replacement import replace_file_patch
 from sage_tasks.gitops.repository import Repository
 from sage_tasks.gitops.safety import check_files, path_problem
 
+#: what ``git check-ref-format`` refuses in a branch name (checked here without a process)
+_BAD_BRANCH_RE = re.compile(
+    r"[\x00-\x20~^:?*\[\\\x7f]|\.\.|@\{|//|^[-/.]|/\.|[/.]$|\.lock(/|$)|^@$"
+)
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+@-]{0,127}$")
 
 _CONFLICT_RES = (
@@ -76,7 +81,7 @@ class CommitTarget:
         *,
         before_update_ref: Callable[[], None] | None = None,
     ) -> None:
-        if "\n" in branch or branch.startswith("-") or not branch:
+        if not branch or _BAD_BRANCH_RE.search(branch):
             raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
         problem = path_problem(index_path)
         if problem:
@@ -133,7 +138,8 @@ class CommitTarget:
         if state is State.COMPLETED and patch:
             files = parse_patch(patch)
             check_files(files)
-            body = self._without_index(patch, files)
+            files = self._without_index(files)
+            body = b"".join(patch[f.start : f.end] for f in files)
         head = self.repo.head(self.ref)
         if head is None:
             raise RepositoryError(f"branch {self.branch!r} does not exist", path=self.branch)
@@ -210,15 +216,15 @@ class CommitTarget:
             )
         return blob.oid, blob.data, IndexDocument.loads(blob.data, source=self.index_path)
 
-    def _without_index(self, patch: bytes, files: list[FileDiff]) -> bytes:
-        """The patch minus any change to the ticket index (an executor's edits are not taken)."""
+    def _without_index(self, files: list[FileDiff]) -> list[FileDiff]:
+        """The sections that do not change the ticket index (an executor's edits are not taken)."""
         for fd in files:
             if self.index_path in fd.paths and len(fd.paths) > 1:
                 raise PatchRejected(
                     f"patch renames or copies the ticket index {self.index_path}",
                     path=self.index_path,
                 )
-        return without_paths(patch, files, {self.index_path})
+        return [fd for fd in files if self.index_path not in fd.paths]
 
     def _already(
         self, ticket_id: str, run_id: str, recorded: State, head_sha: str

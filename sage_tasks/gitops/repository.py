@@ -95,7 +95,7 @@ class Repository:
         self.null_oid = "0" * hashlib.new(self.object_format).digest_size * 2
         self._reader = Helper(self.git_dir, "cat-file", "--batch")
         self._checker = Helper(self.git_dir, "cat-file", "--batch-check")
-        self._refs = Helper(self.git_dir, "update-ref", "--stdin")
+        self._refs = Helper(self.git_dir, "update-ref", "-m", "sage-tasks: commit", "--stdin")
         #: the ticket index the last commit wrote: (blob id, content, parsed document)
         self.last_index: tuple[str, bytes, IndexDocument] | None = None
         #: author/committer variables, set once git says it has no identity

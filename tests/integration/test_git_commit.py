@@ -339,3 +339,18 @@ def test_one_open_repository_serves_several_branches(repo: Path, patch_of: Any) 
                                                State.COMPLETED, None)
     assert read_file(repo, a.sha, "a") == b"1\n" and read_file(repo, a.sha, "b") is None
     assert read_file(repo, b.sha, "b") == b"2\n" and read_file(repo, b.sha, "a") is None
+
+
+def test_a_patch_moving_the_ticket_index_away_is_refused(repo: Path, target: CommitTarget) -> None:
+    moved = (f"diff --git a/{INDEX} b/elsewhere.json\nsimilarity index 100%\n"
+             f"rename from {INDEX}\nrename to elsewhere.json\n").encode()
+    with pytest.raises(PatchRejected, match="ticket index"):
+        target.commit("A", "t", "r1", moved, State.COMPLETED, None)
+
+
+def test_a_branch_without_a_ticket_index_is_an_error(repo: Path, target: CommitTarget) -> None:
+    commit_files(repo, "run", {INDEX: None})
+    with pytest.raises(GitError, match="no ticket index"):
+        target.commit("A", "t", "r1", None, State.DEFERRED, "x")
+    with pytest.raises(RepositoryError, match="not a valid branch name"):
+        CommitTarget(repo, "bad..name")

@@ -194,7 +194,7 @@ def _rewrites() -> list[tuple[bytes, bytes]]:
 
 def test_the_index_rewrite_patch_turns_the_old_blob_into_the_new_one_exactly(
         tmp_path: Path) -> None:
-    from sage_tasks.gitops.diff import replace_file_patch
+    from sage_tasks.gitops.replacement import replace_file_patch
 
     repo = make_repo(tmp_path / "repo", {}, None, bare=True)
     env = {"GIT_INDEX_FILE": str(tmp_path / "index")}
