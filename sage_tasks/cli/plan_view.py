@@ -1,0 +1,137 @@
+"""The plan as people read it: banner, batches, critical path, blocked tickets, statistics.
+
+Plain lines with a little colour: on a terminal the styles show, in a log
+file (no tty) rich drops them and the text stays aligned and greppable.
+Long plans are shortened (the first and last batches, the first ids of a
+batch) so a 100k-ticket dry run still prints a page, not a book.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.rule import Rule
+from rich.text import Text
+
+from sage_tasks.core.estimate import format_duration
+from sage_tasks.core.plan import Plan
+
+#: batches shown before the list is cut (the last few are always shown)
+MAX_BATCHES = 40
+_TAIL_BATCHES = 5
+#: ids shown on one batch line
+MAX_IDS = 10
+#: tickets of the critical path shown before it is cut in the middle
+MAX_PATH = 16
+
+
+def _ids(ids: list[str], limit: int = MAX_IDS) -> str:
+    if len(ids) <= limit:
+        return ", ".join(ids)
+    return ", ".join(ids[:limit]) + f", ... ({len(ids) - limit} more)"
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "0%"
+
+
+def mode_line(plan: Plan) -> str:
+    """The banner's run mode, as the seed printed it."""
+    if plan.parallel is not None:
+        workers = "worker" if plan.parallel == 1 else "workers"
+        return f"PARALLEL EXECUTION: {plan.parallel} {workers} (groups of at most {plan.parallel})"
+    return "LEVEL EXECUTION: one group per dependency level"
+
+
+def _line(console: Console, label: str, body: str, style: str = "") -> None:
+    text = Text(f"{label:<16}", style="bold")
+    text.append(body, style=style)
+    console.print(text, soft_wrap=True)
+
+
+def render_plan(plan: Plan, console: Console, *, title: str) -> None:
+    """Print ``plan`` for people: banner, one line per batch, path, blocked, statistics."""
+    console.print(Rule(Text(title, style="bold")))
+    console.print(Text(mode_line(plan), style="bold cyan"), soft_wrap=True)
+    counts = [f"{plan.tickets} in the index", f"{plan.to_run} to run"]
+    if plan.completed:
+        counts.append(f"{len(plan.completed)} completed")
+    if plan.deferred:
+        counts.append(f"{len(plan.deferred)} deferred (not re-run)")
+    if plan.blocked:
+        counts.append(f"{len(plan.blocked)} blocked")
+    _line(console, "Tickets", ", ".join(counts))
+    console.print()
+
+    if not plan.batches:
+        console.print(Text("Nothing to run.", style="yellow"))
+    shown: list[int] | range = range(len(plan.batches))
+    cut = len(plan.batches) > MAX_BATCHES
+    if cut:
+        head = MAX_BATCHES - _TAIL_BATCHES
+        shown = [*range(head), *range(len(plan.batches) - _TAIL_BATCHES, len(plan.batches))]
+    width = len(str(len(plan.batches)))
+    for n in shown:
+        if cut and n == len(plan.batches) - _TAIL_BATCHES:
+            hidden = len(plan.batches) - MAX_BATCHES
+            console.print(Text(f"  ... {hidden} more batches ...", style="dim"))
+        batch = plan.batches[n]
+        text = Text(f"Batch {n + 1:>{width}}", style="bold")
+        text.append(f"  level {plan.batch_levels[n]:<{width}}  ", style="dim")
+        text.append(f"{len(batch):>4} ticket{'s' if len(batch) != 1 else ' '}  ")
+        text.append(_ids(batch))
+        console.print(text, soft_wrap=True)
+    console.print()
+
+    if plan.critical_path:
+        path = plan.critical_path
+        if len(path) > MAX_PATH:
+            half = MAX_PATH // 2
+            path = [*path[:half], f"... {len(path) - MAX_PATH} more ...", *path[-half:]]
+        length = f"{len(plan.critical_path)} tickets"
+        if plan.critical_path_seconds is not None:
+            length += f", about {format_duration(plan.critical_path_seconds)}"
+        _line(console, "Critical path", f"({length}) " + " -> ".join(path))
+    if plan.blocked:
+        _line(
+            console,
+            "Blocked",
+            f"{len(plan.blocked)}: {_ids(plan.blocked, 20)} "
+            "(they depend on a DEFERRED ticket that is not re-run)",
+            style="yellow",
+        )
+    if plan.deferred:
+        _line(console, "Deferred", f"{len(plan.deferred)}: {_ids(plan.deferred, 20)}", "yellow")
+    _render_stats(plan, console)
+
+
+def _render_stats(plan: Plan, console: Console) -> None:
+    stats = plan.stats
+    _line(
+        console,
+        "Batches",
+        f"{stats.batches} in {stats.levels} levels; widest batch {stats.widest_batch}, "
+        f"widest level {stats.widest_level}",
+    )
+    _line(
+        console,
+        "Parallelism",
+        f"{_share(stats.independent, plan.to_run)} of the tickets to run can start at once "
+        f"({stats.independent} of {plan.to_run}); recommended workers: "
+        f"{stats.recommended_workers}",
+    )
+    workers = f"{stats.workers} worker{'s' if stats.workers != 1 else ''}"
+    if stats.sequential_seconds is not None and stats.parallel_seconds is not None:
+        estimate = (
+            f"{format_duration(stats.sequential_seconds)} sequential, "
+            f"{format_duration(stats.parallel_seconds)} with {workers}"
+        )
+        if stats.estimated < plan.to_run:
+            estimate += f" ({stats.estimated} of {plan.to_run} tickets have an estimate)"
+    else:
+        estimate = (
+            f"{stats.sequential_steps} ticket-steps sequential, "
+            f"{stats.parallel_steps} with {workers} (no estimates)"
+        )
+    if stats.speedup is not None:
+        estimate += f"; speedup {stats.speedup:.1f}x"
+    _line(console, "Estimated time", estimate)
