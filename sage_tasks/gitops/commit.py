@@ -5,12 +5,15 @@ Nothing here touches a work tree. A commit is built in a private index
 compare-and-swap on the branch ref, so a checked-out branch, a crash half-way
 or a lost lock never leaves a half-written repository or a lost update.
 
-Per commit, in the usual case (the branch is where our last commit left it),
-this spawns three git processes: ``apply``, ``write-tree`` and
-``commit-tree``. Reads go through a long-lived ``cat-file --batch``, the ref
-update through a long-lived ``update-ref --stdin``, and the index change
-rides in the same ``git apply`` as the ticket's patch, as a binary patch
-whose blob ids git checks.
+git start-up dominates the cost of a commit, and the commit queue is the one
+serial resource, so in the usual case (a :class:`Repository` kept open, the
+branch where our last commit left it) a commit spawns three git processes:
+``apply``, ``write-tree``, ``commit-tree``. Reads go through long-lived
+``cat-file`` processes and the ref update through a long-lived
+``update-ref --stdin``; the private index and the last ticket index written
+are kept; the index change rides in the same ``git apply`` as the ticket's
+patch; and the 3-way merge (which git tries first, at a price) is asked for
+only when a file the patch changes has moved on since the worker's base.
 """
 
 from __future__ import annotations

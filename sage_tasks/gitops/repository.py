@@ -108,17 +108,38 @@ class Repository:
         if self._pid != os.getpid():
             self._pid = os.getpid()
             self._tmp = Path(tempfile.mkdtemp(prefix="sage-git-"))
-            #: the tree the private index holds, when known to be clean
-            self.index_tree: str | None = None
+            self._index_tree: str | None = None
+            self._index_stamp: tuple[int, int, int, int] | None = None
             self._finalizer = weakref.finalize(
                 self, _release, (self._reader, self._checker, self._refs), self._tmp, self._pid
             )
+        elif not self._tmp.is_dir():
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            self._index_tree = None
         return self._tmp
 
     @property
     def index_file(self) -> Path:
         """The private index file used by ``run(..., index=True)``."""
         return self._private() / "index"
+
+    @property
+    def index_tree(self) -> str | None:
+        """The tree the private index holds, when known (None: read a tree into it first).
+
+        Trusted only while the file is the one we wrote: a temp cleaner that
+        deleted it must not turn the next commit into "delete everything".
+        """
+        self._private()
+        if self._index_tree is None or self._index_stamp != _stamp(self.index_file):
+            return None
+        return self._index_tree
+
+    @index_tree.setter
+    def index_tree(self, tree: str | None) -> None:
+        self._private()
+        self._index_tree = tree
+        self._index_stamp = _stamp(self.index_file) if tree is not None else None
 
     # -- life cycle ----------------------------------------------------------
 
@@ -246,6 +267,14 @@ class Repository:
         if b"cannot lock ref" in stderr or b"Unable to create" in stderr:
             raise RefMoved(f"{ref} moved while committing: {first_line(stderr)}", path=ref)
         raise err
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _release(helpers: tuple[Helper, ...], tmp: Path, pid: int) -> None:

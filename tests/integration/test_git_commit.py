@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -354,3 +356,35 @@ def test_a_branch_without_a_ticket_index_is_an_error(repo: Path, target: CommitT
         target.commit("A", "t", "r1", None, State.DEFERRED, "x")
     with pytest.raises(RepositoryError, match="not a valid branch name"):
         CommitTarget(repo, "bad..name")
+
+
+def test_a_forked_worker_process_gets_its_own_index_and_helpers(repo: Path, patch_of: Any) -> None:
+    git(repo, "branch", "run", "main")
+    pb, pc = patch_of({"b.txt": "b\n"}), patch_of({"c.txt": "c\n"})
+    with Repository(repo) as shared:
+        CommitTarget(shared, "run").commit("A", "t", "r1", patch_of({"a.txt": "a\n"}),
+                                           State.COMPLETED, None)
+        pid = os.fork()
+        if pid == 0:  # the child commits with the object it inherited
+            code = 1
+            try:
+                CommitTarget(shared, "run").commit("B", "t", "r1", pb, State.COMPLETED, None)
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+        CommitTarget(shared, "run").commit("C", "t", "r1", pc, State.COMPLETED, None)
+    files = git(repo, "ls-tree", "-r", "--name-only", "run").split()
+    assert sorted(files) == [INDEX, "a.txt", "b.txt", "c.txt", "f.txt", "keep.txt"]
+    assert [c.ticket_id for c in ticket_commits(repo, "run", "main")] == ["A", "B", "C"]
+
+
+def test_a_private_index_removed_by_a_temp_cleaner_is_rebuilt(repo: Path, patch_of: Any) -> None:
+    git(repo, "branch", "run", "main")
+    with Repository(repo) as shared:
+        target = CommitTarget(shared, "run")
+        target.commit("A", "t", "r1", patch_of({"a.txt": "a\n"}), State.COMPLETED, None)
+        shutil.rmtree(shared.index_file.parent)
+        target.commit("B", "t", "r1", patch_of({"b.txt": "b\n"}), State.COMPLETED, None)
+    files = git(repo, "ls-tree", "-r", "--name-only", "run").split()
+    assert sorted(files) == [INDEX, "a.txt", "b.txt", "f.txt", "keep.txt"]
