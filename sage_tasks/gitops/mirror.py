@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sage_tasks.errors import RepositoryError
+from sage_tasks.errors import GitError, RepositoryError
 from sage_tasks.gitops.process import first_line, redact_url, run_git
 
 #: a lock file without its worktree is left alone this long (its owner may be starting)
@@ -39,9 +39,11 @@ _SHA_RE = re.compile(r"^[0-9a-f]{4,64}$")
 class Mirror:
     """One cached bare mirror of ``repo_url`` under ``workdir`` (see the module docs)."""
 
-    def __init__(self, workdir: Path, repo_url: str) -> None:
+    def __init__(self, workdir: Path, repo_url: str, *, fetch_timeout: float = 600.0) -> None:
         self.workdir = workdir
         self.url = repo_url
+        #: a fetch that takes longer (a dead network) fails instead of hanging the ticket
+        self.fetch_timeout = fetch_timeout
         self.key = hashlib.sha256(repo_url.encode()).hexdigest()[:16]
         self.path = workdir / "mirrors" / self.key
         self.worktrees = workdir / "worktrees"
@@ -78,9 +80,22 @@ class Mirror:
         ref = f"refs/heads/{branch}"
         with self._locked():
             self._init()
-            proc = run_git(
-                self.path, "fetch", "--quiet", "--no-tags", self.url, f"+{ref}:{ref}", check=False
-            )
+            try:
+                proc = run_git(
+                    self.path,
+                    "fetch",
+                    "--quiet",
+                    "--no-tags",
+                    self.url,
+                    f"+{ref}:{ref}",
+                    check=False,
+                    timeout=self.fetch_timeout,
+                )
+            except GitError as exc:
+                where = redact_url(self.url)
+                raise RepositoryError(
+                    f"cannot fetch {branch!r} from {where}: {exc}", path=branch
+                ) from None
             if proc.returncode != 0:
                 where = redact_url(self.url)
                 raise RepositoryError(

@@ -69,10 +69,12 @@ def run_git(
     env: Mapping[str, str] | None = None,
     check: bool = True,
     what: str | None = None,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``git <args>`` in ``cwd``; raise :class:`GitError` on failure when ``check``.
 
-    ``what`` names the operation in the error message (default: the git sub-command).
+    ``what`` names the operation in the error message (default: the git
+    sub-command); past ``timeout`` seconds git is killed and GitError raised.
     """
     try:
         proc = subprocess.run(
@@ -82,9 +84,13 @@ def run_git(
             capture_output=True,
             env=git_env(env),
             check=False,
+            timeout=timeout,
         )
     except OSError as exc:
         raise GitError(f"cannot run git in {cwd}: {exc.strerror}", path=str(cwd)) from None
+    except subprocess.TimeoutExpired:
+        doing = what or "git " + _subcommand(args)
+        raise GitError(f"{doing} timed out after {timeout:g} s in {cwd}", path=str(cwd)) from None
     if check and proc.returncode != 0:
         raise GitError(
             f"{what or 'git ' + _subcommand(args)} failed in {cwd}: {first_line(proc.stderr)}",

@@ -145,3 +145,17 @@ def test_worker_processes_on_one_host_share_a_mirror(mirror: Mirror, origin: Pat
     assert worktrees_of(mirror) == []
     assert sorted(os.listdir(mirror.workdir / "mirrors")) == sorted([mirror.key,
                                                                       mirror.key + ".lock"])
+
+
+def test_a_fetch_that_hangs_fails_after_the_timeout(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as server:  # accepts, never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"git://127.0.0.1:{server.getsockname()[1]}/repo.git"
+        mirror = Mirror(tmp_path / "w", url, fetch_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(RepositoryError, match="timed out"):
+            mirror.fetch("main")
+    assert time.monotonic() - started < 10
