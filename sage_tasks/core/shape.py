@@ -142,7 +142,8 @@ def _seconds(value: object) -> float | None:
 
 
 def _show(value: object) -> str:
-    text = f"'{value}'" if isinstance(value, str) else repr(value)
+    """A value for a one-line message: quoted, escaped, shortened."""
+    text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
