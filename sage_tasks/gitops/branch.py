@@ -12,6 +12,7 @@ from pathlib import Path
 from sage_tasks.errors import RepositoryError
 from sage_tasks.gitops.process import first_line, run_git
 from sage_tasks.gitops.repository import locate_repo
+from sage_tasks.gitops.safety import normal_path
 
 #: branches a run writes to only with ``allow_main``
 PROTECTED_BRANCHES = frozenset({"main", "master"})
@@ -104,7 +105,7 @@ def read_index_at(repo: Path, ref: str, index_path: str) -> bytes | None:
     Raises :class:`RepositoryError` naming ``ref`` when it names no commit.
     """
     sha = resolve_ref(repo, ref)
-    proc = run_git(repo, "cat-file", "blob", f"{sha}:{index_path}", check=False)
+    proc = run_git(repo, "cat-file", "blob", f"{sha}:{normal_path(index_path)}", check=False)
     if proc.returncode != 0:
         return None
     return proc.stdout

@@ -31,7 +31,7 @@ from sage_tasks.gitops.history import find_ticket_commit, message
 from sage_tasks.gitops.process import first_line
 from sage_tasks.gitops.replacement import replace_file_patch
 from sage_tasks.gitops.repository import Repository
-from sage_tasks.gitops.safety import check_files, path_problem
+from sage_tasks.gitops.safety import check_files, normal_path, path_problem
 
 #: what ``git check-ref-format`` refuses in a branch name (checked here without a process)
 _BAD_BRANCH_RE = re.compile(
@@ -86,6 +86,7 @@ class CommitTarget:
     ) -> None:
         if not branch or _BAD_BRANCH_RE.search(branch):
             raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
+        index_path = normal_path(index_path)
         problem = path_problem(index_path)
         if problem:
             raise RepositoryError(f"bad ticket index path: {problem}", path=index_path)

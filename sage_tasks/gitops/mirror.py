@@ -41,10 +41,10 @@ class Mirror:
 
     def __init__(self, workdir: Path, repo_url: str, *, fetch_timeout: float = 600.0) -> None:
         self.workdir = workdir
-        self.url = repo_url
+        self.url = _absolute(repo_url)
         #: a fetch that takes longer (a dead network) fails instead of hanging the ticket
         self.fetch_timeout = fetch_timeout
-        self.key = hashlib.sha256(repo_url.encode()).hexdigest()[:16]
+        self.key = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         self.path = workdir / "mirrors" / self.key
         self.worktrees = workdir / "worktrees"
         self._lock_file = workdir / "mirrors" / f"{self.key}.lock"
@@ -147,6 +147,13 @@ class Mirror:
         """Remove worktrees of this mirror left by crashed workers; return how many."""
         with self._locked():
             return _prune_key(self.workdir, self.key)
+
+
+def _absolute(url: str) -> str:
+    """A local path made absolute (git runs in the mirror); URLs and ``host:path`` as they are."""
+    if "://" in url or re.match(r"^[^/]+:", url):
+        return url
+    return str(Path(url).absolute())
 
 
 def prune_workdir(workdir: Path) -> int:

@@ -9,6 +9,8 @@ reason to produce them.
 
 from __future__ import annotations
 
+import posixpath
+
 from sage_tasks.errors import PatchRejected
 from sage_tasks.gitops.diff import GITLINK_MODE, SYMLINK_MODE, FileDiff, parse_patch
 
@@ -34,6 +36,14 @@ def path_problem(path: str) -> str | None:
         if part.rstrip(". ").lower() in _GIT_ALIASES:
             return f"path {path!r} touches .git"
     return None
+
+
+def normal_path(path: str) -> str:
+    """``path`` as git names it inside a tree: no ``./``, no doubled or trailing slashes."""
+    if not path or path.startswith("/"):
+        return path
+    normal = posixpath.normpath(path)
+    return "" if normal == "." else normal
 
 
 def link_problem(path: str, target: bytes) -> str | None:

@@ -109,3 +109,7 @@ def test_the_repository_root_is_found_from_inside_and_a_non_repo_is_refused(
         repo_root(plain)
     with pytest.raises(RepositoryError, match="not a directory"):
         repo_root(tmp_path / "missing")
+
+
+def test_an_index_path_written_with_dot_slash_is_read_all_the_same(repo: Path) -> None:
+    assert read_index_at(repo, "main", "./" + INDEX) == index_bytes(INDEX_DATA)

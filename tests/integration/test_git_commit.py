@@ -388,3 +388,9 @@ def test_a_private_index_removed_by_a_temp_cleaner_is_rebuilt(repo: Path, patch_
         target.commit("B", "t", "r1", patch_of({"b.txt": "b\n"}), State.COMPLETED, None)
     files = git(repo, "ls-tree", "-r", "--name-only", "run").split()
     assert sorted(files) == [INDEX, "a.txt", "b.txt", "f.txt", "keep.txt"]
+
+
+def test_an_index_path_with_dot_slash_names_the_same_file(repo: Path) -> None:
+    with CommitTarget(repo, "main", "./" + INDEX) as target:
+        res = target.commit("A", "t", "r1", None, State.DEFERRED, "x")
+    assert changed_paths(repo, f"{res.sha}^", res.sha) == [INDEX]

@@ -159,3 +159,11 @@ def test_a_fetch_that_hangs_fails_after_the_timeout(tmp_path: Path) -> None:
         with pytest.raises(RepositoryError, match="timed out"):
             mirror.fetch("main")
     assert time.monotonic() - started < 10
+
+
+def test_a_relative_path_url_names_the_same_mirror_as_its_absolute_form(
+        tmp_path: Path, origin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(origin.parent)
+    relative = Mirror(tmp_path / "w", origin.name)
+    assert relative.key == Mirror(tmp_path / "w", str(origin)).key
+    assert relative.fetch("main") == git(origin, "rev-parse", "main").strip()
