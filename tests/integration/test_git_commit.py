@@ -369,6 +369,7 @@ def test_a_forked_worker_process_gets_its_own_index_and_helpers(repo: Path, patc
             code = 1
             try:
                 CommitTarget(shared, "run").commit("B", "t", "r1", pb, State.COMPLETED, None)
+                shared.close()
                 code = 0
             finally:
                 os._exit(code)
