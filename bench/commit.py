@@ -40,18 +40,29 @@ ENV = {
 }
 
 
-def git(repo: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None
-        ) -> str:
-    proc = subprocess.run(["git", *args], cwd=repo, input=input, capture_output=True,
-                          env=env or ENV, check=True)
+def git(
+    repo: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None
+) -> str:
+    proc = subprocess.run(
+        ["git", *args], cwd=repo, input=input, capture_output=True, env=env or ENV, check=True
+    )
     return proc.stdout.decode().strip()
 
 
 def make_repo(path: Path, n: int) -> Path:
     """A bare repository whose index has ``n`` tickets per mode (T-, P-)."""
-    tickets = [{"id": f"{p}-{i:04d}", "title": f"bench ticket {i}", "state": "UNPROCESSED",
-                "priority": "P2", "dependencies": [], "run": "true"}
-               for p in ("T", "P") for i in range(n)]
+    tickets = [
+        {
+            "id": f"{p}-{i:04d}",
+            "title": f"bench ticket {i}",
+            "state": "UNPROCESSED",
+            "priority": "P2",
+            "dependencies": [],
+            "run": "true",
+        }
+        for p in ("T", "P")
+        for i in range(n)
+    ]
     index = (json.dumps({"version": "1.0", "tickets": tickets}, indent=2) + "\n").encode()
     git(path.parent, "init", "-q", "--bare", str(path))
     blob = git(path, "hash-object", "-w", "--stdin", input=index)
@@ -68,8 +79,10 @@ def make_repo(path: Path, n: int) -> Path:
 
 
 def new_file_patch(name: str, text: str) -> bytes:
-    return (f"diff --git a/{name} b/{name}\nnew file mode 100644\n--- /dev/null\n+++ b/{name}\n"
-            f"@@ -0,0 +1 @@\n+{text}\n").encode()
+    return (
+        f"diff --git a/{name} b/{name}\nnew file mode 100644\n--- /dev/null\n+++ b/{name}\n"
+        f"@@ -0,0 +1 @@\n+{text}\n"
+    ).encode()
 
 
 class Raw:
@@ -82,7 +95,11 @@ class Raw:
         git(repo, "read-tree", self.head, env=self.env)
         self.hasher = subprocess.Popen(
             ["git", "hash-object", "-w", "--stdin-paths", "--no-filters"],
-            cwd=repo, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV)
+            cwd=repo,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=ENV,
+        )
 
     def commit(self, i: int) -> None:
         assert self.hasher.stdin is not None and self.hasher.stdout is not None
@@ -91,8 +108,14 @@ class Raw:
         self.hasher.stdin.write(f"{src}\n".encode())
         self.hasher.stdin.flush()
         blob = self.hasher.stdout.readline().decode().strip()
-        git(self.repo, "update-index", "--add", "--cacheinfo", f"100644,{blob},raw/f{i}.txt",
-            env=self.env)
+        git(
+            self.repo,
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            f"100644,{blob},raw/f{i}.txt",
+            env=self.env,
+        )
         tree = git(self.repo, "write-tree", env=self.env)
         new = git(self.repo, "commit-tree", tree, "-p", self.head, input=f"raw {i}\n".encode())
         git(self.repo, "update-ref", "refs/heads/raw", new, self.head)
@@ -112,13 +135,19 @@ def run(repo: Path, n: int, tmp: Path, block: int) -> dict[str, float]:
     kept = CommitTarget(opened, "open")
 
     def one_open(i: int) -> None:
-        kept.commit(f"T-{i:04d}", "t", "bench", new_file_patch(f"open/f{i}.txt", str(i)),
-                    State.COMPLETED)
+        kept.commit(
+            f"T-{i:04d}", "t", "bench", new_file_patch(f"open/f{i}.txt", str(i)), State.COMPLETED
+        )
 
     def one_fresh(i: int) -> None:
         with CommitTarget(repo, "fresh") as target:
-            target.commit(f"P-{i:04d}", "t", "bench", new_file_patch(f"fresh/f{i}.txt", str(i)),
-                          State.COMPLETED)
+            target.commit(
+                f"P-{i:04d}",
+                "t",
+                "bench",
+                new_file_patch(f"fresh/f{i}.txt", str(i)),
+                State.COMPLETED,
+            )
 
     loops = {"raw": raw.commit, "open": one_open, "fresh": one_fresh}
     for first in range(0, n, block):
@@ -145,13 +174,18 @@ def main() -> None:
         raw, opened, fresh = rates["raw"], rates["open"], rates["fresh"]
         size = len(git(repo, "cat-file", "blob", f"refs/heads/open:{INDEX}"))
         assert git(repo, "rev-list", "--count", "main..open") == str(n)
-    print(f"git {git(Path.cwd(), '--version').split()[-1]}, {n} commits each, "
-          f"ticket index {size // 1024} KiB ({2 * n} tickets)")
+    print(
+        f"git {git(Path.cwd(), '--version').split()[-1]}, {n} commits each, "
+        f"ticket index {size // 1024} KiB ({2 * n} tickets)"
+    )
     print(f"raw plumbing (4 git calls/commit):     {raw:7.1f} commits/s")
-    print(f"CommitTarget, repository kept open:    {opened:7.1f} commits/s  "
-          f"({opened / raw:.0%} of raw)")
-    print(f"CommitTarget, opened for each commit:  {fresh:7.1f} commits/s  "
-          f"({fresh / raw:.0%} of raw)")
+    print(
+        f"CommitTarget, repository kept open:    {opened:7.1f} commits/s  "
+        f"({opened / raw:.0%} of raw)"
+    )
+    print(
+        f"CommitTarget, opened for each commit:  {fresh:7.1f} commits/s  ({fresh / raw:.0%} of raw)"
+    )
     if opened < raw / 2:
         print("below the target of 50% of raw plumbing")
         sys.exit(1)
