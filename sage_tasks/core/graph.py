@@ -180,6 +180,8 @@ def shortest_cycle_through(deps: list[list[int]], start: int, within: set[int]) 
     while queue:
         v = queue.popleft()
         for w in deps[v]:
+            if w == v:  # a self dependency is reported on its own
+                continue
             if w == start:
                 path = [v]
                 while path[-1] != start:

@@ -44,12 +44,11 @@ def cycle_problems(graph: TicketGraph, left: list[int]) -> list[Problem]:
     """
     names = graph.ids
     deps = graph.deps
-    problems: list[Problem] = []
+    problems = [  # left in the graph by the fast check, which does not look for them
+        Problem(f"ticket {names[v]}: depends on itself", (names[v],)) for v in left if v in deps[v]
+    ]
     for comp in strongly_connected_components(deps, left):
-        if len(comp) == 1:  # a ticket that lists itself
-            problems.append(
-                Problem(f"ticket {names[comp[0]]}: depends on itself", (names[comp[0]],))
-            )
+        if len(comp) == 1:  # only a self dependency, reported above
             continue
         limit = len(comp) if len(comp) <= FULL_CYCLE_REPORT else LARGE_COMPONENT_CYCLES
         cycles, rest = cycles_covering(deps, comp, names, limit)
