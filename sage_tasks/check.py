@@ -15,8 +15,8 @@ from typing import Any
 from sage_tasks.config import Settings
 from sage_tasks.errors import SageError
 
-#: ``git apply --3way --cached`` and ``worktree`` as used here need at least this
-MIN_GIT = (2, 25)
+#: the compare-and-swap ref update uses ``update-ref --stdin`` transactions (git 2.28)
+MIN_GIT = (2, 28)
 
 
 @dataclass

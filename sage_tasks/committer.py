@@ -14,7 +14,7 @@ from typing import Any
 
 from sage_tasks import keys
 from sage_tasks.core.index import State
-from sage_tasks.errors import SageError
+from sage_tasks.errors import PatchRejected, SageError
 from sage_tasks.gitops import CommitTarget
 from sage_tasks.lock import CommitLock
 from sage_tasks.runstate import FINAL_PHASES, Phase
@@ -77,15 +77,21 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         if output:
             reason = f"{reason}; output ends: {output[-1500:]}"
 
-    assert rt.repo_path is not None
     title = record.get("title", "")
-    target = CommitTarget(rt.repo_path, info.branch, info.index_path)
+    target = CommitTarget(rt.repository, info.branch, info.index_path)
     lock = CommitLock(rt.redis, keys.commit_lock(info.repo), lease=rt.settings.lock_lease)
     lock.acquire(blocking_timeout=LOCK_WAIT_S)
     try:
         rt.inject("commit-locked")
-        res = target.commit(ticket_id, title, run_id, patch, state, reason,
-                            before_update_ref=lambda: rt.inject("before-update-ref"))
+        hook = lambda: rt.inject("before-update-ref")  # noqa: E731
+        try:
+            res = target.commit(ticket_id, title, run_id, patch, state, reason,
+                                before_update_ref=hook)
+        except PatchRejected as exc:
+            # an unsafe or oversize patch is the ticket's failure, not the queue's
+            state, reason = State.DEFERRED, str(exc)
+            res = target.commit(ticket_id, title, run_id, None, state, reason,
+                                before_update_ref=hook)
     finally:
         lock.release()
     final = Phase(res.state.value if isinstance(res.state, State) else str(res.state))

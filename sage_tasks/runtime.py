@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 
 from sage_tasks.config import Settings
+from sage_tasks.gitops import Repository
 from sage_tasks.runstate import RunStore
 
 
@@ -32,6 +33,8 @@ class Runtime:
     fault: str | None = None
     _client: redis.Redis | None = field(default=None, repr=False)
     _pid: int = field(default=0, repr=False)
+    _repository: Repository | None = field(default=None, repr=False)
+    _repository_pid: int = field(default=0, repr=False)
 
     @property
     def redis(self) -> redis.Redis:
@@ -51,6 +54,16 @@ class Runtime:
     @property
     def store(self) -> RunStore:
         return RunStore(self.redis, ttl=self.settings.result_expires)
+
+    @property
+    def repository(self) -> Repository:
+        """The served repository, with its long-lived git helpers, opened once per process."""
+        if self.repo_path is None:
+            raise RuntimeError("this worker serves no repository")
+        if self._repository is None or self._repository_pid != os.getpid():
+            self._repository = Repository(self.repo_path)
+            self._repository_pid = os.getpid()
+        return self._repository
 
     def serve(self, repo_path: Path, urls: tuple[str, ...] = ()) -> None:
         """Make this process the commit worker of ``repo_path`` (also known by ``urls``)."""
