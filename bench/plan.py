@@ -224,7 +224,8 @@ def main() -> None:
         if last:
             sage, nx, rx = (last[k]["best"] for k in ("sage", "networkx", "rustworkx"))
             print(
-                f"{sizes[-1]} tickets: sage/networkx {sage / nx:.2f} (target <= 0.5), "
+                f"{sizes[-1]} tickets (targets are for 100k): "
+                f"sage/networkx {sage / nx:.2f} (target <= 0.5), "
                 f"sage/rustworkx {sage / rx:.2f} (target <= 1.2), "
                 f"sage peak RSS {last['sage']['rss']:.0f} MB (target < 500)"
             )

@@ -37,7 +37,8 @@ def gc_paused() -> Iterator[None]:
     taken. On the way out the new objects are moved straight to the oldest
     generation (``freeze`` then ``unfreeze``), so the young-generation pass
     that would follow does not walk them all once more; they are still freed
-    by reference counting, and still scanned by full collections.
+    by reference counting, and still scanned by full collections. (Skipped
+    when the process keeps objects frozen on purpose, e.g. before a fork.)
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -45,8 +46,9 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
-            gc.freeze()
-            gc.unfreeze()
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

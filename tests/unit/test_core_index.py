@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import stat
@@ -246,3 +247,23 @@ def test_an_unreadable_index_file_is_a_validation_error(tmp_path: Path) -> None:
 
 def test_the_default_index_path_is_the_sage_one() -> None:
     assert DEFAULT_INDEX_PATH == ".sage/tickets/index.json"
+
+
+def test_loading_leaves_the_garbage_collector_as_it_found_it() -> None:
+    data = dumped(SAGE_INDEX)
+    assert gc.isenabled()
+    IndexDocument.loads(data)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        IndexDocument.loads(data)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        IndexDocument.loads(data)
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
