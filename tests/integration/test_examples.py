@@ -337,7 +337,7 @@ def test_the_deferrals_example_defers_a_conflict_and_a_failure_and_blocks_the_de
     branch = summary["branch"]
     assert git(repo, "show", f"{branch}:config.txt") == "color = blue\n"
     index = json.loads(git(repo, "show", f"{branch}:.sage/tickets/index.json"))
-    assert {t["id"]: t["state"] for t in index["tickets"]} == {
+    assert {t["id"]: t.get("state", "UNPROCESSED") for t in index["tickets"]} == {
         "THEME-001": "COMPLETED",
         "THEME-002": "DEFERRED",
         "THEME-003": "UNPROCESSED",
