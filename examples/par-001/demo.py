@@ -10,6 +10,7 @@ Any arguments replace ``--parallel auto``, e.g. ``demo.py --parallel 4``.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -40,6 +41,11 @@ def run_branches(repo: Path) -> list[str]:
 def main(argv: list[str]) -> int:
     repo = build(Path(tempfile.mkdtemp(prefix="sage-par-001-")) / "repo")
     print(f"demo repository: {repo} (29 PAR-001 tickets on main)")
+    if not argv:
+        print(
+            f"--parallel auto takes half of this machine's {os.cpu_count()} cores;"
+            " for more slots: demo.py --parallel 4"
+        )
     cmd = [sage_submit(), "--repo", str(repo), "--local", *(argv or ["--parallel", "auto"])]
     print("$ " + shlex.join(cmd), flush=True)
     start = time.monotonic()
