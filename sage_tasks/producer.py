@@ -31,15 +31,18 @@ def ticket_chain(app: Celery, run_id: str, ticket_id: str, commit_queue: str) ->
     return run | commit
 
 
-def commit_only(app: Celery, result: dict[str, Any], run_id: str, ticket_id: str,
-                commit_queue: str) -> Signature:
+def commit_only(
+    app: Celery, result: dict[str, Any], run_id: str, ticket_id: str, commit_queue: str
+) -> Signature:
     """Send a ticket's stored outcome to the commit queue again."""
-    return app.signature(TASK_COMMIT, args=(result, run_id, ticket_id), queue=commit_queue,
-                         immutable=True)
+    return app.signature(
+        TASK_COMMIT, args=(result, run_id, ticket_id), queue=commit_queue, immutable=True
+    )
 
 
-def submit(app: Celery, rt: Runtime, info: RunInfo, plan_json: str,
-           tickets: dict[str, dict[str, str]]) -> None:
+def submit(
+    app: Celery, rt: Runtime, info: RunInfo, plan_json: str, tickets: dict[str, dict[str, str]]
+) -> None:
     """Store the run and ask its repository's commit worker to start it."""
     rt.store.create(info, plan_json, tickets)
     app.send_task(TASK_PREPARE, args=(info.run_id,), queue=info.commit_queue)
@@ -104,14 +107,16 @@ def _blocking_reason(rt: Runtime, run_id: str, deps: list[str]) -> str:
 def _send_group(app: Celery, rt: Runtime, info: RunInfo, index: int, ticket_ids: list[str]) -> None:
     run_id = info.run_id
     header = group(ticket_chain(app, run_id, tid, info.commit_queue) for tid in ticket_ids)
-    body = app.signature(TASK_BATCH_DONE, args=(run_id, index), queue=info.commit_queue,
-                         immutable=True)
+    body = app.signature(
+        TASK_BATCH_DONE, args=(run_id, index), queue=info.commit_queue, immutable=True
+    )
     rt.store.mark_queued(run_id, ticket_ids, index)
     rt.store.record_batch(run_id, index, tickets=ticket_ids, sent=time.time())
     rt.store.update(run_id, batch=index, status=RunStatus.RUNNING.value)
     result = chord(header)(body)
-    rt.store.record_batch(run_id, index, chord=result.id,
-                          group=getattr(result.parent, "id", None) or "")
+    rt.store.record_batch(
+        run_id, index, chord=result.id, group=getattr(result.parent, "id", None) or ""
+    )
     log.info("run %s: sent batch %d (%d tickets)", run_id, index + 1, len(ticket_ids))
 
 

@@ -98,12 +98,16 @@ class RunStore:
     """Reads and writes run records in one Redis database."""
 
     def __init__(self, client: redis.Redis, *, ttl: int):
-        self.r = client
+        # redis-py types every reply as "value or awaitable" (sync and asyncio
+        # share the signatures); this store only ever uses the sync client
+        self.r: Any = client
         self.ttl = ttl
 
     # -- the run ---------------------------------------------------------------
 
-    def create(self, info: RunInfo, plan_json: str, tickets: Mapping[str, Mapping[str, str]]) -> None:
+    def create(
+        self, info: RunInfo, plan_json: str, tickets: Mapping[str, Mapping[str, str]]
+    ) -> None:
         """Store a new run: its record, its plan and a record per ticket."""
         pipe = self.r.pipeline(transaction=True)
         key = keys.run(info.run_id)
@@ -194,7 +198,9 @@ class RunStore:
         pipe = self.r.pipeline(transaction=False)
         for tid in ticket_ids:
             key = keys.ticket(run_id, tid)
-            pipe.hset(key, mapping={"state": Phase.QUEUED.value, "queued": now, "batch": str(batch)})
+            pipe.hset(
+                key, mapping={"state": Phase.QUEUED.value, "queued": now, "batch": str(batch)}
+            )
         pipe.execute()
 
     def start_ticket(self, run_id: str, ticket_id: str, host: str, *, deaths: int = 0) -> None:
@@ -203,8 +209,16 @@ class RunStore:
         now = str(time.time())
         pipe = self.r.pipeline(transaction=True)
         pipe.hincrby(key, "deliveries", 1)
-        pipe.hset(key, mapping={"state": Phase.RUNNING.value, "host": host, "started": now,
-                                "heartbeat": now, "deaths": str(deaths)})
+        pipe.hset(
+            key,
+            mapping={
+                "state": Phase.RUNNING.value,
+                "host": host,
+                "started": now,
+                "heartbeat": now,
+                "deaths": str(deaths),
+            },
+        )
         pipe.sadd(keys.running(run_id), ticket_id)
         pipe.expire(keys.running(run_id), self.ttl)
         pipe.execute()
@@ -221,19 +235,33 @@ class RunStore:
         key = keys.ticket(run_id, ticket_id)
         now = time.time()
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(key, mapping={"state": Phase.RAN.value, "ran": str(now),
-                                "result": json.dumps(dict(result)),
-                                "duration": str(result.get("duration_s", 0.0))})
+        pipe.hset(
+            key,
+            mapping={
+                "state": Phase.RAN.value,
+                "ran": str(now),
+                "result": json.dumps(dict(result)),
+                "duration": str(result.get("duration_s", 0.0)),
+            },
+        )
         pipe.srem(keys.running(run_id), ticket_id)
         pipe.execute()
 
-    def finish_ticket(self, run_id: str, ticket_id: str, state: Phase, *, reason: str = "",
-                      commit: str = "") -> None:
+    def finish_ticket(
+        self, run_id: str, ticket_id: str, state: Phase, *, reason: str = "", commit: str = ""
+    ) -> None:
         """The ticket's final state (COMPLETED, DEFERRED or BLOCKED)."""
         key = keys.ticket(run_id, ticket_id)
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(key, mapping={"state": state.value, "ended": str(time.time()),
-                                "reason": reason, "commit": commit})
+        pipe.hset(
+            key,
+            mapping={
+                "state": state.value,
+                "ended": str(time.time()),
+                "reason": reason,
+                "commit": commit,
+            },
+        )
         pipe.hset(keys.final(run_id), ticket_id, state.value)
         pipe.srem(keys.running(run_id), ticket_id)
         pipe.execute()
@@ -262,8 +290,9 @@ class RunStore:
 
     def claim_batch_done(self, run_id: str, index: int) -> bool:
         """True for the one caller that gets to finish this batch (SET NX)."""
-        return bool(self.r.set(keys.batch_done(run_id, index), str(time.time()), nx=True,
-                               ex=self.ttl))
+        return bool(
+            self.r.set(keys.batch_done(run_id, index), str(time.time()), nx=True, ex=self.ttl)
+        )
 
     def batch_is_done(self, run_id: str, index: int) -> bool:
         return bool(self.r.exists(keys.batch_done(run_id, index)))

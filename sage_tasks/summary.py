@@ -30,8 +30,13 @@ class TicketRow:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "state": self.state, "host": self.host, "attempts": self.attempts,
-            "duration_s": self.duration_s, "reason": self.reason, "commit": self.commit,
+            "id": self.id,
+            "state": self.state,
+            "host": self.host,
+            "attempts": self.attempts,
+            "duration_s": self.duration_s,
+            "reason": self.reason,
+            "commit": self.commit,
             "batch": self.batch,
         }
 
@@ -147,16 +152,18 @@ def load_summary(store: RunStore, run_id: str) -> RunSummary | None:
     for tid in ids:
         rec = records[tid]
         batch = rec.get("batch")
-        rows.append(TicketRow(
-            id=tid,
-            state=rec.get("state", Phase.PENDING.value),
-            host=rec.get("host", ""),
-            attempts=int(rec.get("attempts") or 0),
-            duration_s=_float(rec.get("duration")),
-            reason=rec.get("reason", ""),
-            commit=rec.get("commit", ""),
-            batch=int(batch) if batch and batch.lstrip("-").isdigit() else None,
-            started=_float(rec.get("started")),
-            ended=_float(rec.get("ended")),
-        ))
+        rows.append(
+            TicketRow(
+                id=tid,
+                state=rec.get("state", Phase.PENDING.value),
+                host=rec.get("host", ""),
+                attempts=int(rec.get("attempts") or 0),
+                duration_s=_float(rec.get("duration")),
+                reason=rec.get("reason", ""),
+                commit=rec.get("commit", ""),
+                batch=int(batch) if batch and batch.lstrip("-").isdigit() else None,
+                started=_float(rec.get("started")),
+                ended=_float(rec.get("ended")),
+            )
+        )
     return RunSummary(info, rows, batches, list(plan.get("critical_path", [])))

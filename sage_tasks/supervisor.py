@@ -86,38 +86,51 @@ class Supervisor:
                 return
             last = max((float(records[t].get("ended") or 0) for t in ticket_ids), default=0.0)
             if now - last > self.grace:
-                log.warning("run %s: batch %d finished but its barrier never ran; finishing it",
-                            run_id, index + 1)
+                log.warning(
+                    "run %s: batch %d finished but its barrier never ran; finishing it",
+                    run_id,
+                    index + 1,
+                )
                 producer.finish_batch(self.app, self.rt, run_id, index)
             return
         vt = self.rt.settings.vt
         for tid in pending:
             self.check_ticket(info, tid, records[tid], now, vt)
 
-    def check_ticket(self, info: RunInfo, tid: str, rec: dict[str, str], now: float,
-                     vt: float) -> None:
+    def check_ticket(
+        self, info: RunInfo, tid: str, rec: dict[str, str], now: float, vt: float
+    ) -> None:
         store = self.rt.store
         run_id = info.run_id
         state = rec.get("state", "")
         if state == Phase.QUEUED:
             since = max(float(rec.get("queued") or 0), float(rec.get("resent") or 0))
             if now - since > vt:
-                log.warning("run %s: ticket %s not taken for %.0f s; sending it again",
-                            run_id, tid, now - since)
+                log.warning(
+                    "run %s: ticket %s not taken for %.0f s; sending it again",
+                    run_id,
+                    tid,
+                    now - since,
+                )
                 store.set_ticket(run_id, tid, resent=now)
                 producer.ticket_chain(self.app, run_id, tid, info.commit_queue).apply_async()
         elif state == Phase.RUNNING:
             beat = max(float(rec.get("heartbeat") or 0), float(rec.get("resent") or 0))
             if now - beat > vt:
-                log.warning("run %s: ticket %s silent for %.0f s; sending it again",
-                            run_id, tid, now - beat)
+                log.warning(
+                    "run %s: ticket %s silent for %.0f s; sending it again", run_id, tid, now - beat
+                )
                 store.set_ticket(run_id, tid, resent=now)
                 producer.ticket_chain(self.app, run_id, tid, info.commit_queue).apply_async()
         elif state == Phase.RAN:
             ran = float(rec.get("ran") or 0)
             if now - ran > vt and rec.get("result"):
-                log.warning("run %s: ticket %s waited %.0f s for its commit; sending it again",
-                            run_id, tid, now - ran)
+                log.warning(
+                    "run %s: ticket %s waited %.0f s for its commit; sending it again",
+                    run_id,
+                    tid,
+                    now - ran,
+                )
                 store.set_ticket(run_id, tid, ran=now)
                 result: dict[str, Any] = json.loads(rec["result"])
                 producer.commit_only(self.app, result, run_id, tid, info.commit_queue).apply_async()
@@ -129,7 +142,7 @@ def install(app: Celery, rt: Runtime) -> None:
     interval = rt.settings.supervisor_interval
 
     class SupervisorStep(bootsteps.StartStopStep):
-        requires = {"celery.worker.consumer.tasks:Tasks"}
+        requires = ("celery.worker.consumer.tasks:Tasks",)
 
         def __init__(self, parent: Any, **kwargs: Any) -> None:
             super().__init__(parent, **kwargs)

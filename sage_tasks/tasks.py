@@ -47,7 +47,7 @@ def register_tasks(app: Celery) -> None:
     """Register sage-tasks' tasks on ``app``."""
 
     @app.task(name=TASK_RUN, bind=True, acks_late=True, reject_on_worker_lost=True)
-    def run_ticket(self: Task, run_id: str, ticket_id: str) -> dict[str, Any]:
+    def run_ticket(self: Task[Any, Any], run_id: str, ticket_id: str) -> dict[str, Any]:
         rt = runtime(app)
         if isinstance(self.request.hostname, str) and self.request.hostname:
             rt.hostname = self.request.hostname
@@ -60,25 +60,30 @@ def register_tasks(app: Celery) -> None:
             return ticket_runner.outcome(ticket_id, "failed", reason=str(exc))
 
     @app.task(name=TASK_COMMIT, bind=True, acks_late=True, reject_on_worker_lost=True)
-    def commit_ticket(self: Task, result: Any, run_id: str, ticket_id: str) -> dict[str, Any]:
+    def commit_ticket(
+        self: Task[Any, Any], result: Any, run_id: str, ticket_id: str
+    ) -> dict[str, Any]:
         rt = runtime(app)
         try:
             return committer.commit_ticket(rt, result, run_id, ticket_id)
         except Retryable as exc:
             if self.request.retries >= MAX_COMMIT_RETRIES:
                 raise
-            raise self.retry(exc=exc, countdown=backoff(self.request.retries, base=0.2, cap=10),
-                             max_retries=MAX_COMMIT_RETRIES) from exc
+            raise self.retry(
+                exc=exc,
+                countdown=backoff(self.request.retries, base=0.2, cap=10),
+                max_retries=MAX_COMMIT_RETRIES,
+            ) from exc
         except committer.RepositoryRefused as exc:
             log.error("%s", exc)
             raise
 
     @app.task(name=TASK_BATCH_DONE, bind=True, acks_late=True, reject_on_worker_lost=True)
-    def batch_done(self: Task, run_id: str, index: int) -> bool:
+    def batch_done(self: Task[Any, Any], run_id: str, index: int) -> bool:
         return producer.finish_batch(app, runtime(app), run_id, int(index))
 
     @app.task(name=TASK_PREPARE, bind=True, acks_late=True, reject_on_worker_lost=True)
-    def prepare_run(self: Task, run_id: str) -> bool:
+    def prepare_run(self: Task[Any, Any], run_id: str) -> bool:
         rt = runtime(app)
         if committer.prepare_run(rt, run_id):
             producer.advance(app, rt, run_id, 0)
@@ -86,10 +91,11 @@ def register_tasks(app: Celery) -> None:
         return False
 
 
-def _retry_or_give_up(task: Task, exc: Exception, ticket_id: str) -> dict[str, Any]:
+def _retry_or_give_up(task: Task[Any, Any], exc: Exception, ticket_id: str) -> dict[str, Any]:
     retries = task.request.retries
     if retries < MAX_INFRA_RETRIES:
         log.warning("ticket %s: %s; retry %d", ticket_id, exc, retries + 1)
         raise task.retry(exc=exc, countdown=backoff(retries), max_retries=MAX_INFRA_RETRIES)
-    return ticket_runner.outcome(ticket_id, "failed",
-                                 reason=f"infrastructure error after {retries} retries: {exc}")
+    return ticket_runner.outcome(
+        ticket_id, "failed", reason=f"infrastructure error after {retries} retries: {exc}"
+    )

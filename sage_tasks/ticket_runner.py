@@ -127,8 +127,9 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
     return result
 
 
-def _wait_while_running_elsewhere(rt: Runtime, run_id: str, ticket_id: str,
-                                  record: dict[str, str]) -> dict[str, str]:
+def _wait_while_running_elsewhere(
+    rt: Runtime, run_id: str, ticket_id: str, record: dict[str, str]
+) -> dict[str, str]:
     """A duplicate delivery waits while another worker's copy is alive (fresh heartbeat)."""
     stale_after = 3 * rt.settings.heartbeat_interval + 5
     while record.get("state") == Phase.RUNNING:
@@ -154,12 +155,17 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
             doc = IndexDocument.loads(index_file.read_bytes(), source=info.index_path)
             ticket = doc.get(ticket_id)
             if ticket is None:
-                return outcome(ticket_id, "failed",
-                               reason=f"ticket {ticket_id} is not in the index at {head[:12]}")
+                return outcome(
+                    ticket_id,
+                    "failed",
+                    reason=f"ticket {ticket_id} is not in the index at {head[:12]}",
+                )
             tries = 1 + max(0, ticket.retries)
             command = ticket.run or info.executor
             if not command:
-                return outcome(ticket_id, "failed", reason="ticket has no command and the run no executor")
+                return outcome(
+                    ticket_id, "failed", reason="ticket has no command and the run no executor"
+                )
             timeout = float(ticket.timeout or info.ticket_timeout)
             rt.store.count_attempt(info.run_id, ticket_id)
             with tempfile.TemporaryDirectory(prefix="sage-ticket-") as tmp:
@@ -169,23 +175,44 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
                 ticket_file.write_text(json.dumps(ticket_json, indent=2, ensure_ascii=False))
                 prompt_file = tmpdir / "prompt.md"
                 prompt_file.write_text(render_prompt(ticket_json, run_id=info.run_id))
-                env = ticket_env(os.environ, ticket_id=ticket_id, run_id=info.run_id,
-                                 ticket_file=ticket_file, prompt_file=prompt_file)
-                res = run_command(command, cwd=worktree, env=env, timeout=timeout,
-                                  max_output_bytes=settings.max_output_bytes,
-                                  output_path=tmpdir / "output.log")
+                env = ticket_env(
+                    os.environ,
+                    ticket_id=ticket_id,
+                    run_id=info.run_id,
+                    ticket_file=ticket_file,
+                    prompt_file=prompt_file,
+                )
+                res = run_command(
+                    command,
+                    cwd=worktree,
+                    env=env,
+                    timeout=timeout,
+                    max_output_bytes=settings.max_output_bytes,
+                    output_path=tmpdir / "output.log",
+                )
             base = {"duration_s": round(res.duration_s, 3), "attempt": attempt, "head": head}
             if res.timed_out:
-                last = outcome(ticket_id, "failed", reason=f"timed out after {timeout:g} s",
-                               output=res.output_tail, **base)
+                last = outcome(
+                    ticket_id,
+                    "failed",
+                    reason=f"timed out after {timeout:g} s",
+                    output=res.output_tail,
+                    **base,
+                )
                 continue
             if res.exit_code != 0:
-                last = outcome(ticket_id, "failed", reason=f"exit code {res.exit_code}",
-                               output=res.output_tail, **base)
+                last = outcome(
+                    ticket_id,
+                    "failed",
+                    reason=f"exit code {res.exit_code}",
+                    output=res.output_tail,
+                    **base,
+                )
                 continue
             try:
-                patch = capture_patch(worktree, head, exclude=[info.index_path],
-                                      max_bytes=settings.max_patch_bytes)
+                patch = capture_patch(
+                    worktree, head, exclude=[info.index_path], max_bytes=settings.max_patch_bytes
+                )
             except PatchRejected as exc:
                 return outcome(ticket_id, "failed", reason=str(exc), output=res.output_tail, **base)
             digest = ""

@@ -69,8 +69,13 @@ def handle_errors(func: F) -> F:
 def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
     """A Redis client that has answered a PING, or :class:`BrokerUnavailable`."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=30,
-                                      health_check_interval=10, retry_on_timeout=True)
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout,
+            socket_timeout=30,
+            health_check_interval=10,
+            retry_on_timeout=True,
+        )
         client.ping()
     except redis.exceptions.AuthenticationError as exc:
         raise BrokerUnavailable(f"broker {redact(url)} refused the credentials: {exc}") from None
@@ -81,7 +86,7 @@ def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
     return client
 
 
-class ParallelType(click.ParamType):
+class ParallelType(click.ParamType):  # type: ignore[type-arg]
     """``--parallel N|auto``."""
 
     name = "N|auto"

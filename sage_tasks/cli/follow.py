@@ -33,17 +33,28 @@ def _line(s: RunSummary) -> str:
     return " | ".join(parts)
 
 
-def follow(store_factory: Callable[[], RunStore], run_id: str, *, console: Console,
-           show: bool = True, poll_s: float = 0.5,
-           on_poll: Callable[[], None] | None = None) -> RunSummary:
+def follow(
+    store_factory: Callable[[], RunStore],
+    run_id: str,
+    *,
+    console: Console,
+    show: bool = True,
+    poll_s: float = 0.5,
+    on_poll: Callable[[], None] | None = None,
+) -> RunSummary:
     """Poll the run until it ends; raises :class:`RunLost` when its record disappears."""
     store = store_factory()
     failing_since: float | None = None
     last_line = ""
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("{task.fields[detail]}"),
-        console=console, transient=False, disable=not (show and console.is_terminal),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=console,
+        transient=False,
+        disable=not (show and console.is_terminal),
     )
     with progress:
         task = progress.add_task("run", total=None, detail="")
@@ -58,19 +69,29 @@ def follow(store_factory: Callable[[], RunStore], run_id: str, *, console: Conso
                 failing_since = failing_since or now
                 if now - failing_since > RECONNECT_WINDOW_S:
                     raise BrokerUnavailable(
-                        f"lost the broker while following run {run_id}: {exc}") from None
+                        f"lost the broker while following run {run_id}: {exc}"
+                    ) from None
                 time.sleep(1.0)
                 store = store_factory()
                 continue
             if summary is None:
                 raise RunLost(
                     f"run {run_id} is gone from Redis (the broker lost its data or the run "
-                    "expired); submit again with the same --branch to resume it")
-            done = sum(1 for r in summary.rows
-                       if r.state in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED))
+                    "expired); submit again with the same --branch to resume it"
+                )
+            done = sum(
+                1
+                for r in summary.rows
+                if r.state in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED)
+            )
             line = _line(summary)
-            progress.update(task, total=len(summary.rows), completed=done,
-                            description=f"run {run_id}", detail=line)
+            progress.update(
+                task,
+                total=len(summary.rows),
+                completed=done,
+                description=f"run {run_id}",
+                detail=line,
+            )
             if show and not console.is_terminal and line != last_line:
                 console.print(f"  {line}", markup=False, highlight=False)
             last_line = line
@@ -85,8 +106,9 @@ def render_summary(summary: RunSummary, console: Console) -> None:
     console.print()
     if info.error:
         console.print(f"[bold red]run {info.run_id} failed:[/] {info.error}", highlight=False)
-    table = Table(title=f"run {info.run_id} on {info.branch}", show_header=True,
-                  header_style="bold")
+    table = Table(
+        title=f"run {info.run_id} on {info.branch}", show_header=True, header_style="bold"
+    )
     table.add_column("ticket")
     table.add_column("state")
     table.add_column("host")
@@ -97,18 +119,27 @@ def render_summary(summary: RunSummary, console: Console) -> None:
     for r in summary.rows:
         c = colour.get(r.state, "white")
         dur = f"{r.duration_s:.1f}s" if r.duration_s is not None else ""
-        table.add_row(r.id, f"[{c}]{r.state}[/]", r.host, str(r.attempts), dur,
-                      r.reason.splitlines()[0][:160] if r.reason else "")
+        table.add_row(
+            r.id,
+            f"[{c}]{r.state}[/]",
+            r.host,
+            str(r.attempts),
+            dur,
+            r.reason.splitlines()[0][:160] if r.reason else "",
+        )
     console.print(table)
     speed = f"{summary.speedup:.2f}x" if summary.speedup is not None else "n/a"
     eff = f"{summary.efficiency:.0%}" if summary.efficiency is not None else "n/a"
     console.print(
         f"[bold]completed[/] {len(summary.completed)}  [bold]deferred[/] {len(summary.deferred)}"
-        f"  [bold]blocked[/] {len(summary.blocked)}", highlight=False)
+        f"  [bold]blocked[/] {len(summary.blocked)}",
+        highlight=False,
+    )
     console.print(
         f"[bold]wall time[/] {summary.wall_s:.1f}s  [bold]summed ticket time[/] "
         f"{summary.ticket_time_s:.1f}s  [bold]speedup[/] {speed}  "
         f"[bold]parallel efficiency[/] {eff} (at most {summary.max_parallel} at once)",
-        highlight=False)
+        highlight=False,
+    )
     if info.head:
         console.print(f"[bold]branch[/] {info.branch} at {info.head[:12]}", highlight=False)

@@ -15,11 +15,16 @@ from typing import Any
 import click
 from rich.console import Console
 
-from sage_tasks.cli.common import ParallelType, connect, error, handle_errors
+from sage_tasks.cli.common import ParallelType, connect, handle_errors
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
 from sage_tasks.core.plan import Plan, build_plan
-from sage_tasks.errors import ConfigError, IndexValidationError, Problem, RepositoryError, UnknownRun
+from sage_tasks.errors import (
+    ConfigError,
+    IndexValidationError,
+    Problem,
+    UnknownRun,
+)
 
 PROTECTED_BRANCHES = ("main", "master")
 
@@ -39,9 +44,22 @@ def _consoles(as_json: bool) -> tuple[Console, Console]:
 class Submission:
     """Everything ``sage-submit`` resolved before it talks to the broker."""
 
-    def __init__(self, *, settings: Settings, repo: Path, repo_url: str, index_path: str,
-                 branch: str, base: str, run_id: str, doc: IndexDocument, plan: Plan,
-                 allow_main: bool, retry_deferred: bool, parallel: Any):
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        repo: Path,
+        repo_url: str,
+        index_path: str,
+        branch: str,
+        base: str,
+        run_id: str,
+        doc: IndexDocument,
+        plan: Plan,
+        allow_main: bool,
+        retry_deferred: bool,
+        parallel: Any,
+    ):
         self.settings = settings
         self.repo = repo
         self.repo_url = repo_url
@@ -56,9 +74,19 @@ class Submission:
         self.parallel = parallel
 
 
-def resolve(*, settings: Settings, repo: str, repo_url: str | None, index: str | None,
-            branch: str | None, base: str | None, parallel: Any, retry_deferred: bool,
-            allow_main: bool, human: Console) -> Submission:
+def resolve(
+    *,
+    settings: Settings,
+    repo: str,
+    repo_url: str | None,
+    index: str | None,
+    branch: str | None,
+    base: str | None,
+    parallel: Any,
+    retry_deferred: bool,
+    allow_main: bool,
+    human: Console,
+) -> Submission:
     """Read the index from the branch (or base), validate it and plan; exit 2 on bad input."""
     from sage_tasks import gitops
 
@@ -80,15 +108,30 @@ def resolve(*, settings: Settings, repo: str, repo_url: str | None, index: str |
     if data is None:
         raise IndexValidationError([Problem(f"no ticket index at {where}")], path=index_path)
     if gitops.working_copy_differs(root, source_ref, index_path):
-        human.print(f"[yellow]warning:[/] {index_path} in the working copy differs from "
-                    f"{where}; the committed version is used", highlight=False)
+        human.print(
+            f"[yellow]warning:[/] {index_path} in the working copy differs from "
+            f"{where}; the committed version is used",
+            highlight=False,
+        )
     doc = IndexDocument.loads(data, source=index_path)
-    plan = build_plan(doc, parallel=parallel, retry_deferred=retry_deferred,
-                      has_executor=bool(settings.executor))
+    plan = build_plan(
+        doc, parallel=parallel, retry_deferred=retry_deferred, has_executor=bool(settings.executor)
+    )
     url = repo_url or str(root)
-    return Submission(settings=settings, repo=root, repo_url=url, index_path=index_path,
-                      branch=branch_name, base=base_sha, run_id=run_id, doc=doc, plan=plan,
-                      allow_main=allow_main, retry_deferred=retry_deferred, parallel=parallel)
+    return Submission(
+        settings=settings,
+        repo=root,
+        repo_url=url,
+        index_path=index_path,
+        branch=branch_name,
+        base=base_sha,
+        run_id=run_id,
+        doc=doc,
+        plan=plan,
+        allow_main=allow_main,
+        retry_deferred=retry_deferred,
+        parallel=parallel,
+    )
 
 
 def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
@@ -106,9 +149,13 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
             }
     for tid in sub.plan.blocked:
         t = sub.doc.get(tid)
-        records[tid] = {"state": "BLOCKED", "title": t.title if t else "",
-                        "reason": "depends on a DEFERRED ticket that is not retried",
-                        "ended": str(time.time()), "attempts": "0"}
+        records[tid] = {
+            "state": "BLOCKED",
+            "title": t.title if t else "",
+            "reason": "depends on a DEFERRED ticket that is not retried",
+            "ended": str(time.time()),
+            "attempts": "0",
+        }
     return records
 
 
@@ -126,19 +173,34 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
     app = make_app(settings)
     rt = runtime(app)
     info = RunInfo(
-        run_id=sub.run_id, repo=repo_identity or sub.repo_url,
-        repo_url=sub.repo_url, branch=sub.branch, base=sub.base, index_path=sub.index_path,
-        commit_queue=settings.commit_queue, executor=settings.executor,
-        ticket_timeout=settings.ticket_timeout, batches=len(sub.plan.batches),
-        tickets=sub.plan.tickets, to_run=sub.plan.to_run, created=time.time(),
+        run_id=sub.run_id,
+        repo=repo_identity or sub.repo_url,
+        repo_url=sub.repo_url,
+        branch=sub.branch,
+        base=sub.base,
+        index_path=sub.index_path,
+        commit_queue=settings.commit_queue,
+        executor=settings.executor,
+        ticket_timeout=settings.ticket_timeout,
+        batches=len(sub.plan.batches),
+        tickets=sub.plan.tickets,
+        to_run=sub.plan.to_run,
+        created=time.time(),
         submitted_by=socket.gethostname(),
         extra={"allow_main": sub.allow_main, "retry_deferred": sub.retry_deferred},
     )
     producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))
 
 
-def wait_for(sub_settings: Settings, run_id: str, *, human: Console, out: Console,
-             as_json: bool, on_poll: Callable[[], None] | None = None) -> int:
+def wait_for(
+    sub_settings: Settings,
+    run_id: str,
+    *,
+    human: Console,
+    out: Console,
+    as_json: bool,
+    on_poll: Callable[[], None] | None = None,
+) -> int:
     """Follow a run to its end, print the summary; returns the exit code."""
     from sage_tasks.cli.follow import follow, render_summary
     from sage_tasks.runstate import RunStore
@@ -153,12 +215,16 @@ def wait_for(sub_settings: Settings, run_id: str, *, human: Console, out: Consol
     return summary.exit_code()
 
 
-@click.group(invoke_without_command=True,
-             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.option("--repo", default=".", show_default=True, help="The repository (path).")
 @click.option("--repo-url", help="URL ticket workers fetch the repository from (default: --repo).")
 @click.option("--index", help=f"Ticket index path inside the repository [{DEFAULT_INDEX_PATH}].")
-@click.option("--branch", help="Target branch (default sage/run-<run_id>); the same branch resumes.")
+@click.option(
+    "--branch", help="Target branch (default sage/run-<run_id>); the same branch resumes."
+)
 @click.option("--base", help="Commit the branch starts from (default: the repository's HEAD).")
 @click.option("--parallel", type=ParallelType(), help="At most N tickets per batch, or 'auto'.")
 @click.option("--executor", help="Command for tickets without 'run' (env SAGE_EXECUTOR).")
@@ -167,18 +233,41 @@ def wait_for(sub_settings: Settings, run_id: str, *, human: Console, out: Consol
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; submit nothing.")
 @click.option("--wait", is_flag=True, help="Follow the run with a progress display until it ends.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-@click.option("--local", is_flag=True,
-              help="Start a private Redis and workers on this machine, run, stop them.")
-@click.option("--schedule", type=click.Choice(["levels", "eager"]), default="levels",
-              show_default=True, help="One chord per batch, or each ticket as soon as it can.")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Start a private Redis and workers on this machine, run, stop them.",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["levels", "eager"]),
+    default="levels",
+    show_default=True,
+    help="One chord per batch, or each ticket as soon as it can.",
+)
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
 @click.option("--commit-queue", help="The repository's commit queue (env SAGE_COMMIT_QUEUE).")
 @click.pass_context
 @handle_errors
-def cli(ctx: click.Context, repo: str, repo_url: str | None, index: str | None,
-        branch: str | None, base: str | None, parallel: Any, executor: str | None,
-        retry_deferred: bool, allow_main: bool, dry_run: bool, wait: bool, as_json: bool,
-        local: bool, schedule: str, broker: str | None, commit_queue: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    repo: str,
+    repo_url: str | None,
+    index: str | None,
+    branch: str | None,
+    base: str | None,
+    parallel: Any,
+    executor: str | None,
+    retry_deferred: bool,
+    allow_main: bool,
+    dry_run: bool,
+    wait: bool,
+    as_json: bool,
+    local: bool,
+    schedule: str,
+    broker: str | None,
+    commit_queue: str | None,
+) -> None:
     """Validate a repository's ticket graph, plan it into batches and run it on Celery."""
     ctx.ensure_object(dict)
     ctx.obj["broker"] = broker
@@ -186,9 +275,18 @@ def cli(ctx: click.Context, repo: str, repo_url: str | None, index: str | None,
         return
     settings = load_settings(broker_url=broker, commit_queue=commit_queue, executor=executor)
     human, out = _consoles(as_json)
-    sub = resolve(settings=settings, repo=repo, repo_url=repo_url, index=index, branch=branch,
-                  base=base, parallel=parallel, retry_deferred=retry_deferred,
-                  allow_main=allow_main, human=human)
+    sub = resolve(
+        settings=settings,
+        repo=repo,
+        repo_url=repo_url,
+        index=index,
+        branch=branch,
+        base=base,
+        parallel=parallel,
+        retry_deferred=retry_deferred,
+        allow_main=allow_main,
+        human=human,
+    )
     from sage_tasks.cli.plan_view import render_plan
 
     if dry_run:
@@ -243,8 +341,13 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | 
 
 @cli.command()
 @click.argument("run_id")
-@click.option("--html", "html_path", required=True, type=click.Path(dir_okay=False),
-              help="Where to write the report.")
+@click.option(
+    "--html",
+    "html_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the report.",
+)
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
 @click.pass_context
 @handle_errors
@@ -270,19 +373,29 @@ def report(ctx: click.Context, run_id: str, html_path: str, broker: str | None) 
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 @handle_errors
-def check(ctx: click.Context, repo: str | None, repo_url: str | None, index: str | None,
-          parallel: Any, executor: str | None, broker: str | None, commit_queue: str | None,
-          as_json: bool) -> None:
+def check(
+    ctx: click.Context,
+    repo: str | None,
+    repo_url: str | None,
+    index: str | None,
+    parallel: Any,
+    executor: str | None,
+    broker: str | None,
+    commit_queue: str | None,
+    as_json: bool,
+) -> None:
     """Check the prerequisites of a run: broker, workers, repository, git, parallelism."""
     from sage_tasks.check import run_checks
 
-    settings = load_settings(broker_url=broker or ctx.obj.get("broker"),
-                             commit_queue=commit_queue, executor=executor)
+    settings = load_settings(
+        broker_url=broker or ctx.obj.get("broker"), commit_queue=commit_queue, executor=executor
+    )
     human, out = _consoles(as_json)
     report = run_checks(settings, repo=repo, repo_url=repo_url, index=index, parallel=parallel)
     if as_json:
-        out.print_json(json.dumps({"ready": report.ready,
-                                   "checks": [f.to_json() for f in report.findings]}))
+        out.print_json(
+            json.dumps({"ready": report.ready, "checks": [f.to_json() for f in report.findings]})
+        )
     else:
         for f in report.findings:
             mark = "[cyan]i[/]" if f.info else ("[green]ok[/]" if f.ok else "[red]FAIL[/]")

@@ -16,9 +16,17 @@ from sage_tasks.errors import ConfigError
 
 def _worker_argv(*, queue: str, concurrency: int, hostname: str, loglevel: str) -> list[str]:
     return [
-        "worker", f"--queues={queue}", f"--concurrency={concurrency}", f"--hostname={hostname}",
-        f"--loglevel={loglevel}", "--pool=prefork", "--without-gossip", "--without-mingle",
-        "--task-events", "-O", "fair",
+        "worker",
+        f"--queues={queue}",
+        f"--concurrency={concurrency}",
+        f"--hostname={hostname}",
+        f"--loglevel={loglevel}",
+        "--pool=prefork",
+        "--without-gossip",
+        "--without-mingle",
+        "--task-events",
+        "-O",
+        "fair",
     ]
 
 
@@ -29,8 +37,12 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--concurrency", type=click.IntRange(min=1), help="Ticket slots [cores].")
-@click.option("--hostname", default="tickets@%h", show_default=True,
-              help="Node name (shown as the ticket's host).")
+@click.option(
+    "--hostname",
+    default="tickets@%h",
+    show_default=True,
+    help="Node name (shown as the ticket's host).",
+)
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @handle_errors
@@ -46,21 +58,34 @@ def tickets(concurrency: int | None, hostname: str, broker: str | None, loglevel
     app = make_app(settings)
     runtime(app)
     n = concurrency or os.cpu_count() or 1
-    app.worker_main(_worker_argv(queue=settings.ticket_queue, concurrency=n, hostname=hostname,
-                                 loglevel=loglevel))
+    app.worker_main(
+        _worker_argv(
+            queue=settings.ticket_queue, concurrency=n, hostname=hostname, loglevel=loglevel
+        )
+    )
 
 
 @cli.command()
 @click.option("--repo", required=True, help="The repository this worker commits to (path).")
-@click.option("--repo-url", "repo_urls", multiple=True,
-              help="Another name (URL) submitters use for this repository; repeatable.")
+@click.option(
+    "--repo-url",
+    "repo_urls",
+    multiple=True,
+    help="Another name (URL) submitters use for this repository; repeatable.",
+)
 @click.option("--commit-queue", help="The repository's commit queue (env SAGE_COMMIT_QUEUE).")
 @click.option("--hostname", default="commit@%h", show_default=True, help="Node name.")
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
 @click.option("--loglevel", default="INFO", show_default=True)
 @handle_errors
-def commit(repo: str, repo_urls: tuple[str, ...], commit_queue: str | None, hostname: str,
-           broker: str | None, loglevel: str) -> None:
+def commit(
+    repo: str,
+    repo_urls: tuple[str, ...],
+    commit_queue: str | None,
+    hostname: str,
+    broker: str | None,
+    loglevel: str,
+) -> None:
     """The commit worker of one repository (always one slot), with the run supervisor."""
     from sage_tasks import supervisor
     from sage_tasks.celery_app import make_app
@@ -73,8 +98,11 @@ def commit(repo: str, repo_urls: tuple[str, ...], commit_queue: str | None, host
     rt = runtime(app)
     rt.serve(root, repo_urls)
     supervisor.install(app, rt)
-    app.worker_main(_worker_argv(queue=settings.commit_queue, concurrency=1, hostname=hostname,
-                                 loglevel=loglevel))
+    app.worker_main(
+        _worker_argv(
+            queue=settings.commit_queue, concurrency=1, hostname=hostname, loglevel=loglevel
+        )
+    )
 
 
 @cli.command()

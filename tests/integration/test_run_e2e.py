@@ -21,8 +21,15 @@ INDEX = ".sage/tickets/index.json"
 
 
 def ticket(tid: str, run: str, deps: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"id": tid, "title": f"ticket {tid}", "state": "UNPROCESSED", "priority": "P2",
-            "dependencies": deps or [], "run": run, **extra}
+    return {
+        "id": tid,
+        "title": f"ticket {tid}",
+        "state": "UNPROCESSED",
+        "priority": "P2",
+        "dependencies": deps or [],
+        "run": run,
+        **extra,
+    }
 
 
 def writes(tid: str, needs: list[str] | None = None) -> str:
@@ -32,14 +39,16 @@ def writes(tid: str, needs: list[str] | None = None) -> str:
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout
 
 
 def ticket_log(repo: Path, branch: str) -> list[str]:
     """Sage-Ticket trailers of the branch's commits, oldest first."""
-    out = git(repo, "log", "--reverse", "--format=%(trailers:key=Sage-Ticket,valueonly)%x00",
-              branch)
+    out = git(
+        repo, "log", "--reverse", "--format=%(trailers:key=Sage-Ticket,valueonly)%x00", branch
+    )
     return [t.strip() for t in out.split("\0") if t.strip()]
 
 
@@ -73,10 +82,16 @@ def run(fleet: Fleet, tmp_path: Path) -> Iterator[Any]:
     """Build a repo from tickets, start its commit worker, return a submit function."""
     started: list[str] = []
 
-    def go(tickets: list[dict[str, Any]], *args: str, files: dict[str, str | bytes] | None = None,
-           bare: bool = False, expect: int | None = None) -> tuple[Path, Any]:
-        repo = make_repo(tmp_path / "repo", files or {}, {"version": "1.0", "tickets": tickets},
-                         bare=bare)
+    def go(
+        tickets: list[dict[str, Any]],
+        *args: str,
+        files: dict[str, str | bytes] | None = None,
+        bare: bool = False,
+        expect: int | None = None,
+    ) -> tuple[Path, Any]:
+        repo = make_repo(
+            tmp_path / "repo", files or {}, {"version": "1.0", "tickets": tickets}, bare=bare
+        )
         queue = unique_queue()
         started.append(fleet.start_commit(repo, queue))
         res = fleet.submit(repo, "--wait", "--json", *args, queue=queue)
@@ -111,7 +126,7 @@ def test_a_diamond_runs_in_dependency_order_with_one_commit_per_ticket(run: Any)
 
 def test_a_chain_sees_each_predecessor_in_its_worktree(run: Any) -> None:
     ids = [f"S{i}" for i in range(5)]
-    tickets = [ticket(t, writes(t, ids[:i]), ids[max(0, i - 1):i]) for i, t in enumerate(ids)]
+    tickets = [ticket(t, writes(t, ids[:i]), ids[max(0, i - 1) : i]) for i, t in enumerate(ids)]
     repo, res = run(tickets, expect=0)
     assert ticket_log(repo, res.data["branch"]) == ids
 
@@ -142,8 +157,7 @@ def test_two_siblings_editing_one_line_defer_one_and_block_its_dependent(run: An
     assert sorted(ticket_log(repo, data["branch"])) == sorted(["X1", "X2", winner_child])
 
 
-def test_a_failing_ticket_is_deferred_with_its_output_and_its_descendants_blocked(
-        run: Any) -> None:
+def test_a_failing_ticket_is_deferred_with_its_output_and_its_descendants_blocked(run: Any) -> None:
     tickets = [
         ticket("OK", writes("OK")),
         ticket("BAD", "echo something broke >&2; exit 3"),
@@ -176,21 +190,23 @@ def test_deletions_renames_and_binary_files_reach_the_branch(run: Any) -> None:
         ticket("BIN", "printf '\\000\\001\\002\\377' > data.bin"),
         ticket("MV", "git mv old.txt new.txt"),
     ]
-    files: dict[str, str | bytes] = {"gone.txt": "bye\n", "old.txt": "moving\n",
-                                     "blob.bin": blob}
+    files: dict[str, str | bytes] = {"gone.txt": "bye\n", "old.txt": "moving\n", "blob.bin": blob}
     repo, res = run(tickets, files=files, expect=0)
     branch = res.data["branch"]
     tree = git(repo, "ls-tree", "-r", "--name-only", branch).split()
     assert "gone.txt" not in tree and "old.txt" not in tree and "new.txt" in tree
     assert git(repo, "show", f"{branch}:new.txt") == "moving\n"
-    raw = subprocess.run(["git", "-C", str(repo), "show", f"{branch}:data.bin"],
-                         capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["git", "-C", str(repo), "show", f"{branch}:data.bin"], capture_output=True, check=True
+    ).stdout
     assert raw == b"\x00\x01\x02\xff"
 
 
 def test_an_executor_that_edits_the_index_does_not_get_its_edit_taken(run: Any) -> None:
-    edit = (f"python3 -c \"import json;p='{INDEX}';d=json.load(open(p));"
-            "d['tickets'][0]['title']='hacked';json.dump(d,open(p,'w'))\" && echo x > x.txt")
+    edit = (
+        f"python3 -c \"import json;p='{INDEX}';d=json.load(open(p));"
+        "d['tickets'][0]['title']='hacked';json.dump(d,open(p,'w'))\" && echo x > x.txt"
+    )
     repo, res = run([ticket("EDIT", edit)], expect=0)
     branch = res.data["branch"]
     data = index_at(repo, branch)
@@ -200,16 +216,23 @@ def test_an_executor_that_edits_the_index_does_not_get_its_edit_taken(run: Any) 
 
 
 def test_a_run_onto_the_checked_out_branch_leaves_the_work_tree_untouched(
-        fleet: Fleet, tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo", {"keep.txt": "committed\n"},
-                     {"version": "1.0", "tickets": [ticket("W", writes("W"))]})
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    repo = make_repo(
+        tmp_path / "repo",
+        {"keep.txt": "committed\n"},
+        {"version": "1.0", "tickets": [ticket("W", writes("W"))]},
+    )
     git(repo, "checkout", "-q", "-b", "work")
     (repo / "keep.txt").write_text("local edit, not committed\n")
     (repo / "scratch.txt").write_text("untracked\n")
 
     def snapshot() -> dict[str, bytes]:
-        return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*"))
-                if p.is_file() and ".git" not in p.relative_to(repo).parts}
+        return {
+            str(p.relative_to(repo)): p.read_bytes()
+            for p in sorted(repo.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(repo).parts
+        }
 
     before_files = snapshot()
     before_index = (repo / ".git" / "index").read_bytes()
@@ -227,8 +250,11 @@ def test_a_run_onto_the_checked_out_branch_leaves_the_work_tree_untouched(
 
 
 def test_a_run_on_a_bare_repository_commits_every_ticket(run: Any) -> None:
-    repo, res = run([ticket("B1", writes("B1")), ticket("B2", writes("B2", ["B1"]), ["B1"])],
-                    bare=True, expect=0)
+    repo, res = run(
+        [ticket("B1", writes("B1")), ticket("B2", writes("B2", ["B1"]), ["B1"])],
+        bare=True,
+        expect=0,
+    )
     assert ticket_log(repo, res.data["branch"]) == ["B1", "B2"]
 
 

@@ -6,6 +6,7 @@ exactly as an operator would start them; nothing is eager or mocked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -48,44 +49,66 @@ class Fleet:
 
     def env(self, **more: str) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({
-            "SAGE_BROKER_URL": self.redis.url,
-            "SAGE_WORKDIR": str(self.root / "work"),
-            "SAGE_VISIBILITY_TIMEOUT": "60",
-            "SAGE_TICKET_TIMEOUT": "30",
-            "SAGE_HEARTBEAT_INTERVAL": "1",
-            "SAGE_SUPERVISOR_INTERVAL": "1",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "SAGE_BROKER_URL": self.redis.url,
+                "SAGE_WORKDIR": str(self.root / "work"),
+                "SAGE_VISIBILITY_TIMEOUT": "60",
+                "SAGE_TICKET_TIMEOUT": "30",
+                "SAGE_HEARTBEAT_INTERVAL": "1",
+                "SAGE_SUPERVISOR_INTERVAL": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.update(self.extra_env)
         env.update(more)
         return env
 
     def start(self, name: str, *args: str, **env: str) -> subprocess.Popen[bytes]:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen([bin_path("sage-worker"), *args], stdout=log,
-                                stderr=subprocess.STDOUT, env=self.env(**env),
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [bin_path("sage-worker"), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(**env),
+            start_new_session=True,
+        )
         log.close()
         self.procs[name] = proc
         return proc
 
     def start_tickets(self, name: str = "tickets", concurrency: int = 2, **env: str) -> None:
         workdir = str(self.root / f"work-{name}")
-        self.start(name, "tickets", f"--concurrency={concurrency}", f"--hostname={name}@%h",
-                   SAGE_WORKDIR=workdir, **env)
+        self.start(
+            name,
+            "tickets",
+            f"--concurrency={concurrency}",
+            f"--hostname={name}@%h",
+            SAGE_WORKDIR=workdir,
+            **env,
+        )
 
     def start_commit(self, repo: Path, queue: str, name: str | None = None, **env: str) -> str:
         node = name or f"commit-{queue}"
-        self.start(node, "commit", "--repo", str(repo), "--commit-queue", queue,
-                   f"--hostname={node}@%h", **env)
+        self.start(
+            node,
+            "commit",
+            "--repo",
+            str(repo),
+            "--commit-queue",
+            queue,
+            f"--hostname={node}@%h",
+            **env,
+        )
         return node
 
-    def submit(self, repo: Path, *args: str, queue: str, timeout: float = 180,
-               **env: str) -> Submitted:
+    def submit(
+        self, repo: Path, *args: str, queue: str, timeout: float = 180, **env: str
+    ) -> Submitted:
         cmd = [bin_path("sage-submit"), "--repo", str(repo), "--commit-queue", queue, *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env=self.env(**env))
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=self.env(**env)
+        )
         data = None
         if "--json" in args and proc.stdout.strip():
             try:
@@ -105,10 +128,8 @@ class Fleet:
         proc = self.procs.pop(name, None)
         if proc is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:

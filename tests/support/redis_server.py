@@ -22,8 +22,14 @@ def free_port() -> int:
 class RedisServer:
     """One private ``redis-server`` in a temp folder; ``stop``/``start`` keep the port."""
 
-    def __init__(self, workdir: Path, *, password: str | None = None, persist: bool = False,
-                 extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        password: str | None = None,
+        persist: bool = False,
+        extra_args: tuple[str, ...] = (),
+    ):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
@@ -46,11 +52,23 @@ class RedisServer:
 
     def start(self) -> None:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.workdir), "--save", "",
-            "--appendonly", "yes" if self.persist else "no",
-            "--maxmemory-policy", "noeviction", "--loglevel", "warning",
-            "--logfile", str(self.workdir / "redis.log"),
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.workdir / "redis.log"),
         ]
         if self.password:
             args += ["--requirepass", self.password]
