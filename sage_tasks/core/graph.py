@@ -70,7 +70,8 @@ class TicketGraph:
     runs: list[str | None] = field(default_factory=list)
     #: seconds, when the ticket has a readable estimate
     estimates: list[float | None] = field(default_factory=list)
-    #: each ticket's known dependencies as written (no self or unknown ids; may repeat one)
+    #: each ticket's known dependencies as written: unknown ids dropped; an id may
+    #: repeat, and a self dependency stays when the fast check built the graph
     dep_names: list[list[str]] = field(default_factory=list)
     #: each ticket's dependencies as slots, in the order of ``dep_names``
     deps: list[list[int]] = field(default_factory=list)
@@ -87,7 +88,7 @@ class TicketGraph:
     def has_run(self, v: int) -> bool:
         """True when ticket ``v`` has a non-blank ``run`` command."""
         run = self.runs[v]
-        return bool(run) and not run.isspace()  # type: ignore[union-attr]
+        return run is not None and not run.isspace() and run != ""
 
     def dependents(self) -> list[list[int]]:
         """The reverse edges: for each slot, the slots that depend on it."""
