@@ -186,7 +186,7 @@ def _build(
             groups.append(bucket[start : start + step])
             group_levels.append(n)
 
-    estimated = sum(1 for v in run if graph.estimates[v] is not None)
+    estimated = len(run) - list(map(graph.estimates.__getitem__, run)).count(None)
     if weights is not None and len(run) < len(selected):
         # blocked tickets shifted the mean estimate (or held all of them): weigh again
         weights = _weights(graph, run)
@@ -242,7 +242,7 @@ class _Walk:
         mark = [0] * n  # 0 unseen, 1 open (on the path), 2 finished
         level = [0] * n  # while open: deepest finished dependency to run so far
         heavy = [0.0] * n
-        w = weights if weights is not None else heavy
+        w = weights if weights is not None else [0.0] * n
         mixed: list[int] = []
         acyclic = True
         for root in range(n):
@@ -356,5 +356,6 @@ def _run_deps(
     out = dict(zip(names, map(list, map(unique, map(dep_names.__getitem__, run))), strict=True))
     for v in set(mixed):
         if status[v] == _RUN:
-            out[ids[v]] = list(unique(ids[d] for d in deps[v] if status[d] == _RUN))
+            kept = [ids[d] for d in deps[v] if status[d] == _RUN]
+            out[ids[v]] = list(unique(kept)) if len(kept) > 1 else kept
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from itertools import chain
 from typing import Any
 
 #: ``--parallel auto`` never picks more than this many workers (as the seed)
@@ -121,8 +122,13 @@ def compute_stats(
     seq_s: float | None = None
     par_s: float | None = None
     if weights is not None:
-        seq_s = float(sum(weights[v] for b in batches for v in b))
-        par_s = sum(makespan([weights[v] for v in b], workers) for b in batches)
+        weigh = weights.__getitem__
+        seq_s = float(sum(map(weigh, chain.from_iterable(batches))))
+        par_s = 0.0
+        for b in batches:
+            par_s += (
+                max(map(weigh, b)) if len(b) <= workers else makespan(list(map(weigh, b)), workers)
+            )
     if par_s:
         speedup: float | None = round(seq_s / par_s, 3) if seq_s is not None else None
     else:
