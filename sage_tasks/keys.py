@@ -67,3 +67,8 @@ def commit_lock(repo_identity: str) -> str:
 def run_keys_pattern(run_id: str) -> str:
     """A SCAN pattern matching every key of one run."""
     return f"{PREFIX}:run:{run_id}*"
+
+
+def claim(run_id: str, name: str) -> str:
+    """String set once (SET NX): whoever sets it does the one-time step ``name``."""
+    return f"{PREFIX}:run:{run_id}:claim:{name}"

@@ -294,5 +294,10 @@ class RunStore:
             self.r.set(keys.batch_done(run_id, index), str(time.time()), nx=True, ex=self.ttl)
         )
 
+    def claim(self, run_id: str, name: str) -> bool:
+        """True for the one caller that gets to do the one-time step ``name`` of a run."""
+        key = keys.claim(run_id, name)
+        return bool(self.r.set(key, str(time.time()), nx=True, ex=self.ttl))
+
     def batch_is_done(self, run_id: str, index: int) -> bool:
         return bool(self.r.exists(keys.batch_done(run_id, index)))

@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from sage_tasks import producer
+from sage_tasks import eager, producer
 from sage_tasks.celery_app import TASK_PREPARE
 from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
 from sage_tasks.runtime import Runtime
@@ -67,6 +67,9 @@ class Supervisor:
             return
         if info.status != RunStatus.RUNNING:
             return
+        if eager.is_eager(info):
+            self.check_eager(info, now)
+            return
         if info.batch < 0:
             if now - info.started > self.grace:
                 log.warning("run %s: started but no batch sent; sending the first", run_id)
@@ -96,6 +99,17 @@ class Supervisor:
         vt = self.rt.settings.vt
         for tid in pending:
             self.check_ticket(info, tid, records[tid], now, vt)
+
+    def check_eager(self, info: RunInfo, now: float) -> None:
+        """An eager run has no batches: look at every ticket it has sent."""
+        store = self.rt.store
+        run_id = info.run_id
+        ticket_ids = [t for batch in producer.batches_of(self.rt, run_id) for t in batch]
+        records = store.tickets(run_id, ticket_ids)
+        for tid in ticket_ids:
+            if records[tid].get("state") not in FINAL_PHASES and records[tid].get("queued"):
+                self.check_ticket(info, tid, records[tid], now, self.rt.settings.vt)
+        eager.step(self.app, self.rt, run_id)
 
     def check_ticket(
         self, info: RunInfo, tid: str, rec: dict[str, str], now: float, vt: float

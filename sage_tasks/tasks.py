@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from sage_tasks import committer, producer, ticket_runner
+from sage_tasks import committer, eager, producer, ticket_runner
 from sage_tasks.celery_app import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
 from sage_tasks.errors import GitError, Retryable, SageError
 from sage_tasks.runtime import Runtime
@@ -65,7 +65,11 @@ def register_tasks(app: Celery) -> None:
     ) -> dict[str, Any]:
         rt = runtime(app)
         try:
-            return committer.commit_ticket(rt, result, run_id, ticket_id)
+            done = committer.commit_ticket(rt, result, run_id, ticket_id)
+            info = rt.store.get(run_id)
+            if info is not None and eager.is_eager(info):
+                eager.step(app, rt, run_id)
+            return done
         except Retryable as exc:
             if self.request.retries >= MAX_COMMIT_RETRIES:
                 raise
@@ -86,7 +90,11 @@ def register_tasks(app: Celery) -> None:
     def prepare_run(self: Task[Any, Any], run_id: str) -> bool:
         rt = runtime(app)
         if committer.prepare_run(rt, run_id):
-            producer.advance(app, rt, run_id, 0)
+            info = rt.store.get(run_id)
+            if info is not None and eager.is_eager(info):
+                eager.start(app, rt, run_id)
+            else:
+                producer.advance(app, rt, run_id, 0)
             return True
         return False
 

@@ -59,6 +59,7 @@ class Submission:
         allow_main: bool,
         retry_deferred: bool,
         parallel: Any,
+        schedule: str = "levels",
     ):
         self.settings = settings
         self.repo = repo
@@ -72,6 +73,7 @@ class Submission:
         self.allow_main = allow_main
         self.retry_deferred = retry_deferred
         self.parallel = parallel
+        self.schedule = schedule
 
 
 def resolve(
@@ -187,7 +189,11 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
         to_run=sub.plan.to_run,
         created=time.time(),
         submitted_by=socket.gethostname(),
-        extra={"allow_main": sub.allow_main, "retry_deferred": sub.retry_deferred},
+        extra={
+            "allow_main": sub.allow_main,
+            "retry_deferred": sub.retry_deferred,
+            "schedule": sub.schedule,
+        },
     )
     producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))
 
@@ -287,6 +293,7 @@ def cli(
         allow_main=allow_main,
         human=human,
     )
+    sub.schedule = schedule
     from sage_tasks.cli.plan_view import render_plan
 
     if dry_run:

@@ -283,3 +283,41 @@ def test_an_invalid_index_is_refused_before_anything_is_sent(fleet: Fleet, tmp_p
     assert "A -> B -> A" in res.stderr or "B -> A -> B" in res.stderr
     assert "Traceback" not in res.stderr
     assert git(repo, "branch", "--list", "sage/*").strip() == ""
+
+
+def test_the_eager_schedule_sends_each_ticket_once_its_dependencies_are_committed(
+    run: Any,
+) -> None:
+    tickets = [
+        ticket("E1", writes("E1")),
+        ticket("E2", "sleep 2; " + writes("E2")),
+        ticket("E3", writes("E3", ["E1"]), ["E1"]),
+        ticket("E4", writes("E4", ["E2", "E3"]), ["E2", "E3"]),
+        ticket("EBAD", "exit 1"),
+        ticket("EBLK", writes("EBLK"), ["EBAD"]),
+    ]
+    repo, res = run(tickets, "--schedule", "eager", expect=1)
+    data = res.data
+    assert sorted(data["completed"]) == ["E1", "E2", "E3", "E4"]
+    assert list(data["deferred"]) == ["EBAD"]
+    assert data["blocked"] == ["EBLK"]
+    order = ticket_log(repo, data["branch"])
+    # E3 needs only E1, so it does not wait for the slow E2 as a batch barrier would make it
+    assert order.index("E3") < order.index("E2") < order.index("E4")
+
+
+def test_a_ticket_over_its_timeout_is_deferred_and_its_processes_killed(run: Any) -> None:
+    tickets = [ticket("SLOW", "sleep 30 & sleep 30; echo never > never.txt", timeout=1)]
+    repo, res = run(tickets, expect=1)
+    assert "timed out after 1 s" in res.data["deferred"]["SLOW"]
+
+
+def test_a_ticket_with_retries_is_run_again_before_it_is_deferred(run: Any) -> None:
+    flaky = (
+        "n=$(cat /tmp/sage-flaky-$SAGE_RUN_ID 2>/dev/null || echo 0); n=$((n+1)); "
+        "echo $n > /tmp/sage-flaky-$SAGE_RUN_ID; "
+        '[ "$n" -ge 2 ] && rm /tmp/sage-flaky-$SAGE_RUN_ID && echo ok > flaky.txt'
+    )
+    repo, res = run([ticket("FLAKY", flaky, retries=2)], expect=0)
+    row = next(t for t in res.data["tickets"] if t["id"] == "FLAKY")
+    assert row["attempts"] == 2
