@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast test-slow lint demo bench reliability clean redis-server
+.PHONY: install test test-fast test-slow lint demo bench reliability clean redis-server system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,20 +14,29 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# tests start their own redis-server processes; install Debian's package when missing
-redis-server:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server (Debian package)"; \
+# what the tests run besides Python: their own redis-server processes, git,
+# docker-compose (validates the compose file, no engine needed),
+# systemd-analyze (verifies the units); Debian packages, installed when missing
+SYSTEM_TOOLS := redis-server:redis-server git:git docker-compose:docker-compose \
+	systemd-analyze:systemd ip:iproute2
+system-deps:
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
-test: install redis-server
+redis-server: system-deps
+
+test: install system-deps
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 test-fast: install
 	$(BIN)/pytest -q tests/unit
 
-test-slow: install redis-server
+test-slow: install system-deps
 	$(BIN)/pytest -q -m slow tests/slow
 
 lint: install

@@ -59,6 +59,8 @@ def make_app(settings: Settings) -> Celery:
         task_acks_on_failure_or_timeout=True,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # on SIGTERM, running tasks get this long to finish, then are requeued
+        worker_soft_shutdown_timeout=30,
         worker_deduplicate_successful_tasks=False,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

@@ -96,8 +96,7 @@ def test_a_working_copy_edit_of_the_index_is_noticed(tmp_path: Path) -> None:
     assert not working_copy_differs(bare, "main", INDEX)
 
 
-def test_the_repository_root_is_found_from_inside_and_a_non_repo_is_refused(
-        tmp_path: Path) -> None:
+def test_the_repository_root_is_found_from_inside_and_a_non_repo_is_refused(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"d/e.txt": "x\n"}, INDEX_DATA)
     assert repo_root(repo / "d") == repo.resolve()
     assert repo_root(repo / ".git") == repo.resolve()

@@ -34,8 +34,12 @@ LINES = "".join(f"line {i}\n" for i in range(1, 11))
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     tickets = [ticket(t) for t in ("A", "B", "C", "D")]
-    return make_repo(tmp_path / "repo", {"f.txt": LINES, "keep.txt": "keep\n"},
-                     {"version": "1.0", "tickets": tickets}, bare=True)
+    return make_repo(
+        tmp_path / "repo",
+        {"f.txt": LINES, "keep.txt": "keep\n"},
+        {"version": "1.0", "tickets": tickets},
+        bare=True,
+    )
 
 
 @pytest.fixture
@@ -61,7 +65,8 @@ def edit_line(n: int, text: str) -> str:
 
 
 def test_a_completed_ticket_commits_its_patch_and_index_change_in_one_commit(
-        repo: Path, target: CommitTarget, patch_of: Any) -> None:
+    repo: Path, target: CommitTarget, patch_of: Any
+) -> None:
     head = git(repo, "rev-parse", "run").strip()
     patch = patch_of({"new.txt": "hello\n", "f.txt": edit_line(3, "THREE")})
 
@@ -80,7 +85,8 @@ def test_a_completed_ticket_commits_its_patch_and_index_change_in_one_commit(
 
 
 def test_committing_the_same_ticket_and_run_twice_writes_one_commit(
-        repo: Path, target: CommitTarget, patch_of: Any) -> None:
+    repo: Path, target: CommitTarget, patch_of: Any
+) -> None:
     patch = patch_of({"new.txt": "hello\n"})
     first = target.commit("A", "ticket A", "r1", patch, State.COMPLETED, None)
     second = target.commit("A", "ticket A", "r1", patch, State.COMPLETED, None)
@@ -92,7 +98,8 @@ def test_committing_the_same_ticket_and_run_twice_writes_one_commit(
 
 
 def test_a_failed_ticket_commits_only_the_index_change_with_its_reason(
-        repo: Path, target: CommitTarget) -> None:
+    repo: Path, target: CommitTarget
+) -> None:
     head = git(repo, "rev-parse", "run").strip()
     reason = "exit 2; output ends: boom\n---\nKey: value"
 
@@ -108,13 +115,15 @@ def test_a_failed_ticket_commits_only_the_index_change_with_its_reason(
 
 
 def test_a_deferred_ticket_is_committed_once_per_run_and_completes_on_a_later_run(
-        repo: Path, target: CommitTarget, patch_of: Any) -> None:
+    repo: Path, target: CommitTarget, patch_of: Any
+) -> None:
     first = target.commit("B", "ticket B", "r1", None, State.DEFERRED, "exit 1")
     again = target.commit("B", "ticket B", "r1", None, State.DEFERRED, "exit 1")
     assert again.already and again.sha == first.sha and again.state is State.DEFERRED
 
-    retried = target.commit("B", "ticket B", "r2", patch_of({"b.txt": "b\n"}), State.COMPLETED,
-                            None)
+    retried = target.commit(
+        "B", "ticket B", "r2", patch_of({"b.txt": "b\n"}), State.COMPLETED, None
+    )
 
     assert not retried.already and retried.state is State.COMPLETED
     item = ticket_state(repo, "run", "B")
@@ -123,7 +132,8 @@ def test_a_deferred_ticket_is_committed_once_per_run_and_completes_on_a_later_ru
 
 
 def test_siblings_editing_the_same_line_defer_the_second_with_the_path_in_its_reason(
-        repo: Path, target: CommitTarget, patch_of: Any) -> None:
+    repo: Path, target: CommitTarget, patch_of: Any
+) -> None:
     pa = patch_of({"f.txt": edit_line(5, "from A")})
     pb = patch_of({"f.txt": edit_line(5, "from B"), "b-only.txt": "b\n"})
     a = target.commit("A", "ticket A", "r1", pa, State.COMPLETED, None)
@@ -139,7 +149,8 @@ def test_siblings_editing_the_same_line_defer_the_second_with_the_path_in_its_re
 
 
 def test_edits_to_adjacent_lines_conflict_and_edits_far_apart_merge(
-        repo: Path, target: CommitTarget, patch_of: Any) -> None:
+    repo: Path, target: CommitTarget, patch_of: Any
+) -> None:
     pa = patch_of({"f.txt": edit_line(2, "A two")})
     pb = patch_of({"f.txt": edit_line(3, "B three")})
     pc = patch_of({"f.txt": edit_line(9, "C nine")})
@@ -154,7 +165,8 @@ def test_edits_to_adjacent_lines_conflict_and_edits_far_apart_merge(
 
 
 def test_two_siblings_creating_the_same_file_defer_the_second(
-        repo: Path, target: CommitTarget, patch_of: Any) -> None:
+    repo: Path, target: CommitTarget, patch_of: Any
+) -> None:
     pa = patch_of({"same.txt": "A\n"})
     pb = patch_of({"same.txt": "B\n"})
     target.commit("A", "ticket A", "r1", pa, State.COMPLETED, None)
@@ -164,7 +176,8 @@ def test_two_siblings_creating_the_same_file_defer_the_second(
 
 
 def test_an_executor_edit_of_the_ticket_index_is_not_taken(
-        repo: Path, target: CommitTarget, patch_of: Any) -> None:
+    repo: Path, target: CommitTarget, patch_of: Any
+) -> None:
     tampered = read_index(repo, "run")
     tampered["tickets"][1]["state"] = "COMPLETED"
     tampered["injected"] = True
@@ -176,13 +189,18 @@ def test_an_executor_edit_of_the_ticket_index_is_not_taken(
     assert res.state is State.COMPLETED
     index = read_index(repo, "run")
     assert "injected" not in index
-    assert [t["state"] for t in index["tickets"]] == ["COMPLETED", "UNPROCESSED", "UNPROCESSED",
-                                                      "UNPROCESSED"]
+    assert [t["state"] for t in index["tickets"]] == [
+        "COMPLETED",
+        "UNPROCESSED",
+        "UNPROCESSED",
+        "UNPROCESSED",
+    ]
     assert read_file(repo, "run", "a.txt") == b"a\n"
 
 
 def test_a_branch_moved_before_the_ref_update_raises_ref_moved_and_writes_nothing(
-        repo: Path, target: CommitTarget, patch_of: Any) -> None:
+    repo: Path, target: CommitTarget, patch_of: Any
+) -> None:
     patch = patch_of({"a.txt": "a\n"})
     moved: list[str] = []
 
@@ -190,8 +208,15 @@ def test_a_branch_moved_before_the_ref_update_raises_ref_moved_and_writes_nothin
         moved.append(commit_files(repo, "run", {"other.txt": "other\n"}, "other writer"))
 
     with pytest.raises(RefMoved):
-        target.commit("A", "ticket A", "r1", patch, State.COMPLETED, None,
-                      before_update_ref=someone_else_commits)
+        target.commit(
+            "A",
+            "ticket A",
+            "r1",
+            patch,
+            State.COMPLETED,
+            None,
+            before_update_ref=someone_else_commits,
+        )
 
     assert git(repo, "rev-parse", "run").strip() == moved[0]
     assert ticket_state(repo, "run", "A")["state"] == "UNPROCESSED"
@@ -202,7 +227,8 @@ def test_a_branch_moved_before_the_ref_update_raises_ref_moved_and_writes_nothin
 
 
 def test_commits_after_another_writer_moved_the_branch_build_on_its_commit(
-        repo: Path, target: CommitTarget, patch_of: Any) -> None:
+    repo: Path, target: CommitTarget, patch_of: Any
+) -> None:
     target.commit("A", "ticket A", "r1", patch_of({"a.txt": "a\n"}), State.COMPLETED, None)
     other = commit_files(repo, "run", {"other.txt": "other\n", "keep.txt": None})
     pb = patch_of({"b.txt": "b\n"})
@@ -215,15 +241,20 @@ def test_commits_after_another_writer_moved_the_branch_build_on_its_commit(
 
 
 def test_the_checked_out_target_branch_keeps_its_work_tree_index_and_local_changes(
-        tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo", {"f.txt": LINES},
-                     {"version": "1.0", "tickets": [ticket("A")]})
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(
+        tmp_path / "repo", {"f.txt": LINES}, {"version": "1.0", "tickets": [ticket("A")]}
+    )
     (repo / "f.txt").write_text(edit_line(1, "local edit"))
     (repo / "untracked.txt").write_text("untracked\n")
 
     def snapshot() -> dict[str, bytes]:
-        return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*"))
-                if p.is_file() and ".git" not in p.relative_to(repo).parts}
+        return {
+            str(p.relative_to(repo)): p.read_bytes()
+            for p in sorted(repo.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(repo).parts
+        }
 
     before = snapshot()
     before_index = (repo / ".git" / "index").read_bytes()
@@ -243,11 +274,23 @@ def test_the_checked_out_target_branch_keeps_its_work_tree_index_and_local_chang
 
 
 def test_unknown_fields_of_the_index_survive_the_commit(tmp_path: Path) -> None:
-    index = {"version": "1.0", "meta": {"owner": "x", "z": [1, 2]},
-             "tickets": [{"id": "A", "type": "feature", "title": "t", "state": "UNPROCESSED",
-                          "docs": ["d.md"], "acceptance_criteria": ["works"], "run": "true",
-                          "git": {"branch": "x"}}],
-             "trailing": "kept"}
+    index = {
+        "version": "1.0",
+        "meta": {"owner": "x", "z": [1, 2]},
+        "tickets": [
+            {
+                "id": "A",
+                "type": "feature",
+                "title": "t",
+                "state": "UNPROCESSED",
+                "docs": ["d.md"],
+                "acceptance_criteria": ["works"],
+                "run": "true",
+                "git": {"branch": "x"},
+            }
+        ],
+        "trailing": "kept",
+    }
     repo = make_repo(tmp_path / "repo", {}, index, bare=True)
     with CommitTarget(repo, "main") as target:
         target.commit("A", "t", "r1", None, State.DEFERRED, "why")
@@ -255,16 +298,28 @@ def test_unknown_fields_of_the_index_survive_the_commit(tmp_path: Path) -> None:
     assert list(after) == ["version", "meta", "tickets", "trailing"]
     assert after["meta"] == index["meta"] and after["trailing"] == "kept"
     item = after["tickets"][0]
-    assert list(item) == ["id", "type", "title", "state", "docs", "acceptance_criteria", "run",
-                          "git", "deferred_reason"]
+    assert list(item) == [
+        "id",
+        "type",
+        "title",
+        "state",
+        "docs",
+        "acceptance_criteria",
+        "run",
+        "git",
+        "deferred_reason",
+    ]
     assert item["git"] == {"branch": "x"} and item["state"] == "DEFERRED"
 
 
 def test_bad_ticket_ids_unknown_tickets_and_unsafe_patches_are_refused_without_a_commit(
-        repo: Path, target: CommitTarget) -> None:
+    repo: Path, target: CommitTarget
+) -> None:
     head = git(repo, "rev-parse", "run").strip()
-    escape = (b"diff --git a/../x b/../x\nnew file mode 100644\n--- /dev/null\n+++ b/../x\n"
-              b"@@ -0,0 +1 @@\n+x\n")
+    escape = (
+        b"diff --git a/../x b/../x\nnew file mode 100644\n--- /dev/null\n+++ b/../x\n"
+        b"@@ -0,0 +1 @@\n+x\n"
+    )
     with pytest.raises(GitError, match="invalid ticket id"):
         target.commit("../A", "t", "r1", None, State.DEFERRED, "x")
     with pytest.raises(GitError, match="NOPE"):
@@ -280,8 +335,11 @@ def test_bad_ticket_ids_unknown_tickets_and_unsafe_patches_are_refused_without_a
 
 def test_every_kind_of_change_arrives_as_the_worker_made_it(tmp_path: Path) -> None:
     files: dict[str, str | bytes] = {
-        "mod.txt": "old\n", "del.txt": "bye\n", "ren.txt": "stay the same\n" * 20,
-        "bin.dat": bytes(range(256)), "run.sh": "#!/bin/sh\necho hi\n",
+        "mod.txt": "old\n",
+        "del.txt": "bye\n",
+        "ren.txt": "stay the same\n" * 20,
+        "bin.dat": bytes(range(256)),
+        "run.sh": "#!/bin/sh\necho hi\n",
     }
     repo = make_repo(tmp_path / "repo", files, {"version": "1.0", "tickets": [ticket("A")]})
     work = tmp_path / "work"
@@ -305,6 +363,7 @@ def test_every_kind_of_change_arrives_as_the_worker_made_it(tmp_path: Path) -> N
         res = target.commit("A", "t", "r1", patch.data, State.COMPLETED, None)
 
     assert res.state is State.COMPLETED
+
     def listing(where: Path, tree: str) -> list[str]:
         return [ln for ln in git(where, "ls-tree", "-r", tree).splitlines() if INDEX not in ln]
 
@@ -313,39 +372,49 @@ def test_every_kind_of_change_arrives_as_the_worker_made_it(tmp_path: Path) -> N
 
 
 def test_a_host_without_a_git_identity_still_commits(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    repo = make_repo(tmp_path / "repo", {}, {"version": "1.0", "tickets": [ticket("A")]},
-                     bare=True)
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = make_repo(tmp_path / "repo", {}, {"version": "1.0", "tickets": [ticket("A")]}, bare=True)
     git(repo, "config", "--unset", "user.name")
     git(repo, "config", "--unset", "user.email")
     git(repo, "config", "user.useConfigOnly", "true")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for var in ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL",
-                "EMAIL"):
+    for var in (
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+        "EMAIL",
+    ):
         monkeypatch.delenv(var, raising=False)
     with CommitTarget(repo, "main") as target:
         res = target.commit("A", "t", "r1", None, State.DEFERRED, "x")
     assert git(repo, "log", "-1", "--format=%an <%ae>", res.sha).strip() == (
-        "sage-tasks <sage-tasks@localhost>")
+        "sage-tasks <sage-tasks@localhost>"
+    )
 
 
 def test_one_open_repository_serves_several_branches(repo: Path, patch_of: Any) -> None:
     git(repo, "branch", "one", "main")
     git(repo, "branch", "two", "main")
     with Repository(repo) as shared:
-        a = CommitTarget(shared, "one").commit("A", "t", "r1", patch_of({"a": "1\n"}, "one"),
-                                               State.COMPLETED, None)
-        b = CommitTarget(shared, "two").commit("A", "t", "r2", patch_of({"b": "2\n"}, "two"),
-                                               State.COMPLETED, None)
+        a = CommitTarget(shared, "one").commit(
+            "A", "t", "r1", patch_of({"a": "1\n"}, "one"), State.COMPLETED, None
+        )
+        b = CommitTarget(shared, "two").commit(
+            "A", "t", "r2", patch_of({"b": "2\n"}, "two"), State.COMPLETED, None
+        )
     assert read_file(repo, a.sha, "a") == b"1\n" and read_file(repo, a.sha, "b") is None
     assert read_file(repo, b.sha, "b") == b"2\n" and read_file(repo, b.sha, "a") is None
 
 
 def test_a_patch_moving_the_ticket_index_away_is_refused(repo: Path, target: CommitTarget) -> None:
-    moved = (f"diff --git a/{INDEX} b/elsewhere.json\nsimilarity index 100%\n"
-             f"rename from {INDEX}\nrename to elsewhere.json\n").encode()
+    moved = (
+        f"diff --git a/{INDEX} b/elsewhere.json\nsimilarity index 100%\n"
+        f"rename from {INDEX}\nrename to elsewhere.json\n"
+    ).encode()
     with pytest.raises(PatchRejected, match="ticket index"):
         target.commit("A", "t", "r1", moved, State.COMPLETED, None)
 
@@ -362,8 +431,9 @@ def test_a_forked_worker_process_gets_its_own_index_and_helpers(repo: Path, patc
     git(repo, "branch", "run", "main")
     pb, pc = patch_of({"b.txt": "b\n"}), patch_of({"c.txt": "c\n"})
     with Repository(repo) as shared:
-        CommitTarget(shared, "run").commit("A", "t", "r1", patch_of({"a.txt": "a\n"}),
-                                           State.COMPLETED, None)
+        CommitTarget(shared, "run").commit(
+            "A", "t", "r1", patch_of({"a.txt": "a\n"}), State.COMPLETED, None
+        )
         pid = os.fork()
         if pid == 0:  # the child commits with the object it inherited
             code = 1

@@ -36,7 +36,8 @@ def worktrees_of(mirror: Mirror) -> list[str]:
 
 
 def test_fetch_keeps_one_bare_mirror_per_url_and_returns_the_branch_head(
-        mirror: Mirror, origin: Path, tmp_path: Path) -> None:
+    mirror: Mirror, origin: Path, tmp_path: Path
+) -> None:
     git(origin, "branch", "run", "main")
     head = git(origin, "rev-parse", "run").strip()
 
@@ -75,8 +76,7 @@ def test_a_worktree_is_checked_out_at_the_commit_and_removed_afterwards(mirror: 
     assert list(mirror.worktrees.iterdir()) == []
 
 
-def test_a_worktree_is_removed_when_the_work_raises_even_if_made_read_only(
-        mirror: Mirror) -> None:
+def test_a_worktree_is_removed_when_the_work_raises_even_if_made_read_only(mirror: Mirror) -> None:
     head = mirror.fetch("main")
     with pytest.raises(RuntimeError, match="executor blew up"), mirror.worktree(head) as path:
         (path / "locked").mkdir()
@@ -108,9 +108,14 @@ CRASH = textwrap.dedent("""
 
 
 def test_prune_removes_what_a_killed_worker_left_and_keeps_live_worktrees(
-        mirror: Mirror, origin: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", CRASH, str(mirror.workdir), str(origin)],
-                          capture_output=True, text=True, check=False)
+    mirror: Mirror, origin: Path
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH, str(mirror.workdir), str(origin)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == -signal.SIGKILL
     stale = Path(proc.stdout.strip())
     assert stale.is_dir() and len(worktrees_of(mirror)) == 1
@@ -143,8 +148,9 @@ def test_worker_processes_on_one_host_share_a_mirror(mirror: Mirror, origin: Pat
         results = pool.starmap(_fetch_and_check_out, [(str(mirror.workdir), str(origin))] * 8)
     assert results == ["a\n" + head] * 8
     assert worktrees_of(mirror) == []
-    assert sorted(os.listdir(mirror.workdir / "mirrors")) == sorted([mirror.key,
-                                                                      mirror.key + ".lock"])
+    assert sorted(os.listdir(mirror.workdir / "mirrors")) == sorted(
+        [mirror.key, mirror.key + ".lock"]
+    )
 
 
 def test_a_fetch_that_hangs_fails_after_the_timeout(tmp_path: Path) -> None:
@@ -162,7 +168,8 @@ def test_a_fetch_that_hangs_fails_after_the_timeout(tmp_path: Path) -> None:
 
 
 def test_a_relative_path_url_names_the_same_mirror_as_its_absolute_form(
-        tmp_path: Path, origin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, origin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(origin.parent)
     relative = Mirror(tmp_path / "w", origin.name)
     assert relative.key == Mirror(tmp_path / "w", str(origin)).key

@@ -16,8 +16,11 @@ from tests.support.gitrepo import INDEX, checkout, git, make_repo, ticket
 @pytest.fixture
 def work(tmp_path: Path) -> Path:
     files: dict[str, str | bytes] = {
-        "mod.txt": "old\n", "del.txt": "bye\n", "ren.txt": "the same text\n" * 20,
-        "bin.dat": bytes(range(256)), "run.sh": "#!/bin/sh\n",
+        "mod.txt": "old\n",
+        "del.txt": "bye\n",
+        "ren.txt": "the same text\n" * 20,
+        "bin.dat": bytes(range(256)),
+        "run.sh": "#!/bin/sh\n",
     }
     repo = make_repo(tmp_path / "repo", files, {"version": "1.0", "tickets": [ticket("A")]})
     return checkout(repo, "main", tmp_path / "work")
@@ -42,13 +45,26 @@ def test_new_modified_deleted_renamed_binary_and_mode_changes_are_captured(work:
 
     patch = capture_patch(work, base, exclude=[INDEX], max_bytes=1 << 20)
 
-    assert sorted(patch.paths) == ["bin.dat", "del.txt", "mod.txt", "moved.txt", "new.txt",
-                                   "ren.txt", "run.sh"]
+    assert sorted(patch.paths) == [
+        "bin.dat",
+        "del.txt",
+        "mod.txt",
+        "moved.txt",
+        "new.txt",
+        "ren.txt",
+        "run.sh",
+    ]
     assert patch.size == len(patch.data)
     data = patch.data
-    for marker in (b"new file mode 100644", b"deleted file mode 100644", b"rename from ren.txt",
-                   b"rename to moved.txt", b"GIT binary patch", b"old mode 100644",
-                   b"new mode 100755"):
+    for marker in (
+        b"new file mode 100644",
+        b"deleted file mode 100644",
+        b"rename from ren.txt",
+        b"rename to moved.txt",
+        b"GIT binary patch",
+        b"old mode 100644",
+        b"new mode 100755",
+    ):
         assert marker in data, marker
     # it applies to the base commit and gives the worker's tree
     fresh = checkout(work, base, work.parent / "fresh")
@@ -76,7 +92,8 @@ def test_edits_to_the_ticket_index_and_ignored_files_are_left_out(work: Path) ->
     (work / "build").mkdir()
     (work / "build" / "out.o").write_bytes(b"\0")
     assert capture_patch(work, base_of(work), exclude=[INDEX], max_bytes=1 << 20).paths == [
-        ".gitignore"]
+        ".gitignore"
+    ]
 
 
 def test_a_patch_over_the_size_limit_is_refused_with_its_size(work: Path) -> None:
@@ -95,13 +112,17 @@ def test_a_symlink_out_of_the_tree_is_refused_and_an_inner_one_is_kept(work: Pat
 
 
 def _new_file(path: str, line: str = "x") -> str:
-    return (f"diff --git a/{path} b/{path}\nnew file mode 100644\n--- /dev/null\n+++ b/{path}\n"
-            f"@@ -0,0 +1 @@\n+{line}\n")
+    return (
+        f"diff --git a/{path} b/{path}\nnew file mode 100644\n--- /dev/null\n+++ b/{path}\n"
+        f"@@ -0,0 +1 @@\n+{line}\n"
+    )
 
 
 def _symlink(path: str, target: str) -> str:
-    return (f"diff --git a/{path} b/{path}\nnew file mode 120000\n--- /dev/null\n+++ b/{path}\n"
-            f"@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n")
+    return (
+        f"diff --git a/{path} b/{path}\nnew file mode 120000\n--- /dev/null\n+++ b/{path}\n"
+        f"@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
+    )
 
 
 SAFE = [
@@ -121,11 +142,11 @@ UNSAFE = {
     "writes .GIT in a subdir": _new_file("sub/.GIT/hooks/pre-commit"),
     "writes git~1": _new_file("git~1/config"),
     "absolute": "diff --git a//etc/passwd b//etc/passwd\n--- a//etc/passwd\n+++ b//etc/passwd\n"
-                "@@ -1 +1 @@\n-root\n+evil\n",
+    "@@ -1 +1 @@\n-root\n+evil\n",
     "quoted ..": 'diff --git "a/..\\057x" "b/..\\057x"\nnew file mode 100644\n--- /dev/null\n'
-                 '+++ "b/..\\057x"\n@@ -0,0 +1 @@\n+x\n',
+    '+++ "b/..\\057x"\n@@ -0,0 +1 @@\n+x\n',
     "rename into .git": "diff --git a/x b/.git/hooks/post-checkout\nsimilarity index 100%\n"
-                        "rename from x\nrename to .git/hooks/post-checkout\n",
+    "rename from x\nrename to .git/hooks/post-checkout\n",
     "symlink absolute": _symlink("link", "/etc"),
     "symlink climbs": _symlink("link", "../../outside"),
     "symlink into .git": _symlink("link", ".git/config"),
@@ -136,7 +157,7 @@ UNSAFE = {
     ),
     "text before the first section": "From: someone\n" + _new_file("ok.txt"),
     "submodule": "diff --git a/sub b/sub\nnew file mode 160000\nindex 0000000..1234567\n"
-                 "--- /dev/null\n+++ b/sub\n@@ -0,0 +1 @@\n+Subproject commit 1234567\n",
+    "--- /dev/null\n+++ b/sub\n@@ -0,0 +1 @@\n+Subproject commit 1234567\n",
     "hunk longer than it says": _new_file("ok.txt") + "+extra\n",
     "no trailing newline": _new_file("ok.txt").rstrip("\n"),
 }
@@ -157,8 +178,9 @@ def test_unsafe_patches_are_refused(patch: str) -> None:
 def test_quoted_and_renamed_paths_are_read_as_git_writes_them() -> None:
     files = parse_patch(SAFE[4].encode())
     assert files[0].new_path == "sp acé.txt" and files[0].old_path is None
-    renamed = parse_patch(b"diff --git a/x y b/z w\nsimilarity index 100%\n"
-                          b"rename from x y\nrename to z w\n")
+    renamed = parse_patch(
+        b"diff --git a/x y b/z w\nsimilarity index 100%\nrename from x y\nrename to z w\n"
+    )
     assert (renamed[0].old_path, renamed[0].new_path) == ("x y", "z w")
     assert check_patch(b"") == []
 
@@ -193,7 +215,8 @@ def _rewrites() -> list[tuple[bytes, bytes]]:
 
 
 def test_the_index_rewrite_patch_turns_the_old_blob_into_the_new_one_exactly(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     from sage_tasks.gitops.replacement import replace_file_patch
 
     repo = make_repo(tmp_path / "repo", {}, None, bare=True)

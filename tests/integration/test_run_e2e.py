@@ -308,7 +308,7 @@ def test_the_eager_schedule_sends_each_ticket_once_its_dependencies_are_committe
 
 def test_a_ticket_over_its_timeout_is_deferred_and_its_processes_killed(run: Any) -> None:
     tickets = [ticket("SLOW", "sleep 30 & sleep 30; echo never > never.txt", timeout=1)]
-    repo, res = run(tickets, expect=1)
+    _repo, res = run(tickets, expect=1)
     assert "timed out after 1 s" in res.data["deferred"]["SLOW"]
 
 
@@ -318,6 +318,6 @@ def test_a_ticket_with_retries_is_run_again_before_it_is_deferred(run: Any) -> N
         "echo $n > /tmp/sage-flaky-$SAGE_RUN_ID; "
         '[ "$n" -ge 2 ] && rm /tmp/sage-flaky-$SAGE_RUN_ID && echo ok > flaky.txt'
     )
-    repo, res = run([ticket("FLAKY", flaky, retries=2)], expect=0)
+    _repo, res = run([ticket("FLAKY", flaky, retries=2)], expect=0)
     row = next(t for t in res.data["tickets"] if t["id"] == "FLAKY")
     assert row["attempts"] == 2
