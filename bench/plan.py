@@ -103,7 +103,7 @@ def _edges(raw: dict[str, Any]) -> tuple[list[str], list[tuple[int, int]]]:
 
 
 def run_networkx(path: str) -> object:
-    import networkx as nx
+    import networkx as nx  # type: ignore[import-untyped]
 
     raw = json.loads(Path(path).read_bytes())
     g = nx.DiGraph()

@@ -6,7 +6,7 @@ import json
 from itertools import pairwise
 from typing import Any
 
-import networkx as nx
+import networkx as nx  # type: ignore[import-untyped]
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -91,8 +91,8 @@ def test_plans_of_random_graphs_keep_every_promise(
     if parallel is not None:
         assert all(1 <= len(b) <= parallel for b in plan.batches)
     regrouped: dict[int, list[str]] = {}
-    for batch, level in zip(plan.batches, plan.batch_levels, strict=True):
-        regrouped.setdefault(level, []).extend(batch)
+    for batch, number in zip(plan.batches, plan.batch_levels, strict=True):
+        regrouped.setdefault(number, []).extend(batch)
     assert [regrouped[n] for n in sorted(regrouped)] == plan.levels
     # each level is sorted by priority then id
     for level in plan.levels:

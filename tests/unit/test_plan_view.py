@@ -23,8 +23,10 @@ def plan_of(tickets: list[dict[str, Any]], **kwargs: Any) -> Plan:
 
 def rendered(plan: Plan, *, terminal: bool = False) -> str:
     out = io.StringIO()
-    colours = "standard" if terminal else None
-    console = Console(file=out, width=100, force_terminal=terminal, color_system=colours)
+    if terminal:
+        console = Console(file=out, width=100, force_terminal=True, color_system="standard")
+    else:
+        console = Console(file=out, width=100)
     render_plan(plan, console, title="sage-submit --dry-run")
     return out.getvalue()
 
