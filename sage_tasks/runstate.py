@@ -203,8 +203,21 @@ class RunStore:
             )
         pipe.execute()
 
-    def start_ticket(self, run_id: str, ticket_id: str, host: str, *, deaths: int = 0) -> None:
-        """Record that a worker took the ticket (``deaths``: workers lost on it so far)."""
+    def start_ticket(
+        self,
+        run_id: str,
+        ticket_id: str,
+        host: str,
+        *,
+        deaths: int = 0,
+        pid: int = 0,
+        space: str = "",
+    ) -> None:
+        """Record that a worker took the ticket (``deaths``: workers lost on it so far).
+
+        ``pid`` and ``space`` (the pid space it lives in) name the process that
+        runs it, so a redelivery in the same pid space can tell that it died.
+        """
         key = keys.ticket(run_id, ticket_id)
         now = str(time.time())
         pipe = self.r.pipeline(transaction=True)
@@ -217,6 +230,8 @@ class RunStore:
                 "started": now,
                 "heartbeat": now,
                 "deaths": str(deaths),
+                "pid": str(pid),
+                "space": space,
             },
         )
         pipe.sadd(keys.running(run_id), ticket_id)

@@ -115,7 +115,9 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
         result = outcome(ticket_id, "failed", reason=f"worker lost: its worker died {deaths} times")
         store.ran(run_id, ticket_id, result)
         return result
-    store.start_ticket(run_id, ticket_id, rt.hostname, deaths=deaths)
+    store.start_ticket(
+        run_id, ticket_id, rt.hostname, deaths=deaths, pid=os.getpid(), space=process_space()
+    )
     try:
         with heartbeat(rt, run_id, ticket_id):
             result = _execute(rt, info, ticket_id)
@@ -127,6 +129,38 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
     return result
 
 
+def process_space() -> str:
+    """Names the pid space this process lives in (kernel boot and pid namespace); '' unknown."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return f"{boot}/{namespace}"
+
+
+def runner_is_gone(record: dict[str, str]) -> bool:
+    """True when the process the record says runs the ticket is known to be dead.
+
+    Only a process in our own pid space can be looked at (a pool process
+    killed under the ticket, seen by its worker's next delivery); elsewhere
+    only the heartbeat tells.
+    """
+    pid = record.get("pid", "")
+    space = record.get("space", "")
+    if not pid.isdigit() or int(pid) <= 0 or not space or space != process_space():
+        return False
+    if int(pid) == os.getpid():
+        return True  # one ticket at a time per process: that copy is not running
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _wait_while_running_elsewhere(
     rt: Runtime, run_id: str, ticket_id: str, record: dict[str, str]
 ) -> dict[str, str]:
@@ -134,7 +168,7 @@ def _wait_while_running_elsewhere(
     stale_after = 3 * rt.settings.heartbeat_interval + 5
     while record.get("state") == Phase.RUNNING:
         beat = float(record.get("heartbeat") or 0)
-        if time.time() - beat > stale_after:
+        if time.time() - beat > stale_after or runner_is_gone(record):
             break
         time.sleep(rt.settings.heartbeat_interval)
         record = rt.store.ticket(run_id, ticket_id)
