@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from sage_tasks.gitops.process import SAFE_CONFIG, first_line, git_env, run_git
 from sage_tasks.gitops.safety import check_patch
 
 _CHUNK = 1 << 16
+_INVALID_PATH_RE = re.compile(r"^error: invalid path '(.*)'$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,22 @@ def capture_patch(worktree: Path, base_sha: str, *, exclude: list[str], max_byte
     Raises :class:`PatchRejected` when the patch is over ``max_bytes`` or
     unsafe (see :func:`check_patch`).
     """
-    run_git(worktree, "-c", "core.autocrlf=false", "add", "-A", what="staging the worktree")
+    # git must find the worktree's own repository, never one above it
+    env = {"GIT_CEILING_DIRECTORIES": str(worktree.absolute().parent)}
+    _check_checkout(worktree, base_sha, env)
+    staged = run_git(worktree, "-c", "core.autocrlf=false", "add", "-A", env=env, check=False)
+    if staged.returncode != 0:
+        refused = _INVALID_PATH_RE.search(staged.stderr.decode("utf-8", "replace"))
+        if refused:
+            # e.g. sub/.GIT/hooks/...: the command's work cannot travel, whatever else it did
+            raise PatchRejected(
+                f"unsafe patch: the command wrote {refused.group(1)!r}, a path git refuses",
+                path=refused.group(1),
+            )
+        raise GitError(
+            f"staging the worktree failed in {worktree}: {first_line(staged.stderr)}",
+            path=str(worktree),
+        )
     pathspec = [f":(exclude,literal){p}" for p in exclude]
     cmd = [
         "git",
@@ -57,7 +74,7 @@ def capture_patch(worktree: Path, base_sha: str, *, exclude: list[str], max_byte
         *(pathspec or ["."]),
     ]
     with subprocess.Popen(
-        cmd, cwd=worktree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=git_env()
+        cmd, cwd=worktree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=git_env(env)
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         chunks: list[bytes] = []
@@ -76,3 +93,26 @@ def capture_patch(worktree: Path, base_sha: str, *, exclude: list[str], max_byte
         raise PatchRejected(f"patch is {size} bytes, over the limit of {max_bytes}")
     data = b"".join(chunks)
     return Patch(data=data, paths=check_patch(data), size=size)
+
+
+def _check_checkout(worktree: Path, base_sha: str, env: dict[str, str]) -> None:
+    """Refuse a worktree whose ``.git`` the command removed or replaced.
+
+    Without its repository (or with another one in its place) nothing the
+    command did can be diffed against the ticket's base: that is the
+    ticket's failure, not the worker's, so it is not retried.
+    """
+    proc = run_git(
+        worktree, "rev-parse", "--show-toplevel", f"{base_sha}^{{commit}}", env=env, check=False
+    )
+    lines = proc.stdout.decode("utf-8", "surrogateescape").splitlines()
+    if proc.returncode != 0 or len(lines) != 2:
+        raise PatchRejected(
+            f"the command removed or replaced the worktree's .git: {first_line(proc.stderr)}",
+            path=".git",
+        )
+    if Path(lines[0]).resolve() != worktree.resolve():
+        raise PatchRejected(
+            f"the command replaced the worktree's .git (it now belongs to {lines[0]!r})",
+            path=".git",
+        )
