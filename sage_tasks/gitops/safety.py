@@ -10,12 +10,27 @@ reason to produce them.
 from __future__ import annotations
 
 import posixpath
+import re
 
 from sage_tasks.errors import PatchRejected
 from sage_tasks.gitops.diff import GITLINK_MODE, SYMLINK_MODE, FileDiff, parse_patch
 
 #: what git on Windows and macOS also treats as ".git"
 _GIT_ALIASES = {".git", "git~1"}
+#: code points HFS+ ignores in file names, so ".g\u200cit" is ".git" on a Mac
+#: (git's is_hfs_dotgit skips the same ones)
+_HFS_IGNORED_RE = re.compile("[\u200c-\u200f\u202a-\u202e\u206a-\u206f\ufeff]")
+
+
+def is_git_name(part: str) -> bool:
+    """True when a path component names ``.git`` on some file system a clone may live on.
+
+    Case does not matter; trailing dots and spaces and an NTFS stream suffix
+    (``.git::$INDEX_ALLOCATION``) are dropped as Windows does, and the code
+    points HFS+ ignores as macOS does.
+    """
+    name = _HFS_IGNORED_RE.sub("", part).split(":", 1)[0].rstrip(". ").lower()
+    return name in _GIT_ALIASES
 
 
 def path_problem(path: str) -> str | None:
@@ -33,7 +48,7 @@ def path_problem(path: str) -> str | None:
                 if part == ".."
                 else (f"path {path!r} is not normalised")
             )
-        if part.rstrip(". ").lower() in _GIT_ALIASES:
+        if is_git_name(part):
             return f"path {path!r} touches .git"
     return None
 
@@ -56,7 +71,7 @@ def link_problem(path: str, target: bytes) -> str | None:
     parts = text.split("/")
     if ".." in parts:
         return f"symlink {path!r} points outside the repository ({text!r})"
-    if any(p.rstrip(". ").lower() in _GIT_ALIASES for p in parts):
+    if any(is_git_name(p) for p in parts):
         return f"symlink {path!r} points into .git ({text!r})"
     return None
 

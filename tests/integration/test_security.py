@@ -23,6 +23,9 @@ from kombu import Connection, Exchange, Producer, Queue
 
 from sage_tasks.celery_app import TASK_COMMIT, TASK_PREPARE, TASK_RUN, make_app
 from sage_tasks.config import load_settings
+from sage_tasks.core.index import State
+from sage_tasks.errors import PatchRejected
+from sage_tasks.gitops import CommitTarget, check_patch
 from sage_tasks.gitops.safety import link_problem, path_problem
 from tests.support.fleet import Fleet, Submitted, unique_queue, wait_until
 from tests.support.gitrepo import INDEX, commit_files, git, index_bytes, make_repo
@@ -328,6 +331,9 @@ UNSAFE_TICKETS = {
     " && echo ok > owngit-ok.txt",
     "NESTED": "mkdir -p sub/.git/hooks && echo evil > sub/.git/hooks/post-checkout"
     " && echo ok > nested-ok.txt",
+    # ".g\u200cit" is ".git" on macOS (HFS+ ignores U+200C); git on Linux stages it
+    "HFSGIT": 'd=$(printf \'.g\\342\\200\\214it/hooks\') && mkdir -p "$d" && echo evil > "$d/x"'
+    " && echo ok > hfsgit-ok.txt",
     "INNER": "ln -s README.md inner-link",
 }
 
@@ -370,7 +376,8 @@ def test_writes_into_git_directories_never_reach_the_branch_and_defer_with_the_p
     assert "sub/.GIT/hooks/pre-commit" in deferred["HOOKDIR"]
     # a command that replaces the worktree's own .git leaves nothing to take
     assert ".git" in deferred["OWNGIT"]
-    for tid in ("HOOKDIR", "OWNGIT"):
+    assert "touches .git" in deferred["HFSGIT"]
+    for tid in ("HOOKDIR", "OWNGIT", "HFSGIT"):
         assert final[tid]["state"] == "DEFERRED"
         assert "infrastructure" not in deferred[tid]
         assert ticket_commit_paths(served.repo, branch, tid) == [INDEX]
@@ -378,7 +385,7 @@ def test_writes_into_git_directories_never_reach_the_branch_and_defer_with_the_p
     assert final["NESTED"]["state"] == "COMPLETED"
     assert ticket_commit_paths(served.repo, branch, "NESTED") == sorted([INDEX, "nested-ok.txt"])
     tree = tree_entries(served.repo, branch)
-    assert not {"hookdir-ok.txt", "owngit-ok.txt"} & set(tree)
+    assert not {"hookdir-ok.txt", "owngit-ok.txt", "hfsgit-ok.txt"} & set(tree)
     assert_tree_is_safe(served.repo, branch)
 
 
@@ -575,3 +582,76 @@ def test_a_tls_broker_works_end_to_end_and_a_certificate_from_another_ca_is_refu
     finally:
         fleet.stop()
         server.stop(kill=True)
+
+
+# --- patch checks that tests/integration/test_git_patch.py does not cover ----------------
+
+
+def _new_file(path: str) -> str:
+    return (
+        f"diff --git a/{path} b/{path}\nnew file mode 100644\n--- /dev/null\n+++ b/{path}\n"
+        "@@ -0,0 +1 @@\n+x\n"
+    )
+
+
+def _symlink(path: str, target: str) -> str:
+    return (
+        f"diff --git a/{path} b/{path}\nnew file mode 120000\n--- /dev/null\n+++ b/{path}\n"
+        f"@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
+    )
+
+
+def _quoted_new_file(octal_path: str) -> str:
+    """A new file as git writes it when the name needs quoting (core.quotePath)."""
+    return (
+        f'diff --git "a/{octal_path}" "b/{octal_path}"\nnew file mode 100644\n'
+        f'--- /dev/null\n+++ "b/{octal_path}"\n@@ -0,0 +1 @@\n+x\n'
+    )
+
+
+GIT_ALIASES = {
+    "HFS+ ignorable U+200C": _quoted_new_file(".g\\342\\200\\214it/hooks/post-checkout"),
+    "HFS+ ignorable U+FEFF in a subdir": _quoted_new_file("sub/\\357\\273\\277.git/config"),
+    "NTFS stream": _new_file(".git::$INDEX_ALLOCATION/hooks/post-checkout"),
+    "NTFS trailing dot and space": _new_file(".git. /hooks/post-checkout"),
+    "NTFS short name in capitals": _new_file("GIT~1/hooks/post-checkout"),
+    "symlink into an HFS+ .git": _symlink("link", "sub/.g\u200dit/config"),
+    "symlink into an NTFS stream": _symlink("link", ".git::$INDEX_ALLOCATION/config"),
+}
+
+
+@pytest.mark.parametrize("patch", list(GIT_ALIASES.values()), ids=list(GIT_ALIASES))
+def test_names_that_are_git_on_a_mac_or_on_windows_are_refused(patch: str) -> None:
+    with pytest.raises(PatchRejected, match=r"touches \.git|points into \.git"):
+        check_patch(patch.encode())
+
+
+@pytest.mark.parametrize("name", [".github", ".gitignore", "git", "my.git", ".gi", "a.git~1"])
+def test_names_that_only_look_like_git_pass(name: str) -> None:
+    assert check_patch(_new_file(f"{name}/x").encode()) == [f"{name}/x"]
+
+
+def test_a_patch_writing_through_a_symlink_already_on_the_branch_is_not_committed(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(
+        tmp_path / "repo",
+        {"docs/guide.md": "guide\n"},
+        {"version": "1.0", "tickets": [ticket("T", "true")]},
+        bare=True,
+    )
+    # the branch holds an inner symlink: link -> docs
+    env = {"GIT_INDEX_FILE": str(tmp_path / "index")}
+    git(repo, "read-tree", "main", env=env)
+    blob = git(repo, "hash-object", "-w", "--stdin", input=b"docs").strip()
+    git(repo, "update-index", "--add", "--cacheinfo", f"120000,{blob},link", env=env)
+    tree = git(repo, "write-tree", env=env).strip()
+    head = git(repo, "commit-tree", tree, "-p", "main", "-m", "link").strip()
+    git(repo, "update-ref", "refs/heads/run", head)
+    patch = _new_file("link/evil.txt").encode()
+    assert check_patch(patch) == ["link/evil.txt"]  # the link is not in the patch itself
+    res = CommitTarget(repo, "run").commit("T", "t", "r1", patch, State.COMPLETED)
+    assert res.state is State.DEFERRED
+    assert "beyond a symbolic link" in states(repo, "run")["T"]["deferred_reason"]
+    assert git(repo, "diff-tree", "--no-commit-id", "--name-only", "-r", res.sha).split() == [INDEX]
+    assert_tree_is_safe(repo, "run")
