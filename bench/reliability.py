@@ -24,8 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TIERS = [
     ("faults inflicted", "survived", ["tests/slow/test_faults.py"]),
-    ("bad input and secure paths", "refused / held",
-     ["tests/integration/test_security.py", "tests/integration/test_flower.py"]),
+    (
+        "bad input and secure paths",
+        "refused / held",
+        ["tests/integration/test_security.py", "tests/integration/test_flower.py"],
+    ),
     ("multi-host (network namespaces)", "survived", ["tests/slow/test_multihost.py"]),
 ]
 
@@ -45,9 +48,20 @@ def run_tier(paths: list[str]) -> list[tuple[str, str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "results.xml"
         subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
-             f"--junitxml={xml}", *present],
-            cwd=ROOT, check=False,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-m",
+                "slow or not slow",
+                f"--junitxml={xml}",
+                *present,
+            ],
+            cwd=ROOT,
+            check=False,
         )
         if not xml.exists():
             return [(p, "ERROR (no results)", 0.0) for p in present]
@@ -94,8 +108,18 @@ def main() -> int:
             failed += 1
     if not args.no_load:
         print(f"\nload held: {'yes' if load_ok else 'NO'}")
-        keep = ("tickets/s", "target", "peak memory", "largest message", "keys left", "by shape",
-                "FINDING", "correctness", "raw Celery chords, mean", "sage-tasks,")
+        keep = (
+            "tickets/s",
+            "target",
+            "peak memory",
+            "largest message",
+            "keys left",
+            "by shape",
+            "FINDING",
+            "correctness",
+            "raw Celery chords, mean",
+            "sage-tasks,",
+        )
         for line in load_out.splitlines():
             if any(k in line for k in keep):
                 print(f"  {line.strip()}")
