@@ -9,6 +9,7 @@ read it, results that outlive the longest run, and task events for Flower.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from celery import Celery
 
@@ -27,6 +28,19 @@ def _ssl_options(url: str) -> dict[str, Any] | None:
     import ssl
 
     return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
+def verified_url(url: str) -> str:
+    """A ``rediss://`` URL that names no ``ssl_cert_reqs`` made to require a valid certificate.
+
+    For programs that read the URL alone (Flower's own Celery app): kombu
+    otherwise connects to such a URL without checking the certificate.
+    """
+    if not url.startswith("rediss://") or "ssl_cert_reqs" in url:
+        return url
+    parts = urlsplit(url)
+    query = f"{parts.query}&ssl_cert_reqs=required" if parts.query else "ssl_cert_reqs=required"
+    return urlunsplit(parts._replace(query=query))
 
 
 def make_app(settings: Settings) -> Celery:

@@ -113,18 +113,24 @@ def commit(
 @handle_errors
 def flower(port: int, address: str, no_auth: bool, broker: str | None) -> None:
     """Flower for the configured broker, behind basic auth (FLOWER_BASIC_AUTH=user:password)."""
+    from sage_tasks.celery_app import verified_url
+
     settings = load_settings(broker_url=broker)
     auth = os.environ.get("FLOWER_BASIC_AUTH", "")
     if not auth and not no_auth:
         raise ConfigError("FLOWER_BASIC_AUTH=user:password is not set (or pass --no-auth)")
-    if auth and (":" not in auth or auth.startswith(":")):
-        raise ConfigError("FLOWER_BASIC_AUTH must be user:password")
+    if auth and not all(_credential_ok(entry) for entry in auth.split(",")):
+        raise ConfigError(
+            "FLOWER_BASIC_AUTH must be user:password (or several, comma-separated), "
+            "each with a user and a password"
+        )
     celery_bin = shutil.which("celery", path=str(Path(sys.executable).parent)) or "celery"
     argv = [celery_bin, "flower", f"--port={port}", f"--address={address}"]
     # secrets travel in the environment, never on a command line others can read in ps
     env = dict(os.environ)
-    env["CELERY_BROKER_URL"] = settings.broker_url
-    env["CELERY_RESULT_BACKEND"] = settings.backend_url
+    # Flower's app reads only these: a rediss:// URL must check certificates as workers do
+    env["CELERY_BROKER_URL"] = verified_url(settings.broker_url)
+    env["CELERY_RESULT_BACKEND"] = verified_url(settings.backend_url)
     if not auth:
         env.pop("FLOWER_BASIC_AUTH", None)
     click.echo(f"starting Flower on {address}:{port} for {redact(settings.broker_url)}", err=True)
@@ -133,6 +139,11 @@ def flower(port: int, address: str, no_auth: bool, broker: str | None) -> None:
     except OSError as exc:
         error(f"cannot start Flower: {exc}")
         sys.exit(3)
+
+
+def _credential_ok(entry: str) -> bool:
+    user, sep, password = entry.partition(":")
+    return bool(sep and user.strip() and password)
 
 
 def main() -> None:
