@@ -96,14 +96,19 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
             res = target.commit(
                 ticket_id, title, run_id, None, state, reason, before_update_ref=hook
             )
+        # the branch has moved, the run's record does not know it yet
+        rt.inject("after-update-ref")
+        final = Phase(res.state.value if isinstance(res.state, State) else str(res.state))
+        final_reason = reason or ""
+        if res.conflicts:
+            final_reason = "merge conflict in: " + ", ".join(res.conflicts)
+        # a repeat names the ticket's old commit: the branch may be well past it
+        tip = target.repo.head(target.ref) if res.already else None
+        store.finish_ticket(run_id, ticket_id, final, reason=final_reason, commit=res.sha)
+        # under the lock, so a slower writer never sets the run's head back
+        store.update(run_id, head=tip[0] if tip else res.sha)
     finally:
         lock.release()
-    final = Phase(res.state.value if isinstance(res.state, State) else str(res.state))
-    final_reason = reason or ""
-    if res.conflicts:
-        final_reason = "merge conflict in: " + ", ".join(res.conflicts)
-    store.finish_ticket(run_id, ticket_id, final, reason=final_reason, commit=res.sha)
-    store.update(run_id, head=res.sha)
     log.info(
         "ticket %s %s at %s%s",
         ticket_id,
