@@ -1,0 +1,457 @@
+"""The fault tier: faults inflicted for real on real processes.
+
+Every test runs its own redis-server and ``sage-worker`` processes, kills
+something the way a crash, an OOM killer or a lost host would, and checks the
+contract: every ticket COMPLETED with exactly one commit each (nothing half
+applied, nothing twice), or, where the contract says so, a clear exit 3 and a
+clean resume. Ticket commands log each run outside the repository, so "not
+run again" is checked against what really ran, not against the run's record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from sage_tasks import committer, keys
+from sage_tasks.config import Settings
+from sage_tasks.runstate import RunInfo, RunStore
+from sage_tasks.runtime import Runtime
+from tests.support.faults import (
+    INDEX,
+    Background,
+    alive,
+    check_history,
+    descendants,
+    git,
+    head,
+    kill_groups,
+    kill_host,
+    pool_deaths,
+    proc_state,
+    run_counts,
+    runs,
+    states,
+    ticket,
+    ticket_log,
+    traced,
+    wait_for_run,
+    wait_ready,
+    wait_state,
+)
+from tests.support.fleet import Fleet, unique_queue, wait_until
+from tests.support.gitrepo import make_patch, make_repo
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
+
+
+class Lab:
+    """One test's world: a redis-server, a fleet on it, a repository, a trace file."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.server = RedisServer(root / "redis")
+        self.server.start()
+        self.trace = root / "trace.log"
+        self.queue = unique_queue()
+        self.fleets: list[Fleet] = []
+        self.background: list[Background] = []
+        self.repo: Path | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        return self.server.client()
+
+    def fleet(self, **env: str) -> Fleet:
+        f = Fleet(self.root / f"fleet{len(self.fleets)}", self.server, **env)
+        self.fleets.append(f)
+        return f
+
+    def make_repo(self, tickets: list[dict[str, Any]]) -> Path:
+        self.repo = make_repo(self.root / "repo", {}, {"version": "1.0", "tickets": tickets})
+        return self.repo
+
+    def submit(self, fleet: Fleet, *args: str, **env: str) -> Background:
+        assert self.repo is not None
+        bg = Background(fleet, self.repo, *args, queue=self.queue, **env)
+        self.background.append(bg)
+        return bg
+
+    def logs(self) -> str:
+        return "\n".join(f.logs() for f in self.fleets)
+
+    def close(self) -> None:
+        for bg in self.background:
+            bg.kill()
+        for f in self.fleets:
+            f.stop()
+        # ticket commands orphaned by a killed pool process lead their own groups
+        kill_groups([r.pid for r in runs(self.trace)])
+        self.server.stop(kill=True)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    world = Lab(tmp_path)
+    try:
+        yield world
+    finally:
+        world.close()
+
+
+def completed_once(lab: Lab, data: dict[str, Any], ids: list[str]) -> None:
+    """The run's JSON and its branch agree: every ticket COMPLETED, one whole commit each."""
+    assert lab.repo is not None
+    assert sorted(data["completed"]) == sorted(ids), data
+    assert data["deferred"] == {} and data["blocked"] == []
+    branch = data["branch"]
+    assert sorted(check_history(lab.repo, "main", branch)) == sorted(ids)
+    assert set(states(lab.repo, branch).values()) == {"COMPLETED"}
+    assert head(lab.repo, branch) == data["head"]
+
+
+# -- 1. a pool process dies under a ticket ------------------------------------------
+
+
+def test_a_killed_pool_process_has_its_ticket_redelivered_at_once_and_run_again(
+    lab: Lab,
+) -> None:
+    # heartbeats 5 s apart: a stale heartbeat would take 20 s, so a quick re-run
+    # shows the redelivery saw the dead process, not an old heartbeat
+    fleet = lab.fleet(SAGE_HEARTBEAT_INTERVAL="5")
+    ids = ["K1", "K2", "K3"]
+    tickets = [ticket("K1", traced("K1", lab.trace, first_sleep="60", sleep="0.2"))]
+    tickets += [ticket(t, traced(t, lab.trace, sleep="0.5")) for t in ids[1:]]
+    lab.make_repo(tickets)
+    fleet.start_tickets("tickets", concurrency=2)
+    fleet.start_commit(lab.repo, lab.queue)  # type: ignore[arg-type]
+    bg = lab.submit(fleet, "--wait", "--json")
+    assert wait_until(lambda: run_counts(lab.trace).get("K1") == 1, timeout=30), lab.logs()
+    first = next(r for r in runs(lab.trace) if r.ticket == "K1")
+    worker = fleet.procs["tickets"].pid
+    assert first.ppid in descendants(worker) and first.ppid != worker
+
+    os.kill(first.ppid, signal.SIGKILL)  # what the OOM killer does
+    killed_at = time.monotonic()
+    assert wait_until(lambda: run_counts(lab.trace).get("K1") == 2, timeout=30), lab.logs()
+    rerun_after = time.monotonic() - killed_at
+    res = bg.result(timeout=60)
+
+    assert res.code == 0, res.stderr + lab.logs()
+    assert res.data is not None
+    completed_once(lab, res.data, ids)
+    second = [r for r in runs(lab.trace) if r.ticket == "K1"][1]
+    assert second.ppid != first.ppid and second.ppid in descendants(worker)
+    assert run_counts(lab.trace) == {"K1": 2, "K2": 1, "K3": 1}
+    row = next(t for t in res.data["tickets"] if t["id"] == "K1")
+    assert row["attempts"] == 2
+    # the worker notices a dead pool process on its next pool check (every 5 s)
+    assert rerun_after < 9, f"K1 ran again {rerun_after:.1f} s after its pool process died"
+
+
+# -- 2. a whole ticket worker host dies ------------------------------------------------
+
+
+def test_a_dead_hosts_tickets_are_redelivered_after_the_visibility_timeout_and_finish_elsewhere(
+    lab: Lab,
+) -> None:
+    vt = 8.0
+    fleet = lab.fleet(SAGE_VISIBILITY_TIMEOUT=str(vt), SAGE_TICKET_TIMEOUT="6")
+    ids = ["H1", "H2", "H3", "H4"]
+    # on host A a ticket would take a minute (it dies long before); elsewhere a moment
+    lab.make_repo([ticket(t, traced(t, lab.trace, sleep="${SLOW:-0.3}")) for t in ids])
+    fleet.start_tickets("hostA", concurrency=2, SLOW="60")
+    fleet.start_commit(lab.repo, lab.queue)  # type: ignore[arg-type]
+    bg = lab.submit(fleet, "--wait", "--json")
+    run_id = wait_for_run(lab.client)
+
+    def on_a() -> list[str]:
+        return [r.ticket for r in runs(lab.trace) if r.workdir == "work-hostA"]
+
+    assert wait_until(lambda: len(on_a()) == 2, timeout=30), lab.logs()
+    fleet.start_tickets("hostB", concurrency=2)
+    # host B is up and working (it takes the two tickets host A had no room for)
+    assert wait_until(lambda: len(runs(lab.trace)) >= 4, timeout=30), lab.logs()
+    lost = sorted(on_a())
+    killed = kill_host(fleet, "hostA")
+    killed_at = time.monotonic()
+    assert not any(alive(pid) for pid in killed)
+
+    res = bg.result(timeout=90)
+    recovered_after = time.monotonic() - killed_at
+    assert res.code == 0, res.stderr + lab.logs()
+    assert res.data is not None
+    completed_once(lab, res.data, ids)
+    hosts = {t["id"]: t["host"] for t in res.data["tickets"]}
+    assert all(h.startswith("hostB@") for h in hosts.values()), hosts
+    for tid in lost:
+        assert [r.workdir for r in runs(lab.trace) if r.ticket == tid] == [
+            "work-hostA",
+            "work-hostB",
+        ]
+        row = next(t for t in res.data["tickets"] if t["id"] == tid)
+        assert row["attempts"] == 2
+        assert lab.client.hget(f"sage:run:{run_id}:t:{tid}", "deaths") == b"1"
+    # the visibility timeout counts from host A's delivery, a few seconds before the kill
+    assert recovered_after < vt + 10, f"recovered {recovered_after:.1f} s after the kill"
+    # host A's worktrees are left behind where it died; they did no harm
+    assert any((fleet.root / "work-hostA" / "worktrees").iterdir())
+
+
+# -- 3. the commit worker dies, again and again, mid-commit included ------------------------
+
+
+def test_a_commit_worker_killed_again_and_again_never_leaves_half_a_ticket_or_a_duplicate(
+    lab: Lab,
+) -> None:
+    fleet = lab.fleet(SAGE_VISIBILITY_TIMEOUT="8", SAGE_TICKET_TIMEOUT="6", SAGE_LOCK_LEASE="2")
+    ids = ["C1", "C2", "C3"]
+    repo = lab.make_repo([ticket(t, traced(t, lab.trace, sleep="0.2")) for t in ids])
+    fleet.start_tickets("tickets", concurrency=2)
+    fleet.start_commit(repo, lab.queue, name="commit1", SAGE_FAULT="before-update-ref")
+    bg = lab.submit(fleet, "--wait", "--json")
+    run_id = wait_for_run(lab.client)
+    branch = f"sage/run-{run_id}"
+
+    def dies(name: str, times: int = 2) -> None:
+        ok = wait_until(lambda: pool_deaths(fleet, name) >= times, timeout=60)
+        assert ok, lab.logs()
+
+    # dies after writing the commit object, before the branch moves: nothing lands
+    dies("commit1")
+    base = head(repo, "main")
+    assert head(repo, branch) == base
+    kill_host(fleet, "commit1")
+
+    # dies holding the commit lock: the next holder waits out the lease
+    fleet.start_commit(repo, lab.queue, name="commit2", SAGE_FAULT="commit-locked")
+    dies("commit2")
+    assert head(repo, branch) == base
+    kill_host(fleet, "commit2")
+
+    # dies right after the branch moved, before the run's record knows: the
+    # redelivery finds the commit on the branch and does not make another
+    fleet.start_commit(repo, lab.queue, name="commit3", SAGE_FAULT="after-update-ref")
+    dies("commit3", 3)
+    assert wait_until(lambda: len(ticket_log(repo, branch)) >= 1, timeout=30)
+    landed = check_history(repo, base, branch)
+    kill_host(fleet, "commit3")
+
+    fleet.start_commit(repo, lab.queue, name="commit4")
+    res = bg.result(timeout=120)
+    assert res.code == 0, res.stderr + lab.logs()
+    assert res.data is not None
+    completed_once(lab, res.data, ids)
+    assert ticket_log(repo, branch)[: len(landed)] == landed
+    assert run_counts(lab.trace) == {t: 1 for t in ids}
+    assert "already committed" in fleet.log("commit3") + fleet.log("commit4")
+
+
+# -- 4. two commit workers on one repository ----------------------------------------------
+
+
+def test_two_commit_workers_on_one_queue_are_kept_apart_by_the_lock(lab: Lab) -> None:
+    fleet = lab.fleet()
+    ids = [f"W{i:02d}" for i in range(12)]
+    repo = lab.make_repo([ticket(t, traced(t, lab.trace, sleep="0.1")) for t in ids])
+    fleet.start_tickets("tickets", concurrency=3)
+    fleet.start_commit(repo, lab.queue, name="commitA")
+    fleet.start_commit(repo, lab.queue, name="commitB")
+    wait_ready(fleet, "tickets", "commitA", "commitB")
+    res = lab.submit(fleet, "--wait", "--json").result(timeout=120)
+    assert res.code == 0, res.stderr + lab.logs()
+    assert res.data is not None
+    completed_once(lab, res.data, ids)
+    logs = {name: fleet.log(name) for name in ("commitA", "commitB")}
+    made = {name: log.count(" COMPLETED at ") for name, log in logs.items()}
+    assert sum(made.values()) == len(ids) and all(made.values()), made
+    # under the lock no writer ever built on a head that had moved
+    assert not any("moved while committing" in log for log in logs.values())
+
+
+_PAUSED_WRITER = """
+import json, logging, os, signal, sys
+from pathlib import Path
+from sage_tasks import committer
+from sage_tasks.config import Settings
+from sage_tasks.errors import RefMoved
+from sage_tasks.runtime import Runtime
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+class Paused(Runtime):
+    def inject(self, point):
+        # a stop-the-world pause (GC, swap, a frozen VM) with the commit built
+        # and the ref not yet moved: every thread stops, the lease runs out
+        if point == "before-update-ref" and not self.settings.fault:
+            self.settings.fault = "paused once"
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+url, repo, run_id, tid, result = sys.argv[1:]
+rt = Paused(Settings(broker_url=url, lock_lease=1.0))
+rt.serve(Path(repo))
+try:
+    committer.commit_ticket(rt, json.loads(result), run_id, tid)
+    print(json.dumps({"first": "committed"}), flush=True)
+except RefMoved as exc:
+    print(json.dumps({"first": "RefMoved", "why": str(exc)}), flush=True)
+    # what the task does next: retry, reading the branch again
+    print(json.dumps({"retry": committer.commit_ticket(rt, json.loads(result), run_id, tid)}))
+"""
+
+
+def test_a_writer_whose_lease_lapsed_mid_commit_cannot_overwrite_the_next_holders_commit(
+    lab: Lab,
+) -> None:
+    repo = lab.make_repo([ticket("A", "true"), ticket("B", "true")])
+    base = head(repo, "main")
+    git(repo, "branch", "sage/cas", base)
+    run_id = "cas1"
+    info = RunInfo(
+        run_id=run_id,
+        repo=str(repo.resolve()),
+        repo_url=str(repo),
+        branch="sage/cas",
+        base=base,
+        index_path=INDEX,
+        commit_queue=lab.queue,
+        executor=None,
+        ticket_timeout=60,
+        batches=1,
+        tickets=2,
+        to_run=2,
+        created=time.time(),
+        status="RUNNING",
+    )
+    store = RunStore(lab.client, ttl=3600)
+    plan = {"batches": [["A", "B"]], "deps": {}}
+    records = {t: {"state": "RAN", "title": f"ticket {t}"} for t in "AB"}
+    store.create(info, json.dumps(plan), records)
+    results = {}
+    for tid in "AB":
+        data = make_patch(repo, base, {f"out/{tid}.txt": f"{tid}\n"}, lab.root / f"work-{tid}")
+        digest = hashlib.sha256(data).hexdigest()
+        store.put_patch(run_id, digest, data)
+        results[tid] = {"ticket": tid, "outcome": "ok", "patch": digest}
+
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _PAUSED_WRITER,
+            lab.server.url,
+            str(repo),
+            run_id,
+            "A",
+            json.dumps(results["A"]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: proc_state(writer.pid) == "T", timeout=30)
+        # the paused writer still "holds" the lock; its lease runs out in a second
+        lock_key = keys.commit_lock(info.repo)
+        assert wait_until(lambda: not lab.client.exists(lock_key), timeout=10)
+        other = Runtime(Settings(broker_url=lab.server.url, lock_lease=1.0))
+        other.serve(repo)
+        done = committer.commit_ticket(other, results["B"], run_id, "B")
+        assert done == {"ticket": "B", "state": "COMPLETED"}
+        assert proc_state(writer.pid) == "T"  # two "holders": only the ref's CAS stands between
+        after_b = head(repo, "sage/cas")
+        os.kill(writer.pid, signal.SIGCONT)
+        out, err = writer.communicate(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.communicate()
+    assert writer.returncode == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[0]["first"] == "RefMoved", (out, err)
+    assert lines[1]["retry"] == {"ticket": "A", "state": "COMPLETED"}
+    assert "expired" in err or "lost" in err  # the writer learns its lease had lapsed
+    # B's commit was not lost: A's landed on top of it, each whole and once
+    assert check_history(repo, base, "sage/cas") == ["B", "A"]
+    assert git(repo, "rev-parse", "sage/cas~1").strip() == after_b
+    assert states(repo, "sage/cas") == {"A": "COMPLETED", "B": "COMPLETED"}
+
+
+# -- 5. a task delivered twice ------------------------------------------------------------
+
+
+def _task_meta(client: redis.Redis, name: str, ticket_id: str) -> dict[str, Any]:
+    """The stored result (with its arguments) of the task ``name`` that ran for ``ticket_id``."""
+    for key in client.scan_iter(match="celery-task-meta-*"):
+        raw = client.get(key)
+        if raw is None:
+            continue
+        meta: dict[str, Any] = json.loads(raw)
+        if meta.get("name") == name and (meta.get("args") or [None])[-1] == ticket_id:
+            return meta
+    raise AssertionError(f"no stored result of {name} for {ticket_id}")
+
+
+def test_a_task_delivered_twice_commits_nothing_the_second_time(lab: Lab) -> None:
+    from sage_tasks.celery_app import TASK_COMMIT, make_app
+    from sage_tasks.producer import ticket_chain
+
+    fleet = lab.fleet()
+    ids = ["D1", "D2", "D3"]
+    repo = lab.make_repo(
+        [
+            ticket("D1", traced("D1", lab.trace, sleep="2")),
+            ticket("D2", traced("D2", lab.trace, sleep="0.1")),
+            ticket("D3", traced("D3", lab.trace, sleep="0.1"), ["D1"]),
+        ]
+    )
+    fleet.start_tickets("tickets", concurrency=2)
+    fleet.start_commit(repo, lab.queue)
+    bg = lab.submit(fleet, "--wait", "--json")
+    run_id = wait_for_run(lab.client)
+    app = make_app(Settings(broker_url=lab.server.url, commit_queue=lab.queue))
+
+    # while D1 runs, its run_ticket -> commit_ticket chain is delivered again
+    wait_state(lab.client, run_id, "D1", "RUNNING")
+    in_flight = ticket_chain(app, run_id, "D1", lab.queue).apply_async()
+    res = bg.result(timeout=60)
+    assert res.code == 0, res.stderr + lab.logs()
+    assert res.data is not None
+    completed_once(lab, res.data, ids)
+    assert in_flight.get(timeout=30) == {"ticket": "D1", "state": "COMPLETED"}
+    branch = res.data["branch"]
+    tip, order = head(repo, branch), ticket_log(repo, branch)
+
+    # after the run: the very same commit message again (same task id and arguments) ...
+    meta = _task_meta(lab.client, TASK_COMMIT, "D2")
+    again = app.send_task(TASK_COMMIT, args=meta["args"], task_id=meta["task_id"], queue=lab.queue)
+    assert again.get(timeout=30) == {"ticket": "D2", "state": "COMPLETED"}
+    # ... a whole chain again, so the command could run a second time ...
+    assert ticket_chain(app, run_id, "D3", lab.queue).apply_async().get(timeout=30) == {
+        "ticket": "D3",
+        "state": "COMPLETED",
+    }
+    # ... and a commit whose first delivery moved the branch but died before the
+    # run's record knew (the git history is what stops the second commit)
+    lab.client.hset(f"sage:run:{run_id}:t:D2", "state", "RAN")
+    lab.client.hdel(f"sage:run:{run_id}:final", "D2")
+    again = app.send_task(TASK_COMMIT, args=meta["args"], queue=lab.queue)
+    assert again.get(timeout=30) == {"ticket": "D2", "state": "COMPLETED"}
+
+    assert head(repo, branch) == tip and ticket_log(repo, branch) == order
+    assert run_counts(lab.trace) == {t: 1 for t in ids}
+    assert lab.client.hget(f"sage:run:{run_id}:t:D2", "state") == b"COMPLETED"
+    assert "ticket D2 COMPLETED at" in fleet.log(f"commit-{lab.queue}")
+    assert "(already committed)" in fleet.log(f"commit-{lab.queue}")
