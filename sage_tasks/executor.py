@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -41,6 +42,9 @@ SECRET_ENV_VARS: frozenset[str] = frozenset(
     }
 )
 
+#: control characters a terminal would act on (all but tab and newline), C1 included
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
 DEFAULT_KILL_GRACE = 5.0
 #: How long to wait, after SIGKILL, for the group's processes to be gone.
 _REAP_WAIT = 5.0
@@ -54,8 +58,9 @@ class ExecResult:
     ``exit_code`` is the shell's exit status, negative (``-N``) when a signal
     ``N`` the executor did not send ended it, and ``None`` when the command
     timed out and was killed. ``output_tail`` is at most the last
-    ``max_output_bytes`` bytes of the combined output, decoded leniently;
-    ``output_bytes`` is the size of the whole output.
+    ``max_output_bytes`` bytes of the combined output, decoded leniently and
+    made safe to show on a terminal (see :func:`printable`); ``output_bytes``
+    is the size of the whole output.
     """
 
     exit_code: int | None
@@ -219,7 +224,20 @@ def _read_tail(out: IO[bytes], max_bytes: int) -> tuple[int, str]:
     data = out.read(max_bytes)
     if start > 0:
         data = _from_line_start(data)
-    return size, data.decode("utf-8", errors="replace")
+    return size, printable(data.decode("utf-8", errors="replace"))
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on an operator's terminal, readable all the same.
+
+    A command's output ends up in DEFERRED reasons that ``sage-submit`` shows;
+    escape sequences in it must not reach the terminal (retitle it, clear it,
+    rewrite what it shows). Carriage returns end lines (progress bars stay
+    legible); every other control character but tab and newline is spelled
+    out as ``\\xNN``.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _from_line_start(data: bytes) -> bytes:

@@ -417,6 +417,8 @@ def limits_run(fleet: Fleet, served: Served, tmp_path_factory: pytest.TempPathFa
         ticket("BYTES", "printf 'readable before\\n\\377\\376 junk \\300\\n after\\n'; exit 4"),
         ticket("HANG", hang, timeout=2),
         ticket("FINE", "echo fine > fine.txt"),
+        # retitles and clears the terminal of whoever reads the reason, if it got through
+        ticket("ESCAPES", "printf 'before \\033]0;pwned\\007\\033[2J after\\r\\n'; exit 2"),
     ]
     res = run_on_branch(fleet, served, tickets)
     assert res.code == 1 and res.data is not None, res.stderr + fleet.logs()
@@ -461,6 +463,20 @@ def test_output_that_is_not_utf8_stays_readable_in_the_reason(
     # the index on the branch is valid UTF-8 JSON
     raw = git(served.repo, "show", f"{data['branch']}:{INDEX}").encode("utf-8", "surrogateescape")
     raw.decode("utf-8")
+
+
+def test_terminal_escape_sequences_in_output_are_spelled_out_in_the_reason(
+    fleet: Fleet, served: Served, limits_run: LimitsRun
+) -> None:
+    data = limits_run.res.data
+    assert data is not None
+    reason = data["deferred"]["ESCAPES"]
+    assert reason == "exit code 2; output ends: before \\x1b]0;pwned\\x07\\x1b[2J after"
+    assert limits_run.final["ESCAPES"]["deferred_reason"] == reason
+    shown = fleet.submit(served.repo, "status", data["run_id"], queue=served.queue)
+    assert shown.code == 0, shown.stderr
+    assert "pwned" in shown.stdout
+    assert "\x1b" not in shown.stdout + shown.stderr and "\x07" not in shown.stdout
 
 
 def test_a_command_that_forks_and_ignores_sigterm_is_killed_with_its_whole_group_at_timeout(
