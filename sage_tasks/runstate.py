@@ -35,6 +35,16 @@ class Phase(StrEnum):
 FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED})
 
 
+#: HSET the ticket's fields and leave the running set, unless the ticket is already final
+_SET_UNLESS_FINAL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
 class RunStatus(StrEnum):
     """A run's life: submitted, running its batches, then finished."""
 
@@ -245,22 +255,23 @@ class RunStore:
     def heartbeat(self, run_id: str, ticket_id: str) -> None:
         self.r.hset(keys.ticket(run_id, ticket_id), "heartbeat", str(time.time()))
 
-    def ran(self, run_id: str, ticket_id: str, result: Mapping[str, Any]) -> None:
-        """The command ended; its result now waits for the commit queue."""
-        key = keys.ticket(run_id, ticket_id)
-        now = time.time()
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(
-            key,
-            mapping={
-                "state": Phase.RAN.value,
-                "ran": str(now),
-                "result": json.dumps(dict(result)),
-                "duration": str(result.get("duration_s", 0.0)),
-            },
+    def ran(self, run_id: str, ticket_id: str, result: Mapping[str, Any]) -> bool:
+        """The command ended; its result now waits for the commit queue.
+
+        A late copy of a ticket (a worker that was cut off and came back) must
+        not overwrite a ticket that is already final: False then, nothing written.
+        """
+        fields = {
+            "state": Phase.RAN.value,
+            "ran": str(time.time()),
+            "result": json.dumps(dict(result)),
+            "duration": str(result.get("duration_s", 0.0)),
+        }
+        args = [ticket_id, *(x for kv in fields.items() for x in kv)]
+        done = self.r.eval(
+            _SET_UNLESS_FINAL, 2, keys.ticket(run_id, ticket_id), keys.running(run_id), *args
         )
-        pipe.srem(keys.running(run_id), ticket_id)
-        pipe.execute()
+        return bool(done)
 
     def finish_ticket(
         self, run_id: str, ticket_id: str, state: Phase, *, reason: str = "", commit: str = ""

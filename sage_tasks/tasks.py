@@ -14,6 +14,7 @@ import logging
 import random
 from typing import Any
 
+import redis
 from celery import Celery, Task
 
 from sage_tasks import committer, eager, producer, ticket_runner
@@ -53,7 +54,14 @@ def register_tasks(app: Celery) -> None:
             rt.hostname = self.request.hostname
         try:
             return ticket_runner.run_ticket(rt, run_id, ticket_id)
-        except (Retryable, GitError, OSError, ConnectionError) as exc:
+        except (
+            Retryable,
+            GitError,
+            OSError,
+            ConnectionError,
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+        ) as exc:
             return _retry_or_give_up(self, exc, ticket_id)
         except SageError as exc:
             log.error("%s", exc)

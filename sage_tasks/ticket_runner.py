@@ -123,7 +123,10 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
             result = _execute(rt, info, ticket_id)
     except BaseException:
         # not a worker death: the task retries, so the ticket waits in the queue again
-        store.set_ticket(run_id, ticket_id, state=Phase.QUEUED.value)
+        try:
+            store.set_ticket(run_id, ticket_id, state=Phase.QUEUED.value)
+        except Exception:  # Redis may be what failed; keep the original error
+            log.warning("could not requeue ticket %s in the run record", ticket_id, exc_info=True)
         raise
     store.ran(run_id, ticket_id, result)
     return result
@@ -201,6 +204,11 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
                     ticket_id, "failed", reason="ticket has no command and the run no executor"
                 )
             timeout = float(ticket.timeout or info.ticket_timeout)
+            # a copy that stalled (a fetch across a cut link) may wake after another
+            # worker finished the ticket: it must not run the command again
+            state = rt.store.ticket(info.run_id, ticket_id).get("state", "")
+            if state in FINAL_PHASES:
+                return outcome(ticket_id, "done", state=state)
             rt.store.count_attempt(info.run_id, ticket_id)
             with tempfile.TemporaryDirectory(prefix="sage-ticket-") as tmp:
                 tmpdir = Path(tmp)

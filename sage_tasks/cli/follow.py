@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -72,7 +73,8 @@ def follow(
                         f"lost the broker while following run {run_id}: {exc}"
                     ) from None
                 time.sleep(1.0)
-                store = store_factory()
+                with contextlib.suppress(BrokerUnavailable):  # still down: keep trying
+                    store = store_factory()
                 continue
             if summary is None:
                 raise RunLost(
