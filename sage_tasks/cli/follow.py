@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sage_tasks.errors import BrokerUnavailable, RunLost
-from sage_tasks.runstate import Phase, RunStore
+from sage_tasks.runstate import Phase, RunStatus, RunStore
 from sage_tasks.summary import RunSummary, load_summary
 
 #: how long ``--wait`` rides out an unreachable broker before giving up (exit 3)
@@ -20,6 +20,11 @@ RECONNECT_WINDOW_S = 120.0
 
 
 def _line(s: RunSummary) -> str:
+    if s.info.status == RunStatus.SUBMITTED:
+        return (
+            f"waiting for the commit worker on queue '{s.info.commit_queue}' "
+            "(sage-worker commit --repo PATH)"
+        )
     done = sum(1 for r in s.rows if r.state in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED))
     running = [r.id for r in s.rows if r.state == Phase.RUNNING]
     batch = s.info.batch + 1 if s.info.batch >= 0 else 0
