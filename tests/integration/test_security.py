@@ -582,6 +582,7 @@ def test_a_tls_broker_works_end_to_end_and_a_certificate_from_another_ca_is_refu
         queue = unique_queue()
         node = fleet.start_commit(repo, queue, SAGE_BROKER_URL=plain, SSL_CERT_FILE=str(certs.ca))
         fleet.start_tickets("untrusting", concurrency=1, SAGE_BROKER_URL=server.tls_url(other_ca))
+        fleet.start_tickets("untrusting-bare", concurrency=1, SAGE_BROKER_URL=plain)
         res = fleet.submit(repo, "--wait", "--json", queue=queue)
         assert res.code == 0, res.stderr + fleet.logs()
         assert res.data is not None and res.data["completed"] == ["T"]
@@ -593,8 +594,9 @@ def test_a_tls_broker_works_end_to_end_and_a_certificate_from_another_ca_is_refu
             assert res.code == 3, res.stderr
             assert len(errors) == 1 and "certificate verify failed" in errors[0], res.stderr
             assert "tls-pw-5e1d" not in res.stderr
-        log = fleet.log("untrusting")
-        assert "certificate verify failed" in log and " ready." not in log
+        for name in ("untrusting", "untrusting-bare"):
+            assert wait_until(lambda n=name: "certificate verify failed" in fleet.log(n), 20)
+            assert " ready." not in fleet.log(name)
     finally:
         fleet.stop()
         server.stop(kill=True)
