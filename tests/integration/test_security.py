@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -201,6 +202,10 @@ def task_headers(task: str) -> dict[str, Any]:
 def test_pickled_and_unknown_content_type_messages_are_refused_and_the_workers_keep_working(
     fleet: Fleet, served: Served, tmp_path: Path
 ) -> None:
+    # the payload is live: unpickling it here creates its marker
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(Payload(control)))
+    assert control.exists()
     targets = [("tickets", "tickets", TASK_RUN), (served.node, served.queue, TASK_COMMIT)]
     markers = []
     for name, queue, task in targets:
