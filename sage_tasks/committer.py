@@ -36,6 +36,25 @@ def committed(ticket_id: str, state: str) -> dict[str, Any]:
     return {"ticket": ticket_id, "state": state}
 
 
+#: how much of a failed command's output a DEFERRED reason keeps
+REASON_OUTPUT_CHARS = 1500
+
+
+def output_note(result: dict[str, Any]) -> str:
+    """``; output ends (last N of M bytes): ...`` for a failed command's output tail."""
+    output = str(result.get("output") or "").strip()
+    if not output:
+        return ""
+    shown = output[-REASON_OUTPUT_CHARS:]
+    if len(shown) < len(output) and "\n" in shown:
+        shown = shown.split("\n", 1)[1]  # start at a line
+    total = int(result.get("output_bytes") or 0)
+    size = len(shown.encode())
+    if total > size:
+        return f"; output ends (last {size} of {total} bytes): {shown}"
+    return f"; output ends: {shown}"
+
+
 def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict[str, Any]:
     """Commit one ticket's outcome to the run's branch (at most once)."""
     check_ids(run_id, ticket_id)
@@ -75,9 +94,7 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     else:
         state = State.DEFERRED
         reason = str(result.get("reason") or "failed")
-        output = str(result.get("output") or "").strip()
-        if output:
-            reason = f"{reason}; output ends: {output[-1500:]}"
+        reason = f"{reason}{output_note(result)}"
 
     title = record.get("title", "")
     target = CommitTarget(rt.repository, info.branch, info.index_path)

@@ -122,6 +122,16 @@ def _send_group(app: Celery, rt: Runtime, info: RunInfo, index: int, ticket_ids:
 
 def finish_batch(app: Celery, rt: Runtime, run_id: str, index: int) -> bool:
     """The batch barrier: record the batch and send the next group (once per batch)."""
+    from sage_tasks.committer import RepositoryRefused
+    from sage_tasks.ticket_runner import RUN_ID_RE
+
+    if RUN_ID_RE.fullmatch(str(run_id)) is None or index < 0:
+        raise RepositoryRefused(f"refused: invalid batch {run_id!r}/{index!r}")
+    info = rt.store.get(run_id)
+    if info is None:
+        return False
+    if not rt.serves(info.repo):
+        raise RepositoryRefused(f"refused: run {run_id} names repository {info.repo!r}")
     if not rt.store.claim_batch_done(run_id, index):
         return False
     rt.store.record_batch(run_id, index, ended=time.time())

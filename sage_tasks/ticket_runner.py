@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -30,6 +31,9 @@ from sage_tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+#: run ids are ours (hex); anything else on the wire is refused
+RUN_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
+
 #: a ticket whose worker died this many times is DEFERRED ("worker lost")
 MAX_WORKER_DEATHS = 3
 
@@ -45,7 +49,7 @@ def outcome(ticket_id: str, kind: str, **fields: Any) -> dict[str, Any]:
 
 def check_ids(run_id: object, ticket_id: object) -> None:
     """Ids from a message are never trusted."""
-    if not isinstance(run_id, str) or not run_id.isalnum() or len(run_id) > 64:
+    if not isinstance(run_id, str) or RUN_ID_RE.fullmatch(run_id) is None:
         raise SageError(f"refused: invalid run id {run_id!r}")
     if not is_valid_ticket_id(ticket_id):
         raise SageError(f"refused: invalid ticket id {ticket_id!r}")
@@ -239,6 +243,7 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
                     "failed",
                     reason=f"timed out after {timeout:g} s",
                     output=res.output_tail,
+                    output_bytes=res.output_bytes,
                     **base,
                 )
                 continue
@@ -248,6 +253,7 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
                     "failed",
                     reason=f"exit code {res.exit_code}",
                     output=res.output_tail,
+                    output_bytes=res.output_bytes,
                     **base,
                 )
                 continue
@@ -256,7 +262,14 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
                     worktree, head, exclude=[info.index_path], max_bytes=settings.max_patch_bytes
                 )
             except PatchRejected as exc:
-                return outcome(ticket_id, "failed", reason=str(exc), output=res.output_tail, **base)
+                return outcome(
+                    ticket_id,
+                    "failed",
+                    reason=str(exc),
+                    output=res.output_tail,
+                    output_bytes=res.output_bytes,
+                    **base,
+                )
             digest = ""
             if patch.data:
                 digest = hashlib.sha256(patch.data).hexdigest()

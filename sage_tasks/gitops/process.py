@@ -37,6 +37,10 @@ _REPO_VARIABLES = (
 
 #: settings that would make the index or diff output differ from what we parse
 SAFE_CONFIG = (
+    # no hook ever runs: a ticket could plant one in a worker's shared mirror
+    # (post-checkout would then run at the next worktree, outside any timeout)
+    "-c",
+    "core.hooksPath=/dev/null",
     "-c",
     "core.splitIndex=false",
     "-c",
