@@ -306,6 +306,7 @@ def cli(
         from sage_tasks.local import run_local
 
         sys.exit(run_local(sub, human=human, out=out, as_json=as_json))
+    connect(settings.backend_url)  # an unreachable broker is one line, before any output
     render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch}")
     send(sub)
     human.print(f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch}", highlight=False)
