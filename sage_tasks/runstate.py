@@ -133,6 +133,9 @@ class RunStore:
         pipe.expire(keys.final(info.run_id), self.ttl)
         pipe.zadd(keys.RUNS, {info.run_id: info.created})
         pipe.sadd(keys.active_runs(info.repo), info.run_id)
+        # even the indexes of runs expire, a TTL after the last submission
+        pipe.expire(keys.RUNS, self.ttl)
+        pipe.expire(keys.active_runs(info.repo), self.ttl)
         pipe.execute()
 
     def get(self, run_id: str) -> RunInfo | None:
