@@ -10,6 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rich.console import Console
 
 from sage_tasks.errors import BrokerUnavailable, IndexValidationError, SageError
@@ -59,6 +61,9 @@ def handle_errors(func: F) -> F:
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
             error(f"broker unreachable: {exc}")
             sys.exit(3)
+        except redis.exceptions.RedisError as exc:
+            error(f"broker error: {exc}")
+            sys.exit(3)
         except KeyboardInterrupt:
             error("interrupted")
             sys.exit(130)
@@ -67,8 +72,21 @@ def handle_errors(func: F) -> F:
 
 
 def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
-    """A Redis client that has answered a PING, or :class:`BrokerUnavailable`."""
+    """A Redis client that has answered a PING, or :class:`BrokerUnavailable`.
+
+    The PING goes through a probe that waits at most ``timeout`` for the
+    connection and for the answer, once: a server that accepts connections
+    and never answers (hung, or not Redis) is reported within seconds, not
+    after the long reads and retries the returned client allows.
+    """
     try:
+        probe = redis.Redis.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
+        try:
+            probe.ping()
+        finally:
+            probe.close()
         client = redis.Redis.from_url(
             url,
             socket_connect_timeout=timeout,
@@ -76,11 +94,14 @@ def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
             health_check_interval=10,
             retry_on_timeout=True,
         )
-        client.ping()
     except redis.exceptions.AuthenticationError as exc:
         raise BrokerUnavailable(f"broker {redact(url)} refused the credentials: {exc}") from None
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise BrokerUnavailable(f"broker unreachable at {redact(url)}: {exc}") from None
+    except redis.exceptions.RedisError as exc:
+        raise BrokerUnavailable(
+            f"broker at {redact(url)} does not answer as Redis: {exc}"
+        ) from None
     except ValueError as exc:
         raise BrokerUnavailable(f"invalid broker URL {redact(url)}: {exc}") from None
     return client

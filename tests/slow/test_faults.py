@@ -455,3 +455,126 @@ def test_a_task_delivered_twice_commits_nothing_the_second_time(lab: Lab) -> Non
     assert lab.client.hget(f"sage:run:{run_id}:t:D2", "state") == b"COMPLETED"
     assert "ticket D2 COMPLETED at" in fleet.log(f"commit-{lab.queue}")
     assert "(already committed)" in fleet.log(f"commit-{lab.queue}")
+
+
+# -- 6. Redis restarts empty in the middle of a run ------------------------------------------
+
+
+def test_a_broker_that_restarts_empty_is_reported_as_a_lost_run_and_resubmitting_resumes_it(
+    lab: Lab,
+) -> None:
+    fleet = lab.fleet()
+    ids = ["R1", "R2", "R3", "R4"]
+    chain = [ticket("R1", traced("R1", lab.trace, sleep="0.2"))]
+    chain += [
+        ticket(t, traced(t, lab.trace, sleep="3" if t == "R3" else "0.2"), [ids[i]])
+        for i, t in enumerate(ids[1:])
+    ]
+    repo = lab.make_repo(chain)
+    fleet.start_tickets("tickets", concurrency=2)
+    fleet.start_commit(repo, lab.queue)
+    branch = "sage/resume"
+    bg = lab.submit(fleet, "--branch", branch, "--wait", "--json")
+    run_id = wait_for_run(lab.client)
+    wait_state(lab.client, run_id, "R3", "RUNNING", timeout=60)
+
+    lab.server.stop(kill=True)
+    # --wait rides out a broker that does not answer for a while (longer than
+    # the client's own retries) ...
+    time.sleep(20)
+    assert not bg.done(), bg.result().stderr
+    lab.server.start()  # ... and it comes back on the same port without its data
+    back_at = time.monotonic()
+    res = bg.result(timeout=60)
+    noticed_after = time.monotonic() - back_at
+    assert res.code == 3, res.stderr + lab.logs()
+    errors = [line for line in res.stderr.splitlines() if line.startswith("sage: error:")]
+    assert len(errors) == 1, res.stderr
+    assert run_id in errors[0] and "gone from Redis" in errors[0] and "--branch" in errors[0]
+    assert "Traceback" not in res.stderr
+    assert noticed_after < 10, f"--wait noticed the lost run after {noticed_after:.1f} s"
+
+    done_before = {t for t, s in states(repo, branch).items() if s == "COMPLETED"}
+    assert {"R1", "R2"} <= done_before
+    again = fleet.submit(repo, "--branch", branch, "--wait", "--json", queue=lab.queue)
+    assert again.code == 0, again.stderr + lab.logs()
+    assert again.data is not None
+    assert sorted(again.data["completed"]) == sorted(set(ids) - done_before)
+    assert check_history(repo, "main", branch) == ids
+    assert set(states(repo, branch).values()) == {"COMPLETED"}
+    counts = run_counts(lab.trace)
+    assert all(counts[t] == 1 for t in done_before), counts
+
+
+# -- 7. the broker is unreachable at submit time -----------------------------------------------
+
+
+class FakeBroker:
+    """Something at the broker's address that is not a working Redis."""
+
+    def __init__(self, kind: str):
+        import socket
+        import threading
+
+        self.kind = kind
+        self.conns: list[Any] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        if kind == "refused":  # nothing listens there
+            self.sock.close()
+            return
+        self.sock.listen(16)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)  # "silent": a hung server holds the connection, says nothing
+            if self.kind == "not-redis":  # a web server on the broker's port
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                conn.close()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.mark.parametrize("wait", [False, True], ids=["submit", "submit-wait"])
+@pytest.mark.parametrize("kind", ["refused", "silent", "not-redis"])
+def test_an_unreachable_broker_at_submit_time_is_one_clear_line_and_exit_3_within_seconds(
+    lab: Lab, kind: str, wait: bool
+) -> None:
+    repo = lab.make_repo([ticket("U1", traced("U1", lab.trace))])
+    broker = FakeBroker(kind)
+    args = ["--repo", str(repo), "--broker", broker.url] + (["--wait"] if wait else [])
+    started = time.monotonic()
+    try:
+        proc = subprocess.run(
+            [str(Path(sys.executable).parent / "sage-submit"), *args],
+            capture_output=True,
+            text=True,
+            timeout=40,
+            env=lab.fleet().env(SAGE_BROKER_URL=broker.url),
+        )
+    finally:
+        broker.close()
+    took = time.monotonic() - started
+    assert proc.returncode == 3, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("sage: error: broker") and f":{broker.port}" in lines[0]
+    assert proc.stdout == ""
+    assert took < 15, f"sage-submit took {took:.1f} s to give up"
+    assert not runs(lab.trace)
+    assert git(repo, "branch", "--list", "sage/*").strip() == ""
