@@ -140,11 +140,21 @@ class RunStore:
 
     def get(self, run_id: str) -> RunInfo | None:
         """The run's record, or None when Redis does not know it (anymore)."""
-        data = self.r.hgetall(keys.run(run_id))
+        names = list(RunInfo.__dataclass_fields__)
+        values = self.r.hmget(keys.run(run_id), names)  # not the plan: it can be large
+        data = {n.encode(): v for n, v in zip(names, values, strict=True) if v is not None}
         if not data:
             return None
-        data.pop(b"plan", None)
         return RunInfo.from_hash(data)
+
+    def progress(self, run_id: str) -> tuple[RunInfo | None, dict[str, str], list[str]]:
+        """What a follower needs each poll, cheaply: the record, the finals, what runs."""
+        info = self.get(run_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(keys.final(run_id))
+        pipe.smembers(keys.running(run_id))
+        finals, running = pipe.execute()
+        return info, _decode(finals), sorted(m.decode() for m in running)
 
     def plan_json(self, run_id: str) -> str | None:
         """The plan stored with the run."""

@@ -12,30 +12,30 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sage_tasks.errors import BrokerUnavailable, RunLost
-from sage_tasks.runstate import Phase, RunStatus, RunStore
+from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
 from sage_tasks.summary import RunSummary, load_summary
 
 #: how long ``--wait`` rides out an unreachable broker before giving up (exit 3)
 RECONNECT_WINDOW_S = 120.0
 
 
-def _line(s: RunSummary) -> str:
-    if s.info.status == RunStatus.SUBMITTED:
+def _line(info: RunInfo, finals: dict[str, str], running: list[str], total: int) -> str:
+    if info.status == RunStatus.SUBMITTED:
         return (
-            f"waiting for the commit worker on queue '{s.info.commit_queue}' "
+            f"waiting for the commit worker on queue '{info.commit_queue}' "
             "(sage-worker commit --repo PATH)"
         )
-    done = sum(1 for r in s.rows if r.state in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED))
-    running = [r.id for r in s.rows if r.state == Phase.RUNNING]
-    batch = s.info.batch + 1 if s.info.batch >= 0 else 0
-    parts = [f"batch {batch}/{len(s.batches)}", f"{done}/{len(s.rows)} done"]
+    batch = info.batch + 1 if info.batch >= 0 else 0
+    parts = [f"batch {batch}/{info.batches}", f"{len(finals)}/{total} done"]
     if running:
         shown = ", ".join(running[:6]) + (" ..." if len(running) > 6 else "")
         parts.append(f"running: {shown}")
-    if s.deferred:
-        parts.append(f"deferred: {len(s.deferred)}")
-    if s.blocked:
-        parts.append(f"blocked: {len(s.blocked)}")
+    deferred = sum(1 for v in finals.values() if v == Phase.DEFERRED)
+    blocked = sum(1 for v in finals.values() if v == Phase.BLOCKED)
+    if deferred:
+        parts.append(f"deferred: {deferred}")
+    if blocked:
+        parts.append(f"blocked: {blocked}")
     return " | ".join(parts)
 
 
@@ -68,7 +68,8 @@ def follow(
             if on_poll is not None:
                 on_poll()
             try:
-                summary = load_summary(store, run_id)
+                info, finals, running = store.progress(run_id)
+                summary = load_summary(store, run_id) if info and info.ended else None
                 failing_since = None
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 now = time.monotonic()
@@ -81,28 +82,20 @@ def follow(
                 with contextlib.suppress(BrokerUnavailable):  # still down: keep trying
                     store = store_factory()
                 continue
-            if summary is None:
+            if info is None:
                 raise RunLost(
                     f"run {run_id} is gone from Redis (the broker lost its data or the run "
                     "expired); submit again with the same --branch to resume it"
                 )
-            done = sum(
-                1
-                for r in summary.rows
-                if r.state in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED)
-            )
-            line = _line(summary)
+            total = max(int(info.extra.get("planned", info.to_run)), len(finals))
+            line = _line(info, finals, running, total)
             progress.update(
-                task,
-                total=len(summary.rows),
-                completed=done,
-                description=f"run {run_id}",
-                detail=line,
+                task, total=total, completed=len(finals), description=f"run {run_id}", detail=line
             )
             if show and not console.is_terminal and line != last_line:
                 console.print(f"  {line}", markup=False, highlight=False)
             last_line = line
-            if summary.finished:
+            if summary is not None and summary.finished:
                 return summary
             time.sleep(poll_s)
 

@@ -193,6 +193,7 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
             "allow_main": sub.allow_main,
             "retry_deferred": sub.retry_deferred,
             "schedule": sub.schedule,
+            "planned": sub.plan.to_run + len(sub.plan.blocked),
         },
     )
     producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))
