@@ -161,6 +161,42 @@ def test_a_killed_pool_process_has_its_ticket_redelivered_at_once_and_run_again(
     assert rerun_after < 9, f"K1 ran again {rerun_after:.1f} s after its pool process died"
 
 
+def test_a_ticket_whose_pool_process_is_killed_three_times_is_deferred_as_worker_lost(
+    lab: Lab,
+) -> None:
+    fleet = lab.fleet()
+    lab.make_repo(
+        [
+            ticket("P1", traced("P1", lab.trace, sleep="60")),  # dies under every run
+            ticket("P2", traced("P2", lab.trace, sleep="0.1"), ["P1"]),
+            ticket("P3", traced("P3", lab.trace, sleep="0.1")),
+        ]
+    )
+    fleet.start_tickets("tickets", concurrency=2)
+    fleet.start_commit(lab.repo, lab.queue)  # type: ignore[arg-type]
+    bg = lab.submit(fleet, "--wait", "--json")
+    for kill in range(1, 4):
+        assert wait_until(lambda n=kill: run_counts(lab.trace).get("P1") == n, timeout=30), (
+            lab.logs()
+        )
+        os.kill([r for r in runs(lab.trace) if r.ticket == "P1"][-1].ppid, signal.SIGKILL)
+    res = bg.result(timeout=60)
+
+    assert res.code == 1, res.stderr + lab.logs()
+    assert res.data is not None
+    assert res.data["completed"] == ["P3"]
+    assert "worker lost" in res.data["deferred"]["P1"] and "3 times" in res.data["deferred"]["P1"]
+    assert res.data["blocked"] == ["P2"]
+    assert run_counts(lab.trace) == {"P1": 3, "P3": 1}  # a death is no retry of the command
+    assert lab.repo is not None
+    assert states(lab.repo, res.data["branch"]) == {
+        "P1": "DEFERRED",
+        "P2": "UNPROCESSED",
+        "P3": "COMPLETED",
+    }
+    assert sorted(ticket_log(lab.repo, res.data["branch"])) == ["P1", "P3"]
+
+
 # -- 2. a whole ticket worker host dies ------------------------------------------------
 
 
@@ -187,7 +223,7 @@ def test_a_dead_hosts_tickets_are_redelivered_after_the_visibility_timeout_and_f
     lost = sorted(on_a())
     killed = kill_host(fleet, "hostA")
     killed_at = time.monotonic()
-    assert not any(alive(pid) for pid in killed)
+    assert wait_until(lambda: not any(alive(pid) for pid in killed), timeout=10)
 
     res = bg.result(timeout=90)
     recovered_after = time.monotonic() - killed_at
@@ -494,9 +530,13 @@ def test_a_broker_that_restarts_empty_is_reported_as_a_lost_run_and_resubmitting
     assert "Traceback" not in res.stderr
     assert noticed_after < 10, f"--wait noticed the lost run after {noticed_after:.1f} s"
 
+    # the workers rode out the outage (reconnected, not dead)
+    for name, proc in fleet.procs.items():
+        assert proc.poll() is None, f"{name} died when the broker went away:\n{fleet.log(name)}"
+
     done_before = {t for t, s in states(repo, branch).items() if s == "COMPLETED"}
     assert {"R1", "R2"} <= done_before
-    again = fleet.submit(repo, "--branch", branch, "--wait", "--json", queue=lab.queue)
+    again = fleet.submit(repo, "--branch", branch, "--wait", "--json", queue=lab.queue, timeout=90)
     assert again.code == 0, again.stderr + lab.logs()
     assert again.data is not None
     assert sorted(again.data["completed"]) == sorted(set(ids) - done_before)
@@ -578,3 +618,63 @@ def test_an_unreachable_broker_at_submit_time_is_one_clear_line_and_exit_3_withi
     assert took < 15, f"sage-submit took {took:.1f} s to give up"
     assert not runs(lab.trace)
     assert git(repo, "branch", "--list", "sage/*").strip() == ""
+
+
+# -- 8. a batch that can no longer finish by itself ---------------------------------------------
+
+
+def test_a_batch_whose_chord_state_is_gone_is_finished_by_the_supervisor(lab: Lab) -> None:
+    fleet = lab.fleet()
+    ids = ["G1", "G2", "G3"]
+    repo = lab.make_repo(
+        [
+            ticket("G1", traced("G1", lab.trace, sleep="2")),
+            ticket("G2", traced("G2", lab.trace, sleep="2")),
+            ticket("G3", traced("G3", lab.trace, sleep="0.1"), ["G1", "G2"]),
+        ]
+    )
+    fleet.start_tickets("tickets", concurrency=2)
+    node = fleet.start_commit(repo, lab.queue)
+    bg = lab.submit(fleet, "--wait", "--json")
+    run_id = wait_for_run(lab.client)
+    wait_state(lab.client, run_id, "G1", "RUNNING")
+    # the batch's chord counter (evicted, expired, or lost with a Redis failover)
+    chord_keys = list(lab.client.scan_iter(match="celery-taskset-meta-*"))
+    assert chord_keys, "the batch's chord left no state in Redis"
+    lab.client.delete(*chord_keys)
+
+    res = bg.result(timeout=90)
+    assert res.code == 0, res.stderr + lab.logs()
+    assert res.data is not None
+    completed_once(lab, res.data, ids)
+    assert run_counts(lab.trace) == {t: 1 for t in ids}
+    assert "batch 1 finished but its barrier never ran; finishing it" in fleet.log(node)
+
+
+def test_a_ticket_message_lost_before_any_worker_took_it_is_sent_again_and_its_batch_finished(
+    lab: Lab,
+) -> None:
+    fleet = lab.fleet(SAGE_VISIBILITY_TIMEOUT="6", SAGE_TICKET_TIMEOUT="5")
+    ids = ["M1", "M2", "M3"]
+    repo = lab.make_repo(
+        [
+            ticket("M1", traced("M1", lab.trace, sleep="0.2")),
+            ticket("M2", traced("M2", lab.trace, sleep="0.2")),
+            ticket("M3", traced("M3", lab.trace, sleep="0.2"), ["M1"]),
+        ]
+    )
+    node = fleet.start_commit(repo, lab.queue)
+    bg = lab.submit(fleet, "--wait", "--json")
+    # no ticket worker yet: the batch's messages wait in the ticket queue ...
+    assert wait_until(lambda: lab.client.llen("tickets") == 2, timeout=30), lab.logs()
+    lab.client.delete("tickets")  # ... and vanish, as a popped message of a cut-off worker does
+    fleet.start_tickets("tickets", concurrency=2)
+
+    res = bg.result(timeout=90)
+    assert res.code == 0, res.stderr + lab.logs()
+    assert res.data is not None
+    completed_once(lab, res.data, ids)
+    assert run_counts(lab.trace) == {t: 1 for t in ids}
+    log = fleet.log(node)
+    assert "ticket M1 not taken for" in log and "ticket M2 not taken for" in log
+    assert "batch 1 finished but its barrier never ran; finishing it" in log
