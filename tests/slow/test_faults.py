@@ -242,8 +242,13 @@ def test_a_dead_hosts_tickets_are_redelivered_after_the_visibility_timeout_and_f
         assert lab.client.hget(f"sage:run:{run_id}:t:{tid}", "deaths") == b"1"
     # the visibility timeout counts from host A's delivery, a few seconds before the kill
     assert recovered_after < vt + 10, f"recovered {recovered_after:.1f} s after the kill"
-    # host A's worktrees are left behind where it died; they did no harm
-    assert any((fleet.root / "work-hostA" / "worktrees").iterdir())
+    # host A's worktrees were left behind where it died; they did no harm, and
+    # host A back on its feet clears them away before it takes work again
+    leftovers = fleet.root / "work-hostA" / "worktrees"
+    assert any(p.is_dir() for p in leftovers.iterdir())
+    fleet.start_tickets("hostA", concurrency=2)
+    assert wait_until(lambda: fleet.log("hostA").count(" ready.") == 2, timeout=30)
+    assert not any(p.is_dir() for p in leftovers.iterdir()), list(leftovers.iterdir())
 
 
 # -- 3. the commit worker dies, again and again, mid-commit included ------------------------
