@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from tests.support.fleet import Fleet, Submitted, bin_path, wait_until
 
 INDEX = ".sage/tickets/index.json"
@@ -277,17 +275,17 @@ class Background:
 # -- the run's record ---------------------------------------------------------------------
 
 
-def latest_run(client: redis.Redis) -> str | None:
+def latest_run(client: Any) -> str | None:
     ids = client.zrevrange("sage:runs", 0, 0)
     return ids[0].decode() if ids else None
 
 
-def record(client: redis.Redis, run_id: str, tid: str) -> dict[str, str]:
+def record(client: Any, run_id: str, tid: str) -> dict[str, str]:
     data = client.hgetall(f"sage:run:{run_id}:t:{tid}")
     return {k.decode(): v.decode() for k, v in data.items()}
 
 
-def wait_for_run(client: redis.Redis, timeout: float = 30) -> str:
+def wait_for_run(client: Any, timeout: float = 30) -> str:
     found: list[str] = []
 
     def submitted() -> bool:
@@ -301,7 +299,7 @@ def wait_for_run(client: redis.Redis, timeout: float = 30) -> str:
 
 
 def wait_state(
-    client: redis.Redis, run_id: str, tid: str, state: str, timeout: float = 60
+    client: Any, run_id: str, tid: str, state: str, timeout: float = 60
 ) -> dict[str, str]:
     """Wait until the run's record shows ``tid`` in ``state``; returns the record."""
     seen: list[dict[str, str]] = []
