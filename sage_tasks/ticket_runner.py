@@ -259,7 +259,11 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
                 continue
             try:
                 patch = capture_patch(
-                    worktree, head, exclude=[info.index_path], max_bytes=settings.max_patch_bytes
+                    worktree,
+                    head,
+                    exclude=[info.index_path],
+                    max_bytes=settings.max_patch_bytes,
+                    git_dir=mirror.git_dir(worktree),
                 )
             except PatchRejected as exc:
                 return outcome(

@@ -1,16 +1,35 @@
-"""A ticket worker's cached bare mirror of a run's repository, and its throw-away worktrees.
+"""A ticket worker's cached bare mirror of a run's repository, and its worktrees.
 
 Layout under the worker's ``workdir``::
 
     mirrors/<key>          bare mirror of one URL (key: sha256(url)[:16])
-    mirrors/<key>.lock     flock: exclusive to fetch or prune, shared to add a worktree
-    worktrees/<key>-<pid>-<random>        a ticket's detached worktree
-    worktrees/<key>-<pid>-<random>.lock   flock held by the process using it
+    mirrors/<key>.lock     flock: exclusive to fetch, prune, add or remove a worktree;
+                           shared to move one (see below)
+    worktrees/<name>       a worktree while a ticket runs in it (name: <key>-<pid>-<random>)
+    idle/<name>            the same worktree between two tickets of its process
+    idle/<name>.lock       flock held by the process owning the worktree, as long as it exists
 
-Several worker processes on one host share a mirror. A worktree's lock is
-taken before the worktree exists and dropped after it is gone, and the kernel
-drops it when its process dies; so ``prune`` tells a crashed worker's
-leftovers (lockable) from a live one's (locked) without trusting pids.
+A worker process keeps one detached worktree per mirror and reuses it: each
+ticket starts with ``git checkout --force --detach <head>`` and ``git clean
+-ffdx`` in it, so a checkout costs what changed since the last ticket, not
+the size of the tree, and the command still sees a clean checkout of the
+head: nothing left over (untracked, ignored, modified, staged, deleted or
+re-moded files). Before that, everything a command could have changed
+outside its files is checked or put back, and a worktree that looks wrong in
+any way (its ``.git`` file or git directory altered, an index with flags such
+as skip-worktree, a reset that fails) is thrown away and made afresh.
+
+Several worker processes on one host share a mirror. git's own worktree
+bookkeeping (``$GIT_DIR/worktrees/<id>``) is not safe against itself: one
+``git worktree add`` reads every other worktree's directory and dies on a
+half-written one, and ``git worktree remove`` deletes ``$GIT_DIR/worktrees``
+when it becomes empty under another ``add``. So adding and removing
+worktrees (and fetching, which reads them too) take the mirror's exclusive
+lock, and only for the bookkeeping: files are checked out and deleted outside
+it. A worktree's lock is taken before the worktree exists and dropped after
+it is gone, and the kernel drops it when its process dies; so ``prune`` tells
+a crashed worker's leftovers (lockable) from a live one's (locked) without
+trusting pids.
 """
 
 from __future__ import annotations
@@ -19,13 +38,17 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import itertools
 import os
 import re
 import secrets
 import shutil
 import stat
+import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from sage_tasks.errors import GitError, RepositoryError
@@ -34,6 +57,60 @@ from sage_tasks.gitops.process import first_line, redact_url, run_git
 #: a lock file without its worktree is left alone this long (its owner may be starting)
 _YOUNG_LOCK_SECONDS = 60.0
 _SHA_RE = re.compile(r"^[0-9a-f]{4,64}$")
+_FULL_SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+#: git runs ``maintenance run --auto`` (gc) after one fetch in this many; it is a process
+_MAINTENANCE_EVERY = 64
+#: what a worktree's git directory holds right after a checkout; anything else is removed
+_ADMIN_FILES = frozenset({"HEAD", "commondir", "gitdir", "index"})
+#: settings for resetting a worktree that a command may have changed in the shared config
+_RESET_CONFIG = (
+    "-c",
+    "core.autocrlf=false",
+    "-c",
+    "core.sparseCheckout=false",
+    "-c",
+    "core.untrackedCache=false",
+    "-c",
+    "core.trustctime=true",
+    "-c",
+    "core.checkStat=default",
+)
+_fetches = itertools.count()
+
+
+class _Broken(Exception):
+    """A kept worktree that must not be reused."""
+
+
+@dataclass
+class _Slot:
+    """A worktree kept by this process: its name, lock and git directory."""
+
+    name: str
+    lock_fd: int
+    pid: int
+    busy: bool = True
+    #: ``$GIT_DIR/worktrees/<id>`` as git made it (read before any command ran)
+    admin: Path | None = None
+
+
+#: (workdir, mirror key) -> the worktrees this process keeps for that mirror
+_slots: dict[tuple[str, str], list[_Slot]] = {}
+_slots_guard = threading.Lock()
+
+
+def _forget_slots_after_fork() -> None:
+    """A forked child owns none of its parent's worktrees (the parent holds their locks)."""
+    global _slots_guard
+    for slots in _slots.values():
+        for slot in slots:
+            with contextlib.suppress(OSError):
+                os.close(slot.lock_fd)
+    _slots.clear()
+    _slots_guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_slots_after_fork)
 
 
 class Mirror:
@@ -47,6 +124,7 @@ class Mirror:
         self.key = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         self.path = workdir / "mirrors" / self.key
         self.worktrees = workdir / "worktrees"
+        self.idle = workdir / "idle"
         self._lock_file = workdir / "mirrors" / f"{self.key}.lock"
 
     @contextlib.contextmanager
@@ -73,19 +151,28 @@ class Mirror:
 
     def fetch(self, branch: str) -> str:
         """Fetch ``refs/heads/<branch>`` from the URL into the mirror; return its head commit."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        check = run_git(self.workdir, "check-ref-format", f"refs/heads/{branch}", check=False)
-        if check.returncode != 0 or branch.startswith("-"):
+        if branch.startswith("-") or not _valid_branch(branch):
             raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         ref = f"refs/heads/{branch}"
+        # git's automatic gc after a fetch is one more process: let it run now and then
+        # (synchronously, under the lock, so it never races worktree bookkeeping)
+        if next(_fetches) % _MAINTENANCE_EVERY:
+            upkeep = ("-c", "maintenance.auto=false")
+        else:
+            upkeep = ("-c", "gc.autoDetach=false")
         with self._locked():
             self._init()
             try:
                 proc = run_git(
                     self.path,
+                    *upkeep,
                     "fetch",
                     "--quiet",
                     "--no-tags",
+                    # a command that checked the branch out in its worktree must not
+                    # stop every later fetch on this host
+                    "--update-head-ok",
                     self.url,
                     f"+{ref}:{ref}",
                     check=False,
@@ -101,52 +188,264 @@ class Mirror:
                 raise RepositoryError(
                     f"cannot fetch {branch!r} from {where}: {first_line(proc.stderr)}", path=branch
                 )
-            sha = run_git(self.path, "rev-parse", "--verify", f"{ref}^{{commit}}").stdout
-        return sha.decode().strip()
+            return self._fetched(ref)
+
+    def _fetched(self, ref: str) -> str:
+        """The commit just fetched for ``ref``: FETCH_HEAD's first line, else ``rev-parse``."""
+        try:
+            with open(self.path / "FETCH_HEAD", "rb") as f:
+                line = f.readline(4096).decode("ascii", "replace")
+        except OSError:
+            line = ""
+        sha = line.split("\t", 1)[0]
+        if _FULL_SHA_RE.match(sha):
+            return sha
+        out = run_git(self.path, "rev-parse", "--verify", f"{ref}^{{commit}}").stdout
+        return out.decode().strip()
 
     @contextlib.contextmanager
     def worktree(self, sha: str) -> Iterator[Path]:
-        """A fresh detached worktree at commit ``sha``, removed on exit whatever happens."""
+        """A clean detached worktree at commit ``sha``, this process's alone until exit.
+
+        The worktree is kept for the next call of this process (reset then);
+        whatever happens inside, nothing of it is visible there.
+        """
         if not _SHA_RE.match(sha):
             raise RepositoryError(f"{sha!r} is not a commit id", path=sha)
-        self.worktrees.mkdir(parents=True, exist_ok=True)
-        name = f"{self.key}-{os.getpid()}-{secrets.token_hex(6)}"
-        path = self.worktrees / name
-        lock = self.worktrees / f"{name}.lock"
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        slot = self._ready(sha)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                with self._locked(shared=True):
-                    run_git(
-                        self.path,
-                        "worktree",
-                        "add",
-                        "--quiet",
-                        "--detach",
-                        str(path),
-                        sha,
-                        what=f"creating a worktree at {sha[:12]}",
-                    )
-                yield path
-            finally:
-                self._remove(path)
+            yield self.worktrees / slot.name
         finally:
-            lock.unlink(missing_ok=True)
-            os.close(fd)
+            self._park(slot, sha)
 
-    def _remove(self, path: Path) -> None:
-        proc = run_git(
-            self.path, "worktree", "remove", "--force", "--force", str(path), check=False
-        )
-        if proc.returncode != 0 or path.exists():
-            _rmtree(path)
-            run_git(self.path, "worktree", "prune", check=False)
+    def git_dir(self, worktree: Path) -> Path | None:
+        """The git directory of ``worktree`` (one of ours, in use), as git made it."""
+        with _slots_guard:
+            for slot in _slots.get(self._slot_key, []):
+                if slot.busy and self.worktrees / slot.name == worktree:
+                    return slot.admin
+        return None
+
+    def close(self) -> None:
+        """Remove the worktrees this process keeps for this mirror (those not in use)."""
+        with _slots_guard:
+            idle = [s for s in _slots.get(self._slot_key, []) if not s.busy]
+            for slot in idle:
+                slot.busy = True
+        for slot in idle:
+            self._discard(slot)
 
     def prune(self) -> int:
         """Remove worktrees of this mirror left by crashed workers; return how many."""
         with self._locked():
             return _prune_key(self.workdir, self.key)
+
+    # -- the kept worktree ----------------------------------------------------------------
+
+    @property
+    def _slot_key(self) -> tuple[str, str]:
+        return (str(self.workdir), self.key)
+
+    def _ready(self, sha: str) -> _Slot:
+        """This process's kept worktree reset to ``sha``, or a new one."""
+        slot = None
+        with _slots_guard:
+            for candidate in _slots.get(self._slot_key, []):
+                if not candidate.busy and candidate.pid == os.getpid():
+                    candidate.busy = True
+                    slot = candidate
+                    break
+        if slot is not None:
+            try:
+                self._reuse(slot, sha)
+                return slot
+            except (OSError, GitError, _Broken):
+                self._discard(slot)
+            except BaseException:
+                self._discard(slot)
+                raise
+        return self._create(sha)
+
+    def _create(self, sha: str) -> _Slot:
+        self.worktrees.mkdir(parents=True, exist_ok=True)
+        self.idle.mkdir(parents=True, exist_ok=True)
+        name = f"{self.key}-{os.getpid()}-{secrets.token_hex(6)}"
+        fd = os.open(self.idle / f"{name}.lock", os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+        slot = _Slot(name=name, lock_fd=fd, pid=os.getpid())
+        with _slots_guard:
+            _slots.setdefault(self._slot_key, []).append(slot)
+        path = self.worktrees / name
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with self._locked():
+                run_git(
+                    self.path,
+                    "worktree",
+                    "add",
+                    "--quiet",
+                    "--no-checkout",
+                    "--detach",
+                    str(path),
+                    sha,
+                    what=f"creating a worktree at {sha[:12]}",
+                )
+            slot.admin = _admin_of(path)
+            self._reset(slot, sha, clean=False)
+        except BaseException:
+            self._discard(slot)
+            raise
+        return slot
+
+    def _reuse(self, slot: _Slot, sha: str) -> None:
+        """Bring the kept worktree back and reset it to ``sha``; raise if it looks wrong."""
+        if slot.admin is None:
+            raise _Broken("no git directory")
+        path = self.worktrees / slot.name
+        with self._locked(shared=True):
+            os.rename(self.idle / slot.name, path)
+            _write(slot.admin / "gitdir", f"{path.resolve()}/.git\n")
+        if _admin_of(path) != slot.admin:
+            raise _Broken(".git file changed")
+        _tidy_admin(slot.admin)
+        if not _plain_index(slot.admin / "index"):
+            raise _Broken("index flags")
+        self._reset(slot, sha, clean=True)
+
+    def _reset(self, slot: _Slot, sha: str, *, clean: bool) -> None:
+        path = self.worktrees / slot.name
+        where = ("--git-dir", str(slot.admin), "--work-tree", str(path))
+        run_git(
+            path,
+            *_RESET_CONFIG,
+            *where,
+            "checkout",
+            "--quiet",
+            "--force",
+            "--detach",
+            sha,
+            what=f"checking out {sha[:12]}",
+        )
+        if clean:
+            run_git(path, *_RESET_CONFIG, *where, "clean", "-ffdxq", what="cleaning a worktree")
+
+    def _admin_root(self) -> Path:
+        """Where git keeps this mirror's worktree directories (as git names them)."""
+        return (self.path / "worktrees").resolve()
+
+    def _park(self, slot: _Slot, sha: str) -> None:
+        """Put the worktree aside until this process's next ticket (or remove it)."""
+        idle = self.idle / slot.name
+        try:
+            if slot.admin is None:
+                raise _Broken("no git directory")
+            with self._locked(shared=True):
+                os.rename(self.worktrees / slot.name, idle)
+                _write(slot.admin / "gitdir", f"{idle.resolve()}/.git\n")
+            if _FULL_SHA_RE.match(sha):
+                # detached again, whatever the command checked out: no branch stays in use
+                _write(slot.admin / "HEAD", f"{sha}\n")
+        except (OSError, _Broken):
+            self._discard(slot)
+            return
+        with _slots_guard:
+            slot.busy = False
+
+    def _discard(self, slot: _Slot) -> None:
+        """Remove a worktree of ours, its git directory and its lock (never raises)."""
+        try:
+            for path in (self.worktrees / slot.name, self.idle / slot.name):
+                _rmtree(path)
+            with self._locked():
+                if slot.admin is not None and slot.admin.parent == self._admin_root():
+                    _rmtree(slot.admin)
+                else:
+                    run_git(self.path, "worktree", "prune", check=False)
+        except (OSError, GitError):
+            pass
+        finally:
+            with _slots_guard:
+                slots = _slots.get(self._slot_key, [])
+                if slot in slots:
+                    slots.remove(slot)
+            (self.idle / f"{slot.name}.lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.close(slot.lock_fd)
+
+
+@functools.lru_cache(maxsize=256)
+def _valid_branch(branch: str) -> bool:
+    """``git check-ref-format`` of ``refs/heads/<branch>``, once per name and process."""
+    proc = run_git(Path(os.sep), "check-ref-format", f"refs/heads/{branch}", check=False)
+    return proc.returncode == 0
+
+
+def _admin_of(worktree: Path) -> Path:
+    """The git directory a worktree's ``.git`` file names (it must be a plain file)."""
+    dot_git = worktree / ".git"
+    if not stat.S_ISREG(os.lstat(dot_git).st_mode):
+        raise _Broken(".git is not a file")
+    text = dot_git.read_bytes().decode("utf-8", "surrogateescape")
+    if not text.startswith("gitdir: ") or not text.endswith("\n") or text.count("\n") != 1:
+        raise _Broken(".git file")
+    return Path(text[len("gitdir: ") : -1])
+
+
+def _tidy_admin(admin: Path) -> None:
+    """Put a worktree's git directory back to what a checkout leaves.
+
+    A command's merge, rebase, bisect or sparse-checkout state, its per-worktree
+    config, reflog and locks all go; the files git needs must be plain files.
+    """
+    for entry in os.scandir(admin):
+        if entry.name in _ADMIN_FILES:
+            if not entry.is_file(follow_symlinks=False):
+                raise _Broken(f"{entry.name} is not a file")
+        else:
+            _rmtree(Path(entry.path))
+    if (admin / "commondir").read_bytes() != b"../..\n":
+        raise _Broken("commondir changed")
+
+
+def _plain_index(index: Path) -> bool:
+    """True when no entry of git's index has a flag we never set.
+
+    ``git checkout --force`` keeps assume-unchanged and skip-worktree bits
+    (and a skip-worktree file's content), so an index with any such flag, or
+    in a format other than the plain version 2, is not reused. A missing
+    index is fine: the checkout writes every file.
+    """
+    try:
+        data = index.read_bytes()
+    except FileNotFoundError:
+        return True
+    if len(data) < 12 or data[:4] != b"DIRC":
+        return False
+    version, count = struct.unpack_from(">II", data, 4)
+    if version != 2:
+        return False
+    offset, size, unpack = 12, len(data), struct.unpack_from
+    try:
+        for _ in range(count):
+            (flags,) = unpack(">H", data, offset + 60)
+            if flags & 0xC000:  # assume-valid, extended (skip-worktree, intent-to-add)
+                return False
+            length = flags & 0x0FFF
+            if length == 0x0FFF:
+                length = data.index(b"\0", offset + 62) - offset - 62
+            offset += (62 + length + 8) & ~7
+            if offset > size:
+                return False
+    except (struct.error, ValueError):
+        return False
+    return True
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` with a new file holding ``text`` (never through a symlink)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def _absolute(url: str) -> str:
@@ -163,7 +462,7 @@ def prune_workdir(workdir: Path) -> int:
     """
     mirrors = workdir / "mirrors"
     keys: set[str] = set()
-    for base in (mirrors, workdir / "worktrees"):
+    for base in (mirrors, workdir / "worktrees", workdir / "idle"):
         if base.is_dir():
             keys.update(e.name[:16] for e in base.iterdir() if re.match(r"^[0-9a-f]{16}", e.name))
     removed = 0
@@ -184,22 +483,33 @@ def _prune_key(workdir: Path, key: str) -> int:
     mirror = workdir / "mirrors" / key
     for tmp in mirror.parent.glob(f"{key}.tmp-*"):
         _rmtree(tmp)
+    trees, idle = workdir / "worktrees", workdir / "idle"
+    names: set[str] = set()
+    for base in (trees, idle):
+        if base.is_dir():
+            names.update(
+                e.name.removesuffix(".lock") for e in base.iterdir() if e.name.startswith(key + "-")
+            )
     removed = 0
-    trees = workdir / "worktrees"
-    if trees.is_dir():
-        for entry in sorted(trees.iterdir()):
-            if not entry.name.startswith(key + "-"):
-                continue
-            if entry.suffix == ".lock":
-                if not entry.with_suffix("").exists():
-                    _drop_stale_lock(entry, lambda: None, young_ok=True)
-                continue
-            lock = entry.with_name(entry.name + ".lock")
-            if not lock.exists():
-                _rmtree(entry)
+    for name in sorted(names):
+        dirs = [d for d in (trees / name, idle / name) if d.exists() or d.is_symlink()]
+        # the lock lives in idle/ (before: beside the worktree)
+        lock = next(
+            (p for p in (idle / f"{name}.lock", trees / f"{name}.lock") if p.exists()), None
+        )
+
+        def remove(dirs: list[Path] = dirs) -> None:
+            for d in dirs:
+                _rmtree(d)
+
+        if lock is None:
+            if dirs:
+                remove()
                 removed += 1
-            elif _drop_stale_lock(lock, functools.partial(_rmtree, entry), young_ok=False):
-                removed += 1
+        elif not dirs:
+            _drop_stale_lock(lock, lambda: None, young_ok=True)
+        elif _drop_stale_lock(lock, remove, young_ok=False):
+            removed += 1
     if (mirror / "HEAD").exists():
         run_git(mirror, "worktree", "prune", check=False)
     return removed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,14 @@ class Patch:
         return not self.data
 
 
-def capture_patch(worktree: Path, base_sha: str, *, exclude: list[str], max_bytes: int) -> Patch:
+def capture_patch(
+    worktree: Path,
+    base_sha: str,
+    *,
+    exclude: list[str],
+    max_bytes: int,
+    git_dir: Path | None = None,
+) -> Patch:
     """Stage everything in ``worktree`` and diff it against ``base_sha``.
 
     New, modified, deleted, renamed and binary files and mode changes travel;
@@ -37,11 +46,32 @@ def capture_patch(worktree: Path, base_sha: str, *, exclude: list[str], max_byte
     ``exclude`` (the ticket index: an executor's edits to it are not taken).
     Raises :class:`PatchRejected` when the patch is over ``max_bytes`` or
     unsafe (see :func:`check_patch`).
+
+    ``git_dir``, when the caller made the worktree and knows its git
+    directory (a linked worktree checked out at ``base_sha``): the worktree's
+    ``.git`` file must still name it (checked without running git), and git
+    is pointed at it explicitly rather than finding it through ``.git``.
     """
     # git must find the worktree's own repository, never one above it
     env = {"GIT_CEILING_DIRECTORIES": str(worktree.absolute().parent)}
-    _check_checkout(worktree, base_sha, env)
-    staged = run_git(worktree, "-c", "core.autocrlf=false", "add", "-A", env=env, check=False)
+    where: tuple[str, ...] = ()
+    if git_dir is None:
+        _check_checkout(worktree, base_sha, env)
+    else:
+        _check_git_file(worktree, git_dir)
+        where = ("--git-dir", str(git_dir), "--work-tree", str(worktree))
+    staged = run_git(
+        worktree,
+        "-c",
+        "core.autocrlf=false",
+        "-c",
+        "core.untrackedCache=false",
+        *where,
+        "add",
+        "-A",
+        env=env,
+        check=False,
+    )
     if staged.returncode != 0:
         refused = _INVALID_PATH_RE.search(staged.stderr.decode("utf-8", "replace"))
         if refused:
@@ -58,6 +88,7 @@ def capture_patch(worktree: Path, base_sha: str, *, exclude: list[str], max_byte
     cmd = [
         "git",
         *SAFE_CONFIG,
+        *where,
         "diff-index",
         "--cached",
         "-p",
@@ -115,4 +146,27 @@ def _check_checkout(worktree: Path, base_sha: str, env: dict[str, str]) -> None:
         raise PatchRejected(
             f"the command replaced the worktree's .git (it now belongs to {lines[0]!r})",
             path=".git",
+        )
+
+
+def _check_git_file(worktree: Path, git_dir: Path) -> None:
+    """Refuse a linked worktree whose ``.git`` file no longer names ``git_dir``.
+
+    What :func:`_check_checkout` asks git, read directly: the command must
+    not have removed or replaced the ``.git`` file, nor pointed the git
+    directory at another repository.
+    """
+    dot_git = worktree / ".git"
+    try:
+        if not stat.S_ISREG(os.lstat(dot_git).st_mode):
+            raise PatchRejected("the command replaced the worktree's .git", path=".git")
+        named = dot_git.read_bytes()
+        common = (git_dir / "commondir").read_bytes()
+    except OSError as exc:
+        raise PatchRejected(
+            f"the command removed or replaced the worktree's .git: {exc.strerror}", path=".git"
+        ) from None
+    if named != f"gitdir: {git_dir}\n".encode() or common != b"../..\n":
+        raise PatchRejected(
+            "the command replaced the worktree's .git (it names another repository)", path=".git"
         )

@@ -1,4 +1,8 @@
-"""A ticket worker's mirror and worktrees: shared fetches, worktrees that never outlive use."""
+"""A ticket worker's mirror and worktrees: shared fetches, worktrees kept aside between uses.
+
+Reusing a kept worktree (a clean checkout every time, a fresh one when it looks
+wrong) and the race of worktree bookkeeping are tested in test_git_mirror_reuse.
+"""
 
 from __future__ import annotations
 
@@ -64,19 +68,29 @@ def test_a_password_in_the_url_is_not_shown_in_errors(tmp_path: Path) -> None:
     assert "s3cret" not in str(err.value)
 
 
-def test_a_worktree_is_checked_out_at_the_commit_and_removed_afterwards(mirror: Mirror) -> None:
+def test_a_worktree_is_checked_out_at_the_commit_and_put_aside_afterwards(mirror: Mirror) -> None:
     head = mirror.fetch("main")
     with mirror.worktree(head) as path:
         assert (path / "a.txt").read_text() == "a\n"
         assert git(path, "rev-parse", "HEAD").strip() == head
         (path / "scratch.txt").write_text("left behind?\n")
         assert len(worktrees_of(mirror)) == 1
+    # worktrees/ holds only worktrees in use; this process keeps its own in idle/
     assert not path.exists()
-    assert worktrees_of(mirror) == []
     assert list(mirror.worktrees.iterdir()) == []
+    kept = mirror.idle / path.name
+    assert worktrees_of(mirror) == [f"worktree {kept}"]
+    with mirror.worktree(head) as again:
+        assert again == path
+        assert not (again / "scratch.txt").exists()
+    mirror.close()
+    assert worktrees_of(mirror) == []
+    assert list(mirror.worktrees.iterdir()) == list(mirror.idle.iterdir()) == []
 
 
-def test_a_worktree_is_removed_when_the_work_raises_even_if_made_read_only(mirror: Mirror) -> None:
+def test_a_worktree_is_clean_again_after_work_that_raised_and_removable_if_made_read_only(
+    mirror: Mirror,
+) -> None:
     head = mirror.fetch("main")
     with pytest.raises(RuntimeError, match="executor blew up"), mirror.worktree(head) as path:
         (path / "locked").mkdir()
@@ -84,14 +98,29 @@ def test_a_worktree_is_removed_when_the_work_raises_even_if_made_read_only(mirro
         (path / "locked").chmod(0o500)
         raise RuntimeError("executor blew up")
     assert not path.exists()
+    with mirror.worktree(head) as again:
+        assert sorted(p.name for p in again.iterdir()) == [".git", ".sage", "a.txt"]
+        (again / "locked").mkdir()
+        (again / "locked" / "f").write_text("x")
+        (again / "locked").chmod(0o500)
+    mirror.close()
     assert worktrees_of(mirror) == []
+    assert list(mirror.idle.iterdir()) == []
 
 
 def test_a_bad_commit_leaves_no_worktree_behind(mirror: Mirror) -> None:
-    mirror.fetch("main")
+    head = mirror.fetch("main")
     with pytest.raises(Exception), mirror.worktree("0" * 40):  # noqa: B017
         pass
     assert list(mirror.worktrees.iterdir()) == []
+    assert list(mirror.idle.iterdir()) == []
+    # a kept worktree asked for a missing commit is thrown away too
+    with mirror.worktree(head):
+        pass
+    with pytest.raises(Exception), mirror.worktree("0" * 40):  # noqa: B017
+        pass
+    assert list(mirror.worktrees.iterdir()) == list(mirror.idle.iterdir()) == []
+    assert worktrees_of(mirror) == []
     with pytest.raises(RepositoryError), mirror.worktree("HEAD; rm -rf /"):
         pass
 
@@ -119,13 +148,19 @@ def test_prune_removes_what_a_killed_worker_left_and_keeps_live_worktrees(
     assert proc.returncode == -signal.SIGKILL
     stale = Path(proc.stdout.strip())
     assert stale.is_dir() and len(worktrees_of(mirror)) == 1
+    stale_lock = mirror.idle / f"{stale.name}.lock"
+    assert stale_lock.exists()
 
     with mirror.worktree(mirror.fetch("main")) as live:
         assert prune_workdir(mirror.workdir) == 1
-        assert not stale.exists() and not stale.with_name(stale.name + ".lock").exists()
+        assert not stale.exists() and not stale_lock.exists()
         assert live.is_dir() and (live / "a.txt").exists()
         assert [ln.split(" ", 1)[1] for ln in worktrees_of(mirror)] == [str(live)]
         assert mirror.prune() == 0
+    # a live process's kept worktree is not a leftover either
+    assert mirror.prune() == 0
+    assert worktrees_of(mirror) == [f"worktree {mirror.idle / live.name}"]
+    mirror.close()
     assert worktrees_of(mirror) == []
 
 
@@ -133,12 +168,12 @@ def test_prune_of_an_empty_workdir_does_nothing(tmp_path: Path) -> None:
     assert prune_workdir(tmp_path / "nothing-yet") == 0
 
 
-def _fetch_and_check_out(workdir: str, url: str) -> str:
+def _fetch_and_check_out(workdir: str, url: str) -> tuple[str, int]:
     m = Mirror(Path(workdir), url)
     head = m.fetch("main")
     with m.worktree(head) as path:
         time.sleep(0.05)
-        return (path / "a.txt").read_text() + head
+        return (path / "a.txt").read_text() + head, os.getpid()
 
 
 def test_worker_processes_on_one_host_share_a_mirror(mirror: Mirror, origin: Path) -> None:
@@ -146,8 +181,13 @@ def test_worker_processes_on_one_host_share_a_mirror(mirror: Mirror, origin: Pat
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
         results = pool.starmap(_fetch_and_check_out, [(str(mirror.workdir), str(origin))] * 8)
-    assert results == ["a\n" + head] * 8
+    assert [text for text, _ in results] == ["a\n" + head] * 8
+    # one kept worktree per process, left for prune once the processes are gone
+    pids = {pid for _, pid in results}
+    assert len(worktrees_of(mirror)) == len(pids)
+    assert prune_workdir(mirror.workdir) == len(pids)
     assert worktrees_of(mirror) == []
+    assert list(mirror.idle.iterdir()) == []
     assert sorted(os.listdir(mirror.workdir / "mirrors")) == sorted(
         [mirror.key, mirror.key + ".lock"]
     )
