@@ -133,9 +133,9 @@ def test_a_killed_pool_process_has_its_ticket_redelivered_at_once_and_run_again(
     ids = ["K1", "K2", "K3"]
     tickets = [ticket("K1", traced("K1", lab.trace, first_sleep="60", sleep="0.2"))]
     tickets += [ticket(t, traced(t, lab.trace, sleep="0.5")) for t in ids[1:]]
-    lab.make_repo(tickets)
+    repo = lab.make_repo(tickets)
     fleet.start_tickets("tickets", concurrency=2)
-    fleet.start_commit(lab.repo, lab.queue)  # type: ignore[arg-type]
+    fleet.start_commit(repo, lab.queue)
     bg = lab.submit(fleet, "--wait", "--json")
     assert wait_until(lambda: run_counts(lab.trace).get("K1") == 1, timeout=30), lab.logs()
     first = next(r for r in runs(lab.trace) if r.ticket == "K1")
@@ -164,7 +164,7 @@ def test_a_ticket_whose_pool_process_is_killed_three_times_is_deferred_as_worker
     lab: Lab,
 ) -> None:
     fleet = lab.fleet()
-    lab.make_repo(
+    repo = lab.make_repo(
         [
             ticket("P1", traced("P1", lab.trace, sleep="60")),  # dies under every run
             ticket("P2", traced("P2", lab.trace, sleep="0.1"), ["P1"]),
@@ -172,7 +172,7 @@ def test_a_ticket_whose_pool_process_is_killed_three_times_is_deferred_as_worker
         ]
     )
     fleet.start_tickets("tickets", concurrency=2)
-    fleet.start_commit(lab.repo, lab.queue)  # type: ignore[arg-type]
+    fleet.start_commit(repo, lab.queue)
     bg = lab.submit(fleet, "--wait", "--json")
     for kill in range(1, 4):
         assert wait_until(lambda n=kill: run_counts(lab.trace).get("P1") == n, timeout=30), (
@@ -187,13 +187,12 @@ def test_a_ticket_whose_pool_process_is_killed_three_times_is_deferred_as_worker
     assert "worker lost" in res.data["deferred"]["P1"] and "3 times" in res.data["deferred"]["P1"]
     assert res.data["blocked"] == ["P2"]
     assert run_counts(lab.trace) == {"P1": 3, "P3": 1}  # a death is no retry of the command
-    assert lab.repo is not None
-    assert states(lab.repo, res.data["branch"]) == {
+    assert states(repo, res.data["branch"]) == {
         "P1": "DEFERRED",
         "P2": "UNPROCESSED",
         "P3": "COMPLETED",
     }
-    assert sorted(ticket_log(lab.repo, res.data["branch"])) == ["P1", "P3"]
+    assert sorted(ticket_log(repo, res.data["branch"])) == ["P1", "P3"]
 
 
 # -- 2. a whole ticket worker host dies ------------------------------------------------
@@ -206,9 +205,9 @@ def test_a_dead_hosts_tickets_are_redelivered_after_the_visibility_timeout_and_f
     fleet = lab.fleet(SAGE_VISIBILITY_TIMEOUT=str(vt), SAGE_TICKET_TIMEOUT="6")
     ids = ["H1", "H2", "H3", "H4"]
     # on host A a ticket would take a minute (it dies long before); elsewhere a moment
-    lab.make_repo([ticket(t, traced(t, lab.trace, sleep="${SLOW:-0.3}")) for t in ids])
+    repo = lab.make_repo([ticket(t, traced(t, lab.trace, sleep="${SLOW:-0.3}")) for t in ids])
     fleet.start_tickets("hostA", concurrency=2, SLOW="60")
-    fleet.start_commit(lab.repo, lab.queue)  # type: ignore[arg-type]
+    fleet.start_commit(repo, lab.queue)
     bg = lab.submit(fleet, "--wait", "--json")
     run_id = wait_for_run(lab.client)
 
