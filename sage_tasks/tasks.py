@@ -47,7 +47,13 @@ def runtime(app: Celery) -> Runtime:
 def register_tasks(app: Celery) -> None:
     """Register sage-tasks' tasks on ``app``."""
 
-    @app.task(name=TASK_RUN, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(
+        shared=False,  # each app keeps its own tasks: they close over its runtime
+        name=TASK_RUN,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )
     def run_ticket(self: Task[Any, Any], run_id: str, ticket_id: str) -> dict[str, Any]:
         rt = runtime(app)
         if isinstance(self.request.hostname, str) and self.request.hostname:
@@ -67,7 +73,7 @@ def register_tasks(app: Celery) -> None:
             log.error("%s", exc)
             return ticket_runner.outcome(ticket_id, "failed", reason=str(exc))
 
-    @app.task(name=TASK_COMMIT, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(shared=False, name=TASK_COMMIT, bind=True, acks_late=True, reject_on_worker_lost=True)
     def commit_ticket(
         self: Task[Any, Any], result: Any, run_id: str, ticket_id: str
     ) -> dict[str, Any]:
@@ -90,11 +96,15 @@ def register_tasks(app: Celery) -> None:
             log.error("%s", exc)
             raise
 
-    @app.task(name=TASK_BATCH_DONE, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(
+        shared=False, name=TASK_BATCH_DONE, bind=True, acks_late=True, reject_on_worker_lost=True
+    )
     def batch_done(self: Task[Any, Any], run_id: str, index: int) -> bool:
         return producer.finish_batch(app, runtime(app), run_id, int(index))
 
-    @app.task(name=TASK_PREPARE, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @app.task(
+        shared=False, name=TASK_PREPARE, bind=True, acks_late=True, reject_on_worker_lost=True
+    )
     def prepare_run(self: Task[Any, Any], run_id: str) -> bool:
         rt = runtime(app)
         if committer.prepare_run(rt, run_id):
