@@ -45,6 +45,9 @@ def verified_url(url: str) -> str:
 
 def make_app(settings: Settings) -> Celery:
     """A configured Celery app with sage-tasks' tasks registered on it."""
+    from sage_tasks import compat
+
+    compat.install()
     app = Celery("sage_tasks", broker=settings.broker_url, backend=settings.backend_url)
     vt = int(settings.vt)
     transport = {

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from celery import Celery
 
 from sage_tasks.cli.common import error, handle_errors, redact
 from sage_tasks.config import load_settings
@@ -28,6 +29,12 @@ def _worker_argv(*, queue: str, concurrency: int, hostname: str, loglevel: str) 
         "-O",
         "fair",
     ]
+
+
+def _run_worker(app: Celery, argv: list[str]) -> None:
+    """Run the Celery worker and exit with its exit code (systemd restarts on failure)."""
+    code: int | None = app.start(argv=argv)
+    sys.exit(code or 0)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -58,10 +65,11 @@ def tickets(concurrency: int | None, hostname: str, broker: str | None, loglevel
     app = make_app(settings)
     runtime(app)
     n = concurrency or os.cpu_count() or 1
-    app.worker_main(
+    _run_worker(
+        app,
         _worker_argv(
             queue=settings.ticket_queue, concurrency=n, hostname=hostname, loglevel=loglevel
-        )
+        ),
     )
 
 
@@ -98,10 +106,11 @@ def commit(
     rt = runtime(app)
     rt.serve(root, repo_urls)
     supervisor.install(app, rt)
-    app.worker_main(
+    _run_worker(
+        app,
         _worker_argv(
             queue=settings.commit_queue, concurrency=1, hostname=hostname, loglevel=loglevel
-        )
+        ),
     )
 
 
