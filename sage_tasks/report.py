@@ -18,13 +18,12 @@ import html
 import itertools
 import json
 import math
-import os
 import re
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sage_tasks.core.files import write_atomic
 from sage_tasks.errors import ConfigError, UnknownRun
 from sage_tasks.runstate import Phase, RunStatus, RunStore
 from sage_tasks.summary import RunSummary, TicketRow, load_summary
@@ -459,20 +458,6 @@ def write_report(store: RunStore, run_id: str, path: Path) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old page or the new."""
+    """Readers see the old page or the new, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        try:  # mkstemp makes the file private: keep the mode an old report had
-            mode = path.stat().st_mode & 0o7777
-        except OSError:
-            mode = 0o644
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from sage_tasks.core.files import write_atomic
 from sage_tasks.core.graph import STATE_CODES, TicketGraph, gc_paused
 from sage_tasks.core.validate import ID_RE, CheckedIndex, check_tickets, graph_problems
 from sage_tasks.errors import IndexValidationError, Problem
@@ -253,35 +252,4 @@ def load_index(path: Path | str) -> IndexDocument:
 
 def save_index(doc: IndexDocument, path: Path | str) -> None:
     """Write the index atomically: temp file in the same folder, fsync, rename."""
-    p = Path(path)
-    data = doc.dumps()
-    fd, tmp = tempfile.mkstemp(prefix=".index-", suffix=".tmp", dir=p.parent)
-    try:
-        try:  # mkstemp makes the file private: keep the mode the index had
-            mode = p.stat().st_mode & 0o7777
-        except OSError:
-            mode = 0o644
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(p.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable too (best effort: not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomic(Path(path), doc.dumps())
