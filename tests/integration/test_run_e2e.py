@@ -16,51 +16,7 @@ import pytest
 from tests.support.fleet import Fleet, unique_queue
 from tests.support.gitrepo import make_repo
 from tests.support.redis_server import RedisServer
-
-INDEX = ".sage/tickets/index.json"
-
-
-def ticket(tid: str, run: str, deps: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": tid,
-        "title": f"ticket {tid}",
-        "state": "UNPROCESSED",
-        "priority": "P2",
-        "dependencies": deps or [],
-        "run": run,
-        **extra,
-    }
-
-
-def writes(tid: str, needs: list[str] | None = None) -> str:
-    """A command that fails unless each dependency's file is present, then writes its own."""
-    checks = "".join(f"test -f out/{d}.txt && " for d in (needs or []))
-    return f"{checks}mkdir -p out && echo {tid} > out/{tid}.txt"
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
-def ticket_log(repo: Path, branch: str) -> list[str]:
-    """Sage-Ticket trailers of the branch's commits, oldest first."""
-    out = git(
-        repo, "log", "--reverse", "--format=%(trailers:key=Sage-Ticket,valueonly)%x00", branch
-    )
-    return [t.strip() for t in out.split("\0") if t.strip()]
-
-
-def index_at(repo: Path, ref: str) -> dict[str, Any]:
-    import json
-
-    data: dict[str, Any] = json.loads(git(repo, "show", f"{ref}:{INDEX}"))
-    return data
-
-
-def states(repo: Path, ref: str) -> dict[str, str]:
-    return {t["id"]: t["state"] for t in index_at(repo, ref)["tickets"]}
+from tests.support.runs import INDEX, git, index_at, states, ticket, ticket_log, writes
 
 
 @pytest.fixture(scope="module")

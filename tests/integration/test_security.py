@@ -8,7 +8,6 @@ a private ``redis-server``, and what reaches the branch is read back from git.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import uuid
@@ -31,23 +30,12 @@ from sage_tasks.gitops.safety import link_problem, path_problem
 from tests.support.fleet import Fleet, Submitted, unique_queue, wait_until
 from tests.support.gitrepo import INDEX, commit_files, git, index_bytes, make_repo
 from tests.support.redis_server import RedisServer
+from tests.support.runs import ticket, tickets_at
 from tests.support.tls import TlsRedisServer, make_ca, make_certs
 
 #: the shared ticket worker cuts patches and output small, so the limits are cheap to reach
 MAX_PATCH_BYTES = 20_000
 MAX_OUTPUT_BYTES = 4096
-
-
-def ticket(tid: str, run: str, deps: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": tid,
-        "title": f"ticket {tid}",
-        "state": "UNPROCESSED",
-        "priority": "P2",
-        "dependencies": deps or [],
-        "run": run,
-        **extra,
-    }
 
 
 @dataclass
@@ -106,11 +94,6 @@ def run_on_branch(
         {**(files or {}), INDEX: index_bytes({"version": "1.0", "tickets": tickets})},
     )
     return fleet.submit(served.repo, "--base", base, "--wait", "--json", queue=served.queue)
-
-
-def states(repo: Path, ref: str) -> dict[str, dict[str, Any]]:
-    data = json.loads(git(repo, "show", f"{ref}:{INDEX}"))
-    return {t["id"]: t for t in data["tickets"]}
 
 
 def ticket_commit_paths(repo: Path, branch: str, tid: str) -> list[str]:
@@ -291,7 +274,7 @@ def test_ticket_and_run_ids_in_messages_are_checked_on_the_workers_and_bad_ones_
     assert not worktrees.exists() or not any(worktrees.iterdir())
     new_keys = {k.decode() for k in set(client.scan_iter("sage:*")) - keys_before}
     assert not [k for k in new_keys if any(bad in k for bad in BAD_IDS if bad)], new_keys
-    assert states(served.repo, branch)["A"]["state"] == "COMPLETED"
+    assert tickets_at(served.repo, branch)["A"]["state"] == "COMPLETED"
     assert "refused: invalid ticket id '../../etc'" in fleet.log("tickets")
     assert "refused: invalid run id '../../etc'" in fleet.log(served.node)
 
@@ -348,7 +331,7 @@ def unsafe_run(fleet: Fleet, served: Served) -> tuple[Submitted, dict[str, dict[
     tickets = [ticket(tid, cmd) for tid, cmd in UNSAFE_TICKETS.items()]
     res = run_on_branch(fleet, served, tickets)
     assert res.code == 1 and res.data is not None, res.stderr + fleet.logs()
-    return res, states(served.repo, res.data["branch"])
+    return res, tickets_at(served.repo, res.data["branch"])
 
 
 def test_a_symlink_pointing_outside_defers_its_ticket_and_none_of_its_changes_reach_the_branch(
@@ -427,7 +410,7 @@ def limits_run(fleet: Fleet, served: Served, tmp_path_factory: pytest.TempPathFa
     ]
     res = run_on_branch(fleet, served, tickets)
     assert res.code == 1 and res.data is not None, res.stderr + fleet.logs()
-    return LimitsRun(res, states(served.repo, res.data["branch"]), pgid_file, pids_file)
+    return LimitsRun(res, tickets_at(served.repo, res.data["branch"]), pgid_file, pids_file)
 
 
 def test_an_oversize_patch_defers_its_ticket_with_its_size_and_the_limit(
@@ -675,6 +658,6 @@ def test_a_patch_writing_through_a_symlink_already_on_the_branch_is_not_committe
     assert check_patch(patch) == ["link/evil.txt"]  # the link is not in the patch itself
     res = CommitTarget(repo, "run").commit("T", "t", "r1", patch, State.COMPLETED)
     assert res.state is State.DEFERRED
-    assert "beyond a symbolic link" in states(repo, "run")["T"]["deferred_reason"]
+    assert "beyond a symbolic link" in tickets_at(repo, "run")["T"]["deferred_reason"]
     assert git(repo, "diff-tree", "--no-commit-id", "--name-only", "-r", res.sha).split() == [INDEX]
     assert_tree_is_safe(repo, "run")

@@ -28,12 +28,10 @@ from sage_tasks.config import Settings
 from sage_tasks.runstate import RunInfo, RunStore
 from sage_tasks.runtime import Runtime
 from tests.support.faults import (
-    INDEX,
     Background,
     alive,
     check_history,
     descendants,
-    git,
     head,
     kill_groups,
     kill_host,
@@ -41,9 +39,6 @@ from tests.support.faults import (
     proc_state,
     run_counts,
     runs,
-    states,
-    ticket,
-    ticket_log,
     traced,
     wait_for_run,
     wait_ready,
@@ -52,6 +47,7 @@ from tests.support.faults import (
 from tests.support.fleet import Fleet, unique_queue, wait_until
 from tests.support.gitrepo import make_patch, make_repo
 from tests.support.redis_server import RedisServer
+from tests.support.runs import INDEX, git, states, ticket, ticket_log
 
 pytestmark = pytest.mark.slow
 

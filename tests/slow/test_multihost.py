@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import re
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -26,29 +25,25 @@ import pytest
 
 from tests.support.gitrepo import INDEX, commit_files, index_bytes
 from tests.support.netns import SageHosts, wait_for
+from tests.support.runs import git, ticket, ticket_log
 
 pytestmark = pytest.mark.slow
 
 Fleet = Callable[..., SageHosts]
 
 
-def ticket(tid: str, run: str, deps: Sequence[str] = ()) -> dict[str, Any]:
-    return {
-        "id": tid,
-        "title": f"ticket {tid}",
-        "state": "UNPROCESSED",
-        "priority": "P2",
-        "dependencies": list(deps),
-        "run": run,
-    }
-
-
 def index(tickets: list[dict[str, Any]]) -> dict[str, Any]:
     return {"version": "1.0", "tickets": tickets}
 
 
-def work(tid: str, deps: Sequence[str] = (), *, sleep: float = 0, marks: Path | None = None,
-         saw: bool = False) -> str:
+def work(
+    tid: str,
+    deps: Sequence[str] = (),
+    *,
+    sleep: float = 0,
+    marks: Path | None = None,
+    saw: bool = False,
+) -> str:
     """Fail unless every dependency's file is here; then write this ticket's, naming the host.
 
     ``marks``: also drop ``<marks>/<tid>.<host>`` when the command starts (a
@@ -85,20 +80,6 @@ def layered(sizes: Sequence[int], seed: int, **kw: Any) -> list[dict[str, Any]]:
             tickets.append(ticket(tid, work(tid, deps, **kw), deps))
         levels.append(ids)
     return tickets
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
-def ticket_log(repo: Path, branch: str) -> list[str]:
-    """Sage-Ticket trailers of the branch's commits, oldest first."""
-    out = git(
-        repo, "log", "--reverse", "--format=%(trailers:key=Sage-Ticket,valueonly)%x00", branch
-    )
-    return [t.strip() for t in out.split("\0") if t.strip()]
 
 
 def check_commits(repo: Path, branch: str, tickets: list[dict[str, Any]]) -> list[str]:
@@ -213,19 +194,19 @@ def test_a_host_cut_off_mid_ticket_has_them_finished_elsewhere_and_no_double_com
 
     # w1 comes back: whatever it still held ends without a second commit
     fleet.topo.restore("w1")
-    wait_for(lambda: _settled(fleet, "w1"), 120, "w1's old tasks to end",
-             interval=0.5, logs=fleet.logs)
-    wait_for(lambda: fleet.redis_cli("hub", "llen", "commit") == "0", 30,
-             "the commit queue to drain")
+    wait_for(
+        lambda: _settled(fleet, "w1"), 120, "w1's old tasks to end", interval=0.5, logs=fleet.logs
+    )
+    wait_for(
+        lambda: fleet.redis_cli("hub", "llen", "commit") == "0", 30, "the commit queue to drain"
+    )
     time.sleep(2)
     assert ticket_log(fleet.canonical, data["branch"]) == order
     assert git(fleet.canonical, "rev-parse", data["branch"]).strip() == data["head"]
     after = rows(fleet.status(data["run_id"]))
     assert {t: r["state"] for t, r in after.items()} == {t: "COMPLETED" for t in record}
     assert {t: r["host"] for t, r in after.items()} == {t: r["host"] for t, r in record.items()}
-    assert {t: r["commit"] for t, r in after.items()} == {
-        t: r["commit"] for t, r in record.items()
-    }
+    assert {t: r["commit"] for t, r in after.items()} == {t: r["commit"] for t, r in record.items()}
 
     # and it takes tickets again: a second run, eight tickets for six slots
     again = [ticket(f"N{i}", work(f"N{i}", sleep=1)) for i in range(8)]
@@ -244,8 +225,13 @@ def test_the_hub_cut_off_for_a_few_seconds_delays_the_run_but_it_completes(
     tickets = layered([6, 6, 6, 6], seed=3, sleep=2, marks=marks)
     fleet.start(index(tickets))
     sub = fleet.submit()
-    wait_for(lambda: len(list(marks.iterdir())) >= 3, 60, "tickets to start",
-             interval=0.1, logs=fleet.logs)
+    wait_for(
+        lambda: len(list(marks.iterdir())) >= 3,
+        60,
+        "tickets to start",
+        interval=0.1,
+        logs=fleet.logs,
+    )
     fleet.topo.cut("hub")
     # Redis, the git daemon and the commit worker are out of every worker's reach; the
     # tickets just started end their commands meanwhile, and cannot report
@@ -268,8 +254,13 @@ def test_the_hub_s_redis_restarting_on_its_append_only_file_loses_neither_the_ru
     tickets = layered([5, 5, 5], seed=5, sleep=2, marks=marks)
     fleet.start(index(tickets))
     sub = fleet.submit()
-    wait_for(lambda: len(list(marks.iterdir())) >= 3, 60, "tickets to start",
-             interval=0.1, logs=fleet.logs)
+    wait_for(
+        lambda: len(list(marks.iterdir())) >= 3,
+        60,
+        "tickets to start",
+        interval=0.1,
+        logs=fleet.logs,
+    )
     fleet.stop_process("redis", grace=15)  # SIGTERM: Redis syncs its append-only file and exits
     time.sleep(3)
     fleet.start_redis()
@@ -277,7 +268,10 @@ def test_the_hub_s_redis_restarting_on_its_append_only_file_loses_neither_the_ru
     # the run, seen from Redis itself, whatever the follower does
     final = wait_for(
         lambda: (st := fleet.status(check=False)).get("status") in ("FINISHED", "FAILED") and st,
-        180, "the run to end", logs=fleet.logs, interval=1,
+        180,
+        "the run to end",
+        logs=fleet.logs,
+        interval=1,
     )
     assert final["status"] == "FINISHED", final
     assert {r["state"] for r in final["tickets"]} == {"COMPLETED"}, final["tickets"]

@@ -19,20 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.fleet import Fleet, Submitted, bin_path, wait_until
-
-INDEX = ".sage/tickets/index.json"
-
-
-def ticket(tid: str, run: str, deps: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    return {
-        "id": tid,
-        "title": f"ticket {tid}",
-        "state": "UNPROCESSED",
-        "priority": "P2",
-        "dependencies": deps or [],
-        "run": run,
-        **extra,
-    }
+from tests.support.runs import INDEX, git, states
 
 
 def traced(tid: str, trace: Path, *, sleep: str = "0", first_sleep: str | None = None) -> str:
@@ -82,29 +69,6 @@ def run_counts(trace: Path) -> dict[str, int]:
 
 
 # -- git -------------------------------------------------------------------------
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
-def ticket_log(repo: Path, branch: str) -> list[str]:
-    """Sage-Ticket trailers of the branch's commits, oldest first."""
-    out = git(
-        repo, "log", "--reverse", "--format=%(trailers:key=Sage-Ticket,valueonly)%x00", branch
-    )
-    return [t.strip() for t in out.split("\0") if t.strip()]
-
-
-def index_at(repo: Path, ref: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(git(repo, "show", f"{ref}:{INDEX}"))
-    return data
-
-
-def states(repo: Path, ref: str) -> dict[str, str]:
-    return {t["id"]: t["state"] for t in index_at(repo, ref)["tickets"]}
 
 
 def head(repo: Path, ref: str) -> str:

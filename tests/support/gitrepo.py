@@ -21,25 +21,39 @@ GIT_ENV = {
 }
 
 
-def git(repo: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
-        check: bool = True) -> str:
+def git(
+    repo: Path,
+    *args: str,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> str:
     """Run git in ``repo``; its stdout as text."""
     full_env = {**os.environ, **GIT_ENV, **(env or {})}
     for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
         if env is None or var not in env:
             full_env.pop(var, None)
-    proc = subprocess.run(["git", "-C", str(repo), *args], input=input, capture_output=True,
-                          env=full_env, check=False)
+    proc = subprocess.run(
+        ["git", "-C", str(repo), *args], input=input, capture_output=True, env=full_env, check=False
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed: {proc.stderr.decode()}")
     return proc.stdout.decode("utf-8", "surrogateescape")
 
 
-def ticket(tid: str, title: str | None = None, state: str = "UNPROCESSED",
-           **extra: Any) -> dict[str, Any]:
+def ticket(
+    tid: str, title: str | None = None, state: str = "UNPROCESSED", **extra: Any
+) -> dict[str, Any]:
     """A ticket as the index holds it (``run`` defaults to ``true``)."""
-    return {"id": tid, "title": title or f"ticket {tid}", "state": state, "priority": "P2",
-            "dependencies": [], "run": "true", **extra}
+    return {
+        "id": tid,
+        "title": title or f"ticket {tid}",
+        "state": state,
+        "priority": "P2",
+        "dependencies": [],
+        "run": "true",
+        **extra,
+    }
 
 
 def index_bytes(index: dict[str, Any]) -> bytes:
@@ -54,8 +68,15 @@ def _write_tree(root: Path, files: dict[str, str | bytes]) -> None:
         path.write_bytes(content.encode() if isinstance(content, str) else content)
 
 
-def make_repo(path: Path, files: dict[str, str | bytes], index: dict[str, Any] | None = None,
-              bare: bool = False, *, index_path: str = INDEX, branch: str = "main") -> Path:
+def make_repo(
+    path: Path,
+    files: dict[str, str | bytes],
+    index: dict[str, Any] | None = None,
+    bare: bool = False,
+    *,
+    index_path: str = INDEX,
+    branch: str = "main",
+) -> Path:
     """A repository at ``path`` whose ``branch`` has one commit: ``files`` plus the ticket index.
 
     ``index`` None means an index with no tickets. A non-bare repository has
@@ -63,8 +84,9 @@ def make_repo(path: Path, files: dict[str, str | bytes], index: dict[str, Any] |
     any work tree of its own.
     """
     data = dict(files)
-    data[index_path] = index_bytes(index if index is not None else {"version": "1.0",
-                                                                      "tickets": []})
+    data[index_path] = index_bytes(
+        index if index is not None else {"version": "1.0", "tickets": []}
+    )
     path.mkdir(parents=True, exist_ok=True)
     init = ["init", "-q", f"--initial-branch={branch}"]
     if bare:
@@ -96,8 +118,9 @@ def make_bare_clone(src: Path, dest: Path) -> Path:
     return dest
 
 
-def commit_files(repo: Path, branch: str, files: dict[str, str | bytes | None],
-                 message: str = "change") -> str:
+def commit_files(
+    repo: Path, branch: str, files: dict[str, str | bytes | None], message: str = "change"
+) -> str:
     """Add a commit on ``branch`` changing ``files`` (None deletes), without a work tree."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
@@ -120,8 +143,11 @@ def commit_files(repo: Path, branch: str, files: dict[str, str | bytes | None],
 
 def read_file(repo: Path, ref: str, path: str) -> bytes | None:
     """The content of ``path`` at ``ref``, or None when it is not there."""
-    proc = subprocess.run(["git", "-C", str(repo), "cat-file", "blob", f"{ref}:{path}"],
-                          capture_output=True, check=False)
+    proc = subprocess.run(
+        ["git", "-C", str(repo), "cat-file", "blob", f"{ref}:{path}"],
+        capture_output=True,
+        check=False,
+    )
     return proc.stdout if proc.returncode == 0 else None
 
 
@@ -171,8 +197,14 @@ def edit_tree(root: Path, changes: dict[str, str | bytes | None]) -> None:
         path.write_bytes(content.encode() if isinstance(content, str) else content)
 
 
-def make_patch(repo: Path, ref: str, changes: dict[str, str | bytes | None], dest: Path,
-               *, exclude: tuple[str, ...] = (INDEX,)) -> bytes:
+def make_patch(
+    repo: Path,
+    ref: str,
+    changes: dict[str, str | bytes | None],
+    dest: Path,
+    *,
+    exclude: tuple[str, ...] = (INDEX,),
+) -> bytes:
     """The patch a ticket worker would capture after making ``changes`` at ``ref`` of ``repo``."""
     from sage_tasks.gitops import capture_patch
 

@@ -203,8 +203,20 @@ class Topology:
             ip("-n", self.switch, "link", "set", "br0", "up")
             for host in self.hosts.values():
                 self._add_ns(host.ns)
-                ip("-n", self.switch, "link", "add", host.port, "type", "veth",
-                   "peer", "name", "eth0", "netns", host.ns)
+                ip(
+                    "-n",
+                    self.switch,
+                    "link",
+                    "add",
+                    host.port,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    host.ns,
+                )
                 ip("-n", self.switch, "link", "set", host.port, "master", "br0")
                 ip("-n", self.switch, "link", "set", host.port, "up")
                 ip("-n", host.ns, "addr", "add", f"{host.addr}/24", "dev", "eth0")
@@ -233,8 +245,15 @@ class Topology:
     def _argv(self, host: str, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.hosts[host].ns, *argv]
 
-    def popen(self, host: str, argv: Sequence[str], *, env: dict[str, str], log: Path,
-              stdout: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
+    def popen(
+        self,
+        host: str,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str],
+        log: Path,
+        stdout: IO[bytes] | int | None = None,
+    ) -> subprocess.Popen[bytes]:
         """Start ``argv`` inside ``host`` in a new session, output appended to ``log``."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
@@ -248,8 +267,14 @@ class Topology:
         self.procs.append(proc)
         return proc
 
-    def run(self, host: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
-            timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        host: str,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside ``host`` and wait (its process group is killed on timeout)."""
         proc = subprocess.Popen(
             self._argv(host, argv),
@@ -277,8 +302,14 @@ class Topology:
         ip("-n", self.switch, "link", "set", self.hosts[host].port, "up")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.2, *, logs: Callable[[], str] | None = None) -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    *,
+    logs: Callable[[], str] | None = None,
+) -> Any:
     """Poll until ``predicate`` returns something true and return it.
 
     After ``timeout`` seconds, fail saying ``what`` was awaited, with ``logs()``
@@ -335,9 +366,16 @@ class SageHosts:
     REPO = "project.git"
     REDIS_PORT = 6379
 
-    def __init__(self, topo: Topology, root: Path, workers: Sequence[str], *,
-                 visibility_timeout: float = 12, ticket_timeout: float = 10,
-                 concurrency: int = 2):
+    def __init__(
+        self,
+        topo: Topology,
+        root: Path,
+        workers: Sequence[str],
+        *,
+        visibility_timeout: float = 12,
+        ticket_timeout: float = 10,
+        concurrency: int = 2,
+    ):
         self.topo = topo
         self.root = root
         self.workers = list(workers)
@@ -388,8 +426,9 @@ class SageHosts:
         paths = sorted((self.root / "logs").glob("*.log"))
         return "\n".join(f"== {p.stem} ==\n{p.read_text(errors='replace')[-tail:]}" for p in paths)
 
-    def start_process(self, name: str, host: str, argv: Sequence[str],
-                      **env: str) -> subprocess.Popen[bytes]:
+    def start_process(
+        self, name: str, host: str, argv: Sequence[str], **env: str
+    ) -> subprocess.Popen[bytes]:
         proc = self.topo.popen(host, argv, env=self.env(host, **env), log=self.log_path(name))
         self.named[name] = proc
         return proc
@@ -410,18 +449,37 @@ class SageHosts:
         self.start_process(
             "redis",
             "hub",
-            [binary, "--bind", self.hub, "--port", str(self.REDIS_PORT),
-             "--requirepass", self.password, "--dir", str(data), "--save", "",
-             "--appendonly", "yes", "--appendfsync", "everysec",
-             "--maxmemory-policy", "noeviction", "--loglevel", "notice"],
+            [
+                binary,
+                "--bind",
+                self.hub,
+                "--port",
+                str(self.REDIS_PORT),
+                "--requirepass",
+                self.password,
+                "--dir",
+                str(data),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--maxmemory-policy",
+                "noeviction",
+                "--loglevel",
+                "notice",
+            ],
         )
 
     def redis_cli(self, host: str, *args: str, timeout: float = 10) -> str:
         """``redis-cli`` against the hub's Redis, run from ``host``; its stdout ('' on failure)."""
         try:
             proc = self.topo.run(
-                host, ["redis-cli", "-h", self.hub, "-p", str(self.REDIS_PORT), *args],
-                env=self.env(host), timeout=timeout,
+                host,
+                ["redis-cli", "-h", self.hub, "-p", str(self.REDIS_PORT), *args],
+                env=self.env(host),
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired:
             return ""
@@ -429,8 +487,12 @@ class SageHosts:
 
     def wait_redis(self, hosts: Sequence[str], timeout: float = 20) -> None:
         for host in hosts:
-            wait_for(functools.partial(self._pong, host), timeout,
-                     f"redis on the hub, seen from {host}", logs=self.logs)
+            wait_for(
+                functools.partial(self._pong, host),
+                timeout,
+                f"redis on the hub, seen from {host}",
+                logs=self.logs,
+            )
 
     def _pong(self, host: str) -> bool:
         return self.redis_cli(host, "ping") == "PONG"
@@ -439,20 +501,34 @@ class SageHosts:
         self.start_process(
             "git-daemon",
             "hub",
-            ["git", "daemon", "--reuseaddr", f"--base-path={self.git_root}", "--export-all",
-             f"--listen={self.hub}", "--port=9418", "--informative-errors",
-             "--log-destination=stderr", str(self.git_root)],
+            [
+                "git",
+                "daemon",
+                "--reuseaddr",
+                f"--base-path={self.git_root}",
+                "--export-all",
+                f"--listen={self.hub}",
+                "--port=9418",
+                "--informative-errors",
+                "--log-destination=stderr",
+                str(self.git_root),
+            ],
         )
 
     def ls_remote(self, host: str, timeout: float = 20) -> str:
-        proc = self.topo.run(host, ["git", "ls-remote", self.repo_url], env=self.env(host),
-                             timeout=timeout)
+        proc = self.topo.run(
+            host, ["git", "ls-remote", self.repo_url], env=self.env(host), timeout=timeout
+        )
         return proc.stdout if proc.returncode == 0 else ""
 
     def wait_git(self, hosts: Sequence[str], timeout: float = 20) -> None:
         for host in hosts:
-            wait_for(functools.partial(self._serves_main, host), timeout,
-                     f"git daemon on the hub, seen from {host}", logs=self.logs)
+            wait_for(
+                functools.partial(self._serves_main, host),
+                timeout,
+                f"git daemon on the hub, seen from {host}",
+                logs=self.logs,
+            )
 
     def _serves_main(self, host: str) -> bool:
         return "refs/heads/main" in self.ls_remote(host)
@@ -461,8 +537,16 @@ class SageHosts:
         self.start_process(
             "commit",
             "hub",
-            [str(BIN / "sage-worker"), "commit", "--repo", str(self.canonical),
-             "--repo-url", self.repo_url, "--hostname", "commit@hub"],
+            [
+                str(BIN / "sage-worker"),
+                "commit",
+                "--repo",
+                str(self.canonical),
+                "--repo-url",
+                self.repo_url,
+                "--hostname",
+                "commit@hub",
+            ],
         )
 
     # -- worker hosts --------------------------------------------------------------------
@@ -471,15 +555,24 @@ class SageHosts:
         self.start_process(
             host,
             host,
-            [str(BIN / "sage-worker"), "tickets", f"--hostname={host}@{host}",
-             f"--concurrency={self.concurrency}"],
+            [
+                str(BIN / "sage-worker"),
+                "tickets",
+                f"--hostname={host}@{host}",
+                f"--concurrency={self.concurrency}",
+            ],
         )
 
     def wait_ready(self, names: Sequence[str], timeout: float = 60) -> None:
         """Until each Celery worker says it is ready (connected and consuming)."""
         for name in names:
-            wait_for(functools.partial(self._ready, name), timeout,
-                     f"worker {name} to be ready", interval=0.3, logs=self.logs)
+            wait_for(
+                functools.partial(self._ready, name),
+                timeout,
+                f"worker {name} to be ready",
+                interval=0.3,
+                logs=self.logs,
+            )
 
     def _ready(self, name: str) -> bool:
         return " ready." in self.log(name)
@@ -509,8 +602,12 @@ class SageHosts:
         """The producer's own clone of the hub's repository, over git://."""
         dest = self.root / "producer" / f"clone-{next(self.submissions)}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        proc = self.topo.run("producer", ["git", "clone", "-q", self.repo_url, str(dest)],
-                             env=self.env("producer"), timeout=60)
+        proc = self.topo.run(
+            "producer",
+            ["git", "clone", "-q", self.repo_url, str(dest)],
+            env=self.env("producer"),
+            timeout=60,
+        )
         assert proc.returncode == 0, f"clone over git:// failed: {proc.stderr}"
         return dest
 
@@ -521,15 +618,27 @@ class SageHosts:
         out = self.root / "logs" / f"submit-{n}.out"
         err = self.log_path(f"submit-{n}")
         out.parent.mkdir(parents=True, exist_ok=True)
-        argv = [str(BIN / "sage-submit"), "--repo", str(clone), "--repo-url", self.repo_url,
-                "--broker", self.broker, "--wait", "--json", *args]
+        argv = [
+            str(BIN / "sage-submit"),
+            "--repo",
+            str(clone),
+            "--repo-url",
+            self.repo_url,
+            "--broker",
+            self.broker,
+            "--wait",
+            "--json",
+            *args,
+        ]
         with open(out, "wb") as stdout:
-            proc = self.topo.popen("producer", argv, env=self.env("producer"), log=err,
-                                   stdout=stdout)
+            proc = self.topo.popen(
+                "producer", argv, env=self.env("producer"), log=err, stdout=stdout
+            )
         return Submission(proc, out, err)
 
-    def status(self, run_id: str | None = None, timeout: float = 30,
-               check: bool = True) -> dict[str, Any]:
+    def status(
+        self, run_id: str | None = None, timeout: float = 30, check: bool = True
+    ) -> dict[str, Any]:
         """``sage-submit status [RUN] --json`` from the producer (default: the latest run).
 
         With ``check`` False, a failure (no run yet, broker unreachable) gives ``{}``.
@@ -537,7 +646,8 @@ class SageHosts:
         proc = self.topo.run(
             "producer",
             [str(BIN / "sage-submit"), "status", *([run_id] if run_id else []), "--json"],
-            env=self.env("producer"), timeout=timeout,
+            env=self.env("producer"),
+            timeout=timeout,
         )
         if proc.returncode != 0 and not check:
             return {}
