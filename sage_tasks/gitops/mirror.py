@@ -301,12 +301,13 @@ class Mirror:
         if slot.admin is None:
             raise _Broken("no git directory")
         path = self.worktrees / slot.name
+        # under the lock: a fetch or worktree add reads every worktree's git directory
         with self._locked(shared=True):
             os.rename(self.idle / slot.name, path)
             _write(slot.admin / "gitdir", f"{path.resolve()}/.git\n")
-        if _admin_of(path) != slot.admin:
-            raise _Broken(".git file changed")
-        _tidy_admin(slot.admin)
+            if _admin_of(path) != slot.admin:
+                raise _Broken(".git file changed")
+            _tidy_admin(slot.admin)
         if not _plain_index(slot.admin / "index"):
             raise _Broken("index flags")
         self._reset(slot, sha, clean=True)
@@ -341,9 +342,9 @@ class Mirror:
             with self._locked(shared=True):
                 os.rename(self.worktrees / slot.name, idle)
                 _write(slot.admin / "gitdir", f"{idle.resolve()}/.git\n")
-            if _FULL_SHA_RE.match(sha):
-                # detached again, whatever the command checked out: no branch stays in use
-                _write(slot.admin / "HEAD", f"{sha}\n")
+                if _FULL_SHA_RE.match(sha):
+                    # detached again, whatever the command checked out: no branch stays in use
+                    _write(slot.admin / "HEAD", f"{sha}\n")
         except (OSError, _Broken):
             self._discard(slot)
             return
