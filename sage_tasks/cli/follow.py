@@ -25,8 +25,11 @@ def _line(info: RunInfo, finals: dict[str, str], running: list[str], total: int)
             f"waiting for the commit worker on queue '{info.commit_queue}' "
             "(sage-worker commit --repo PATH)"
         )
-    batch = info.batch + 1 if info.batch >= 0 else 0
-    parts = [f"batch {batch}/{info.batches}", f"{len(finals)}/{total} done"]
+    if info.extra.get("schedule") == "eager":
+        where = "eager schedule"
+    else:
+        where = f"batch {info.batch + 1 if info.batch >= 0 else 0}/{info.batches}"
+    parts = [where, f"{len(finals)}/{total} done"]
     if running:
         shown = ", ".join(running[:6]) + (" ..." if len(running) > 6 else "")
         parts.append(f"running: {shown}")
