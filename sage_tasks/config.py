@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     heartbeat_interval: float = Field(default=5.0, gt=0)
     #: how often the supervisor looks for lost tickets and stalled batches
     supervisor_interval: float = Field(default=5.0, gt=0)
+    #: how long results, chord state and run records are kept (default: a week, or
+    #: 20 visibility timeouts when that is longer); must outlive the longest run
+    result_ttl: int | None = Field(default=None, gt=0)
     #: a test-only fault injection point name (never set in production)
     fault: str | None = None
 
@@ -69,6 +72,8 @@ class Settings(BaseSettings):
     @property
     def result_expires(self) -> int:
         """Results and chord state outlive the longest run: a week, or more if tickets are long."""
+        if self.result_ttl is not None:
+            return self.result_ttl
         return int(max(7 * 24 * 3600, 20 * self.vt))
 
 
