@@ -91,8 +91,9 @@ def raw_chord(app: Any, tag: str, index: int, n: int, b: int, queue: str) -> Non
         | app.signature("raw.commit", args=(tag, ticket_id(index, j)), queue=queue)
         for j in range(level_sizes(n, b)[index])
     )
-    body = app.signature("raw.batch_done", args=(tag, index, n, b, queue), queue=queue,
-                         immutable=True)
+    body = app.signature(
+        "raw.batch_done", args=(tag, index, n, b, queue), queue=queue, immutable=True
+    )
     chord(header)(body)
 
 
@@ -154,8 +155,9 @@ class Procs:
         self.root = root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
-              ) -> None:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> None:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         self.procs[name] = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
@@ -638,8 +640,9 @@ def run_sage(ctx: Context, mode: str) -> SageResult:
 TASK_DONE = re.compile(r"Task (sage\.\w+)\[[^]]+\] succeeded in ([0-9.]+)s")
 
 
-def verify(result: SageResult, repo: Path, summary: dict[str, Any], ids: list[str], mode: str
-           ) -> None:
+def verify(
+    result: SageResult, repo: Path, summary: dict[str, Any], ids: list[str], mode: str
+) -> None:
     """Every ticket COMPLETED, one commit per ticket, and (file mode) every file there."""
     problems = result.problems
     if result.code != 0:
