@@ -41,7 +41,7 @@ test-slow: install system-deps
 
 lint: install
 	$(BIN)/ruff check sage_tasks tests bench workers
-	$(BIN)/ruff format --check sage_tasks
+	$(BIN)/ruff format --check sage_tasks tests bench examples
 	$(BIN)/mypy sage_tasks
 
 demo: install redis-server
