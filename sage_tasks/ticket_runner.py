@@ -1,4 +1,9 @@
-"""Run one ticket on a ticket worker: fetch, fresh worktree, command, patch.
+"""Run one ticket on a ticket worker: fetch, clean worktree, command, patch.
+
+The worktree is a clean checkout of the branch head when the ticket starts:
+each worker process keeps one per repository and resets it (checkout, clean,
+per-worktree git state cleared) before every ticket, or replaces it when
+anything about it looks wrong; nothing of an earlier ticket survives.
 
 A failing command is an outcome (``failed``), never an exception: the commit
 queue turns it into a DEFERRED commit, so one bad ticket never stalls a run.
