@@ -17,7 +17,7 @@ for each contender: FLUSHALL between them, with their workers stopped):
   Run once before and once after sage-tasks; the mean is the baseline;
 * sage-tasks: a generated index of N tickets in B levels (each ticket of a
   level depends on one ticket of the level before) in a real repository,
-  ``sage-worker tickets --concurrency 2`` and ``sage-worker commit``, and
+  two ``sage-worker tickets --concurrency 1`` and ``sage-worker commit``, and
   ``sage-submit --wait --json``. The ticket's command rewrites the one small
   file of its position in the level (a real one-line patch; the tree stays as
   wide as a level: the default), or is ``true`` (an empty patch), or adds a new
@@ -554,13 +554,16 @@ def run_sage(ctx: Context, mode: str) -> SageResult:
            "PYTHONUNBUFFERED": "1"}  # fmt: skip
     for var in ("SAGE_RESULT_BACKEND", "SAGE_COMMIT_QUEUE", "SAGE_TICKET_QUEUE"):
         env.pop(var, None)
-    names = [f"sage-tickets-{mode}", f"sage-commit-{mode}"]
-    nodes = [f"{names[0]}@bench", f"{names[1]}@bench"]
+    # two ticket workers with one slot each (two slots, as the raw baseline has), one commit worker
+    names = [f"sage-tickets{i}-{mode}" for i in (1, 2)] + [f"sage-commit-{mode}"]
+    nodes = [f"{name}@bench" for name in names]
     sage_worker = str(BIN / "sage-worker")
-    ctx.procs.start(names[0], [sage_worker, "tickets", "--concurrency=2",
-                               f"--hostname={nodes[0]}"], env)  # fmt: skip
-    ctx.procs.start(names[1], [sage_worker, "commit", "--repo", str(repo), "--commit-queue", queue,
-                               f"--hostname={nodes[1]}"], env)  # fmt: skip
+    for i in (0, 1):
+        ctx.procs.start(names[i], [sage_worker, "tickets", "--concurrency=1",
+                                   f"--hostname={nodes[i]}"],
+                        {**env, "SAGE_WORKDIR": str(work / f"workdir{i + 1}")})  # fmt: skip
+    ctx.procs.start(names[2], [sage_worker, "commit", "--repo", str(repo), "--commit-queue", queue,
+                               f"--hostname={nodes[2]}"], env)  # fmt: skip
     try:
         wait_ready(ctx.url, nodes, ctx.procs)
         r.config_resetstat()
@@ -826,7 +829,7 @@ def main() -> None:
                 f"redis {server.client().info('server')['redis_version']}, "
                 f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
             )
-            print(f"{n} no-op tickets in {b} batches of ~{n // b}, ticket worker concurrency 2, "
+            print(f"{n} no-op tickets in {b} batches of ~{n // b}, two ticket workers of one slot, "
                   f"one commit worker; {versions}", flush=True)  # fmt: skip
             plumbing = [plumbing_rate(tmp)]
             raws = [run_raw(ctx, "before")]
