@@ -1,0 +1,101 @@
+"""``sage-submit check``: the prerequisites of a run, each problem in one line, exit 0 or 3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fleet import Fleet, bin_path, unique_queue, wait_until
+from tests.support.gitrepo import make_repo
+from tests.support.redis_server import RedisServer, free_port
+from tests.support.runs import ticket
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    f = Fleet(tmp_path / "fleet", server)
+    try:
+        yield f
+    finally:
+        f.stop()
+        server.stop(kill=True)
+
+
+def check(fleet: Fleet, *args: str, broker: str | None = None) -> tuple[int, dict[str, dict]]:
+    env = fleet.env() if broker is None else fleet.env(SAGE_BROKER_URL=broker)
+    proc = subprocess.run([bin_path("sage-submit"), "check", "--json", *args],
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["ready"] == (proc.returncode == 0)
+    return proc.returncode, {c["what"]: c for c in data["checks"]}
+
+
+def repo_with_tickets(tmp_path: Path) -> Path:
+    tickets = [ticket("A", "true"), ticket("B", "true"), ticket("C", "true", ["A", "B"])]
+    return make_repo(tmp_path / "repo", {}, {"version": "1.0", "tickets": tickets})
+
+
+def test_a_fleet_with_a_ticket_worker_and_one_commit_worker_is_ready(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    repo = repo_with_tickets(tmp_path)
+    queue = unique_queue()
+    fleet.start_tickets("tickets", concurrency=1)
+    fleet.start_commit(repo, queue)
+
+    def ready() -> bool:
+        return check(fleet, "--repo", str(repo), "--commit-queue", queue)[0] == 0
+
+    assert wait_until(ready, timeout=60, interval=1), fleet.logs()
+    code, checks = check(fleet, "--repo", str(repo), "--commit-queue", queue)
+    assert code == 0
+    assert checks["commit worker"]["ok"] and queue in checks["commit worker"]["detail"]
+    assert checks["ticket workers"]["ok"]
+    assert checks["git"]["ok"] and checks["repository URL"]["ok"]
+    assert "3 tickets" in checks["ticket index"]["detail"]
+    assert "67%" in checks["parallelism"]["detail"]  # A and B of A, B, C can start at once
+
+
+def test_no_commit_worker_and_no_ticket_worker_is_not_ready(fleet: Fleet, tmp_path: Path) -> None:
+    repo = repo_with_tickets(tmp_path)
+    code, checks = check(fleet, "--repo", str(repo), "--commit-queue", unique_queue())
+    assert code == 3
+    assert (
+        not checks["commit worker"]["ok"]
+        and "sage-worker commit" in checks["commit worker"]["detail"]
+    )
+    assert not checks["ticket workers"]["ok"]
+
+
+def test_two_commit_workers_on_one_queue_are_reported(fleet: Fleet, tmp_path: Path) -> None:
+    repo = repo_with_tickets(tmp_path)
+    queue = unique_queue()
+    fleet.start_tickets("tickets", concurrency=1)
+    fleet.start_commit(repo, queue, name="commit-a")
+    fleet.start_commit(repo, queue, name="commit-b")
+
+    def two() -> bool:
+        return "2 workers" in check(fleet, "--commit-queue", queue)[1]["commit worker"]["detail"]
+
+    assert wait_until(two, timeout=60, interval=1), fleet.logs()
+    code, checks = check(fleet, "--commit-queue", queue)
+    assert code == 3 and "exactly one" in checks["commit worker"]["detail"]
+
+
+def test_an_unreachable_broker_and_an_unreadable_url_are_each_one_finding(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    repo = repo_with_tickets(tmp_path)
+    broker = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    code, checks = check(fleet, "--repo", str(repo), "--repo-url", str(tmp_path / "nowhere"),
+                         broker=broker)  # fmt: skip
+    assert code == 3
+    assert not checks["broker"]["ok"] and "secret" not in checks["broker"]["detail"]
+    assert not checks["repository URL"]["ok"]
