@@ -35,12 +35,18 @@ class Phase(StrEnum):
 FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED})
 
 
-#: HSET the ticket's fields and leave the running set, unless the ticket is already final
+#: HSET the ticket's fields unless it is already final; then join the running set (counting
+#: a delivery) or leave it
 _SET_UNLESS_FINAL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if ARGV[2] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+  redis.call('SADD', KEYS[2], ARGV[1])
+else
+  redis.call('SREM', KEYS[2], ARGV[1])
+end
 return 1
 """
 
@@ -241,25 +247,38 @@ class RunStore:
         ``pid`` and ``space`` (the pid space it lives in) name the process that
         runs it, so a redelivery in the same pid space can tell that it died.
         """
-        key = keys.ticket(run_id, ticket_id)
         now = str(time.time())
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hincrby(key, "deliveries", 1)
-        pipe.hset(
-            key,
-            mapping={
-                "state": Phase.RUNNING.value,
-                "host": host,
-                "started": now,
-                "heartbeat": now,
-                "deaths": str(deaths),
-                "pid": str(pid),
-                "space": space,
-            },
+        fields = {
+            "state": Phase.RUNNING.value,
+            "host": host,
+            "started": now,
+            "heartbeat": now,
+            "deaths": str(deaths),
+            "pid": str(pid),
+            "space": space,
+        }
+        self._set_unless_final(run_id, ticket_id, fields, running=True)
+
+    def requeue_ticket(self, run_id: str, ticket_id: str) -> None:
+        """The ticket waits in the queue again (a retry) — unless it is already final."""
+        self._set_unless_final(run_id, ticket_id, {"state": Phase.QUEUED.value}, running=False)
+
+    def _set_unless_final(
+        self, run_id: str, ticket_id: str, fields: Mapping[str, str], *, running: bool
+    ) -> bool:
+        """HSET ``fields`` atomically unless the ticket is final.
+
+        A worker cut off from Redis may have writes in flight that arrive when
+        its link comes back, long after another worker finished the ticket:
+        they must never turn a final ticket back into a running one.
+        """
+        args = [ticket_id, "1" if running else "0", *(x for kv in fields.items() for x in kv)]
+        done = self.r.eval(
+            _SET_UNLESS_FINAL, 2, keys.ticket(run_id, ticket_id), keys.running(run_id), *args
         )
-        pipe.sadd(keys.running(run_id), ticket_id)
-        pipe.expire(keys.running(run_id), self.ttl)
-        pipe.execute()
+        if running:
+            self.r.expire(keys.running(run_id), self.ttl)
+        return bool(done)
 
     def count_attempt(self, run_id: str, ticket_id: str) -> int:
         """Record that the ticket's command is started once more; returns the count."""
@@ -280,11 +299,7 @@ class RunStore:
             "result": json.dumps(dict(result)),
             "duration": str(result.get("duration_s", 0.0)),
         }
-        args = [ticket_id, *(x for kv in fields.items() for x in kv)]
-        done = self.r.eval(
-            _SET_UNLESS_FINAL, 2, keys.ticket(run_id, ticket_id), keys.running(run_id), *args
-        )
-        return bool(done)
+        return self._set_unless_final(run_id, ticket_id, fields, running=False)
 
     def finish_ticket(
         self, run_id: str, ticket_id: str, state: Phase, *, reason: str = "", commit: str = ""

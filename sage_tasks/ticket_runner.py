@@ -133,7 +133,7 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
     except BaseException:
         # not a worker death: the task retries, so the ticket waits in the queue again
         try:
-            store.set_ticket(run_id, ticket_id, state=Phase.QUEUED.value)
+            store.requeue_ticket(run_id, ticket_id)
         except Exception:  # Redis may be what failed; keep the original error
             log.warning("could not requeue ticket %s in the run record", ticket_id, exc_info=True)
         raise
