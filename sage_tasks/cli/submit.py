@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,39 +42,23 @@ def _consoles(as_json: bool) -> tuple[Console, Console]:
     return human, out
 
 
+@dataclass
 class Submission:
     """Everything ``sage-submit`` resolved before it talks to the broker."""
 
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        repo: Path,
-        repo_url: str,
-        index_path: str,
-        branch: str,
-        base: str,
-        run_id: str,
-        doc: IndexDocument,
-        plan: Plan,
-        allow_main: bool,
-        retry_deferred: bool,
-        parallel: Any,
-        schedule: str = "levels",
-    ):
-        self.settings = settings
-        self.repo = repo
-        self.repo_url = repo_url
-        self.index_path = index_path
-        self.branch = branch
-        self.base = base
-        self.run_id = run_id
-        self.doc = doc
-        self.plan = plan
-        self.allow_main = allow_main
-        self.retry_deferred = retry_deferred
-        self.parallel = parallel
-        self.schedule = schedule
+    settings: Settings
+    repo: Path
+    repo_url: str
+    index_path: str
+    branch: str
+    base: str
+    run_id: str
+    doc: IndexDocument
+    plan: Plan
+    allow_main: bool
+    retry_deferred: bool
+    parallel: Any
+    schedule: str = "levels"
 
 
 def resolve(
