@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -106,6 +106,7 @@ def run_command(
     max_output_bytes: int,
     output_path: Path | None = None,
     kill_grace: float = DEFAULT_KILL_GRACE,
+    on_start: Callable[[int], None] | None = None,
 ) -> ExecResult:
     """Run ``/bin/sh -c command`` in ``cwd`` with exactly ``env``, and wait for it.
 
@@ -116,6 +117,7 @@ def run_command(
     after ``kill_grace`` seconds; leftovers of a command that exits by itself
     are ended the same way. If this call is interrupted (an exception such as
     a soft time limit raised while waiting), the group is killed at once.
+    ``on_start`` is called with the process group id once the command runs.
     """
     if timeout <= 0:
         raise ValueError(f"timeout must be positive, got {timeout}")
@@ -133,6 +135,8 @@ def run_command(
             start_new_session=True,
         )
         try:
+            if on_start is not None:
+                on_start(proc.pid)
             try:
                 proc.wait(timeout)
                 timed_out = False
@@ -249,3 +253,31 @@ def _from_line_start(data: bytes) -> bytes:
     while skip < min(3, len(data)) and 0x80 <= data[skip] <= 0xBF:
         skip += 1
     return data[skip:]
+
+
+def kill_orphans(pgid: int, marks: Mapping[str, str]) -> int:
+    """SIGKILL the processes of group ``pgid`` whose environment holds every ``marks`` pair.
+
+    A ticket command outlives a pool process killed under it (it runs in its
+    own session). The ticket's next delivery ends it; the environment check
+    makes sure a recycled group id never takes an unrelated process with it.
+    Returns how many processes were killed.
+    """
+    wanted = [f"{k}={v}".encode() for k, v in marks.items()]
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) != pgid:  # fields after the name: state, ppid, pgrp, ...
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if all(w in environ for w in wanted):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+    return killed

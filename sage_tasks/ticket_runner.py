@@ -28,7 +28,7 @@ from typing import Any
 
 from sage_tasks.core.index import IndexDocument, is_valid_ticket_id
 from sage_tasks.errors import PatchRejected, Retryable, SageError
-from sage_tasks.executor import run_command, ticket_env
+from sage_tasks.executor import kill_orphans, run_command, ticket_env
 from sage_tasks.gitops import Mirror, capture_patch
 from sage_tasks.prompt import render_prompt
 from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo
@@ -124,6 +124,8 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
         result = outcome(ticket_id, "failed", reason=f"worker lost: its worker died {deaths} times")
         store.ran(run_id, ticket_id, result)
         return result
+    if state == Phase.RUNNING:
+        end_orphaned_command(record, run_id, ticket_id)
     store.start_ticket(
         run_id, ticket_id, rt.hostname, deaths=deaths, pid=os.getpid(), space=process_space()
     )
@@ -139,6 +141,17 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
         raise
     store.ran(run_id, ticket_id, result)
     return result
+
+
+def end_orphaned_command(record: dict[str, str], run_id: str, ticket_id: str) -> None:
+    """Kill what is left of the ticket's command when the process that ran it died here."""
+    pgid = record.get("pgid", "")
+    if pgid.isdigit() and int(pgid) > 1 and runner_is_gone(record):
+        marks = {"SAGE_RUN_ID": run_id, "SAGE_TICKET_ID": ticket_id}
+        if killed := kill_orphans(int(pgid), marks):
+            log.warning(
+                "ticket %s: killed %d leftover process(es) of its dead run", ticket_id, killed
+            )
 
 
 def process_space() -> str:
@@ -239,6 +252,7 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
                     env=env,
                     timeout=timeout,
                     max_output_bytes=settings.max_output_bytes,
+                    on_start=lambda pgid: rt.store.set_ticket(info.run_id, ticket_id, pgid=pgid),
                     output_path=tmpdir / "output.log",
                 )
             base = {"duration_s": round(res.duration_s, 3), "attempt": attempt, "head": head}

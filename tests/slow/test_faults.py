@@ -154,6 +154,8 @@ def test_a_killed_pool_process_has_its_ticket_redelivered_at_once_and_run_again(
     assert row["attempts"] == 2
     # the worker notices a dead pool process on its next pool check (every 5 s)
     assert rerun_after < 9, f"K1 ran again {rerun_after:.1f} s after its pool process died"
+    # the first run's command (sleeping 60 s in its own session) did not outlive its redelivery
+    assert wait_until(lambda: not alive(first.pid), timeout=5), "the orphaned command survived"
 
 
 def test_a_ticket_whose_pool_process_is_killed_three_times_is_deferred_as_worker_lost(

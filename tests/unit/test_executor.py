@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,3 +267,30 @@ def test_the_command_does_not_see_the_broker_password(
     result = run("env", tmp_path, env=env)
     assert "hunter2" not in result.output_tail
     assert "SAGE_TICKET_ID=T" in result.output_tail
+
+
+def test_kill_orphans_ends_only_the_group_members_that_carry_the_tickets_marks() -> None:
+    from sage_tasks.executor import kill_orphans
+
+    marks = {"SAGE_RUN_ID": "r1", "SAGE_TICKET_ID": "T1"}
+    ours = subprocess.Popen(
+        ["/bin/sh", "-c", "sleep 60 & sleep 60"],
+        env={**os.environ, **marks},
+        start_new_session=True,
+    )
+    other = subprocess.Popen(
+        ["/bin/sh", "-c", "sleep 60"],
+        env={**os.environ, "SAGE_RUN_ID": "r1", "SAGE_TICKET_ID": "T2"},
+        start_new_session=True,
+    )
+    try:
+        time.sleep(0.3)
+        assert kill_orphans(other.pid, marks) == 0  # another ticket's group is left alone
+        assert kill_orphans(ours.pid, marks) >= 2  # the shell and its background sleep
+        ours.wait(5)
+        assert other.poll() is None
+    finally:
+        for proc in (ours, other):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
