@@ -26,7 +26,7 @@ TIERS = [
     ("faults inflicted", "survived", ["tests/slow/test_faults.py"]),
     (
         "bad input and secure paths",
-        "refused / held",
+        "held",
         ["tests/integration/test_security.py", "tests/integration/test_flower.py"],
     ),
     ("multi-host (network namespaces)", "survived", ["tests/slow/test_multihost.py"]),
