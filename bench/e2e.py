@@ -51,10 +51,9 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -710,21 +709,6 @@ class Context:
         return url
 
 
-@contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the benchmark like Ctrl-C, so the cleanup runs."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
 def report(ctx: Context, plumbing: list[float], raws: list[RawResult],
            sages: list[SageResult]) -> tuple[bool, bool]:  # fmt: skip
     """Print the table; (every correctness check passed, the target is met)."""
@@ -814,6 +798,7 @@ def main() -> None:
         parser.error(f"--command takes {', '.join(MODES)} or both, comma-separated")
 
     sys.path.insert(0, str(ROOT))
+    from sage_tasks.local import terminate_as_interrupt
     from tests.support.redis_server import RedisServer
 
     tmp = Path(tempfile.mkdtemp(prefix="sage-bench-e2e-"))

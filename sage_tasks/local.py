@@ -195,7 +195,7 @@ class LocalFleet:
 
 
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM and SIGHUP end the run like Ctrl-C, so cleanup always happens."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -220,7 +220,7 @@ def run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) -
     root.chmod(0o700)
     fleet = LocalFleet(root, human)
     try:
-        with _terminate_as_interrupt():
+        with terminate_as_interrupt():
             render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)")
             fleet.start_redis()
             fleet.start_workers(sub.repo, concurrency)
