@@ -293,6 +293,9 @@ def cli(
 
         sys.exit(run_local(sub, human=human, out=out, as_json=as_json))
     connect(settings.backend_url)  # an unreachable broker is one line, before any output
+    if not wait:
+        # stdout carries only the run id (or its JSON), so RUN=$(sage-submit ...) works
+        human = Console(stderr=True, highlight=False, soft_wrap=True)
     render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch}")
     send(sub)
     human.print(f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch}", highlight=False)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.fleet import Fleet, unique_queue
+from tests.support.fleet import Fleet, unique_queue, wait_until
 from tests.support.gitrepo import make_repo
 from tests.support.redis_server import RedisServer
 from tests.support.runs import INDEX, git, index_at, states, ticket, ticket_log, writes
@@ -277,3 +277,26 @@ def test_a_ticket_with_retries_is_run_again_before_it_is_deferred(run: Any) -> N
     _repo, res = run([ticket("FLAKY", flaky, retries=2)], expect=0)
     row = next(t for t in res.data["tickets"] if t["id"] == "FLAKY")
     assert row["attempts"] == 2
+
+
+def test_without_wait_stdout_holds_only_the_run_id_and_status_follows_the_run(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo", {}, {"version": "1.0", "tickets": [ticket("Q", "true")]})
+    queue = unique_queue()
+    node = fleet.start_commit(repo, queue)
+    try:
+        res = fleet.submit(repo, queue=queue)
+        assert res.code == 0, res.stderr
+        run_id = res.stdout.strip()
+        assert len(run_id) == 12 and run_id.isalnum(), res.stdout
+        assert run_id in res.stderr  # the person still sees the plan and the run
+
+        def finished() -> bool:
+            st = fleet.submit(repo, "status", run_id, "--json", queue=queue)
+            return st.code == 0 and '"FINISHED"' in st.stdout
+
+        assert wait_until(finished, timeout=60, interval=0.5), fleet.logs()
+        assert ticket_log(repo, f"sage/run-{run_id}") == ["Q"]
+    finally:
+        fleet.kill(node)
