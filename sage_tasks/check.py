@@ -97,14 +97,14 @@ def run_checks(
 ) -> CheckReport:
     """Every check, each a finding; nothing is written anywhere."""
     from sage_tasks import gitops
-    from sage_tasks.cli.common import connect, redact
+    from sage_tasks.broker import connect, redact_url
     from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
     from sage_tasks.core.plan import build_plan
 
     report = CheckReport()
     try:
         connect(settings.broker_url, timeout=3)
-        report.add("broker", True, f"{redact(settings.broker_url)} answers")
+        report.add("broker", True, f"{redact_url(settings.broker_url)} answers")
         broker_ok = True
     except SageError as exc:
         report.add("broker", False, str(exc))

@@ -18,7 +18,7 @@ from celery import Celery, chord, group
 from celery.canvas import Signature
 
 from sage_tasks.celery_app import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
-from sage_tasks.runstate import Phase, RunInfo, RunStatus
+from sage_tasks.runstate import Phase, RunInfo, RunStatus, blocking_reason
 from sage_tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def advance(app: Celery, rt: Runtime, run_id: str, start: int) -> None:
             rec = records[tid]
             if rec.get("state") in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED):
                 continue
-            reason = _blocking_reason(rt, run_id, json.loads(rec.get("deps", "[]")))
+            deps = json.loads(rec.get("deps", "[]"))
+            reason = blocking_reason(store.tickets(run_id, deps), deps) if deps else ""
             if reason:
                 store.finish_ticket(run_id, tid, Phase.BLOCKED, reason=reason)
             else:
@@ -91,17 +92,6 @@ def advance(app: Celery, rt: Runtime, run_id: str, start: int) -> None:
         index += 1
     store.finish(run_id, info.repo, status=RunStatus.FINISHED)
     log.info("run %s finished", run_id)
-
-
-def _blocking_reason(rt: Runtime, run_id: str, deps: list[str]) -> str:
-    if not deps:
-        return ""
-    records = rt.store.tickets(run_id, deps)
-    for dep in deps:
-        state = records[dep].get("state", "")
-        if state in (Phase.DEFERRED, Phase.BLOCKED):
-            return f"dependency {dep} is {state}"
-    return ""
 
 
 def _send_group(app: Celery, rt: Runtime, info: RunInfo, index: int, ticket_ids: list[str]) -> None:

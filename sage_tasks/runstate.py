@@ -51,6 +51,15 @@ return 1
 """
 
 
+def blocking_reason(records: Mapping[str, Mapping[str, str]], deps: Iterable[str]) -> str:
+    """Why a ticket is BLOCKED: its first dependency that ended DEFERRED or BLOCKED ('' if none)."""
+    for dep in deps:
+        state = records[dep].get("state", "")
+        if state in (Phase.DEFERRED, Phase.BLOCKED):
+            return f"dependency {dep} is {state}"
+    return ""
+
+
 class RunStatus(StrEnum):
     """A run's life: submitted, running its batches, then finished."""
 

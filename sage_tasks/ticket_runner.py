@@ -31,7 +31,7 @@ from sage_tasks.errors import PatchRejected, Retryable, SageError
 from sage_tasks.executor import kill_orphans, run_command, ticket_env
 from sage_tasks.gitops import Mirror, capture_patch
 from sage_tasks.prompt import render_prompt
-from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo
+from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, blocking_reason
 from sage_tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,9 @@ def blocked_by(rt: Runtime, run_id: str, deps: list[str]) -> str | None:
     if not deps:
         return None
     records = rt.store.tickets(run_id, deps)
-    for dep in deps:
-        state = records[dep].get("state", "")
-        if state in (Phase.DEFERRED, Phase.BLOCKED):
-            return f"dependency {dep} is {state}"
+    reason = blocking_reason(records, deps)
+    if reason:
+        return reason
     for dep in deps:
         if records[dep].get("state") != Phase.COMPLETED:
             raise DependencyPending(f"dependency {dep} is not committed yet", tickets=(dep,))

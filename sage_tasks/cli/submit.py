@@ -16,7 +16,8 @@ from typing import Any
 import click
 from rich.console import Console
 
-from sage_tasks.cli.common import ParallelType, connect, handle_errors
+from sage_tasks.broker import connect
+from sage_tasks.cli.common import ParallelType, handle_errors
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
 from sage_tasks.core.plan import Plan, build_plan

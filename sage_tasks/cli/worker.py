@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 from celery import Celery
 
-from sage_tasks.cli.common import error, handle_errors, redact
+from sage_tasks.broker import redact_url
+from sage_tasks.cli.common import error, handle_errors
 from sage_tasks.config import load_settings
 from sage_tasks.errors import ConfigError
 
@@ -142,7 +143,9 @@ def flower(port: int, address: str, no_auth: bool, broker: str | None) -> None:
     env["CELERY_RESULT_BACKEND"] = verified_url(settings.backend_url)
     if not auth:
         env.pop("FLOWER_BASIC_AUTH", None)
-    click.echo(f"starting Flower on {address}:{port} for {redact(settings.broker_url)}", err=True)
+    click.echo(
+        f"starting Flower on {address}:{port} for {redact_url(settings.broker_url)}", err=True
+    )
     try:
         os.execve(celery_bin, argv, env)
     except OSError as exc:
