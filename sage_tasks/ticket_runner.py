@@ -201,13 +201,17 @@ def _wait_while_running_elsewhere(
 
 def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
     settings = rt.settings
+    run_id = info.run_id
     mirror = Mirror(settings.workdir, info.repo_url)
     tries = 1
     last: dict[str, Any] = {}
     attempt = 0
     while attempt < tries:
         attempt += 1
-        head = mirror.fetch(info.branch)
+        # the head the commit worker last recorded; a retry looks again
+        if attempt > 1:
+            info = rt.store.get(run_id) or info
+        head = mirror.resolve(info.branch, info.head)
         with mirror.worktree(head) as worktree:
             index_file = worktree / info.index_path
             doc = IndexDocument.loads(index_file.read_bytes(), source=info.index_path)
@@ -251,7 +255,7 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
                     env=env,
                     timeout=timeout,
                     max_output_bytes=settings.max_output_bytes,
-                    on_start=lambda pgid: rt.store.set_ticket(info.run_id, ticket_id, pgid=pgid),
+                    on_start=lambda pgid: rt.store.set_ticket(run_id, ticket_id, pgid=pgid),
                     output_path=tmpdir / "output.log",
                 )
             base = {"duration_s": round(res.duration_s, 3), "attempt": attempt, "head": head}
