@@ -51,6 +51,14 @@ return 1
 """
 
 
+#: HSET fields of a hash that exists (a run's record that expired is not brought back)
+_HSET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
 def blocking_reason(records: Mapping[str, Mapping[str, str]], deps: Iterable[str]) -> str:
     """Why a ticket is BLOCKED: its first dependency that ended DEFERRED or BLOCKED ('' if none)."""
     for dep in deps:
@@ -155,12 +163,20 @@ class RunStore:
 
     def get(self, run_id: str) -> RunInfo | None:
         """The run's record, or None when Redis does not know it (anymore)."""
-        names = list(RunInfo.__dataclass_fields__)
-        values = self.r.hmget(keys.run(run_id), names)  # not the plan: it can be large
-        data = {n.encode(): v for n, v in zip(names, values, strict=True) if v is not None}
-        if not data:
-            return None
-        return RunInfo.from_hash(data)
+        return _run_info(self.r.hmget(keys.run(run_id), _RUN_FIELDS))
+
+    def commit_inputs(
+        self, run_id: str, ticket_id: str, digest: str
+    ) -> tuple[RunInfo | None, dict[str, str], bytes | None]:
+        """What committing a ticket reads, in one round trip: run, ticket, patch (if ``digest``)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(keys.run(run_id), _RUN_FIELDS)
+        pipe.hgetall(keys.ticket(run_id, ticket_id))
+        if digest:
+            pipe.get(keys.patch(run_id, digest))
+        found = pipe.execute()
+        patch = bytes(found[2]) if digest and found[2] is not None else None
+        return _run_info(found[0]), _decode(found[1]), patch
 
     def progress(self, run_id: str) -> tuple[RunInfo | None, dict[str, str], list[str]]:
         """What a follower needs each poll, cheaply: the record, the finals, what runs."""
@@ -181,10 +197,7 @@ class RunStore:
 
     def update(self, run_id: str, **fields: Any) -> None:
         """Set some fields of the run's record (only when the run still exists)."""
-        key = keys.run(run_id)
-        if not self.r.exists(key):
-            return
-        self.r.hset(key, mapping={k: json.dumps(v) for k, v in fields.items()})
+        self.r.eval(_HSET_IF_EXISTS, 1, keys.run(run_id), *_run_fields(fields))
 
     def latest(self) -> str | None:
         """The id of the most recently submitted run."""
@@ -311,11 +324,24 @@ class RunStore:
         return self._set_unless_final(run_id, ticket_id, fields, running=False)
 
     def finish_ticket(
-        self, run_id: str, ticket_id: str, state: Phase, *, reason: str = "", commit: str = ""
+        self,
+        run_id: str,
+        ticket_id: str,
+        state: Phase,
+        *,
+        reason: str = "",
+        commit: str = "",
+        run_fields: Mapping[str, Any] | None = None,
     ) -> None:
-        """The ticket's final state (COMPLETED, DEFERRED or BLOCKED)."""
+        """The ticket's final state (COMPLETED, DEFERRED or BLOCKED).
+
+        ``run_fields`` are set on the run's record in the same transaction
+        (as :meth:`update` does).
+        """
         key = keys.ticket(run_id, ticket_id)
         pipe = self.r.pipeline(transaction=True)
+        if run_fields:
+            pipe.eval(_HSET_IF_EXISTS, 1, keys.run(run_id), *_run_fields(run_fields))
         pipe.hset(
             key,
             mapping={
@@ -333,10 +359,6 @@ class RunStore:
 
     def put_patch(self, run_id: str, digest: str, data: bytes) -> None:
         self.r.set(keys.patch(run_id, digest), data, ex=self.ttl)
-
-    def get_patch(self, run_id: str, digest: str) -> bytes | None:
-        data = self.r.get(keys.patch(run_id, digest))
-        return None if data is None else bytes(data)
 
     # -- batches ---------------------------------------------------------------------
 
@@ -364,3 +386,17 @@ class RunStore:
 
     def batch_is_done(self, run_id: str, index: int) -> bool:
         return bool(self.r.exists(keys.batch_done(run_id, index)))
+
+
+_RUN_FIELDS = list(RunInfo.__dataclass_fields__)
+
+
+def _run_info(values: list[bytes | None]) -> RunInfo | None:
+    """A run's record from HMGET of :data:`_RUN_FIELDS` (None: no such run)."""
+    data = {n.encode(): v for n, v in zip(_RUN_FIELDS, values, strict=True) if v is not None}
+    return RunInfo.from_hash(data) if data else None
+
+
+def _run_fields(fields: Mapping[str, Any]) -> list[str]:
+    """Run-record fields as HSET arguments (values JSON, as the record keeps them)."""
+    return [x for k, v in fields.items() for x in (k, json.dumps(v))]
