@@ -62,7 +62,7 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     digest = ""
     if isinstance(result, dict) and result.get("outcome") == "ok":
         digest = str(result.get("patch") or "")
-    info, record, stored_patch = store.commit_inputs(run_id, ticket_id, digest)
+    info, record, stored_patch = store.snapshot(run_id, ticket_id, digest)
     if info is None:
         return committed(ticket_id, "LOST")
     if not rt.serves(info.repo):

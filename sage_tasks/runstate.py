@@ -36,20 +36,28 @@ FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED})
 
 
 #: HSET the ticket's fields unless it is already final; then join the running set (counting
-#: a delivery) or leave it
+#: a delivery; ARGV[3] is the set's TTL) or leave it
 _SET_UNLESS_FINAL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 if ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
 else
   redis.call('SREM', KEYS[2], ARGV[1])
 end
 return 1
 """
 
+
+#: HINCRBY the ticket's attempts unless it is already final (then 0)
+_COUNT_UNLESS_FINAL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
 
 #: HSET fields of a hash that exists (a run's record that expired is not brought back)
 _HSET_IF_EXISTS = """
@@ -165,10 +173,10 @@ class RunStore:
         """The run's record, or None when Redis does not know it (anymore)."""
         return _run_info(self.r.hmget(keys.run(run_id), _RUN_FIELDS))
 
-    def commit_inputs(
-        self, run_id: str, ticket_id: str, digest: str
+    def snapshot(
+        self, run_id: str, ticket_id: str, digest: str = ""
     ) -> tuple[RunInfo | None, dict[str, str], bytes | None]:
-        """What committing a ticket reads, in one round trip: run, ticket, patch (if ``digest``)."""
+        """The run's record, the ticket's and its patch (if ``digest``), in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         pipe.hmget(keys.run(run_id), _RUN_FIELDS)
         pipe.hgetall(keys.ticket(run_id, ticket_id))
@@ -294,17 +302,20 @@ class RunStore:
         its link comes back, long after another worker finished the ticket:
         they must never turn a final ticket back into a running one.
         """
-        args = [ticket_id, "1" if running else "0", *(x for kv in fields.items() for x in kv)]
+        args = [ticket_id, "1" if running else "0", str(self.ttl)]
+        args += [x for kv in fields.items() for x in kv]
         done = self.r.eval(
             _SET_UNLESS_FINAL, 2, keys.ticket(run_id, ticket_id), keys.running(run_id), *args
         )
-        if running:
-            self.r.expire(keys.running(run_id), self.ttl)
         return bool(done)
 
     def count_attempt(self, run_id: str, ticket_id: str) -> int:
-        """Record that the ticket's command is started once more; returns the count."""
-        return int(self.r.hincrby(keys.ticket(run_id, ticket_id), "attempts", 1))
+        """Record that the ticket's command is started once more; returns the count.
+
+        0, and nothing counted, when the ticket is already final (a copy that
+        stalled while another worker finished it must not run it again).
+        """
+        return int(self.r.eval(_COUNT_UNLESS_FINAL, 1, keys.ticket(run_id, ticket_id)))
 
     def heartbeat(self, run_id: str, ticket_id: str) -> None:
         self.r.hset(keys.ticket(run_id, ticket_id), "heartbeat", str(time.time()))

@@ -99,10 +99,9 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
     """Execute one ticket of a run and return its outcome for the commit queue."""
     check_ids(run_id, ticket_id)
     store = rt.store
-    info = store.get(run_id)
+    info, record, _ = store.snapshot(run_id, ticket_id)
     if info is None:
         return outcome(ticket_id, "lost", reason="the run is gone from Redis")
-    record = store.ticket(run_id, ticket_id)
     if not record:
         raise SageError(f"refused: ticket {ticket_id} is not part of run {run_id}")
     record = _wait_while_running_elsewhere(rt, run_id, ticket_id, record)
@@ -231,10 +230,9 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
             timeout = float(ticket.timeout or info.ticket_timeout)
             # a copy that stalled (a fetch across a cut link) may wake after another
             # worker finished the ticket: it must not run the command again
-            state = rt.store.ticket(info.run_id, ticket_id).get("state", "")
-            if state in FINAL_PHASES:
+            if not rt.store.count_attempt(run_id, ticket_id):
+                state = rt.store.ticket(run_id, ticket_id).get("state", "")
                 return outcome(ticket_id, "done", state=state)
-            rt.store.count_attempt(info.run_id, ticket_id)
             with tempfile.TemporaryDirectory(prefix="sage-ticket-") as tmp:
                 tmpdir = Path(tmp)
                 ticket_json = doc.ticket_json(ticket_id)
