@@ -149,6 +149,32 @@ app = make_raw_app(os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/0"
 # -- processes --------------------------------------------------------------------
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds of a process group's live members and the children they waited for."""
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # after "pid (comm)": state ppid pgrp ... utime(12) stime cutime cstime
+        if int(fields[2]) == pgid:
+            total += sum(int(x) for x in fields[11:15])
+    return total / _CLK_TCK
+
+
+def redis_cpu(r: Any) -> float:
+    """CPU seconds the Redis server has used (all its threads)."""
+    info = r.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
 class Procs:
     """Processes started in their own sessions, logging to files; all killed at ``stop``."""
 
@@ -449,7 +475,9 @@ def run_raw(ctx: Context, label: str) -> RawResult:
     env = {**os.environ, "BENCH_BROKER_URL": ctx.url, "PYTHONPATH": str(HERE),
            "PYTHONUNBUFFERED": "1"}  # fmt: skip
     nodes = [f"raw-tickets-{label}@bench", f"raw-commit-{label}@bench"]
-    ctx.procs.start(f"raw-tickets-{label}", worker_argv(TICKET_QUEUE, 2, nodes[0]), env, HERE)
+    ctx.procs.start(
+        f"raw-tickets-{label}", worker_argv(TICKET_QUEUE, ctx.slots, nodes[0]), env, HERE
+    )
     ctx.procs.start(f"raw-commit-{label}", worker_argv(queue, 1, nodes[1]), env, HERE)
     try:
         wait_ready(ctx.url, nodes, ctx.procs)
@@ -557,12 +585,12 @@ def run_sage(ctx: Context, mode: str) -> SageResult:
            "PYTHONUNBUFFERED": "1"}  # fmt: skip
     for var in ("SAGE_RESULT_BACKEND", "SAGE_COMMIT_QUEUE", "SAGE_TICKET_QUEUE"):
         env.pop(var, None)
-    # two ticket workers with one slot each (two slots, as the raw baseline has), one commit worker
+    # two ticket workers sharing the slots (as many as the raw baseline has), one commit worker
     names = [f"sage-tickets{i}-{mode}" for i in (1, 2)] + [f"sage-commit-{mode}"]
     nodes = [f"{name}@bench" for name in names]
     sage_worker = str(BIN / "sage-worker")
     for i in (0, 1):
-        ctx.procs.start(names[i], [sage_worker, "tickets", "--concurrency=1",
+        ctx.procs.start(names[i], [sage_worker, "tickets", f"--concurrency={ctx.slots // 2}",
                                    f"--hostname={nodes[i]}"],
                         {**env, "SAGE_WORKDIR": str(work / f"workdir{i + 1}")})  # fmt: skip
     ctx.procs.start(names[2], [sage_worker, "commit", "--repo", str(repo), "--commit-queue", queue,
@@ -575,13 +603,20 @@ def run_sage(ctx: Context, mode: str) -> SageResult:
         sampler.start()
         cmd = [str(BIN / "sage-submit"), "--repo", str(repo), "--commit-queue", queue,
                "--wait", "--json"]  # fmt: skip
+        groups = {"ticket workers": [ctx.procs.procs[x].pid for x in names[:2]],
+                  "commit worker": [ctx.procs.procs[names[2]].pid]}  # fmt: skip
+        cpu_before = {k: sum(group_cpu(p) for p in v) for k, v in groups.items()}
+        cpu_before["redis-server"] = redis_cpu(r)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=ctx.timeout)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_used = {k: sum(group_cpu(p) for p in v) - cpu_before[k] for k, v in groups.items()}
+        cpu_used["redis-server"] = redis_cpu(r) - cpu_before["redis-server"]
         sampler.stop()
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        cpu_used["sage-submit"] = cpu
         try:
             summary: dict[str, Any] = json.loads(proc.stdout)
         except json.JSONDecodeError:
@@ -598,6 +633,12 @@ def run_sage(ctx: Context, mode: str) -> SageResult:
         timing.append(
             f"sage-submit --wait itself: {cpu:.1f} s CPU over {wall:.1f} s "
             f"({cpu / wall:.0%} of a core)"
+        )
+        timing.append(
+            f"CPU per ticket (ms, children included): {1000 * sum(cpu_used.values()) / ctx.n:.1f}"
+            " = "
+            + ", ".join(f"{k} {1000 * v / ctx.n:.1f}" for k, v in cpu_used.items())
+            + f"; {sum(cpu_used.values()) / wall:.2f} of {os.cpu_count()} cores busy"
         )
         keys = key_report(r)
         result = SageResult(
@@ -705,6 +746,7 @@ class Context:
     n: int
     b: int
     timeout: float
+    slots: int = 2
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -797,7 +839,16 @@ def main() -> None:
         "ticket: the target is set for it), file (rewrite one small file), newfile (a new "
         "file each: the tree grows), both (true,file: the default)",
     )
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=2,
+        help="ticket slots, even: two sage-tasks ticket workers of half each, one raw worker "
+        "of all (default 2)",
+    )
     args = parser.parse_args()
+    if args.slots < 2 or args.slots % 2:
+        parser.error("--slots takes an even number, at least 2")
     n, b = (200, 20) if args.quick else (args.tickets, args.batches)
     b = max(1, min(b, n))
     modes = ["true", "file"] if args.command == "both" else args.command.split(",")
@@ -811,7 +862,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sage-bench-e2e-"))
     server = RedisServer(tmp / "redis")
     procs = Procs(tmp)
-    ctx = Context(tmp, server, procs, n, b, timeout=120 + 2.0 * n)
+    ctx = Context(tmp, server, procs, n, b, timeout=120 + 2.0 * n, slots=args.slots)
     correct = met = False
     try:
         with terminate_as_interrupt():
@@ -821,7 +872,8 @@ def main() -> None:
                 f"redis {server.client().info('server')['redis_version']}, "
                 f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
             )
-            print(f"{n} no-op tickets in {b} batches of ~{n // b}, two ticket workers of one slot, "
+            print(f"{n} no-op tickets in {b} batches of ~{n // b}, two ticket workers of "
+                  f"{args.slots // 2} slot(s), "
                   f"one commit worker; {versions}", flush=True)  # fmt: skip
             plumbing = [plumbing_rate(tmp)]
             raws = [run_raw(ctx, "before")]
