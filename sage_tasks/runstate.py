@@ -293,9 +293,7 @@ class RunStore:
 
     def requeue_ticket(self, run_id: str, ticket_id: str) -> None:
         """The ticket waits in the queue again (a retry) — unless it is already final."""
-        if self._set_unless_final(
-            run_id, ticket_id, {"state": Phase.QUEUED.value}, running=False
-        ):
+        if self._set_unless_final(run_id, ticket_id, {"state": Phase.QUEUED.value}, running=False):
             events.ticket_event(run_id, ticket_id, Phase.QUEUED.value, reason="retry")
 
     def _set_unless_final(
