@@ -13,8 +13,9 @@ fleet's logs follows a run, and ``grep 'ticket=AUTH-001 '`` one ticket.
 ``slot`` the worker slot (node name and pool process index) that ran the
 ticket's command.
 
-This module also knows where it runs: the worker's node name (learnt from
-Celery when the worker starts) and the pool process index of a prefork child.
+This module also knows where it runs: the worker's node name (handed to it
+by :mod:`sage_tasks.monitoring` when the worker starts) and the pool process
+index of a prefork child.
 """
 
 from __future__ import annotations
@@ -63,18 +64,6 @@ def process_index() -> int:
 def slot(host: str | None = None) -> str:
     """The worker slot this process is: ``<node name>#<pool process index>``."""
     return f"{host or node()}#{process_index()}"
-
-
-def install() -> None:
-    """Learn the node name when a Celery worker starts (before it forks its pool)."""
-    from celery.signals import celeryd_after_setup
-
-    celeryd_after_setup.connect(_on_worker_setup, weak=False, dispatch_uid="sage-events-node")
-
-
-def _on_worker_setup(sender: Any = None, **_: Any) -> None:
-    if isinstance(sender, str) and sender:
-        set_node(sender)
 
 
 def _value(value: object) -> str:
