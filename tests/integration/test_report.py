@@ -7,6 +7,7 @@ import re
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -249,6 +250,52 @@ def test_an_unknown_run_raises_unknown_run_and_writes_nothing(
     assert not out.exists()
 
 
+def run_info(run_id: str, created: float, **fields: Any) -> RunInfo:
+    """A finished run's record, as a summary built without Redis needs it."""
+    base: dict[str, Any] = {
+        "repo": REPO,
+        "repo_url": REPO,
+        "branch": "b",
+        "base": "main",
+        "index_path": "i.json",
+        "commit_queue": "c",
+        "executor": None,
+        "ticket_timeout": 1.0,
+        "batches": 0,
+        "tickets": 0,
+        "to_run": 0,
+        "status": "FINISHED",
+    }
+    fields = {**base, **fields}
+    fields.setdefault("to_run", fields["tickets"])
+    return RunInfo(run_id=run_id, created=created, **fields)
+
+
+def test_an_eager_run_draws_no_batch_boundaries() -> None:
+    t0 = 1_700_000_000.0
+    rows = [
+        TicketRow(
+            id=t,
+            state="COMPLETED",
+            host="w",
+            slot="w#1",
+            attempts=1,
+            duration_s=1.0,
+            batch=-1,
+            started=t0 + n,
+            ended=t0 + n + 1.5,
+        )
+        for n, t in enumerate(["E-1", "E-2"])
+    ]
+    info = run_info("eager", t0, tickets=2, ended=t0 + 5, extra={"schedule": "eager"})
+    summary = RunSummary(info, rows, [["E-1"], ["E-2"]], ["E-1", "E-2"])
+    page = render_html(summary, {"levels": [["E-1"], ["E-2"]], "deps": {"E-2": ["E-1"]}})
+    timeline = section(page, "timeline")
+    assert timeline.count("<rect") == 2 and 'class="batch' not in timeline
+    assert "no batch boundaries" in timeline
+    assert '<td class="n">—</td>' in section(page, "tickets")  # no batch number either
+
+
 def test_a_run_of_two_thousand_tickets_stays_a_readable_size() -> None:
     n, width = 2000, 50
     ids = [f"T-{i:04d}" for i in range(n)]
@@ -273,23 +320,7 @@ def test_a_run_of_two_thousand_tickets_stays_a_readable_size() -> None:
         )
         for i, t in enumerate(ids)
     ]
-    info = RunInfo(
-        run_id="big",
-        repo=REPO,
-        repo_url=REPO,
-        branch="b",
-        base="main",
-        index_path="i.json",
-        commit_queue="c",
-        executor=None,
-        ticket_timeout=1.0,
-        batches=len(levels),
-        tickets=n,
-        to_run=n,
-        created=t0,
-        status="FINISHED",
-        ended=t0 + 130,
-    )
+    info = run_info("big", t0, batches=len(levels), tickets=n, ended=t0 + 130)
     path = [lv[0] for lv in levels]
     summary = RunSummary(info, rows, levels, path)
     page = render_html(summary, {"levels": levels, "deps": deps, "critical_path": path})
