@@ -122,7 +122,7 @@ def render_summary(summary: RunSummary, console: Console, *, now: float | None =
     table.add_column("state")
     table.add_column("host")
     table.add_column("attempts", justify="right")
-    table.add_column("time", justify="right")
+    table.add_column("duration", justify="right")
     table.add_column("reason", overflow="fold")
     colour = {"COMPLETED": "green", "DEFERRED": "yellow", "BLOCKED": "red"}
     for r in summary.rows:
