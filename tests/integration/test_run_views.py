@@ -206,7 +206,7 @@ def test_the_report_opens_in_chromium_with_one_bar_per_ticket_that_ran(
     assert set(ran) == set("ABCDF")
 
     parser = Bars()
-    parser.feed(dump_dom(page, tmp_path / "profile"))
+    parser.feed(dump_dom(page))
     bars = {b["data-ticket"]: b for b in parser.bars}
     assert len(parser.bars) == len(bars) == len(ran) and set(bars) == set(ran)
     for tid, bar in bars.items():

@@ -21,7 +21,8 @@ def chromium() -> str:
     return path
 
 
-def _run(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(page: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = page.parent / "chromium-profile"  # its own, so browsers of parallel tests never meet
     proc = subprocess.run(
         [
             chromium(),
@@ -47,10 +48,10 @@ def _run(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess[s
 
 def screenshot(page: Path, png: Path) -> None:
     """Write a PNG of the page as a browser window of :data:`WINDOW` shows it."""
-    _run(page, png.parent / "chromium-profile", f"--screenshot={png}")
+    _run(page, f"--screenshot={png}")
     assert png.exists(), f"chromium wrote no screenshot to {png}"
 
 
-def dump_dom(page: Path, profile: Path) -> str:
+def dump_dom(page: Path) -> str:
     """The page's DOM as the browser built it, serialised."""
-    return _run(page, profile, "--dump-dom").stdout
+    return _run(page, "--dump-dom").stdout
