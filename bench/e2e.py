@@ -1,6 +1,6 @@
 """End-to-end overhead: no-op tickets through sage-tasks against raw Celery chords of no-op tasks.
 
-    python bench/e2e.py [--tickets 2000] [--batches 200] [--quick] [--command file,true,newfile]
+    python bench/e2e.py [--tickets 2000] [--batches 200] [--quick] [--command true,file,newfile]
 
 Everything runs in one go on one private ``redis-server`` (a fresh database
 for each contender: FLUSHALL between them, with their workers stopped):
@@ -18,11 +18,13 @@ for each contender: FLUSHALL between them, with their workers stopped):
 * sage-tasks: a generated index of N tickets in B levels (each ticket of a
   level depends on one ticket of the level before) in a real repository,
   two ``sage-worker tickets --concurrency 1`` and ``sage-worker commit``, and
-  ``sage-submit --wait --json``. The ticket's command rewrites the one small
-  file of its position in the level (a real one-line patch; the tree stays as
-  wide as a level: the default), or is ``true`` (an empty patch), or adds a new
-  file (``newfile``: the tree grows by a file a ticket, and so does the cost
-  of every fresh worktree).
+  ``sage-submit --wait --json``. The ticket's command is ``true`` (the
+  no-op ticket: its commit records only the ticket's new state; the target,
+  at least 40% of the raw plumbing rate, is set for it), or rewrites the one
+  small file of its position in the level (``file``: a real one-line patch,
+  applied by git; the tree stays as wide as a level), or adds a new file
+  (``newfile``: the tree grows by a file a ticket, and so does the cost of
+  every fresh worktree). The default runs ``true`` then ``file``.
 
 For each run a thread samples the queue lists (and kombu's ``unacked`` hash)
 and ``INFO memory`` every 50 ms: the largest message and the peak memory.
@@ -371,6 +373,8 @@ def plumbing_rate(tmp: Path, n: int = PLUMBING_COMMITS) -> float:
 
 
 #: ticket commands (shell builtins only, so the command's own cost stays out of the way)
+#: the ticket the issue's target is about: a no-op (its commit records only the new state)
+TARGET_MODE = "true"
 MODES = {
     # rewrite the one file of the ticket's position in its level: a real one-line patch,
     # and the tree stays as small as a level is wide
@@ -740,6 +744,9 @@ def report(ctx: Context, plumbing: list[float], raws: list[RawResult],
             f"chords, overhead {1000 * (s.duration_s - raw_s) / n:.1f} ms/ticket over raw chords, "
             f"{share:.0%} of raw plumbing"
         )
+        if s.mode != TARGET_MODE:
+            print(f"  (for reference: the target is set for the no-op ticket, {TARGET_MODE!r})")
+            continue
         met = share >= TARGET_SHARE
         met_all &= met
         print(f"  target: >= {TARGET_SHARE:.0%} of raw plumbing -> {'met' if met else 'MISSED'}")
@@ -785,15 +792,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 200 tickets, 20 batches")
     parser.add_argument(
         "--command",
-        default="file",
-        help="ticket commands, comma-separated, one sage-tasks run each: file (rewrite one "
-        "small file: the default), true (no change), newfile (a new file each: the tree grows), "
-        "both (file,true)",
+        default="true,file",
+        help="ticket commands, comma-separated, one sage-tasks run each: true (a no-op "
+        "ticket: the target is set for it), file (rewrite one small file), newfile (a new "
+        "file each: the tree grows), both (true,file: the default)",
     )
     args = parser.parse_args()
     n, b = (200, 20) if args.quick else (args.tickets, args.batches)
     b = max(1, min(b, n))
-    modes = ["file", "true"] if args.command == "both" else args.command.split(",")
+    modes = ["true", "file"] if args.command == "both" else args.command.split(",")
     if not modes or set(modes) - set(MODES):
         parser.error(f"--command takes {', '.join(MODES)} or both, comma-separated")
 

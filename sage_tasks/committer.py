@@ -59,7 +59,10 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     """Commit one ticket's outcome to the run's branch (at most once)."""
     check_ids(run_id, ticket_id)
     store = rt.store
-    info = store.get(run_id)
+    digest = ""
+    if isinstance(result, dict) and result.get("outcome") == "ok":
+        digest = str(result.get("patch") or "")
+    info, record, stored_patch = store.snapshot(run_id, ticket_id, digest)
     if info is None:
         return committed(ticket_id, "LOST")
     if not rt.serves(info.repo):
@@ -70,7 +73,6 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         )
     if not isinstance(result, dict) or result.get("ticket") != ticket_id:
         raise SageError(f"refused: malformed outcome for ticket {ticket_id}", tickets=(ticket_id,))
-    record = store.ticket(run_id, ticket_id)
     if record.get("state") in FINAL_PHASES:
         return committed(ticket_id, record["state"])
     kind = result.get("outcome")
@@ -86,9 +88,8 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     reason: str | None = None
     if kind == "ok":
         state = State.COMPLETED
-        digest = str(result.get("patch") or "")
         if digest:
-            patch = store.get_patch(run_id, digest)
+            patch = stored_patch
             if patch is None:
                 state, reason = State.DEFERRED, "its patch is gone from Redis"
     else:
@@ -121,9 +122,15 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
             final_reason = "merge conflict in: " + ", ".join(res.conflicts)
         # a repeat names the ticket's old commit: the branch may be well past it
         tip = target.repo.head(target.ref) if res.already else None
-        store.finish_ticket(run_id, ticket_id, final, reason=final_reason, commit=res.sha)
-        # under the lock, so a slower writer never sets the run's head back
-        store.update(run_id, head=tip[0] if tip else res.sha)
+        # the run's head under the lock, so a slower writer never sets it back
+        store.finish_ticket(
+            run_id,
+            ticket_id,
+            final,
+            reason=final_reason,
+            commit=res.sha,
+            run_fields={"head": tip[0] if tip else res.sha},
+        )
     finally:
         lock.release()
     log.info(

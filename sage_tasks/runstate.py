@@ -36,17 +36,33 @@ FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED})
 
 
 #: HSET the ticket's fields unless it is already final; then join the running set (counting
-#: a delivery) or leave it
+#: a delivery; ARGV[3] is the set's TTL) or leave it
 _SET_UNLESS_FINAL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 if ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('SADD', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
 else
   redis.call('SREM', KEYS[2], ARGV[1])
 end
+return 1
+"""
+
+
+#: HINCRBY the ticket's attempts unless it is already final (then 0)
+_COUNT_UNLESS_FINAL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 0 end
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
+
+#: HSET fields of a hash that exists (a run's record that expired is not brought back)
+_HSET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
@@ -162,12 +178,20 @@ class RunStore:
 
     def get(self, run_id: str) -> RunInfo | None:
         """The run's record, or None when Redis does not know it (anymore)."""
-        names = list(RunInfo.__dataclass_fields__)
-        values = self.r.hmget(keys.run(run_id), names)  # not the plan: it can be large
-        data = {n.encode(): v for n, v in zip(names, values, strict=True) if v is not None}
-        if not data:
-            return None
-        return RunInfo.from_hash(data)
+        return _run_info(self.r.hmget(keys.run(run_id), _RUN_FIELDS))
+
+    def snapshot(
+        self, run_id: str, ticket_id: str, digest: str = ""
+    ) -> tuple[RunInfo | None, dict[str, str], bytes | None]:
+        """The run's record, the ticket's and its patch (if ``digest``), in one round trip."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(keys.run(run_id), _RUN_FIELDS)
+        pipe.hgetall(keys.ticket(run_id, ticket_id))
+        if digest:
+            pipe.get(keys.patch(run_id, digest))
+        found = pipe.execute()
+        patch = bytes(found[2]) if digest and found[2] is not None else None
+        return _run_info(found[0]), _decode(found[1]), patch
 
     def progress(self, run_id: str) -> tuple[RunInfo | None, dict[str, str], list[str]]:
         """What a follower needs each poll, cheaply: the record, the finals, what runs."""
@@ -188,10 +212,7 @@ class RunStore:
 
     def update(self, run_id: str, **fields: Any) -> None:
         """Set some fields of the run's record (only when the run still exists)."""
-        key = keys.run(run_id)
-        if not self.r.exists(key):
-            return
-        self.r.hset(key, mapping={k: json.dumps(v) for k, v in fields.items()})
+        self.r.eval(_HSET_IF_EXISTS, 1, keys.run(run_id), *_run_fields(fields))
 
     def latest(self) -> str | None:
         """The id of the most recently submitted run."""
@@ -305,17 +326,20 @@ class RunStore:
         its link comes back, long after another worker finished the ticket:
         they must never turn a final ticket back into a running one.
         """
-        args = [ticket_id, "1" if running else "0", *(x for kv in fields.items() for x in kv)]
+        args = [ticket_id, "1" if running else "0", str(self.ttl)]
+        args += [x for kv in fields.items() for x in kv]
         done = self.r.eval(
             _SET_UNLESS_FINAL, 2, keys.ticket(run_id, ticket_id), keys.running(run_id), *args
         )
-        if running:
-            self.r.expire(keys.running(run_id), self.ttl)
         return bool(done)
 
     def count_attempt(self, run_id: str, ticket_id: str) -> int:
-        """Record that the ticket's command is started once more; returns the count."""
-        return int(self.r.hincrby(keys.ticket(run_id, ticket_id), "attempts", 1))
+        """Record that the ticket's command is started once more; returns the count.
+
+        0, and nothing counted, when the ticket is already final (a copy that
+        stalled while another worker finished it must not run it again).
+        """
+        return int(self.r.eval(_COUNT_UNLESS_FINAL, 1, keys.ticket(run_id, ticket_id)))
 
     def heartbeat(self, run_id: str, ticket_id: str) -> None:
         self.r.hset(keys.ticket(run_id, ticket_id), "heartbeat", str(time.time()))
@@ -345,11 +369,24 @@ class RunStore:
         return done
 
     def finish_ticket(
-        self, run_id: str, ticket_id: str, state: Phase, *, reason: str = "", commit: str = ""
+        self,
+        run_id: str,
+        ticket_id: str,
+        state: Phase,
+        *,
+        reason: str = "",
+        commit: str = "",
+        run_fields: Mapping[str, Any] | None = None,
     ) -> None:
-        """The ticket's final state (COMPLETED, DEFERRED or BLOCKED)."""
+        """The ticket's final state (COMPLETED, DEFERRED or BLOCKED).
+
+        ``run_fields`` are set on the run's record in the same transaction
+        (as :meth:`update` does).
+        """
         key = keys.ticket(run_id, ticket_id)
         pipe = self.r.pipeline(transaction=True)
+        if run_fields:
+            pipe.eval(_HSET_IF_EXISTS, 1, keys.run(run_id), *_run_fields(run_fields))
         pipe.hset(
             key,
             mapping={
@@ -378,10 +415,6 @@ class RunStore:
     def put_patch(self, run_id: str, digest: str, data: bytes) -> None:
         self.r.set(keys.patch(run_id, digest), data, ex=self.ttl)
 
-    def get_patch(self, run_id: str, digest: str) -> bytes | None:
-        data = self.r.get(keys.patch(run_id, digest))
-        return None if data is None else bytes(data)
-
     # -- batches ---------------------------------------------------------------------
 
     def record_batch(self, run_id: str, index: int, **fields: Any) -> None:
@@ -408,3 +441,17 @@ class RunStore:
 
     def batch_is_done(self, run_id: str, index: int) -> bool:
         return bool(self.r.exists(keys.batch_done(run_id, index)))
+
+
+_RUN_FIELDS = list(RunInfo.__dataclass_fields__)
+
+
+def _run_info(values: list[bytes | None]) -> RunInfo | None:
+    """A run's record from HMGET of :data:`_RUN_FIELDS` (None: no such run)."""
+    data = {n.encode(): v for n, v in zip(_RUN_FIELDS, values, strict=True) if v is not None}
+    return RunInfo.from_hash(data) if data else None
+
+
+def _run_fields(fields: Mapping[str, Any]) -> list[str]:
+    """Run-record fields as HSET arguments (values JSON, as the record keeps them)."""
+    return [x for k, v in fields.items() for x in (k, json.dumps(v))]

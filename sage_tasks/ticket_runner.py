@@ -99,10 +99,9 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
     """Execute one ticket of a run and return its outcome for the commit queue."""
     check_ids(run_id, ticket_id)
     store = rt.store
-    info = store.get(run_id)
+    info, record, _ = store.snapshot(run_id, ticket_id)
     if info is None:
         return outcome(ticket_id, "lost", reason="the run is gone from Redis")
-    record = store.ticket(run_id, ticket_id)
     if not record:
         raise SageError(f"refused: ticket {ticket_id} is not part of run {run_id}")
     record = _wait_while_running_elsewhere(rt, run_id, ticket_id, record)
@@ -201,13 +200,17 @@ def _wait_while_running_elsewhere(
 
 def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
     settings = rt.settings
+    run_id = info.run_id
     mirror = Mirror(settings.workdir, info.repo_url)
     tries = 1
     last: dict[str, Any] = {}
     attempt = 0
     while attempt < tries:
         attempt += 1
-        head = mirror.fetch(info.branch)
+        # the head the commit worker last recorded; a retry looks again
+        if attempt > 1:
+            info = rt.store.get(run_id) or info
+        head = mirror.resolve(info.branch, info.head)
         with mirror.worktree(head) as worktree:
             index_file = worktree / info.index_path
             doc = IndexDocument.loads(index_file.read_bytes(), source=info.index_path)
@@ -227,10 +230,9 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
             timeout = float(ticket.timeout or info.ticket_timeout)
             # a copy that stalled (a fetch across a cut link) may wake after another
             # worker finished the ticket: it must not run the command again
-            state = rt.store.ticket(info.run_id, ticket_id).get("state", "")
-            if state in FINAL_PHASES:
+            if not rt.store.count_attempt(run_id, ticket_id):
+                state = rt.store.ticket(run_id, ticket_id).get("state", "")
                 return outcome(ticket_id, "done", state=state)
-            rt.store.count_attempt(info.run_id, ticket_id)
             with tempfile.TemporaryDirectory(prefix="sage-ticket-") as tmp:
                 tmpdir = Path(tmp)
                 ticket_json = doc.ticket_json(ticket_id)
@@ -251,7 +253,7 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
                     env=env,
                     timeout=timeout,
                     max_output_bytes=settings.max_output_bytes,
-                    on_start=lambda pgid: rt.store.set_ticket(info.run_id, ticket_id, pgid=pgid),
+                    on_start=lambda pgid: rt.store.set_ticket(run_id, ticket_id, pgid=pgid),
                     output_path=tmpdir / "output.log",
                 )
             base = {"duration_s": round(res.duration_s, 3), "attempt": attempt, "head": head}

@@ -264,6 +264,13 @@ class CommitTarget:
         repo = self.repo
         old_oid, old_data = index
         new_oid = repo.blob_id(index_data)
+        if not body and new_oid != old_oid:
+            # only the index changes: its blob and the trees above it, no private index
+            tree = repo.with_blob(head_tree, self.index_path, index_data)
+            if tree is not None:
+                if doc is not None:
+                    repo.last_index = (new_oid, index_data, doc)
+                return tree, [], ""
         patch = body
         if new_oid != old_oid:
             patch += replace_file_patch(self.index_path, old_oid, new_oid, old_data, index_data)

@@ -9,6 +9,13 @@ Layout under the worker's ``workdir``::
     idle/<name>            the same worktree between two tickets of its process
     idle/<name>.lock       flock held by the process owning the worktree, as long as it exists
 
+A mirror of a local path borrows the repository's objects (git's
+alternates, as ``git clone --shared`` does): every commit the commit worker
+makes is there at once, with nothing to copy. :meth:`Mirror.resolve` then
+needs no fetch for a head the run's record names; a URL's mirror fetches
+only when the head is not in it yet (the first ticket of a batch on a host,
+not its siblings).
+
 A worker process keeps one detached worktree per mirror and reuses it: each
 ticket starts with ``git checkout --force --detach <head>`` and ``git clean
 -ffdx`` in it, so a checkout costs what changed since the last ticket, not
@@ -51,6 +58,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import git
+
 from sage_tasks.broker import redact_url
 from sage_tasks.errors import GitError, RepositoryError
 from sage_tasks.gitops.process import first_line, run_git
@@ -77,6 +86,10 @@ _RESET_CONFIG = (
     "core.checkStat=default",
 )
 _fetches = itertools.count()
+#: a run of heads resolved without a fetch still fetches now and then (git's upkeep runs then)
+_resolves = itertools.count(1)
+#: (mirror path, pid) -> this process's ``git cat-file --batch-check`` on that mirror
+_odbs: dict[tuple[str, int], git.Git] = {}
 
 
 class _Broken(Exception):
@@ -147,6 +160,8 @@ class Mirror:
         run_git(self.workdir, "init", "--quiet", "--bare", str(tmp), what="creating a mirror")
         for key, value in (("core.autocrlf", "false"), ("core.logAllRefUpdates", "false")):
             run_git(tmp, "config", key, value)
+        if borrowed := self._source_objects():
+            _write(tmp / "objects" / "info" / "alternates", f"{borrowed}\n")
         shutil.rmtree(self.path, ignore_errors=True)
         os.rename(tmp, self.path)
 
@@ -190,6 +205,57 @@ class Mirror:
                     f"cannot fetch {branch!r} from {where}: {first_line(proc.stderr)}", path=branch
                 )
             return self._fetched(ref)
+
+    def resolve(self, branch: str, hint: str = "") -> str:
+        """The commit to run a ticket on: ``hint`` when the mirror has it, else a fetch.
+
+        ``hint`` is the branch head the run's record names (the commit worker
+        writes it, under its lock, after each commit); without one, or when
+        the mirror does not hold that commit, this is :meth:`fetch`.
+        """
+        if (
+            _FULL_SHA_RE.match(hint)
+            and next(_resolves) % _MAINTENANCE_EVERY
+            and self._has_commit(hint)
+        ):
+            return hint
+        return self.fetch(branch)
+
+    def _has_commit(self, sha: str) -> bool:
+        """True when the mirror (or the repository it borrows from) holds commit ``sha``."""
+        if not (self.path / "HEAD").exists():
+            return False
+        where = (str(self.path), os.getpid())
+        odb = _odbs.get(where)
+        if odb is None:
+            odb = _odbs[where] = git.Git(self.path)
+        try:
+            _, kind, _ = odb.get_object_header(sha)
+        except ValueError:
+            return False  # missing
+        except (git.GitError, OSError):
+            _odbs.pop(where, None)
+            odb.clear_cache()
+            return False
+        # typed as str, read as bytes: compare what came back either way
+        return str(kind, "ascii") == "commit" if isinstance(kind, bytes) else kind == "commit"
+
+    def _source_objects(self) -> str | None:
+        """The object directory of the local repository this mirrors; None for a URL."""
+        if _is_url(self.url) or not os.path.isdir(self.url):
+            return None
+        proc = run_git(
+            Path(self.url),
+            "rev-parse",
+            "--path-format=absolute",
+            "--git-path",
+            "objects",
+            check=False,
+        )
+        path = proc.stdout.decode("utf-8", "surrogateescape").strip()
+        if proc.returncode != 0 or "\n" in path or not os.path.isdir(path):
+            return None
+        return path
 
     def _fetched(self, ref: str) -> str:
         """The commit just fetched for ``ref``: FETCH_HEAD's first line, else ``rev-parse``."""
@@ -450,9 +516,14 @@ def _write(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _is_url(url: str) -> bool:
+    """True for a URL or scp-style ``host:path``, False for a local path."""
+    return "://" in url or re.match(r"^[^/]+:", url) is not None
+
+
 def _absolute(url: str) -> str:
     """A local path made absolute (git runs in the mirror); URLs and ``host:path`` as they are."""
-    if "://" in url or re.match(r"^[^/]+:", url):
+    if _is_url(url):
         return url
     return str(Path(url).absolute())
 

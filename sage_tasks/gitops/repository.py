@@ -3,21 +3,33 @@
 Git commands that only need objects, refs and a private index are run from
 inside the git directory, where git sets up no work tree at all: nothing this
 module does can touch a checkout, bare or not.
+
+The commit worker's usual commit changes one file's content (the ticket
+index) and writes a commit object: on a SHA-1 repository both are written
+here with gitdb and GitPython's tree codec, as loose objects, with no git
+process. Anything else (a patch to apply, another object format, an
+encoding header, dates fixed by the environment) goes through git itself.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
+
+from git.objects.fun import tree_entries_from_data, tree_to_stream
+from gitdb.base import IStream
+from gitdb.db.loose import LooseObjectDB
 
 from sage_tasks.errors import GitError, RefMoved, RepositoryError
 from sage_tasks.gitops.process import Helper, first_line, git_env, run_git
@@ -48,11 +60,12 @@ def repo_root(path: Path) -> Path:
 
 def locate_repo(path: Path) -> tuple[bool, Path]:
     """``(is_bare, git_dir)`` of the repository at ``path``; :class:`RepositoryError` if none."""
-    bare, git_dir, _ = _probe(path)
+    bare, git_dir, _, _ = _probe(path)
     return bare, git_dir
 
 
-def _probe(path: Path) -> tuple[bool, Path, str]:
+def _probe(path: Path) -> tuple[bool, Path, str, Path]:
+    """``(is_bare, git_dir, object_format, objects_dir)`` of the repository at ``path``."""
     if not path.is_dir():
         raise RepositoryError(f"{path} is not a directory", path=str(path))
     proc = run_git(
@@ -61,12 +74,18 @@ def _probe(path: Path) -> tuple[bool, Path, str]:
         "--is-bare-repository",
         "--absolute-git-dir",
         "--show-object-format",
+        "--path-format=absolute",
+        "--git-path",
+        "objects",
         check=False,
     )
     if proc.returncode != 0:
         raise RepositoryError(f"{path} is not a git repository", path=str(path))
-    bare, git_dir, fmt = proc.stdout.decode("utf-8", "surrogateescape").splitlines()[:3]
-    return bare == "true", Path(git_dir), fmt or "sha1"
+    lines = proc.stdout.decode("utf-8", "surrogateescape").splitlines()
+    if len(lines) != 4:
+        raise RepositoryError(f"{path}: git rev-parse said {lines!r}", path=str(path))
+    bare, git_dir, fmt, objects = lines
+    return bare == "true", Path(git_dir), fmt or "sha1", Path(objects)
 
 
 class GitObject:
@@ -91,8 +110,13 @@ class Repository:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.bare, self.git_dir, self.object_format = _probe(path)
+        self.bare, self.git_dir, self.object_format, objects = _probe(path)
         self.null_oid = "0" * hashlib.new(self.object_format).digest_size * 2
+        #: loose objects written here (gitdb knows SHA-1 only); None: by git
+        self._objects = LooseObjectDB(str(objects)) if self.object_format == "sha1" else None
+        #: ``(author, committer)`` without dates when commits may be written here; False:
+        #: not looked up yet
+        self._idents: tuple[bytes, bytes] | bool | None = False
         self._reader = Helper(self.git_dir, "cat-file", "--batch")
         self._checker = Helper(self.git_dir, "cat-file", "--batch-check")
         self._refs = Helper(self.git_dir, "update-ref", "-m", "sage-tasks: commit", "--stdin")
@@ -177,24 +201,115 @@ class Repository:
     def commit_tree(self, tree: str, parent: str, message: bytes) -> str:
         """Write a commit of ``tree`` on ``parent``; return its id.
 
+        Written here, byte for byte as ``git commit-tree`` would, when the
+        repository allows it (see :meth:`_commit_idents`); by git otherwise.
         A commit worker on a host without ``user.name``/``user.email`` still
-        commits, as ``sage-tasks <sage-tasks@localhost>`` (asked only when git
-        refuses, so the usual case costs no extra process).
+        commits, as ``sage-tasks <sage-tasks@localhost>``.
         """
+        idents = self._commit_idents()
+        if idents is not None:
+            now = b"%d %s" % (int(time.time()), time.strftime("%z").encode())
+            author, committer = idents
+            text = b"tree %s\nparent %s\nauthor %s %s\ncommitter %s %s\n\n" % (
+                tree.encode(),
+                parent.encode(),
+                author,
+                now,
+                committer,
+                now,
+            )
+            return self.write_object("commit", text + message)
+        return self._commit_tree_by_git(tree, parent, message)
+
+    def _commit_idents(self) -> tuple[bytes, bytes] | None:
+        """Author and committer (``Name <email>``) for commits written here, or None.
+
+        Asked of git once per process (``git var``, so the environment and
+        every config level count). None, and git writes each commit itself,
+        when commits carry an encoding header or take their dates from the
+        environment.
+        """
+        if self._idents is not False:
+            return self._idents if isinstance(self._idents, tuple) else None
+        self._idents = None
+        if self._objects is None or any(
+            os.environ.get(v) for v in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE")
+        ):
+            return None
+        # (commit-tree signs only when asked to, whatever commit.gpgSign says)
+        encoding = self.run("config", "i18n.commitEncoding", check=False).stdout.strip()
+        if encoding.lower() not in (b"", b"utf-8", b"utf8"):
+            return None
+        found: list[bytes] = []
+        for role in ("AUTHOR", "COMMITTER"):
+            proc = self.run("var", f"GIT_{role}_IDENT", env=self._ident, check=False)
+            if proc.returncode != 0 and not self._ident and _IDENTITY_RE.search(proc.stderr):
+                self._ident = _fallback_ident()
+                proc = self.run("var", f"GIT_{role}_IDENT", env=self._ident, check=False)
+            # "Name <email> 1700000000 +0000": the date is the commit's own
+            ident = proc.stdout.strip().rsplit(b" ", 2)[0]
+            if proc.returncode != 0 or not ident.endswith(b">") or b"\n" in ident:
+                return None
+            found.append(ident)
+        self._idents = (found[0], found[1])
+        return self._idents
+
+    def _commit_tree_by_git(self, tree: str, parent: str, message: bytes) -> str:
         args = ("commit-tree", tree, "-p", parent)
         proc = self.run(*args, input=message, env=self._ident, check=False)
         if proc.returncode != 0 and not self._ident and _IDENTITY_RE.search(proc.stderr):
-            env = git_env()
-            for role in ("AUTHOR", "COMMITTER"):
-                for key, fallback in (("NAME", FALLBACK_NAME), ("EMAIL", FALLBACK_EMAIL)):
-                    var = f"GIT_{role}_{key}"
-                    self._ident[var] = env.get(var) or fallback
+            self._ident = _fallback_ident()
             proc = self.run(*args, input=message, env=self._ident, check=False)
         if proc.returncode != 0:
             raise GitError(f"git commit-tree failed in {self.git_dir}: {first_line(proc.stderr)}")
         return proc.stdout.decode().strip()
 
     # -- objects -------------------------------------------------------------
+
+    def write_object(self, kind: str, data: bytes) -> str:
+        """Store an object of type ``kind``; return its id."""
+        if self._objects is None:
+            proc = self.run("hash-object", "-w", "-t", kind, "--stdin", input=data)
+            return proc.stdout.decode().strip()
+        stream = self._objects.store(IStream(kind.encode(), len(data), io.BytesIO(data)))
+        return str(stream.hexsha.decode())
+
+    def with_blob(self, tree: str, path: str, data: bytes) -> str | None:
+        """The id of ``tree`` with the existing regular file ``path`` holding ``data``.
+
+        Writes the blob and the trees above it. None when ``path`` is not a
+        regular file of ``tree`` or a name on the way cannot be written back
+        exactly: the caller then goes through a private index.
+        """
+        if self._objects is None:
+            return None
+        blob = self.write_object("blob", data)
+        return self._replace(tree, path.split("/"), blob)
+
+    def _replace(self, tree: str, names: list[str], blob: str) -> str | None:
+        obj = self.read(tree)
+        if obj is None or obj.type != "tree":
+            return None
+        try:
+            entries = tree_entries_from_data(obj.data)
+            if _tree_bytes(entries) != obj.data:
+                return None  # an entry git wrote that the codec would write otherwise
+        except (ValueError, IndexError, UnicodeEncodeError):
+            return None
+        for i, (binsha, mode, name) in enumerate(entries):
+            if name != names[0]:
+                continue
+            if len(names) > 1:
+                if mode != 0o40000:
+                    return None
+                new = self._replace(binsha.hex(), names[1:], blob)
+            else:
+                new = blob if mode in (0o100644, 0o100755) else None
+            if new is None:
+                return None
+            entries[i] = (bytes.fromhex(new), mode, name)
+            return self.write_object("tree", _tree_bytes(entries))
+        return None
 
     def read(self, name: str) -> GitObject | None:
         """The object ``name`` resolves to (any rev syntax), or None if there is none."""
@@ -267,6 +382,22 @@ class Repository:
         if b"cannot lock ref" in stderr or b"Unable to create" in stderr:
             raise RefMoved(f"{ref} moved while committing: {first_line(stderr)}", path=ref)
         raise err
+
+
+def _tree_bytes(entries: list[tuple[bytes, int, str]]) -> bytes:
+    out = io.BytesIO()
+    tree_to_stream(entries, out.write)
+    return out.getvalue()
+
+
+def _fallback_ident() -> dict[str, str]:
+    """Author and committer variables for a host without an identity: the environment's or ours."""
+    env, ident = git_env(), {}
+    for role in ("AUTHOR", "COMMITTER"):
+        for key, fallback in (("NAME", FALLBACK_NAME), ("EMAIL", FALLBACK_EMAIL)):
+            var = f"GIT_{role}_{key}"
+            ident[var] = env.get(var) or fallback
+    return ident
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int] | None:
