@@ -65,7 +65,8 @@ def status_json(summary: RunSummary, now: float, runs: list[RunLine] | None) -> 
     elapsed = running_for(summary, now)
     for ticket in data["tickets"]:
         ticket["running_s"] = elapsed.get(ticket["id"])
-    data["batch"] = summary.info.batch + 1 if summary.info.batch >= 0 else None
+    # the batch being run, 0-based like each ticket's "batch" (None: eager, or not started)
+    data["current_batch"] = summary.info.batch if summary.info.batch >= 0 else None
     data["schedule"] = summary.info.extra.get("schedule", "levels")
     data["running"] = sorted(elapsed)
     if runs is not None:

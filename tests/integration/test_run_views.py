@@ -97,7 +97,7 @@ def test_status_follows_a_run_while_it_runs_and_after(fleet: Fleet, tmp_path: Pa
 
         assert wait_until(gated_runs_and_quick_is_done, 60, 0.5), f"{seen}\n{fleet.logs()}"
         live = rows(seen)
-        assert seen["status"] == "RUNNING" and seen["batch"] == 1
+        assert seen["status"] == "RUNNING" and seen["current_batch"] == 0
         assert seen["running"] == ["GATED"]
         gated = live["GATED"]
         assert gated["host"] == HOST and re.fullmatch(rf"{re.escape(HOST)}#[12]", gated["slot"])
