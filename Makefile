@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast test-slow lint demo bench reliability clean redis-server system-deps
+.PHONY: install test test-fast test-slow lint demo bench reliability clean redis-server system-deps \
+	flower
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +17,10 @@ install: $(STAMP)
 
 # what the tests run besides Python: their own redis-server processes, git,
 # docker-compose (validates the compose file, no engine needed),
-# systemd-analyze (verifies the units); Debian packages, installed when missing
+# systemd-analyze (verifies the units), chromium (opens the HTML report headless);
+# Debian packages, installed when missing
 SYSTEM_TOOLS := redis-server:redis-server git:git docker-compose:docker-compose \
-	systemd-analyze:systemd ip:iproute2
+	systemd-analyze:systemd ip:iproute2 chromium:chromium
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
@@ -50,6 +52,13 @@ demo: install redis-server
 bench: install redis-server
 	$(BIN)/python bench/plan.py
 	@for b in bench/commit.py bench/e2e.py; do [ -f $$b ] && $(BIN)/python $$b || true; done
+
+# Flower for the broker the workers use (SAGE_BROKER_URL), behind basic auth
+# (FLOWER_BASIC_AUTH=user:password; it refuses to start without), on 127.0.0.1
+FLOWER_PORT    ?= 5555
+FLOWER_ADDRESS ?= 127.0.0.1
+flower: install
+	$(BIN)/sage-worker flower --port $(FLOWER_PORT) --address $(FLOWER_ADDRESS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

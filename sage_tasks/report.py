@@ -25,6 +25,7 @@ from typing import Any
 
 from sage_tasks.core.files import write_atomic
 from sage_tasks.errors import ConfigError, UnknownRun
+from sage_tasks.lanes import Bar, BatchMark, bars_of, batch_marks, lanes_of
 from sage_tasks.runstate import Phase, RunStatus, RunStore
 from sage_tasks.summary import RunSummary, TicketRow, load_summary
 
@@ -57,7 +58,10 @@ dl.info dt{color:#6c757d}dl.info dd{margin:0;overflow-wrap:anywhere}
 .scroll{overflow:auto;max-height:80vh;border:1px solid #dee2e6}
 svg text{font:11px system-ui,sans-serif;fill:#212529}svg text.in{fill:#fff}
 svg text.host{font-weight:600}svg text.tick{fill:#6c757d}
-line.grid{stroke:#f1f3f5}line.batch{stroke:#495057;stroke-dasharray:3 3}
+line.grid{stroke:#f1f3f5}line.lane{stroke:#f1f3f5}
+line.batch{stroke:#495057;stroke-dasharray:4 3}line.batch.end{stroke-dasharray:1 3}
+rect.bar{stroke:#fff;stroke-width:.5}rect.bar.cp{stroke:#1c7ed6;stroke-width:2}
+path.cpl{fill:none;stroke:#1c7ed6;stroke-width:1.5;stroke-dasharray:2 2}
 path.e{fill:none;stroke:#ced4da}path.ce{fill:none;stroke:#1c7ed6;stroke-width:2.5}
 rect.cp{stroke:#1c7ed6;stroke-width:2}
 ol.cp{padding:0;margin:6px 0;line-height:2}ol.cp li{display:inline}
@@ -110,17 +114,6 @@ def _count(n: int, noun: str) -> str:
 
 def _clip(text: str, size: int) -> str:
     return text if len(text) <= size else text[: max(1, size - 1)] + "…"
-
-
-def _span(row: TicketRow) -> tuple[float, float] | None:
-    """When the ticket's command ran: started to started + duration (or its end)."""
-    if row.started is None:
-        return None
-    if row.duration_s is not None:
-        return row.started, row.started + max(0.0, row.duration_s)
-    if row.ended is not None and row.ended >= row.started:
-        return row.started, row.ended
-    return None
 
 
 def _ticks(total: float, count: int = 8) -> list[float]:
@@ -188,42 +181,68 @@ def _metrics(s: RunSummary, plan: dict[str, Any]) -> str:
     return f'<section id="metrics"><h2>Metrics</h2><div class="cards">{body}</div></section>'
 
 
-def _timeline(s: RunSummary) -> str:
+def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> str:
     head = '<section id="timeline"><h2>Timeline</h2>'
-    bars = [(r, sp) for r in s.rows if (sp := _span(r)) is not None]
+    bars = bars_of(s.rows)
     if not bars:
         return head + '<p class="note">No ticket ran.</p></section>'
-    t0 = min(a for _, (a, _) in bars)
-    total = max(max(b for _, (_, b) in bars) - t0, 1e-3)
-    by_host: dict[str, list[tuple[TicketRow, tuple[float, float]]]] = {}
-    for row, sp in sorted(bars, key=lambda bar: (bar[1][0], bar[0].id)):
-        by_host.setdefault(row.host or "(unknown host)", []).append((row, sp))
-    rh = max(2.0, min(16.0, 2400 / len(bars)))
-    left, width, top = 200.0, 960.0, 24.0
+    lanes = lanes_of(bars)
+    times = [t for b in bars for t in (b.start, b.end)]
+    times += [t for m in marks for t in (m.start, m.end) if t is not None]
+    t0 = min(times)
+    total = max(max(times) - t0, 1e-3)
+    rh = max(6.0, min(24.0, 2400 / len(lanes)))
+    left, width, top = 200.0, 960.0, 30.0
 
     def x(t: float) -> float:
         return left + (t - t0) / total * width
 
+    path = [str(t) for t in plan.get("critical_path") or s.critical_path]
+    on_path = set(path)
+    where: dict[str, tuple[Bar, float]] = {}  # ticket -> its bar and the middle of its lane
     body: list[str] = []
-    y = top
-    for host, items in by_host.items():
-        body.append(f'<text class="host" x="4" y="{y + 12:.1f}">{_e(host)} · {len(items)}</text>')
-        y += 16
-        for row, (a, b) in items:
-            if rh >= 11:
-                body.append(
-                    f'<text x="{left - 6:.0f}" y="{y + rh * 0.75:.1f}" '
-                    f'text-anchor="end">{_e(_clip(row.id, 28))}</text>'
-                )
-            batch = f", batch {row.batch + 1}" if row.batch is not None else ""
-            tip = f"{row.id}: {row.state}, {_secs(b - a)} on {host}{batch}"
+    y, host = top, None
+    for lane in lanes:
+        if lane.host != host:
+            host = lane.host
+            count = sum(len(ln.bars) for ln in lanes if ln.host == host)
             body.append(
-                f'<rect class="{_cls(row.state)}" x="{x(a):.1f}" y="{y + rh * 0.1:.1f}" '
-                f'width="{max(1.0, x(b) - x(a)):.1f}" height="{rh * 0.8:.1f}">'
+                f'<text class="host" x="4" y="{y + 12:.1f}">{_e(_clip(host, 30))} · '
+                f"{_count(count, 'ticket')}</text>"
+            )
+            y += 16
+        if rh >= 11:
+            body.append(
+                f'<text class="tick" x="{left - 6:.0f}" y="{y + rh * 0.7:.1f}" '
+                f'text-anchor="end">{_e(_clip(lane.label, 28))}</text>'
+            )
+        body.append(
+            f'<line class="lane" x1="{left}" y1="{y + rh:.1f}" x2="{left + width}" '
+            f'y2="{y + rh:.1f}"/>'
+        )
+        for bar in lane.bars:
+            row = bar.row
+            x1, x2 = x(bar.start), max(x(bar.end), x(bar.start) + 1.0)
+            cls = f"bar {_cls(row.state)}" + (" cp" if row.id in on_path else "")
+            batch = f", batch {row.batch + 1}" if row.batch is not None and row.batch >= 0 else ""
+            where_ran = row.slot or lane.host
+            tip = f"{row.id}: {row.state}, {_secs(bar.end - bar.start)} on {where_ran}{batch}"
+            body.append(
+                f'<rect class="{cls}" data-ticket="{_e(row.id)}" x="{x1:.1f}" '
+                f'y="{y + rh * 0.12:.1f}" width="{x2 - x1:.1f}" height="{rh * 0.76:.1f}">'
                 f"<title>{_e(tip)}</title></rect>"
             )
-            y += rh
-        y += 4
+            if rh >= 14 and x2 - x1 >= 7 * min(len(row.id), 16) + 8:
+                body.append(
+                    f'<text class="in" x="{x1 + 4:.1f}" y="{y + rh * 0.68:.1f}">'
+                    f"{_e(_clip(row.id, 16))}</text>"
+                )
+            where[row.id] = (bar, y + rh / 2)
+        y += rh
+    links = [
+        f'<path class="cpl" d="M{x(a.end):.1f},{ya:.1f} L{x(b.start):.1f},{yb:.1f}"/>'
+        for (a, ya), (b, yb) in itertools.pairwise(where[t] for t in path if t in where)
+    ]
     grid: list[str] = []
     for t in _ticks(total):
         grid.append(
@@ -231,31 +250,44 @@ def _timeline(s: RunSummary) -> str:
             f'y2="{y:.1f}"/><text class="tick" x="{x(t0 + t):.1f}" y="{y + 14:.1f}" '
             f'text-anchor="middle">{_secs(t)}</text>'
         )
-    starts: dict[int, float] = {}
-    for row, (a, _) in bars:
-        if row.batch is not None:
-            starts[row.batch] = min(a, starts.get(row.batch, a))
     last = -1e9
-    for n in sorted(starts):
-        bx = x(starts[n])
-        grid.append(
-            f'<line class="batch" x1="{bx:.1f}" y1="{top - 8}" x2="{bx:.1f}" y2="{y:.1f}">'
-            f"<title>batch {n + 1} starts</title></line>"
-        )
-        if bx - last >= 30:
-            grid.append(f'<text class="tick" x="{bx + 2:.1f}" y="{top - 10}">b{n + 1}</text>')
-            last = bx
+    for mark in marks:
+        if mark.end is not None:
+            ex = x(mark.end)
+            grid.append(
+                f'<line class="batch end" x1="{ex:.1f}" y1="{top - 6}" x2="{ex:.1f}" '
+                f'y2="{y:.1f}"><title>batch {mark.number} ends</title></line>'
+            )
+        if mark.start is not None:
+            bx = x(mark.start)
+            grid.append(
+                f'<line class="batch" x1="{bx:.1f}" y1="{top - 14}" x2="{bx:.1f}" '
+                f'y2="{y:.1f}"><title>batch {mark.number} starts</title></line>'
+            )
+            if bx - last >= 30:
+                grid.append(
+                    f'<text class="tick" x="{bx + 2:.1f}" y="{top - 16}">b{mark.number}</text>'
+                )
+                last = bx
     w, h = left + width + 20, y + 22
     svg = (
         f'<svg width="{w:.0f}" height="{h:.0f}" viewBox="0 0 {w:.0f} {h:.0f}" role="img" '
-        f'aria-label="timeline">{"".join(grid)}{"".join(body)}</svg>'
+        f'aria-label="timeline">{"".join(grid)}{"".join(body)}{"".join(links)}</svg>'
     )
     idle = len(s.rows) - len(bars)
+    hosts = len({lane.host for lane in lanes})
     note = (
-        f'<p class="note">{_count(len(bars), "ticket")} ran on {_count(len(by_host), "host")}'
-        f"{f' ({idle} never ran)' if idle else ''}; dashed lines: batch starts.</p>"
+        f"{_count(len(bars), 'ticket')} ran on {_count(len(lanes), 'worker slot')} of "
+        f"{_count(hosts, 'host')}{f' ({idle} never ran)' if idle else ''}. One lane per "
+        "worker slot (node name and pool process index); blue outlines and links: the "
+        "critical path; "
     )
-    return f'{head}{_legend()}{note}<div class="scroll">{svg}</div></section>'
+    note += (
+        "dashed lines: batch starts, dotted: batch ends."
+        if marks
+        else "no batch boundaries (eager schedule, or no batch was recorded)."
+    )
+    return f'{head}{_legend()}<p class="note">{note}</p><div class="scroll">{svg}</div></section>'
 
 
 def _critical_path(s: RunSummary, plan: dict[str, Any]) -> str:
@@ -364,8 +396,17 @@ def _graph(s: RunSummary, plan: dict[str, Any]) -> str:
     return f'{head}{_legend()}<p class="note">{note}</p><div class="scroll">{svg}</div></section>'
 
 
+def _is_eager(s: RunSummary) -> bool:
+    return s.info.extra.get("schedule") == "eager"
+
+
 def _has_reason(row: TicketRow) -> bool:
     return row.state in (Phase.DEFERRED, Phase.BLOCKED)
+
+
+def _html_table(heads: tuple[str, ...], rows: list[str]) -> str:
+    cells = "".join(f"<th>{h}</th>" for h in heads)
+    return f"<table><thead><tr>{cells}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _table(s: RunSummary) -> str:
@@ -375,32 +416,32 @@ def _table(s: RunSummary) -> str:
         reason = _e(_clip(first, 140))
         if _has_reason(r):
             reason += f' <a href="#reason-{n}">full</a>'
-        batch = str(r.batch + 1) if r.batch is not None else "—"
+        batch = str(r.batch + 1) if r.batch is not None and r.batch >= 0 else "—"
         rows.append(
             f'<tr id="ticket-{n}"><td><code>{_e(r.id)}</code></td><td>{_chip(r.state)}</td>'
-            f'<td class="n">{batch}</td><td>{_e(r.host or "—")}</td>'
+            f'<td class="n">{batch}</td><td>{_e(r.slot or r.host or "—")}</td>'
             f'<td class="n">{r.attempts}</td><td class="n">{_secs(r.duration_s)}</td>'
             f'<td><code>{_e(r.commit[:12] or "—")}</code></td><td class="r">{reason}</td></tr>'
         )
-    heads = "".join(
-        f"<th>{h}</th>"
-        for h in ("ticket", "state", "batch", "host", "attempts", "duration", "commit", "reason")
-    )
+    heads = ("ticket", "state", "batch", "slot", "attempts", "duration", "commit", "reason")
     return (
-        f'<section id="tickets"><h2>Tickets ({len(s.rows)})</h2><table><thead><tr>{heads}'
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
+        f'<section id="tickets"><h2>Tickets ({len(s.rows)})</h2>'
+        f"{_html_table(heads, rows)}</section>"
     )
 
 
 def _reasons(s: RunSummary, plan: dict[str, Any]) -> str:
     out = ['<section id="reasons"><h2>Deferred and blocked</h2>']
+    rows: list[str] = []
     for n, r in enumerate(s.rows):
         if _has_reason(r):
             text = _e(r.reason) if r.reason else '<span class="note">no reason recorded</span>'
-            out.append(
-                f'<article id="reason-{n}"><h3>{_chip(r.state)} <code>{_e(r.id)}</code>'
-                f"</h3><pre>{text}</pre></article>"
+            rows.append(
+                f'<tr id="reason-{n}"><td><code>{_e(r.id)}</code></td><td>{_chip(r.state)}</td>'
+                f'<td class="n">{r.attempts}</td><td class="r"><pre>{text}</pre></td></tr>'
             )
+    if rows:
+        out.append(_html_table(("ticket", "state", "attempts", "reason"), rows))
     earlier = [str(t) for t in plan.get("deferred", [])]
     if earlier:
         ids = ", ".join(f"<code>{_e(t)}</code>" for t in earlier)
@@ -413,8 +454,18 @@ def _reasons(s: RunSummary, plan: dict[str, Any]) -> str:
 # -- the page ----------------------------------------------------------------------------
 
 
-def render_html(summary: RunSummary, plan: dict[str, Any]) -> str:
-    """The report page of a run, from its summary and the plan stored with it."""
+def render_html(
+    summary: RunSummary,
+    plan: dict[str, Any],
+    batch_records: list[dict[str, Any]] | None = None,
+) -> str:
+    """The report page of a run, from its summary, the plan stored with it and its batches.
+
+    ``batch_records`` (each batch's record: ``sent`` and ``ended`` times) give
+    the timeline its batch boundaries; without them each batch starts when
+    its first ticket did.
+    """
+    marks = [] if _is_eager(summary) else batch_marks(batch_records or [], summary.rows)
     title = f"sage-tasks run {summary.info.run_id}"
     return "\n".join(
         [
@@ -425,7 +476,7 @@ def render_html(summary: RunSummary, plan: dict[str, Any]) -> str:
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
             _header(summary),
             _metrics(summary, plan),
-            _timeline(summary),
+            _timeline(summary, plan, marks),
             _critical_path(summary, plan),
             _graph(summary, plan),
             _table(summary),
@@ -447,7 +498,8 @@ def write_report(store: RunStore, run_id: str, path: Path) -> None:
     raw = store.plan_json(run_id)
     if summary is None or raw is None:
         raise UnknownRun(f"unknown run {run_id!r} (never submitted, or its record expired)")
-    page = render_html(summary, json.loads(raw))
+    batches = [store.batch(run_id, n) for n in range(len(summary.batches))]
+    page = render_html(summary, json.loads(raw), batches)
     target = Path(path)
     try:
         _write_atomic(target, page.encode("utf-8"))

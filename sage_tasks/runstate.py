@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from sage_tasks import keys
+from sage_tasks import events, keys
 
 
 class Phase(StrEnum):
@@ -135,6 +135,13 @@ def _decode(data: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode(errors="replace") for k, v in data.items()}
 
 
+def _number(raw: bytes | None) -> float | None:
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
 class RunStore:
     """Reads and writes run records in one Redis database."""
 
@@ -209,8 +216,12 @@ class RunStore:
 
     def latest(self) -> str | None:
         """The id of the most recently submitted run."""
-        ids = self.r.zrevrange(keys.RUNS, 0, 0)
-        return ids[0].decode() if ids else None
+        ids = self.recent(1)
+        return ids[0] if ids else None
+
+    def recent(self, count: int) -> list[str]:
+        """The ids of the ``count`` most recently submitted runs, the latest first."""
+        return [m.decode() for m in self.r.zrevrange(keys.RUNS, 0, max(0, count - 1))]
 
     def active(self, repo: str) -> list[str]:
         """Unfinished runs of one repository."""
@@ -261,6 +272,10 @@ class RunStore:
                 key, mapping={"state": Phase.QUEUED.value, "queued": now, "batch": str(batch)}
             )
         pipe.execute()
+        for tid in ticket_ids:
+            events.ticket_event(
+                run_id, tid, Phase.QUEUED.value, batch=batch + 1 if batch >= 0 else None
+            )
 
     def start_ticket(
         self,
@@ -271,13 +286,17 @@ class RunStore:
         deaths: int = 0,
         pid: int = 0,
         space: str = "",
+        slot: str | None = None,
     ) -> None:
         """Record that a worker took the ticket (``deaths``: workers lost on it so far).
 
         ``pid`` and ``space`` (the pid space it lives in) name the process that
-        runs it, so a redelivery in the same pid space can tell that it died.
+        runs it, so a redelivery in the same pid space can tell that it died;
+        ``slot`` names the worker slot (node name and pool process index, by
+        default this process's) that the report draws it on.
         """
         now = str(time.time())
+        slot = slot or events.slot(host)
         fields = {
             "state": Phase.RUNNING.value,
             "host": host,
@@ -286,12 +305,17 @@ class RunStore:
             "deaths": str(deaths),
             "pid": str(pid),
             "space": space,
+            "slot": slot,
         }
-        self._set_unless_final(run_id, ticket_id, fields, running=True)
+        if self._set_unless_final(run_id, ticket_id, fields, running=True):
+            events.ticket_event(
+                run_id, ticket_id, Phase.RUNNING.value, host=host, slot=slot, deaths=deaths or None
+            )
 
     def requeue_ticket(self, run_id: str, ticket_id: str) -> None:
         """The ticket waits in the queue again (a retry) — unless it is already final."""
-        self._set_unless_final(run_id, ticket_id, {"state": Phase.QUEUED.value}, running=False)
+        if self._set_unless_final(run_id, ticket_id, {"state": Phase.QUEUED.value}, running=False):
+            events.ticket_event(run_id, ticket_id, Phase.QUEUED.value, reason="retry")
 
     def _set_unless_final(
         self, run_id: str, ticket_id: str, fields: Mapping[str, str], *, running: bool
@@ -332,7 +356,17 @@ class RunStore:
             "result": json.dumps(dict(result)),
             "duration": str(result.get("duration_s", 0.0)),
         }
-        return self._set_unless_final(run_id, ticket_id, fields, running=False)
+        done = self._set_unless_final(run_id, ticket_id, fields, running=False)
+        if done:
+            events.ticket_event(
+                run_id,
+                ticket_id,
+                Phase.RAN.value,
+                slot=events.slot(),
+                duration_s=result.get("duration_s"),
+                outcome=result.get("outcome"),
+            )
+        return done
 
     def finish_ticket(
         self,
@@ -364,7 +398,17 @@ class RunStore:
         )
         pipe.hset(keys.final(run_id), ticket_id, state.value)
         pipe.srem(keys.running(run_id), ticket_id)
-        pipe.execute()
+        pipe.hmget(key, ["duration", "slot"])
+        duration, slot = pipe.execute()[-1]
+        events.ticket_event(
+            run_id,
+            ticket_id,
+            state.value,
+            duration_s=_number(duration),
+            slot=slot.decode() if slot else None,
+            commit=commit[:12] or None,
+            reason=reason or None,
+        )
 
     # -- patches -------------------------------------------------------------------
 

@@ -27,17 +27,28 @@ class TicketRow:
     batch: int | None = None
     started: float | None = None
     ended: float | None = None
+    #: the worker slot that ran it: node name and pool process index (``tickets@w1#2``)
+    slot: str = ""
+
+    def running_for(self, now: float) -> float | None:
+        """How long its command has been running (None unless it runs now)."""
+        if self.state != Phase.RUNNING or self.started is None:
+            return None
+        return max(0.0, now - self.started)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "state": self.state,
             "host": self.host,
+            "slot": self.slot,
             "attempts": self.attempts,
             "duration_s": self.duration_s,
             "reason": self.reason,
             "commit": self.commit,
             "batch": self.batch,
+            "started": self.started,
+            "ended": self.ended,
         }
 
 
@@ -164,6 +175,7 @@ def load_summary(store: RunStore, run_id: str) -> RunSummary | None:
                 batch=int(batch) if batch and batch.lstrip("-").isdigit() else None,
                 started=_float(rec.get("started")),
                 ended=_float(rec.get("ended")),
+                slot=rec.get("slot", ""),
             )
         )
     return RunSummary(info, rows, batches, list(plan.get("critical_path", [])))

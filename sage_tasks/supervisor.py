@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from sage_tasks import eager, producer
+from sage_tasks import eager, events, producer
 from sage_tasks.celery_app import TASK_PREPARE
 from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
 from sage_tasks.runtime import Runtime
@@ -126,16 +126,14 @@ class Supervisor:
                     tid,
                     now - since,
                 )
-                store.set_ticket(run_id, tid, resent=now)
-                producer.ticket_chain(self.app, run_id, tid, info.commit_queue).apply_async()
+                self._resend(info, tid, state, f"not taken for {now - since:.0f} s", now)
         elif state == Phase.RUNNING:
             beat = max(float(rec.get("heartbeat") or 0), float(rec.get("resent") or 0))
             if now - beat > vt:
                 log.warning(
                     "run %s: ticket %s silent for %.0f s; sending it again", run_id, tid, now - beat
                 )
-                store.set_ticket(run_id, tid, resent=now)
-                producer.ticket_chain(self.app, run_id, tid, info.commit_queue).apply_async()
+                self._resend(info, tid, state, f"silent for {now - beat:.0f} s", now)
         elif state == Phase.RAN:
             ran = float(rec.get("ran") or 0)
             if now - ran > vt and rec.get("result"):
@@ -146,8 +144,17 @@ class Supervisor:
                     now - ran,
                 )
                 store.set_ticket(run_id, tid, ran=now)
+                events.ticket_event(
+                    run_id, tid, state, event="resent", reason=f"waited {now - ran:.0f} s"
+                )
                 result: dict[str, Any] = json.loads(rec["result"])
                 producer.commit_only(self.app, result, run_id, tid, info.commit_queue).apply_async()
+
+    def _resend(self, info: RunInfo, tid: str, state: str, why: str, now: float) -> None:
+        """Send a ticket's tasks again (the supervisor's warning said why)."""
+        self.rt.store.set_ticket(info.run_id, tid, resent=now)
+        events.ticket_event(info.run_id, tid, state, event="resent", reason=why)
+        producer.ticket_chain(self.app, info.run_id, tid, info.commit_queue).apply_async()
 
 
 def install(app: Celery, rt: Runtime) -> None:

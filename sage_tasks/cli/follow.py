@@ -10,6 +10,7 @@ import redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from sage_tasks.errors import BrokerUnavailable, RunLost
 from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
@@ -19,7 +20,7 @@ from sage_tasks.summary import RunSummary, load_summary
 RECONNECT_WINDOW_S = 120.0
 
 
-def _line(info: RunInfo, finals: dict[str, str], running: list[str], total: int) -> str:
+def progress_line(info: RunInfo, finals: dict[str, str], running: list[str], total: int) -> str:
     if info.status == RunStatus.SUBMITTED:
         return (
             f"waiting for the commit worker on queue '{info.commit_queue}' "
@@ -91,7 +92,7 @@ def follow(
                     "expired); submit again with the same --branch to resume it"
                 )
             total = max(int(info.extra.get("planned", info.to_run)), len(finals))
-            line = _line(info, finals, running, total)
+            line = progress_line(info, finals, running, total)
             progress.update(
                 task, total=total, completed=len(finals), description=f"run {run_id}", detail=line
             )
@@ -103,41 +104,52 @@ def follow(
             time.sleep(poll_s)
 
 
-def render_summary(summary: RunSummary, console: Console) -> None:
-    """The end-of-run report: outcome per ticket class and the metrics."""
+def render_summary(summary: RunSummary, console: Console, *, now: float | None = None) -> None:
+    """The ticket table, then (for a run that ended) the outcome counts and the metrics.
+
+    ``now`` (the time of a look at a run still going) shows how long each
+    running ticket has been running.
+    """
     info = summary.info
     console.print()
     if info.error:
-        console.print(f"[bold red]run {info.run_id} failed:[/] {info.error}", highlight=False)
+        failed = Text(f"run {info.run_id} failed: ", style="bold red")
+        console.print(failed + Text(info.error), highlight=False)
     table = Table(
-        title=f"run {info.run_id} on {info.branch}", show_header=True, header_style="bold"
+        title=Text(f"run {info.run_id} on {info.branch}"), show_header=True, header_style="bold"
     )
     table.add_column("ticket")
     table.add_column("state")
     table.add_column("host")
     table.add_column("attempts", justify="right")
-    table.add_column("time", justify="right")
+    table.add_column("duration", justify="right")
     table.add_column("reason", overflow="fold")
     colour = {"COMPLETED": "green", "DEFERRED": "yellow", "BLOCKED": "red"}
     for r in summary.rows:
         c = colour.get(r.state, "white")
         dur = f"{r.duration_s:.1f}s" if r.duration_s is not None else ""
+        running = r.running_for(now) if now is not None else None
+        if running is not None:
+            dur = f"running {running:.1f}s"
+        # hosts and reasons (executor output) are text, never markup
         table.add_row(
             r.id,
             f"[{c}]{r.state}[/]",
-            r.host,
+            Text(r.host),
             str(r.attempts),
             dur,
-            r.reason.splitlines()[0][:160] if r.reason else "",
+            Text(r.reason.splitlines()[0][:160] if r.reason else ""),
         )
     console.print(table)
-    speed = f"{summary.speedup:.2f}x" if summary.speedup is not None else "n/a"
-    eff = f"{summary.efficiency:.0%}" if summary.efficiency is not None else "n/a"
     console.print(
         f"[bold]completed[/] {len(summary.completed)}  [bold]deferred[/] {len(summary.deferred)}"
         f"  [bold]blocked[/] {len(summary.blocked)}",
         highlight=False,
     )
+    if not summary.finished:
+        return
+    speed = f"{summary.speedup:.2f}x" if summary.speedup is not None else "n/a"
+    eff = f"{summary.efficiency:.0%}" if summary.efficiency is not None else "n/a"
     console.print(
         f"[bold]wall time[/] {summary.wall_s:.1f}s  [bold]summed ticket time[/] "
         f"{summary.ticket_time_s:.1f}s  [bold]speedup[/] {speed}  "

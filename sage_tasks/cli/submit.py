@@ -25,7 +25,6 @@ from sage_tasks.errors import (
     ConfigError,
     IndexValidationError,
     Problem,
-    UnknownRun,
 )
 
 PROTECTED_BRANCHES = ("main", "master")
@@ -316,25 +315,18 @@ def cli(
 @click.pass_context
 @handle_errors
 def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | None) -> None:
-    """The state of a run (default: the latest), ticket by ticket."""
-    from sage_tasks.cli.follow import render_summary
+    """The state of a run (default: the latest, below a list of the latest runs), ticket by ticket.
+
+    Per ticket: state, host, attempts, duration (or how long it has been
+    running), reason; while the run runs and after.
+    """
+    from sage_tasks.cli.status_view import show_status
     from sage_tasks.runstate import RunStore
-    from sage_tasks.summary import load_summary
 
     settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
     human, out = _consoles(as_json)
     store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
-    rid = run_id or store.latest()
-    if rid is None:
-        raise UnknownRun("no run is known to the broker")
-    summary = load_summary(store, rid)
-    if summary is None:
-        raise UnknownRun(f"unknown run {rid!r}")
-    if as_json:
-        out.print_json(json.dumps(summary.to_json()))
-    else:
-        human.print(f"run {rid}: {summary.info.status}", highlight=False)
-        render_summary(summary, human)
+    show_status(store, run_id, human=human, out=out, as_json=as_json)
 
 
 @cli.command()

@@ -1,11 +1,16 @@
-"""``sage-worker flower`` on real processes: credentials, loopback, task arguments, TLS."""
+"""``sage-worker flower`` and ``make flower`` on real processes: credentials, loopback, what
+each task shows (ticket id, run id, worker, state, runtime, retries, queue), metrics, TLS."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +28,11 @@ from tests.support.tls import TlsRedisServer, make_certs
 
 BROKER_PASSWORD = "broker-pw-91d2"
 FLOWER_USER, FLOWER_PASSWORD = "admin", "flower-pw-3b7e"
+AUTH = f"{FLOWER_USER}:{FLOWER_PASSWORD}"
+ROOT = Path(__file__).resolve().parents[2]
+TICKETS_NODE = f"tickets@{socket.gethostname()}"
+#: a command that fails after writing far more output than Celery keeps of a task's arguments
+LOUD_FAILURE = "head -c 6000 /dev/zero | tr '\\0' x; exit 1"
 
 
 def get(port: int, path: str, auth: str | None = None) -> tuple[int | None, bytes]:
@@ -63,6 +73,7 @@ class Monitored:
     fleet: Fleet
     port: int
     run: dict[str, Any]
+    queue: str
 
 
 @pytest.fixture(scope="module")
@@ -84,15 +95,19 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
         repo = make_repo(
             root / "repo",
             {},
-            {"version": "1.0", "tickets": [ticket("FLW-1", "echo one > one.txt")]},
+            {
+                "version": "1.0",
+                "tickets": [ticket("FLW-1", "echo one > one.txt"), ticket("FLW-2", LOUD_FAILURE)],
+            },
             bare=True,
         )
         queue = unique_queue()
         fleet.start_commit(repo, queue)
         assert wait_until(lambda: get(port, "/")[0] is not None, 30), fleet.log("flower")
         res = fleet.submit(repo, "--wait", "--json", queue=queue)
-        assert res.code == 0 and res.data is not None, res.stderr + fleet.logs()
-        yield Monitored(fleet, port, res.data)
+        assert res.code == 1 and res.data is not None, res.stderr + fleet.logs()
+        assert res.data["completed"] == ["FLW-1"] and list(res.data["deferred"]) == ["FLW-2"]
+        yield Monitored(fleet, port, res.data, queue)
     finally:
         fleet.stop()
         server.stop(kill=True)
@@ -133,6 +148,83 @@ def test_the_tasks_of_a_real_run_show_their_ticket_id_and_run_id_in_their_argume
 
     assert wait_until(shown, 20), seen
     assert seen["sage.run_ticket"] == repr((run_id, "FLW-1"))
+
+
+def tasks_of(monitored: Monitored, ticket_id: str) -> dict[str, dict[str, Any]]:
+    """Task name -> Flower's record of it, for the tasks of one ticket of the run (once done)."""
+    run_id = monitored.run["run_id"]
+    found: dict[str, dict[str, Any]] = {}
+
+    def complete() -> bool:
+        status, body = get(monitored.port, "/api/tasks", AUTH)
+        if status != 200:
+            return False
+        for task in json.loads(body).values():
+            args = str(task.get("args"))
+            if f"'{run_id}', '{ticket_id}')" in args and task.get("state") == "SUCCESS":
+                found[task["name"]] = task
+        return {"sage.run_ticket", "sage.commit_ticket"} <= set(found)
+
+    assert wait_until(complete, 20), found
+    return found
+
+
+@pytest.mark.parametrize("ticket_id", ["FLW-1", "FLW-2"])
+def test_each_task_shows_its_worker_state_runtime_retries_and_queue(
+    monitored: Monitored, ticket_id: str
+) -> None:
+    tasks = tasks_of(monitored, ticket_id)
+    run, commit = tasks["sage.run_ticket"], tasks["sage.commit_ticket"]
+    assert run["worker"] == TICKETS_NODE
+    assert commit["worker"] == f"commit-{monitored.queue}@{socket.gethostname()}"
+    for task in (run, commit):
+        assert task["state"] == "SUCCESS" and task["retries"] == 0
+        assert task["runtime"] > 0 and task["received"] and task["started"]
+    assert run["routing_key"] == "tickets"  # the tickets queue
+    assert commit["routing_key"] == monitored.queue  # the repository's commit queue
+    assert commit["args"].startswith(f"({{'ticket': '{ticket_id}', 'outcome': ")
+
+
+def test_a_long_outcome_never_hides_the_run_id_and_ticket_id_of_a_commit_task(
+    monitored: Monitored,
+) -> None:
+    commit = tasks_of(monitored, "FLW-2")["sage.commit_ticket"]
+    args = commit["args"]
+    assert len(args) <= 1024
+    assert args.endswith(f", '{monitored.run['run_id']}', 'FLW-2')"), args
+    assert "'outcome': 'failed'" in args and "chars)" in args  # the output, cut
+
+
+def test_the_tickets_queue_and_the_commit_queue_appear_by_name(monitored: Monitored) -> None:
+    names: set[str] = set()
+
+    def listed() -> bool:
+        # Flower lists the queues of the workers it knows; a refresh asks every worker
+        get(monitored.port, "/api/workers?refresh=1", AUTH)
+        status, body = get(monitored.port, "/api/queues/length", AUTH)
+        assert status == 200, body
+        names.update(q["name"] for q in json.loads(body)["active_queues"])
+        return {"tickets", monitored.queue} <= names
+
+    assert wait_until(listed, 30, 1.0), names
+
+
+def test_metrics_are_served_in_the_prometheus_text_format(monitored: Monitored) -> None:
+    tasks_of(monitored, "FLW-1")
+    status, body = get(monitored.port, "/metrics", AUTH)
+    assert status == 200
+    text = body.decode()
+    assert "# TYPE flower_events_total counter" in text
+    succeeded = re.compile(
+        r'^flower_events_total\{task="sage\.run_ticket",type="task-succeeded",'
+        rf'worker="{re.escape(TICKETS_NODE)}"\}} [1-9]',
+        re.M,
+    )
+    assert succeeded.search(text), text[:3000]
+    assert re.search(
+        r'^flower_task_runtime_seconds_bucket\{.*task="sage\.commit_ticket"', text, re.M
+    )
+    assert get(monitored.port, "/metrics")[0] == 200  # scrapers need no credentials
 
 
 def test_no_password_is_on_flowers_command_line_or_in_its_log(monitored: Monitored) -> None:
@@ -210,4 +302,54 @@ def test_flower_checks_a_tls_brokers_certificate_as_the_workers_do(tmp_path: Pat
         assert "Connected to" not in log and "insecure" not in log
     finally:
         fleet.stop()
+        server.stop(kill=True)
+
+
+def test_make_flower_starts_flower_for_the_workers_broker_behind_the_environments_credentials(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis", password=BROKER_PASSWORD)
+    server.start()
+    port = free_port()
+    venv = Path(sys.prefix)
+    env = {
+        **os.environ,
+        "SAGE_BROKER_URL": server.url,
+        "FLOWER_BASIC_AUTH": AUTH,
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = tmp_path / "make-flower.log"
+    with log_path.open("wb") as log:
+        # -o: the venv the tests run in is installed; make must not reinstall it
+        proc = subprocess.Popen(
+            [
+                "make",
+                "-s",
+                "-o",
+                f"{venv}/.installed",
+                "flower",
+                f"VENV={venv}",
+                f"FLOWER_PORT={port}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        assert wait_until(lambda: get(port, "/api/workers")[0] == 401, 40), log_path.read_text()
+        assert get(port, "/api/workers", AUTH)[0] == 200
+        assert listening(port) == ["0100007F"]
+        out = log_path.read_text()
+        assert f"starting Flower on 127.0.0.1:{port} for redis://" in out
+        assert wait_until(lambda: "Connected to redis://" in log_path.read_text(), 30), out
+        assert BROKER_PASSWORD not in log_path.read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
         server.stop(kill=True)

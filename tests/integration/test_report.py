@@ -7,6 +7,7 @@ import re
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -110,12 +111,16 @@ def finished_run(store: RunStore) -> None:
     }
     store.create(info, json.dumps(PLAN), tickets)
     ran = {
-        "T-1": ("worker-a", t0 + 2, 3.0),
-        "T-2": ("worker-b", t0 + 2, 1.5),
-        "T-3": ("worker-a", t0 + 6, 2.0),
+        "T-1": ("worker-a", "worker-a#1", t0 + 2, 3.0),
+        "T-2": ("worker-b", "worker-b#1", t0 + 2, 1.5),
+        "T-3": ("worker-a", "worker-a#1", t0 + 6, 2.0),
     }
-    for tid, (host, started, duration) in ran.items():
-        store.set_ticket(RUN_ID, tid, host=host, started=started, duration=duration, attempts=1)
+    for tid, (host, slot, started, duration) in ran.items():
+        store.set_ticket(
+            RUN_ID, tid, host=host, slot=slot, started=started, duration=duration, attempts=1
+        )
+    store.record_batch(RUN_ID, 0, tickets=["T-1", "T-2"], sent=t0 + 1.5, ended=t0 + 5.5)
+    store.record_batch(RUN_ID, 1, tickets=["T-3", "T-4"], sent=t0 + 5.6, ended=t0 + 8.5)
     store.finish_ticket(RUN_ID, "T-1", Phase.COMPLETED, commit="c1" * 20)
     store.finish_ticket(RUN_ID, "T-2", Phase.DEFERRED, reason=DEFERRED_REASON)
     store.finish_ticket(RUN_ID, "T-4", Phase.BLOCKED, reason=BLOCKED_REASON)
@@ -187,7 +192,32 @@ def test_the_timeline_draws_a_bar_per_ticket_that_ran_grouped_by_host(page: str)
     assert "<svg" in timeline
     assert timeline.count("<rect") == 3  # T-4 and T-5 never ran
     assert timeline.index("worker-a") < timeline.index("T-1:") < timeline.index("T-3:")
-    assert "batch 2 starts" in timeline
+
+
+def bars(section_html: str) -> dict[str, dict[str, str]]:
+    """The attributes of each bar of a timeline, by ticket id."""
+    found = {}
+    for tag in re.findall(r"<rect [^>]*>", section_html):
+        attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', tag))
+        found[attrs["data-ticket"]] = attrs
+    return found
+
+
+def test_each_worker_slot_is_one_lane_and_bars_are_coloured_by_outcome(page: str) -> None:
+    drawn = bars(section(page, "timeline"))
+    assert set(drawn) == {"T-1", "T-2", "T-3"}
+    assert drawn["T-1"]["y"] == drawn["T-3"]["y"] != drawn["T-2"]["y"]  # worker-a#1 ran both
+    assert float(drawn["T-1"]["x"]) + float(drawn["T-1"]["width"]) <= float(drawn["T-3"]["x"])
+    assert drawn["T-1"]["class"] == drawn["T-3"]["class"] == "bar ok cp"  # on the critical path
+    assert drawn["T-2"]["class"] == "bar df"
+    assert "slot 1" in section(page, "timeline")
+
+
+def test_the_timeline_marks_batch_starts_and_ends_and_links_the_critical_path(page: str) -> None:
+    timeline = section(page, "timeline")
+    for n in (1, 2):
+        assert f"batch {n} starts" in timeline and f"batch {n} ends" in timeline
+    assert timeline.count('class="cpl"') == 1  # T-1 -> T-3
 
 
 def test_the_graph_draws_every_ticket_and_highlights_the_critical_edge(page: str) -> None:
@@ -220,6 +250,52 @@ def test_an_unknown_run_raises_unknown_run_and_writes_nothing(
     assert not out.exists()
 
 
+def run_info(run_id: str, created: float, **fields: Any) -> RunInfo:
+    """A finished run's record, as a summary built without Redis needs it."""
+    base: dict[str, Any] = {
+        "repo": REPO,
+        "repo_url": REPO,
+        "branch": "b",
+        "base": "main",
+        "index_path": "i.json",
+        "commit_queue": "c",
+        "executor": None,
+        "ticket_timeout": 1.0,
+        "batches": 0,
+        "tickets": 0,
+        "to_run": 0,
+        "status": "FINISHED",
+    }
+    fields = {**base, **fields}
+    fields.setdefault("to_run", fields["tickets"])
+    return RunInfo(run_id=run_id, created=created, **fields)
+
+
+def test_an_eager_run_draws_no_batch_boundaries() -> None:
+    t0 = 1_700_000_000.0
+    rows = [
+        TicketRow(
+            id=t,
+            state="COMPLETED",
+            host="w",
+            slot="w#1",
+            attempts=1,
+            duration_s=1.0,
+            batch=-1,
+            started=t0 + n,
+            ended=t0 + n + 1.5,
+        )
+        for n, t in enumerate(["E-1", "E-2"])
+    ]
+    info = run_info("eager", t0, tickets=2, ended=t0 + 5, extra={"schedule": "eager"})
+    summary = RunSummary(info, rows, [["E-1"], ["E-2"]], ["E-1", "E-2"])
+    page = render_html(summary, {"levels": [["E-1"], ["E-2"]], "deps": {"E-2": ["E-1"]}})
+    timeline = section(page, "timeline")
+    assert timeline.count("<rect") == 2 and 'class="batch' not in timeline
+    assert "no batch boundaries" in timeline
+    assert '<td class="n">—</td>' in section(page, "tickets")  # no batch number either
+
+
 def test_a_run_of_two_thousand_tickets_stays_a_readable_size() -> None:
     n, width = 2000, 50
     ids = [f"T-{i:04d}" for i in range(n)]
@@ -244,23 +320,7 @@ def test_a_run_of_two_thousand_tickets_stays_a_readable_size() -> None:
         )
         for i, t in enumerate(ids)
     ]
-    info = RunInfo(
-        run_id="big",
-        repo=REPO,
-        repo_url=REPO,
-        branch="b",
-        base="main",
-        index_path="i.json",
-        commit_queue="c",
-        executor=None,
-        ticket_timeout=1.0,
-        batches=len(levels),
-        tickets=n,
-        to_run=n,
-        created=t0,
-        status="FINISHED",
-        ended=t0 + 130,
-    )
+    info = run_info("big", t0, batches=len(levels), tickets=n, ended=t0 + 130)
     path = [lv[0] for lv in levels]
     summary = RunSummary(info, rows, levels, path)
     page = render_html(summary, {"levels": levels, "deps": deps, "critical_path": path})

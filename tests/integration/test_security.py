@@ -27,7 +27,7 @@ from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected
 from sage_tasks.gitops import CommitTarget, check_patch
 from sage_tasks.gitops.safety import link_problem, path_problem
-from tests.support.fleet import Fleet, Submitted, unique_queue, wait_until
+from tests.support.fleet import Fleet, Submitted, ticket_fleet, unique_queue, wait_until
 from tests.support.gitrepo import INDEX, commit_files, git, index_bytes, make_repo
 from tests.support.redis_server import RedisServer
 from tests.support.runs import ticket, tickets_at
@@ -108,21 +108,12 @@ def ticket_commit_paths(repo: Path, branch: str, tid: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    root = tmp_path_factory.mktemp("security")
-    server = RedisServer(root / "redis")
-    server.start()
-    f = Fleet(
-        root,
-        server,
+    with ticket_fleet(
+        tmp_path_factory.mktemp("security"),
         SAGE_MAX_PATCH_BYTES=str(MAX_PATCH_BYTES),
         SAGE_MAX_OUTPUT_BYTES=str(MAX_OUTPUT_BYTES),
-    )
-    f.start_tickets("tickets", concurrency=2)
-    try:
+    ) as f:
         yield f
-    finally:
-        f.stop()
-        server.stop(kill=True)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -679,3 +680,9 @@ def test_a_ticket_message_lost_before_any_worker_took_it_is_sent_again_and_its_b
     log = fleet.log(node)
     assert "ticket M1 not taken for" in log and "ticket M2 not taken for" in log
     assert "batch 1 finished but its barrier never ran; finishing it" in log
+    for tid in ("M1", "M2"):  # and the event line a fleet's logs are searched by
+        assert re.search(
+            rf"sage\.ticket run={res.data['run_id']} ticket={tid} host=\S+ state=QUEUED "
+            r'event=resent reason="not taken for \d+ s"',
+            log,
+        ), log

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,22 @@ class Fleet:
         )
         return node
 
+    @contextlib.contextmanager
+    def serving(self, repo: Path) -> Iterator[tuple[str, str]]:
+        """A commit worker for ``repo`` on a queue of its own: (queue, node name); killed after."""
+        queue = unique_queue()
+        node = self.start_commit(repo, queue)
+        try:
+            yield queue, node
+        finally:
+            self.kill(node)
+
+    def launch(self, repo: Path, queue: str) -> str:
+        """Submit without waiting; the run id."""
+        res = self.submit(repo, queue=queue)
+        assert res.code == 0, res.stderr
+        return res.stdout.strip()
+
     def submit(
         self, repo: Path, *args: str, queue: str, timeout: float = 180, **env: str
     ) -> Submitted:
@@ -139,6 +156,20 @@ class Fleet:
     def stop(self) -> None:
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def ticket_fleet(root: Path, concurrency: int = 2, **env: str) -> Iterator[Fleet]:
+    """A private redis-server with one ticket worker (``tickets``) on it; all stopped after."""
+    server = RedisServer(root / "redis")
+    server.start()
+    fleet = Fleet(root, server, **env)
+    try:
+        fleet.start_tickets("tickets", concurrency=concurrency)
+        yield fleet
+    finally:
+        fleet.stop()
+        server.stop(kill=True)
 
 
 def unique_queue() -> str:
