@@ -221,6 +221,14 @@ class RunStore:
         """Ticket id -> final state for every ticket finished so far."""
         return _decode(self.r.hgetall(keys.final(run_id)))
 
+    def final_count(self, run_id: str) -> int:
+        """How many tickets the run has finished."""
+        return int(self.r.hlen(keys.final(run_id)))
+
+    def count_dispatch(self, run_id: str, ticket_id: str) -> int:
+        """Record that the ticket's chain is sent once more; returns the count."""
+        return int(self.r.hincrby(keys.ticket(run_id, ticket_id), "dispatches", 1))
+
     def running(self, run_id: str) -> list[str]:
         return sorted(m.decode() for m in self.r.smembers(keys.running(run_id)))
 

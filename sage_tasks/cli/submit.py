@@ -131,6 +131,7 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
             records[tid] = {
                 "state": "PENDING",
                 "title": t.title if t else "",
+                "priority": t.priority.value if t else "P2",
                 "deps": json.dumps(sub.plan.deps.get(tid, [])),
                 "batch": str(index),
                 "attempts": "0",
@@ -180,6 +181,8 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
             "retry_deferred": sub.retry_deferred,
             "schedule": sub.schedule,
             "planned": sub.plan.to_run + len(sub.plan.blocked),
+            # eager: at most this many tickets in flight (0: no cap)
+            "cap": sub.plan.parallel or 0,
         },
     )
     producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))

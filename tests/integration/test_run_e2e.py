@@ -13,24 +13,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.fleet import Fleet, unique_queue, wait_until
+from tests.support.fleet import Fleet, running_fleet, unique_queue, wait_until
 from tests.support.gitrepo import make_repo
-from tests.support.redis_server import RedisServer
 from tests.support.runs import INDEX, git, index_at, states, ticket, ticket_log, writes
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    root = tmp_path_factory.mktemp("fleet")
-    server = RedisServer(root / "redis")
-    server.start()
-    f = Fleet(root, server)
-    f.start_tickets("tickets", concurrency=2)
-    try:
+    with running_fleet(tmp_path_factory.mktemp("fleet")) as f:
         yield f
-    finally:
-        f.stop()
-        server.stop(kill=True)
 
 
 @pytest.fixture

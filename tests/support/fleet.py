@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,17 @@ def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.2) -> bo
             return True
         time.sleep(interval)
     return False
+
+
+@contextlib.contextmanager
+def running_fleet(root: Path, concurrency: int = 2, **env: str) -> Iterator[Fleet]:
+    """A private redis-server and one ticket worker of ``concurrency`` slots, stopped at the end."""
+    server = RedisServer(root / "redis")
+    server.start()
+    f = Fleet(root, server, **env)
+    f.start_tickets("tickets", concurrency=concurrency)
+    try:
+        yield f
+    finally:
+        f.stop()
+        server.stop(kill=True)
