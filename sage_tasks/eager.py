@@ -22,7 +22,6 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-from sage_tasks.core.graph import PRIORITY_CODES
 from sage_tasks.producer import ticket_chain
 from sage_tasks.readiness import ReadySet
 from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
@@ -61,11 +60,8 @@ def start(app: Celery, rt: Runtime, run_id: str) -> None:
     order = [t for batch in plan["batches"] for t in batch]
     deps = {t: list(plan.get("deps", {}).get(t, [])) for t in order}
     records = rt.store.tickets(run_id, order)
-
-    def urgency(tid: str) -> tuple[int, str]:
-        return PRIORITY_CODES.get(records[tid].get("priority", "P2"), 2), tid
-
-    rank = {tid: n for n, tid in enumerate(sorted(order, key=urgency))}
+    # the submitter's order (priority, then the work waiting on the ticket, then id)
+    rank = {tid: int(records[tid].get("rank") or 0) for tid in order}
     overlaps = {t: list(v) for t, v in plan.get("overlaps", {}).items()}
     if _ready_set(rt, run_id).init(deps, rank, overlaps):
         log.info("run %s: eager schedule laid out (%d tickets)", run_id, len(order))

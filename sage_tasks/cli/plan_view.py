@@ -135,3 +135,24 @@ def _render_stats(plan: Plan, console: Console) -> None:
     if stats.speedup is not None:
         estimate += f"; speedup {stats.speedup:.1f}x"
     _line(console, "Estimated time", estimate)
+    if plan.schedules is not None:
+        _line(console, "Schedules", schedules_line(plan))
+
+
+def schedules_line(plan: Plan) -> str:
+    """Both schedules' estimated makespans against the bound no schedule beats."""
+    est = plan.schedules
+    assert est is not None
+
+    def show(value: float) -> str:
+        return format_duration(value) if est.unit == "seconds" else f"{value:g} steps"
+
+    def ratio(value: float) -> str:
+        return f" ({value / est.lower_bound:.2f}x the bound)" if est.lower_bound else ""
+
+    slots = f"{est.slots} slot{'s' if est.slots != 1 else ''}"
+    return (
+        f"levels {show(est.levels)}{ratio(est.levels)}, eager {show(est.eager)}"
+        f"{ratio(est.eager)} on {slots}; bound {show(est.lower_bound)} "
+        "(max of critical path, work / slots)"
+    )

@@ -20,7 +20,7 @@ from sage_tasks.broker import connect
 from sage_tasks.cli.common import ParallelType, handle_errors
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
-from sage_tasks.core.plan import Plan, build_plan
+from sage_tasks.core.plan import Plan, build_plan, eager_order
 from sage_tasks.errors import (
     ConfigError,
     IndexValidationError,
@@ -74,6 +74,7 @@ def resolve(
     retry_deferred: bool,
     allow_main: bool,
     human: Console,
+    estimate: bool = False,
 ) -> Submission:
     """Read the index from the branch (or base), validate it and plan; exit 2 on bad input."""
     from sage_tasks import gitops
@@ -103,7 +104,11 @@ def resolve(
         )
     doc = IndexDocument.loads(data, source=index_path)
     plan = build_plan(
-        doc, parallel=parallel, retry_deferred=retry_deferred, has_executor=bool(settings.executor)
+        doc,
+        parallel=parallel,
+        retry_deferred=retry_deferred,
+        has_executor=bool(settings.executor),
+        schedules=estimate,
     )
     url = repo_url or str(root)
     return Submission(
@@ -125,13 +130,14 @@ def resolve(
 def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
     """Each planned ticket's first record in the run."""
     records: dict[str, dict[str, str]] = {}
+    rank = {t: n for n, t in enumerate(eager_order(sub.doc, sub.plan))}
     for index, batch in enumerate(sub.plan.batches):
         for tid in batch:
             t = sub.doc.get(tid)
             records[tid] = {
                 "state": "PENDING",
                 "title": t.title if t else "",
-                "priority": t.priority.value if t else "P2",
+                "rank": str(rank[tid]),
                 "deps": json.dumps(sub.plan.deps.get(tid, [])),
                 "batch": str(index),
                 "attempts": "0",
@@ -282,6 +288,7 @@ def cli(
         retry_deferred=retry_deferred,
         allow_main=allow_main,
         human=human,
+        estimate=dry_run,
     )
     sub.schedule = schedule
     from sage_tasks.cli.plan_view import render_plan

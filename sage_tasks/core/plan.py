@@ -28,6 +28,13 @@ from typing import Any, Literal
 
 from sage_tasks.core.graph import COMPLETED, TicketGraph, gc_paused, topological_order
 from sage_tasks.core.index import IndexDocument
+from sage_tasks.core.schedule import (
+    ScheduleEstimate,
+    eager_makespan,
+    levels_makespan,
+    lower_bound,
+    urgency_order,
+)
 from sage_tasks.core.stats import PlanStats, auto_workers, compute_stats
 from sage_tasks.core.validate import command_problems, cycle_problems, graph_problems
 from sage_tasks.errors import ConfigError, IndexValidationError
@@ -67,6 +74,8 @@ class Plan:
     deps: dict[str, list[str]] = field(default_factory=dict)
     #: DEFERRED tickets that this run does not re-run (index order)
     deferred: list[str] = field(default_factory=list)
+    #: estimated makespan of both schedules and the bound (None in plans stored before it)
+    schedules: ScheduleEstimate | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``--dry-run --json`` object; :meth:`from_json` reads it back."""
@@ -84,6 +93,7 @@ class Plan:
             "deferred": self.deferred,
             "stats": self.stats.to_json(),
             "deps": self.deps,
+            "schedules": self.schedules.to_json() if self.schedules else None,
         }
 
     @classmethod
@@ -109,6 +119,9 @@ class Plan:
             stats=PlanStats.from_json(data["stats"]),
             deps={k: list(v) for k, v in data.get("deps", {}).items()},
             deferred=list(data.get("deferred", [])),
+            schedules=ScheduleEstimate.from_json(data["schedules"])
+            if data.get("schedules")
+            else None,
         )
 
     @property
@@ -135,12 +148,17 @@ def build_plan(
     retry_deferred: bool = False,
     has_executor: bool = False,
     cores: int | None = None,
+    schedules: bool = False,
 ) -> Plan:
-    """Validate ``doc`` and plan its run; :class:`IndexValidationError` lists every problem."""
+    """Validate ``doc`` and plan its run; :class:`IndexValidationError` lists every problem.
+
+    With ``schedules`` the plan also estimates both schedules' makespans (a
+    simulation: about as long again as the plan itself on 100k tickets).
+    """
     if parallel is not None:
         resolve_parallel(parallel, cores, 1)  # reject a bad value before any work
     with gc_paused():
-        return _build(doc, parallel, retry_deferred, has_executor, cores)
+        return _build(doc, parallel, retry_deferred, has_executor, cores, schedules)
 
 
 def _build(
@@ -149,6 +167,7 @@ def _build(
     retry_deferred: bool,
     has_executor: bool,
     cores: int | None,
+    estimate: bool,
 ) -> Plan:
     checked = doc.checked
     graph = checked.graph
@@ -196,6 +215,11 @@ def _build(
     stats = compute_stats(groups, [len(b) for b in buckets], weights, estimated, size)
 
     levels = [list(map(ids.__getitem__, b)) for b in buckets]
+    schedules = (
+        _estimate(graph, status, run, groups, weights, path, size or stats.workers)
+        if estimate
+        else None
+    )
     return Plan(
         batches=[list(map(ids.__getitem__, g)) for g in groups]
         if size
@@ -212,6 +236,29 @@ def _build(
         stats=stats,
         deps=_run_deps(graph, status, run, walk.mixed),
         deferred=list(compress(ids, map(eq, status, repeat(_SKIPPED)))),
+        schedules=schedules,
+    )
+
+
+def _estimate(
+    graph: TicketGraph,
+    status: list[int],
+    run: list[int],
+    groups: list[list[int]],
+    weights: list[float] | None,
+    path: list[int],
+    slots: int,
+) -> ScheduleEstimate:
+    """Both schedules' makespans on ``slots`` slots (in steps when nothing is estimated)."""
+    w = weights if weights is not None else [1.0] * len(graph.ids)
+    run_deps = _int_deps(graph, status, run)
+    rank = urgency_order(run, run_deps, w, graph.priorities, graph.ids)
+    return ScheduleEstimate(
+        slots=slots,
+        unit="seconds" if weights is not None else "steps",
+        levels=round(levels_makespan(groups, w, slots), 3),
+        eager=round(eager_makespan(rank, run_deps, w, slots), 3),
+        lower_bound=round(lower_bound([w[v] for v in run], sum(w[v] for v in path), slots), 3),
     )
 
 
@@ -344,6 +391,33 @@ def _critical_path(
         path.append(min((d for d in run_deps if dist[d] == top), key=key))
     path.reverse()
     return path
+
+
+def _int_deps(graph: TicketGraph, status: list[int], run: list[int]) -> list[list[int]]:
+    """For each ticket to run, its dependencies to run (each once); [] for the others."""
+    deps = graph.deps
+    out: list[list[int]] = [[] for _ in graph.ids]
+    for v in run:
+        out[v] = list(dict.fromkeys(d for d in deps[v] if status[d] == _RUN))
+    return out
+
+
+def eager_order(doc: IndexDocument, plan: Plan) -> list[str]:
+    """The plan's tickets in the order ``--schedule eager`` prefers them when ready.
+
+    Priority first, then the heaviest chain of work that waits on the ticket
+    (by estimate, a ticket without one counting as the mean; by count when
+    none has one), then id.
+    """
+    graph = doc.graph
+    where = graph.index
+    run = [where[t] for batch in plan.batches for t in batch]
+    deps: list[list[int]] = [[] for _ in graph.ids]
+    for t, ds in plan.deps.items():
+        deps[where[t]] = [where[d] for d in ds]
+    weights = _weights(graph, run) or [1.0] * len(graph.ids)
+    order = urgency_order(run, deps, weights, graph.priorities, graph.ids)
+    return [graph.ids[v] for v in order]
 
 
 def _run_deps(
