@@ -101,7 +101,24 @@ def render_plan(plan: Plan, console: Console, *, title: str) -> None:
         )
     if plan.deferred:
         _line(console, "Deferred", f"{len(plan.deferred)}: {_ids(plan.deferred, 20)}", "yellow")
+    if plan.serialized:
+        _line(console, "Paths", serialized_line(plan), "yellow")
     _render_stats(plan, console)
+
+
+def serialized_line(plan: Plan) -> str:
+    """Where overlapping ``paths`` keep tickets that could run together apart."""
+    batch_of = plan.batch_of
+    shown = [
+        f"{a} (batch {batch_of[a] + 1}) & {b} (batch {batch_of[b] + 1})"
+        for a, b in plan.serialized[:MAX_IDS]
+    ]
+    more = len(plan.serialized) - len(shown)
+    tail = f", ... ({more} more)" if more > 0 else ""
+    return (
+        f"{len(plan.serialized)} pair{'s' if len(plan.serialized) != 1 else ''} of tickets "
+        f"whose paths overlap never run at once: {', '.join(shown)}{tail}"
+    )
 
 
 def _render_stats(plan: Plan, console: Console) -> None:

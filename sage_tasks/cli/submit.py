@@ -189,6 +189,8 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
             "planned": sub.plan.to_run + len(sub.plan.blocked),
             # eager: at most this many tickets in flight (0: no cap)
             "cap": sub.plan.parallel or 0,
+            # eager: some tickets' paths overlap (its release script checks them)
+            "overlaps": bool(sub.plan.overlaps),
         },
     )
     producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))

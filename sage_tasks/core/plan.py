@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from sage_tasks.core.graph import COMPLETED, TicketGraph, gc_paused, topological_order
 from sage_tasks.core.index import IndexDocument
+from sage_tasks.core.paths import overlapping
 from sage_tasks.core.schedule import (
     ScheduleEstimate,
     eager_makespan,
@@ -76,6 +77,11 @@ class Plan:
     deferred: list[str] = field(default_factory=list)
     #: estimated makespan of both schedules and the bound (None in plans stored before it)
     schedules: ScheduleEstimate | None = None
+    #: ticket to run -> the tickets to run whose ``paths`` overlap its own (never in flight
+    #: together: split into different batches, held back by the eager schedule)
+    overlaps: dict[str, list[str]] = field(default_factory=dict)
+    #: pairs of those that no dependency orders: where paths serialize work
+    serialized: list[list[str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--dry-run --json`` object; :meth:`from_json` reads it back."""
@@ -94,6 +100,8 @@ class Plan:
             "stats": self.stats.to_json(),
             "deps": self.deps,
             "schedules": self.schedules.to_json() if self.schedules else None,
+            "overlaps": self.overlaps,
+            "serialized": self.serialized,
         }
 
     @classmethod
@@ -122,6 +130,8 @@ class Plan:
             schedules=ScheduleEstimate.from_json(data["schedules"])
             if data.get("schedules")
             else None,
+            overlaps={k: list(v) for k, v in data.get("overlaps", {}).items()},
+            serialized=[list(p) for p in data.get("serialized", [])],
         )
 
     @property
@@ -197,13 +207,17 @@ def _build(
         bucket.sort(key=prios.__getitem__)  # stable: priority first, then id
 
     size = resolve_parallel(parallel, cores, len(run))
+    apart = _overlaps(graph, run)
     groups: list[list[int]] = []
     group_levels: list[int] = []
     for n, bucket in enumerate(buckets, 1):
         step = size or len(bucket)
-        for start in range(0, len(bucket), step):
-            groups.append(bucket[start : start + step])
-            group_levels.append(n)
+        if apart and any(v in apart for v in bucket):
+            split = _first_fit(bucket, step, apart)
+        else:
+            split = [bucket[start : start + step] for start in range(0, len(bucket), step)]
+        groups += split
+        group_levels += [n] * len(split)
 
     estimated = len(run) - list(map(graph.estimates.__getitem__, run)).count(None)
     if weights is not None and len(run) < len(selected):
@@ -216,13 +230,13 @@ def _build(
 
     levels = [list(map(ids.__getitem__, b)) for b in buckets]
     schedules = (
-        _estimate(graph, status, run, groups, weights, path, size or stats.workers)
+        _estimate(graph, status, run, groups, weights, path, size or stats.workers, apart)
         if estimate
         else None
     )
     return Plan(
         batches=[list(map(ids.__getitem__, g)) for g in groups]
-        if size
+        if size or apart
         else list(map(list, levels)),
         batch_levels=group_levels,
         levels=levels,
@@ -237,6 +251,8 @@ def _build(
         deps=_run_deps(graph, status, run, walk.mixed),
         deferred=list(compress(ids, map(eq, status, repeat(_SKIPPED)))),
         schedules=schedules,
+        overlaps={ids[v]: sorted(ids[o] for o in os) for v, os in sorted(apart.items())},
+        serialized=_serialized(graph, status, apart),
     )
 
 
@@ -248,6 +264,7 @@ def _estimate(
     weights: list[float] | None,
     path: list[int],
     slots: int,
+    apart: dict[int, set[int]],
 ) -> ScheduleEstimate:
     """Both schedules' makespans on ``slots`` slots (in steps when nothing is estimated)."""
     w = weights if weights is not None else [1.0] * len(graph.ids)
@@ -257,7 +274,9 @@ def _estimate(
         slots=slots,
         unit="seconds" if weights is not None else "steps",
         levels=round(levels_makespan(groups, w, slots), 3),
-        eager=round(eager_makespan(rank, run_deps, w, slots), 3),
+        eager=round(
+            eager_makespan(rank, run_deps, w, slots, {v: list(o) for v, o in apart.items()}), 3
+        ),
         lower_bound=round(lower_bound([w[v] for v in run], sum(w[v] for v in path), slots), 3),
     )
 
@@ -391,6 +410,58 @@ def _critical_path(
         path.append(min((d for d in run_deps if dist[d] == top), key=key))
     path.reverse()
     return path
+
+
+def _overlaps(graph: TicketGraph, run: list[int]) -> dict[int, set[int]]:
+    """Ticket to run -> the tickets to run whose paths overlap its own."""
+    paths = graph.paths
+    if not paths:
+        return {}
+    ids, where = graph.ids, graph.index
+    named = {ids[v]: paths[v] for v in run if v in paths}
+    return {where[t]: {where[o] for o in os} for t, os in overlapping(named).items()}
+
+
+def _first_fit(bucket: list[int], step: int, apart: dict[int, set[int]]) -> list[list[int]]:
+    """Groups of at most ``step`` in ``bucket``'s order, no two overlapping tickets in one."""
+    groups: list[list[int]] = []
+    for v in bucket:
+        clash = apart.get(v, set())
+        for g in groups:
+            if len(g) < step and clash.isdisjoint(g):
+                g.append(v)
+                break
+        else:
+            groups.append([v])
+    return groups
+
+
+def _serialized(
+    graph: TicketGraph, status: list[int], apart: dict[int, set[int]]
+) -> list[list[str]]:
+    """Overlapping pairs that no chain of dependencies puts in order anyway."""
+    deps, ids = graph.deps, graph.ids
+    above: dict[int, set[int]] = {}
+
+    def ancestors(v: int) -> set[int]:
+        if v not in above:
+            seen: set[int] = set()
+            todo = [d for d in deps[v] if status[d] == _RUN]
+            while todo:
+                d = todo.pop()
+                if d not in seen:
+                    seen.add(d)
+                    todo += [e for e in deps[d] if status[e] == _RUN]
+            above[v] = seen
+        return above[v]
+
+    pairs = {tuple(sorted((ids[a], ids[b]))) for a, bs in apart.items() for b in bs}
+    where = graph.index
+    return [
+        [a, b]
+        for a, b in sorted(pairs)
+        if where[a] not in ancestors(where[b]) and where[b] not in ancestors(where[a])
+    ]
 
 
 def _int_deps(graph: TicketGraph, status: list[int], run: list[int]) -> list[list[int]]:

@@ -216,3 +216,33 @@ def test_an_eager_run_of_only_completed_tickets_ends_at_once(run: Any) -> None:
     tickets = [ticket("DONE", "exit 9", state="COMPLETED")]
     _repo, res = run(tickets, "--schedule", "eager", expect=0)
     assert res.data["completed"] == []
+
+
+@pytest.mark.parametrize("schedule", ["levels", "eager"])
+def test_tickets_whose_paths_overlap_are_never_in_flight_together(
+    fleet: Fleet, run: Any, schedule: str
+) -> None:
+    tickets = [
+        ticket("P1", "sleep 0.8; " + writes("P1"), paths=["out/**"]),
+        ticket("P2", "sleep 0.8; " + writes("P2"), paths=["out/P2.txt"]),
+        ticket("P3", "sleep 0.8; " + writes("P3"), paths=["out"]),
+        ticket("Q", "sleep 0.8; mkdir -p q && echo q > q/q.txt", paths=["q/*"]),
+    ]
+    _repo, res = run(tickets, "--schedule", schedule, expect=0)
+    recs = records(fleet, res.data["run_id"], ["P1", "P2", "P3", "Q"])
+    apart = {t: (float(recs[t]["started"]), float(recs[t]["ended"])) for t in recs}
+    for a, b in [("P1", "P2"), ("P1", "P3"), ("P2", "P3")]:
+        (s1, e1), (s2, e2) = apart[a], apart[b]
+        assert e1 <= s2 or e2 <= s1, (a, b, apart)
+    # Q shares no path with them: it runs beside the first of them
+    assert apart["Q"][0] < min(apart[t][1] for t in ("P1", "P2", "P3"))
+
+
+def test_bad_paths_are_refused_naming_ticket_and_field(fleet: Fleet, tmp_path: Path) -> None:
+    tickets = [ticket("GOOD", "true"), ticket("BADP", "true", paths=["/abs/**"])]
+    repo = make_repo(tmp_path / "repo", {}, {"version": "1.0", "tickets": tickets})
+    res = fleet.submit(repo, "--schedule", "eager", "--wait", queue=unique_queue())
+    assert res.code == 2
+    assert "ticket BADP: 'paths'[0] '/abs/**' is absolute" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert git(repo, "branch", "--list", "sage/*").strip() == ""
