@@ -297,6 +297,26 @@ class RunStore:
             self.r.expire(keys.running(run_id), self.ttl)
         return bool(done)
 
+    def rerun_ticket(self, run_id: str, ticket_id: str, conflicts: list[str]) -> int:
+        """The ticket's patch conflicted: it waits to run again, on the new head.
+
+        Its stored result is dropped (so the re-run executes), the conflicting
+        paths kept for its prompt and environment; returns the re-runs so far.
+        """
+        key = keys.ticket(run_id, ticket_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(key, "conflict_reruns", 1)
+        pipe.hdel(key, "result")
+        pipe.hset(
+            key,
+            mapping={
+                "state": Phase.QUEUED.value,
+                "queued": str(time.time()),
+                "conflict_paths": json.dumps(conflicts),
+            },
+        )
+        return int(pipe.execute()[0])
+
     def count_attempt(self, run_id: str, ticket_id: str) -> int:
         """Record that the ticket's command is started once more; returns the count."""
         return int(self.r.hincrby(keys.ticket(run_id, ticket_id), "attempts", 1))

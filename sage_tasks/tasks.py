@@ -81,6 +81,9 @@ def register_tasks(app: Celery) -> None:
         try:
             done = committer.commit_ticket(rt, result, run_id, ticket_id)
             info = rt.store.get(run_id)
+            if done.get("state") == committer.RERUN and info is not None:
+                # in this task's place (its chord's header, in level mode): run, commit, again
+                raise self.replace(producer.ticket_chain(app, run_id, ticket_id, info.commit_queue))
             if info is not None and eager.is_eager(info):
                 # again on a redelivery: what a dead delivery claimed is sent now
                 eager.release(app, rt, run_id, ticket_id)

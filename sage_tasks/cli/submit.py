@@ -60,6 +60,8 @@ class Submission:
     retry_deferred: bool
     parallel: Any
     schedule: str = "levels"
+    #: times a ticket whose patch conflicts is run again on the new head before DEFERRED
+    conflict_retries: int = 0
 
 
 def resolve(
@@ -191,6 +193,7 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
             "cap": sub.plan.parallel or 0,
             # eager: some tickets' paths overlap (its release script checks them)
             "overlaps": bool(sub.plan.overlaps),
+            "conflict_retries": sub.conflict_retries,
         },
     )
     producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))
@@ -249,6 +252,13 @@ def wait_for(
     show_default=True,
     help="One chord per batch, or each ticket as soon as it can.",
 )
+@click.option(
+    "--conflict-retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Run a ticket whose patch conflicts again on the new head, up to N times.",
+)
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
 @click.option("--commit-queue", help="The repository's commit queue (env SAGE_COMMIT_QUEUE).")
 @click.pass_context
@@ -269,6 +279,7 @@ def cli(
     as_json: bool,
     local: bool,
     schedule: str,
+    conflict_retries: int,
     broker: str | None,
     commit_queue: str | None,
 ) -> None:
@@ -293,6 +304,7 @@ def cli(
         estimate=dry_run,
     )
     sub.schedule = schedule
+    sub.conflict_retries = conflict_retries
     from sage_tasks.cli.plan_view import render_plan
 
     if dry_run:
