@@ -18,7 +18,8 @@ from sage_tasks.celery_app import TASK_COMMIT, make_app
 from sage_tasks.config import load_settings
 from tests.support.fleet import Fleet, running_fleet, unique_queue, wait_until
 from tests.support.gitrepo import make_repo
-from tests.support.runs import git, states, ticket, ticket_log, writes
+from tests.support.redis_server import RedisServer
+from tests.support.runs import git, run_info, states, ticket, ticket_log, writes
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +247,54 @@ def test_bad_paths_are_refused_naming_ticket_and_field(fleet: Fleet, tmp_path: P
     assert "ticket BADP: 'paths'[0] '/abs/**' is absolute" in res.stderr
     assert "Traceback" not in res.stderr
     assert git(repo, "branch", "--list", "sage/*").strip() == ""
+
+
+def test_the_supervisors_pass_sends_claimed_tickets_that_were_never_sent(
+    redis_server: RedisServer,
+) -> None:
+    """A commit worker died after its release claimed B and C: one pass sends each once.
+
+    No worker here: the sent chains wait in the ticket queue, where they are counted.
+    """
+    from sage_tasks import eager
+    from sage_tasks.readiness import ReadySet
+    from sage_tasks.runstate import Phase
+    from sage_tasks.tasks import runtime
+
+    settings = load_settings(broker_url=redis_server.url)
+    app = make_app(settings)
+    rt = runtime(app)
+    plan = {"batches": [["A", "D"], ["B", "C"]], "deps": {"B": ["A"], "C": ["A"]}}
+    info = run_info(
+        "repair1",
+        commit_queue="commit-x",
+        batches=2,
+        tickets=4,
+        to_run=4,
+        status="RUNNING",
+        extra={"schedule": "eager", "planned": 4, "cap": 0},
+    )
+    rank = {"A": 0, "B": 1, "C": 2, "D": 3}
+    rt.store.create(
+        info,
+        json.dumps(plan),
+        {t: {"state": "PENDING", "deps": json.dumps(plan["deps"].get(t, [])), "rank": str(n)}
+         for t, n in rank.items()},
+    )  # fmt: skip
+    ready = ReadySet(rt.redis, "repair1", ttl=3600)
+    assert ready.init({t: plan["deps"].get(t, []) for t in rank}, rank, {})
+    for tid in ("A", "D"):  # they ran and were committed
+        ready.mark_sent(tid)
+        rt.store.finish_ticket("repair1", tid, Phase.COMPLETED)
+    ready.release("A", "COMPLETED", cap=0, paths=False)  # ... and then the worker died
+    ready.release("D", "COMPLETED", cap=0, paths=False)
+    client = redis_server.client()
+    assert client.llen(settings.ticket_queue) == 0
+    for _ in range(3):
+        eager.pump(app, rt, "repair1")
+    sent = [
+        json.loads(m)["headers"]["argsrepr"] for m in client.lrange(settings.ticket_queue, 0, -1)
+    ]
+    assert sorted(sent) == ["('repair1', 'B')", "('repair1', 'C')"]
+    assert rt.store.ticket("repair1", "B")["dispatches"] == "1"
+    assert all(client.ttl(k) > 0 for k in keys.eager("repair1") if client.exists(k))
