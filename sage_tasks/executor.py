@@ -75,6 +75,16 @@ class ExecResult:
         return not self.timed_out and self.exit_code == 0
 
 
+#: the variables :func:`ticket_env` gives a ticket's command (the last only on a re-run)
+TICKET_ENV_VARS = (
+    "SAGE_TICKET_ID",
+    "SAGE_RUN_ID",
+    "SAGE_TICKET_FILE",
+    "SAGE_PROMPT_FILE",
+    "SAGE_CONFLICT_PATHS",
+)
+
+
 def ticket_env(
     base_env: Mapping[str, str],
     *,
