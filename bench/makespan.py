@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +44,8 @@ from tests.support.runs import git  # noqa: E402
 
 SHAPES = ("wide", "deep", "layered-skewed")
 TARGET = 1.15
+#: a run of the benchmark that takes longer has lost its workers
+RUN_TIMEOUT_S = 300
 SHORTEST, LONGEST = 0.3, 3.0
 
 
@@ -137,10 +140,15 @@ def measured_makespan(fleet: Fleet, run_id: str, ids: list[str]) -> float:
 def run_one(
     fleet: Fleet, repo: Path, queue: str, base: str, schedule: str, *extra: str
 ) -> dict[str, Any]:
-    res = fleet.submit(
-        repo, "--base", base, "--schedule", schedule, "--wait", "--json", *extra,
-        queue=queue, timeout=900,
-    )  # fmt: skip
+    try:
+        res = fleet.submit(
+            repo, "--base", base, "--schedule", schedule, "--wait", "--json", *extra,
+            queue=queue, timeout=RUN_TIMEOUT_S,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise SystemExit(
+            f"{schedule} run on {base} did not end in {RUN_TIMEOUT_S} s:\n{fleet.logs()}"
+        ) from None
     if res.code != 0 or res.data is None:
         raise SystemExit(f"{schedule} run on {base} failed ({res.code}):\n{res.stderr[-3000:]}")
     return res.data
@@ -183,6 +191,7 @@ def bench_shapes(
         for schedule in ("levels", "eager"):
             data = run_one(fleet, repo, queue, f"shape-{shape}", schedule, "--parallel", str(slots))
             spans[schedule] = measured_makespan(fleet, data["run_id"], ids)
+            print(f"  {shape} {schedule}: {spans[schedule]:.2f} s", file=sys.stderr, flush=True)
         rows.append(
             Row(
                 shape, len(dag), bound, spans["levels"], spans["eager"],
