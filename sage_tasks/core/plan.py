@@ -26,16 +26,10 @@ from itertools import compress, repeat
 from operator import eq
 from typing import Any, Literal
 
+from sage_tasks.core.apart import first_fit, path_overlaps, serialized_pairs
 from sage_tasks.core.graph import COMPLETED, TicketGraph, gc_paused, topological_order
 from sage_tasks.core.index import IndexDocument
-from sage_tasks.core.paths import overlapping
-from sage_tasks.core.schedule import (
-    ScheduleEstimate,
-    eager_makespan,
-    levels_makespan,
-    lower_bound,
-    urgency_order,
-)
+from sage_tasks.core.schedule import ScheduleEstimate, estimate_schedules, urgency_order
 from sage_tasks.core.stats import PlanStats, auto_workers, compute_stats
 from sage_tasks.core.validate import command_problems, cycle_problems, graph_problems
 from sage_tasks.errors import ConfigError, IndexValidationError
@@ -207,13 +201,13 @@ def _build(
         bucket.sort(key=prios.__getitem__)  # stable: priority first, then id
 
     size = resolve_parallel(parallel, cores, len(run))
-    apart = _overlaps(graph, run)
+    apart = path_overlaps(graph, run)
     groups: list[list[int]] = []
     group_levels: list[int] = []
     for n, bucket in enumerate(buckets, 1):
         step = size or len(bucket)
         if apart and any(v in apart for v in bucket):
-            split = _first_fit(bucket, step, apart)
+            split = first_fit(bucket, step, apart)
         else:
             split = [bucket[start : start + step] for start in range(0, len(bucket), step)]
         groups += split
@@ -229,8 +223,11 @@ def _build(
     stats = compute_stats(groups, [len(b) for b in buckets], weights, estimated, size)
 
     levels = [list(map(ids.__getitem__, b)) for b in buckets]
+    run_deps = _int_deps(graph, status, run) if estimate or apart else []
     schedules = (
-        _estimate(graph, status, run, groups, weights, path, size or stats.workers, apart)
+        estimate_schedules(
+            graph, run, run_deps, groups, weights, path, size or stats.workers, apart
+        )
         if estimate
         else None
     )
@@ -252,32 +249,7 @@ def _build(
         deferred=list(compress(ids, map(eq, status, repeat(_SKIPPED)))),
         schedules=schedules,
         overlaps={ids[v]: sorted(ids[o] for o in os) for v, os in sorted(apart.items())},
-        serialized=_serialized(graph, status, apart),
-    )
-
-
-def _estimate(
-    graph: TicketGraph,
-    status: list[int],
-    run: list[int],
-    groups: list[list[int]],
-    weights: list[float] | None,
-    path: list[int],
-    slots: int,
-    apart: dict[int, set[int]],
-) -> ScheduleEstimate:
-    """Both schedules' makespans on ``slots`` slots (in steps when nothing is estimated)."""
-    w = weights if weights is not None else [1.0] * len(graph.ids)
-    run_deps = _int_deps(graph, status, run)
-    rank = urgency_order(run, run_deps, w, graph.priorities, graph.ids)
-    return ScheduleEstimate(
-        slots=slots,
-        unit="seconds" if weights is not None else "steps",
-        levels=round(levels_makespan(groups, w, slots), 3),
-        eager=round(
-            eager_makespan(rank, run_deps, w, slots, {v: list(o) for v, o in apart.items()}), 3
-        ),
-        lower_bound=round(lower_bound([w[v] for v in run], sum(w[v] for v in path), slots), 3),
+        serialized=serialized_pairs(graph, run_deps, apart),
     )
 
 
@@ -410,58 +382,6 @@ def _critical_path(
         path.append(min((d for d in run_deps if dist[d] == top), key=key))
     path.reverse()
     return path
-
-
-def _overlaps(graph: TicketGraph, run: list[int]) -> dict[int, set[int]]:
-    """Ticket to run -> the tickets to run whose paths overlap its own."""
-    paths = graph.paths
-    if not paths:
-        return {}
-    ids, where = graph.ids, graph.index
-    named = {ids[v]: paths[v] for v in run if v in paths}
-    return {where[t]: {where[o] for o in os} for t, os in overlapping(named).items()}
-
-
-def _first_fit(bucket: list[int], step: int, apart: dict[int, set[int]]) -> list[list[int]]:
-    """Groups of at most ``step`` in ``bucket``'s order, no two overlapping tickets in one."""
-    groups: list[list[int]] = []
-    for v in bucket:
-        clash = apart.get(v, set())
-        for g in groups:
-            if len(g) < step and clash.isdisjoint(g):
-                g.append(v)
-                break
-        else:
-            groups.append([v])
-    return groups
-
-
-def _serialized(
-    graph: TicketGraph, status: list[int], apart: dict[int, set[int]]
-) -> list[list[str]]:
-    """Overlapping pairs that no chain of dependencies puts in order anyway."""
-    deps, ids = graph.deps, graph.ids
-    above: dict[int, set[int]] = {}
-
-    def ancestors(v: int) -> set[int]:
-        if v not in above:
-            seen: set[int] = set()
-            todo = [d for d in deps[v] if status[d] == _RUN]
-            while todo:
-                d = todo.pop()
-                if d not in seen:
-                    seen.add(d)
-                    todo += [e for e in deps[d] if status[e] == _RUN]
-            above[v] = seen
-        return above[v]
-
-    pairs = {tuple(sorted((ids[a], ids[b]))) for a, bs in apart.items() for b in bs}
-    where = graph.index
-    return [
-        [a, b]
-        for a, b in sorted(pairs)
-        if where[a] not in ancestors(where[b]) and where[b] not in ancestors(where[a])
-    ]
 
 
 def _int_deps(graph: TicketGraph, status: list[int], run: list[int]) -> list[list[int]]:

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sage_tasks.core.graph import TicketGraph
 from sage_tasks.core.stats import makespan
 
 
@@ -41,6 +42,34 @@ class ScheduleEstimate:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ScheduleEstimate:
         return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+def estimate_schedules(
+    graph: TicketGraph,
+    run: Sequence[int],
+    run_deps: Sequence[Sequence[int]],
+    groups: Sequence[Sequence[int]],
+    weights: Sequence[float] | None,
+    path: Sequence[int],
+    slots: int,
+    apart: Mapping[int, set[int]],
+) -> ScheduleEstimate:
+    """Both schedules' makespans on ``slots`` slots (in steps when nothing is estimated).
+
+    ``run_deps[v]`` lists ticket ``v``'s dependencies among ``run``; ``groups``
+    are the plan's batches; ``path`` its critical path; ``apart`` the tickets
+    whose paths overlap.
+    """
+    w = weights if weights is not None else [1.0] * len(graph.ids)
+    rank = urgency_order(run, run_deps, w, graph.priorities, graph.ids)
+    eager = eager_makespan(rank, run_deps, w, slots, {v: list(o) for v, o in apart.items()})
+    return ScheduleEstimate(
+        slots=slots,
+        unit="seconds" if weights is not None else "steps",
+        levels=round(levels_makespan(groups, w, slots), 3),
+        eager=round(eager, 3),
+        lower_bound=round(lower_bound([w[v] for v in run], sum(w[v] for v in path), slots), 3),
+    )
 
 
 def levels_makespan(groups: Sequence[Sequence[int]], weights: Sequence[float], slots: int) -> float:
