@@ -12,10 +12,13 @@
 3. *Batches*: a ticket's level is one more than the deepest level among its
    dependencies to run; each level is sorted by priority (P0 first) then id
    and, with ``parallel`` N, split into consecutive groups of at most N.
+   Tickets whose ``paths`` overlap never share a group: such a level is split
+   first-fit instead (:mod:`sage_tasks.core.apart`).
 
 The critical path is the heaviest chain of tickets to run, weighted by
 their estimates (a ticket without one counts as the mean of the others), or
-by count when no ticket to run has an estimate.
+by count when no ticket to run has an estimate. On request the plan also
+estimates both schedules' makespans (:mod:`sage_tasks.core.schedule`).
 """
 
 from __future__ import annotations
