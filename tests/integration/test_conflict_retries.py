@@ -114,3 +114,37 @@ def test_without_conflict_retries_the_loser_is_deferred_as_before(
     assert res.code == 1 and res.data is not None
     (loser,) = res.data["deferred"]
     assert res.data["deferred"][loser] == "merge conflict in: shared.txt"
+
+
+def test_a_ticket_that_conflicts_again_after_its_re_runs_is_deferred(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """R conflicts with W, runs again, and conflicts again with V, committed meanwhile."""
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    r_cmd = (
+        'if [ -z "$SAGE_CONFLICT_PATHS" ]; then sleep 1; else '
+        f"touch {flags}/rerun; i=0; while [ ! -f {flags}/v-done ] && [ $i -lt 200 ]; "
+        "do sleep 0.1; i=$((i+1)); done; sleep 1.5; fi; echo R > shared.txt"
+    )
+    v_cmd = (
+        f"i=0; while [ ! -f {flags}/rerun ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; "
+        f"echo V > shared.txt; touch {flags}/v-done"
+    )
+    tickets = [ticket("W", "echo W > shared.txt"), ticket("R", r_cmd), ticket("V", v_cmd, ["W"])]
+    repo = make_repo(
+        tmp_path / "repo", {"shared.txt": "zero\n"}, {"version": "1.0", "tickets": tickets}
+    )
+    queue = unique_queue()
+    node = fleet.start_commit(repo, queue)
+    try:
+        res = fleet.submit(
+            repo, "--wait", "--json", "--schedule", "eager", "--conflict-retries", "1", queue=queue
+        )
+    finally:
+        fleet.kill(node)
+    assert res.code == 1 and res.data is not None, res.stderr
+    assert sorted(res.data["completed"]) == ["V", "W"]
+    assert res.data["deferred"] == {"R": "merge conflict in: shared.txt (after 1 re-run)"}
+    assert reruns(fleet, res.data["run_id"], "R") == 1
+    assert git(repo, "show", f"{res.data['branch']}:shared.txt").strip() == "V"
