@@ -95,8 +95,8 @@ class EagerKeys(NamedTuple):
     rank: str
     #: set: tickets claimed for dispatch whose outcome is not yet released
     inflight: str
-    #: set: claimed tickets whose chain the broker has
-    sent: str
+    #: set: claimed tickets whose chain the broker does not have yet
+    unsent: str
     #: set: tickets whose final outcome has been applied to their dependents
     released: str
 

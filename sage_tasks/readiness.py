@@ -4,18 +4,20 @@ Two Lua scripts change it, each atomically:
 
 - :data:`_INIT` lays the run out once: for every ticket to run, how many of
   its dependencies are still to be COMPLETED, who depends on it, whose
-  ``paths`` overlap its own, and its rank (priority, then id). Tickets with
+  ``paths`` overlap its own, and its rank (priority, then the work waiting on
+  it, then id). Tickets with
   nothing pending enter the ready set.
 - :data:`_RELEASE` applies one ticket's final outcome (once per ticket, however
   often it is called for it): it leaves the in-flight set and, when COMPLETED,
   each dependent's pending count drops by one, those reaching zero becoming
   ready. Then ready tickets are claimed, most urgent first, up to the cap on
   tickets in flight, passing over any whose paths overlap a ticket in flight.
-  It returns every claimed ticket not yet sent, so a caller that died between
-  the claim and the send is made good by the next caller.
+  A claimed ticket joins the in-flight and the unsent sets. It returns every
+  claimed ticket not yet sent, so a caller that died between the claim and
+  the send is made good by the next caller.
 
-Sending a claimed ticket takes a short lease (SET NX EX) and marks it sent
-after the broker has it, so two callers never both send it.
+Sending a claimed ticket takes a short lease (SET NX EX) and leaves the unsent
+set once the broker has it, so two callers never both send it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ for i = 2, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[1]) end
 return 1
 """
 
-# KEYS: released inflight pending dependents ready rank overlaps final sent
+# KEYS: released inflight pending dependents ready rank overlaps final unsent
 # ARGV: ticket ('' for none), its final state, cap (0: none; -1: claim nothing), ttl,
 # '1' when some tickets' paths overlap
 _RELEASE = """
@@ -80,13 +82,13 @@ if free ~= 0 then
     if ok then
       redis.call('ZREM', KEYS[5], d)
       redis.call('SADD', KEYS[2], d)
+      redis.call('SADD', KEYS[9], d)
       free = free - 1
     end
   end
 end
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
-redis.call('EXPIRE', KEYS[5], ttl)
-return redis.call('SDIFF', KEYS[2], KEYS[9])
+for _, i in ipairs({1, 2, 3, 5, 9}) do redis.call('EXPIRE', KEYS[i], ttl) end
+return redis.call('SMEMBERS', KEYS[9])
 """
 
 
@@ -127,7 +129,7 @@ class ReadySet:
         """Apply ``ticket_id``'s final ``state`` (once), claim what may start; returns unsent."""
         k = self.k
         names = [k.released, k.inflight, k.pending, k.dependents, k.ready, k.rank, k.overlaps]
-        names += [keys.final(self.run_id), k.sent]
+        names += [keys.final(self.run_id), k.unsent]
         args = [ticket_id, state, cap, self.ttl, "1" if paths else "0"]
         unsent = self.r.eval(_RELEASE, len(names), *names, *args)
         return sorted(m.decode() for m in unsent)
@@ -147,10 +149,7 @@ class ReadySet:
         key = keys.sending(self.run_id, ticket_id)
         if not self.r.set(key, "1", nx=True, ex=SEND_LEASE_S):
             return False
-        return not self.r.sismember(self.k.sent, ticket_id)
+        return bool(self.r.sismember(self.k.unsent, ticket_id))
 
     def mark_sent(self, ticket_id: str) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.sadd(self.k.sent, ticket_id)
-        pipe.expire(self.k.sent, self.ttl)
-        pipe.execute()
+        self.r.srem(self.k.unsent, ticket_id)

@@ -283,7 +283,8 @@ def test_the_supervisors_pass_sends_claimed_tickets_that_were_never_sent(
     )  # fmt: skip
     ready = ReadySet(rt.redis, "repair1", ttl=3600)
     assert ready.init({t: plan["deps"].get(t, []) for t in rank}, rank, {})
-    for tid in ("A", "D"):  # they ran and were committed
+    assert ready.release("", "", cap=0, paths=False) == ["A", "D"]  # claimed at the start
+    for tid in ("A", "D"):  # sent, ran and were committed
         ready.mark_sent(tid)
         rt.store.finish_ticket("repair1", tid, Phase.COMPLETED)
     ready.release("A", "COMPLETED", cap=0, paths=False)  # ... and then the worker died
