@@ -132,14 +132,15 @@ def resolve(
 def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
     """Each planned ticket's first record in the run."""
     records: dict[str, dict[str, str]] = {}
-    rank = {t: n for n, t in enumerate(eager_order(sub.doc, sub.plan))}
+    eager = sub.schedule == "eager"
+    rank = {t: n for n, t in enumerate(eager_order(sub.doc, sub.plan))} if eager else {}
     for index, batch in enumerate(sub.plan.batches):
         for tid in batch:
             t = sub.doc.get(tid)
             records[tid] = {
                 "state": "PENDING",
                 "title": t.title if t else "",
-                "rank": str(rank[tid]),
+                "rank": str(rank.get(tid, 0)),
                 "deps": json.dumps(sub.plan.deps.get(tid, [])),
                 "batch": str(index),
                 "attempts": "0",
