@@ -51,6 +51,7 @@ demo: install redis-server
 
 bench: install redis-server
 	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/makespan.py
 	@for b in bench/commit.py bench/e2e.py; do [ -f $$b ] && $(BIN)/python $$b || true; done
 
 # Flower for the broker the workers use (SAGE_BROKER_URL), behind basic auth

@@ -31,6 +31,10 @@ class RepositoryRefused(SageError):
     """A commit task names a repository this commit worker was not started for."""
 
 
+#: ``commit_ticket``'s state for a conflicting ticket that runs again (``--conflict-retries``)
+RERUN = "RERUN"
+
+
 def committed(ticket_id: str, state: str) -> dict[str, Any]:
     """``commit_ticket``'s result: deterministic, so a duplicate adds nothing to the chord."""
     return {"ticket": ticket_id, "state": state}
@@ -97,6 +101,11 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         reason = str(result.get("reason") or "failed")
         reason = f"{reason}{output_note(result)}"
 
+    reruns = int(record.get("conflict_reruns") or 0)
+    if int(result.get("rerun") or 0) < reruns:
+        # a late copy of an outcome the ticket has since been re-run for
+        return committed(ticket_id, "SUPERSEDED")
+    may_rerun = kind == "ok" and reruns < int(info.extra.get("conflict_retries") or 0)
     title = record.get("title", "")
     target = CommitTarget(rt.repository, info.branch, info.index_path)
     lock = CommitLock(rt.redis, keys.commit_lock(info.repo), lease=rt.settings.lock_lease)
@@ -106,8 +115,19 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         hook = lambda: rt.inject("before-update-ref")  # noqa: E731
         try:
             res = target.commit(
-                ticket_id, title, run_id, patch, state, reason, before_update_ref=hook
+                ticket_id,
+                title,
+                run_id,
+                patch,
+                state,
+                reason,
+                before_update_ref=hook,
+                rerun_on_conflict=may_rerun,
             )
+            if res.rerun:
+                store.rerun_ticket(run_id, ticket_id, res.conflicts)
+                log.info("ticket %s conflicts in %s: run again", ticket_id, res.conflicts)
+                return committed(ticket_id, RERUN)
         except PatchRejected as exc:
             # an unsafe or oversize patch is the ticket's failure, not the queue's
             state, reason = State.DEFERRED, str(exc)
@@ -120,6 +140,8 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         final_reason = reason or ""
         if res.conflicts:
             final_reason = "merge conflict in: " + ", ".join(res.conflicts)
+            if reruns:
+                final_reason += f" (after {reruns} re-run{'s' if reruns != 1 else ''})"
         # a repeat names the ticket's old commit: the branch may be well past it
         tip = target.repo.head(target.ref) if res.already else None
         # the run's head under the lock, so a slower writer never sets it back

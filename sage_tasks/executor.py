@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -75,6 +75,16 @@ class ExecResult:
         return not self.timed_out and self.exit_code == 0
 
 
+#: the variables :func:`ticket_env` gives a ticket's command (the last only on a re-run)
+TICKET_ENV_VARS = (
+    "SAGE_TICKET_ID",
+    "SAGE_RUN_ID",
+    "SAGE_TICKET_FILE",
+    "SAGE_PROMPT_FILE",
+    "SAGE_CONFLICT_PATHS",
+)
+
+
 def ticket_env(
     base_env: Mapping[str, str],
     *,
@@ -82,18 +92,24 @@ def ticket_env(
     run_id: str,
     ticket_file: str | os.PathLike[str],
     prompt_file: str | os.PathLike[str],
+    conflicts: Sequence[str] = (),
 ) -> dict[str, str]:
     """The environment a ticket's command runs with.
 
     ``base_env`` (usually the worker's ``os.environ``) without the broker and
     monitor credentials in :data:`SECRET_ENV_VARS`, plus ``SAGE_TICKET_ID``,
-    ``SAGE_RUN_ID``, ``SAGE_TICKET_FILE`` and ``SAGE_PROMPT_FILE``.
+    ``SAGE_RUN_ID``, ``SAGE_TICKET_FILE`` and ``SAGE_PROMPT_FILE``; on a re-run
+    after a merge conflict (``--conflict-retries``), ``SAGE_CONFLICT_PATHS``:
+    the conflicting paths, one a line.
     """
     env = {k: v for k, v in base_env.items() if k not in SECRET_ENV_VARS}
     env["SAGE_TICKET_ID"] = ticket_id
     env["SAGE_RUN_ID"] = run_id
     env["SAGE_TICKET_FILE"] = os.fspath(ticket_file)
     env["SAGE_PROMPT_FILE"] = os.fspath(prompt_file)
+    env.pop("SAGE_CONFLICT_PATHS", None)
+    if conflicts:
+        env["SAGE_CONFLICT_PATHS"] = "\n".join(conflicts)
     return env
 
 

@@ -7,6 +7,7 @@ own (``celery-task-meta-*``, ``_kombu.*``, queue lists).
 from __future__ import annotations
 
 import hashlib
+from typing import NamedTuple
 
 PREFIX = "sage"
 
@@ -72,3 +73,45 @@ def run_keys_pattern(run_id: str) -> str:
 def claim(run_id: str, name: str) -> str:
     """String set once (SET NX): whoever sets it does the one-time step ``name``."""
     return f"{PREFIX}:run:{run_id}:claim:{name}"
+
+
+# -- the eager schedule: readiness kept in Redis, changed only by its Lua scripts --
+
+
+class EagerKeys(NamedTuple):
+    """The keys of one run's eager schedule (see :mod:`sage_tasks.readiness`)."""
+
+    #: string set once, by the script that lays the others out
+    init: str
+    #: hash: ticket id -> dependencies not yet COMPLETED
+    pending: str
+    #: hash: ticket id -> JSON list of the tickets to run that depend on it
+    dependents: str
+    #: hash: ticket id -> JSON list of the tickets whose ``paths`` overlap its own
+    overlaps: str
+    #: sorted set: tickets whose dependencies are all COMPLETED, scored by their rank
+    ready: str
+    #: hash: ticket id -> its place in priority-then-id order
+    rank: str
+    #: set: tickets claimed for dispatch whose outcome is not yet released
+    inflight: str
+    #: set: claimed tickets whose chain the broker does not have yet
+    unsent: str
+    #: set: tickets whose final outcome has been applied to their dependents
+    released: str
+
+
+def eager(run_id: str) -> EagerKeys:
+    """The eager-schedule keys of one run (all under the run's prefix, so they expire with it)."""
+    base = f"{PREFIX}:run:{run_id}:eager"
+    return EagerKeys(*(f"{base}:{name}" for name in EagerKeys._fields))
+
+
+def sending(run_id: str, ticket_id: str) -> str:
+    """String (SET NX EX): a short lease on sending one claimed ticket."""
+    return f"{PREFIX}:run:{run_id}:eager:sending:{ticket_id}"
+
+
+def fault_once(point: str, token: str) -> str:
+    """String (SET NX): a test's fault at ``point`` has already struck for ``token``."""
+    return f"{PREFIX}:fault:{point}:{token}"

@@ -44,6 +44,7 @@ def render_prompt(
     run_id: str,
     repo_note: str | None = None,
     index_path: str = DEFAULT_INDEX_PATH,
+    conflicts: Sequence[str] = (),
 ) -> str:
     """A Markdown prompt for a coding agent working on ``ticket`` in run ``run_id``.
 
@@ -52,7 +53,9 @@ def render_prompt(
     (free text about the repository) and the rules of the worktree: work in the
     current directory, do not commit, do not edit the ticket index
     (``index_path``, relative to the repository root), and exit non-zero when
-    the ticket cannot be finished.
+    the ticket cannot be finished. ``conflicts`` (a re-run after a merge
+    conflict) come first: the paths where the last attempt's changes clashed
+    with work committed since.
     """
     ticket_id = _inline(ticket.get("id")) or "(no id)"
     title = _inline(ticket.get("title")) or "(untitled)"
@@ -67,6 +70,17 @@ def render_prompt(
     lines += [f"- **{name}:** {value}" for name, value in facts if value]
     lines.append("")
 
+    if conflicts:
+        _section(
+            lines,
+            "Re-run after a merge conflict",
+            [
+                "Your previous changes conflicted with work committed since, in:",
+                *(f"- `{_inline(p)}`" for p in conflicts),
+                "",
+                "Start again from the current files, which hold that work.",
+            ],
+        )
     _section(lines, "Description", _block(ticket.get("description")))
     _section(lines, "Documentation to read", _block(ticket.get("docs")))
     _section(lines, "Acceptance criteria", _block(ticket.get("acceptance_criteria")))

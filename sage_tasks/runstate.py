@@ -253,6 +253,14 @@ class RunStore:
         """Ticket id -> final state for every ticket finished so far."""
         return _decode(self.r.hgetall(keys.final(run_id)))
 
+    def final_count(self, run_id: str) -> int:
+        """How many tickets the run has finished."""
+        return int(self.r.hlen(keys.final(run_id)))
+
+    def count_dispatch(self, run_id: str, ticket_id: str) -> int:
+        """Record that the ticket's chain is sent once more; returns the count."""
+        return int(self.r.hincrby(keys.ticket(run_id, ticket_id), "dispatches", 1))
+
     def running(self, run_id: str) -> list[str]:
         return sorted(m.decode() for m in self.r.smembers(keys.running(run_id)))
 
@@ -332,6 +340,26 @@ class RunStore:
             _SET_UNLESS_FINAL, 2, keys.ticket(run_id, ticket_id), keys.running(run_id), *args
         )
         return bool(done)
+
+    def rerun_ticket(self, run_id: str, ticket_id: str, conflicts: list[str]) -> int:
+        """The ticket's patch conflicted: it waits to run again, on the new head.
+
+        Its stored result is dropped (so the re-run executes), the conflicting
+        paths kept for its prompt and environment; returns the re-runs so far.
+        """
+        key = keys.ticket(run_id, ticket_id)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(key, "conflict_reruns", 1)
+        pipe.hdel(key, "result")
+        pipe.hset(
+            key,
+            mapping={
+                "state": Phase.QUEUED.value,
+                "queued": str(time.time()),
+                "conflict_paths": json.dumps(conflicts),
+            },
+        )
+        return int(pipe.execute()[0])
 
     def count_attempt(self, run_id: str, ticket_id: str) -> int:
         """Record that the ticket's command is started once more; returns the count.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import redis
 
+from sage_tasks import keys
 from sage_tasks.config import Settings
 from sage_tasks.gitops import Repository
 from sage_tasks.runstate import RunStore
@@ -85,4 +86,11 @@ class Runtime:
     def inject(self, point: str) -> None:
         """A fault-injection point: with ``SAGE_FAULT=<point>`` the process dies here."""
         if self.fault == point:
+            os._exit(137)
+
+    def inject_once(self, point: str, token: str) -> None:
+        """Like :meth:`inject`, but the process dies there only the first time for ``token``."""
+        if self.fault == point and self.redis.set(
+            keys.fault_once(point, token), 1, nx=True, ex=3600
+        ):
             os._exit(137)

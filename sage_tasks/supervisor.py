@@ -109,7 +109,7 @@ class Supervisor:
         for tid in ticket_ids:
             if records[tid].get("state") not in FINAL_PHASES and records[tid].get("queued"):
                 self.check_ticket(info, tid, records[tid], now, self.rt.settings.vt)
-        eager.step(self.app, self.rt, run_id)
+        eager.pump(self.app, self.rt, run_id)
 
     def check_ticket(
         self, info: RunInfo, tid: str, rec: dict[str, str], now: float, vt: float

@@ -81,8 +81,12 @@ def register_tasks(app: Celery) -> None:
         try:
             done = committer.commit_ticket(rt, result, run_id, ticket_id)
             info = rt.store.get(run_id)
+            if done.get("state") == committer.RERUN and info is not None:
+                # in this task's place (its chord's header, in level mode): run, commit, again
+                raise self.replace(producer.ticket_chain(app, run_id, ticket_id, info.commit_queue))
             if info is not None and eager.is_eager(info):
-                eager.step(app, rt, run_id)
+                # again on a redelivery: what a dead delivery claimed is sent now
+                eager.release(app, rt, run_id, ticket_id)
             return done
         except Retryable as exc:
             if self.request.retries >= MAX_COMMIT_RETRIES:
@@ -107,14 +111,14 @@ def register_tasks(app: Celery) -> None:
     )
     def prepare_run(self: Task[Any, Any], run_id: str) -> bool:
         rt = runtime(app)
-        if committer.prepare_run(rt, run_id):
-            info = rt.store.get(run_id)
-            if info is not None and eager.is_eager(info):
-                eager.start(app, rt, run_id)
-            else:
-                producer.advance(app, rt, run_id, 0)
-            return True
-        return False
+        prepared = committer.prepare_run(rt, run_id)
+        info = rt.store.get(run_id)
+        if info is not None and eager.is_eager(info) and rt.serves(info.repo):
+            # idempotent: a redelivery after a death mid-start sends what that start claimed
+            eager.start(app, rt, run_id)
+        elif prepared:
+            producer.advance(app, rt, run_id, 0)
+        return prepared
 
 
 def _retry_or_give_up(task: Task[Any, Any], exc: Exception, ticket_id: str) -> dict[str, Any]:

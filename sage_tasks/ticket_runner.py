@@ -127,9 +127,10 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
     store.start_ticket(
         run_id, ticket_id, rt.hostname, deaths=deaths, pid=os.getpid(), space=process_space()
     )
+    conflicts = json.loads(record.get("conflict_paths") or "[]")
     try:
         with heartbeat(rt, run_id, ticket_id):
-            result = _execute(rt, info, ticket_id)
+            result = _execute(rt, info, ticket_id, conflicts)
     except BaseException:
         # not a worker death: the task retries, so the ticket waits in the queue again
         try:
@@ -137,6 +138,8 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
         except Exception:  # Redis may be what failed; keep the original error
             log.warning("could not requeue ticket %s in the run record", ticket_id, exc_info=True)
         raise
+    if conflicts:  # the commit queue tells a stale outcome from this re-run's
+        result["rerun"] = int(record.get("conflict_reruns") or 0)
     store.ran(run_id, ticket_id, result)
     return result
 
@@ -198,7 +201,8 @@ def _wait_while_running_elsewhere(
     return record
 
 
-def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
+def _execute(rt: Runtime, info: RunInfo, ticket_id: str, conflicts: list[str]) -> dict[str, Any]:
+    """Run the ticket's command (``conflicts``: paths its last patch conflicted in)."""
     settings = rt.settings
     run_id = info.run_id
     mirror = Mirror(settings.workdir, info.repo_url)
@@ -239,13 +243,16 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str) -> dict[str, Any]:
                 ticket_file = tmpdir / "ticket.json"
                 ticket_file.write_text(json.dumps(ticket_json, indent=2, ensure_ascii=False))
                 prompt_file = tmpdir / "prompt.md"
-                prompt_file.write_text(render_prompt(ticket_json, run_id=info.run_id))
+                prompt_file.write_text(
+                    render_prompt(ticket_json, run_id=info.run_id, conflicts=conflicts)
+                )
                 env = ticket_env(
                     os.environ,
                     ticket_id=ticket_id,
                     run_id=info.run_id,
                     ticket_file=ticket_file,
                     prompt_file=prompt_file,
+                    conflicts=conflicts,
                 )
                 res = run_command(
                     command,

@@ -101,7 +101,24 @@ def render_plan(plan: Plan, console: Console, *, title: str) -> None:
         )
     if plan.deferred:
         _line(console, "Deferred", f"{len(plan.deferred)}: {_ids(plan.deferred, 20)}", "yellow")
+    if plan.serialized:
+        _line(console, "Paths", serialized_line(plan), "yellow")
     _render_stats(plan, console)
+
+
+def serialized_line(plan: Plan) -> str:
+    """Where overlapping ``paths`` keep tickets that could run together apart."""
+    batch_of = plan.batch_of
+    shown = [
+        f"{a} (batch {batch_of[a] + 1}) & {b} (batch {batch_of[b] + 1})"
+        for a, b in plan.serialized[:MAX_IDS]
+    ]
+    more = len(plan.serialized) - len(shown)
+    tail = f", ... ({more} more)" if more > 0 else ""
+    return (
+        f"{len(plan.serialized)} pair{'s' if len(plan.serialized) != 1 else ''} of tickets "
+        f"whose paths overlap never run at once: {', '.join(shown)}{tail}"
+    )
 
 
 def _render_stats(plan: Plan, console: Console) -> None:
@@ -135,3 +152,24 @@ def _render_stats(plan: Plan, console: Console) -> None:
     if stats.speedup is not None:
         estimate += f"; speedup {stats.speedup:.1f}x"
     _line(console, "Estimated time", estimate)
+    if plan.schedules is not None:
+        _line(console, "Schedules", schedules_line(plan))
+
+
+def schedules_line(plan: Plan) -> str:
+    """Both schedules' estimated makespans against the bound no schedule beats."""
+    est = plan.schedules
+    assert est is not None
+
+    def show(value: float) -> str:
+        return format_duration(value) if est.unit == "seconds" else f"{value:g} steps"
+
+    def ratio(value: float) -> str:
+        return f" ({value / est.lower_bound:.2f}x the bound)" if est.lower_bound else ""
+
+    slots = f"{est.slots} slot{'s' if est.slots != 1 else ''}"
+    return (
+        f"levels {show(est.levels)}{ratio(est.levels)}, eager {show(est.eager)}"
+        f"{ratio(est.eager)} on {slots}; bound {show(est.lower_bound)} "
+        "(max of critical path, work / slots)"
+    )

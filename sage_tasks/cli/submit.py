@@ -20,7 +20,7 @@ from sage_tasks.broker import connect
 from sage_tasks.cli.common import ParallelType, handle_errors
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
-from sage_tasks.core.plan import Plan, build_plan
+from sage_tasks.core.plan import Plan, build_plan, eager_order
 from sage_tasks.errors import (
     ConfigError,
     IndexValidationError,
@@ -59,6 +59,8 @@ class Submission:
     retry_deferred: bool
     parallel: Any
     schedule: str = "levels"
+    #: times a ticket whose patch conflicts is run again on the new head before DEFERRED
+    conflict_retries: int = 0
 
 
 def resolve(
@@ -73,6 +75,7 @@ def resolve(
     retry_deferred: bool,
     allow_main: bool,
     human: Console,
+    estimate: bool = False,
 ) -> Submission:
     """Read the index from the branch (or base), validate it and plan; exit 2 on bad input."""
     from sage_tasks import gitops
@@ -102,7 +105,11 @@ def resolve(
         )
     doc = IndexDocument.loads(data, source=index_path)
     plan = build_plan(
-        doc, parallel=parallel, retry_deferred=retry_deferred, has_executor=bool(settings.executor)
+        doc,
+        parallel=parallel,
+        retry_deferred=retry_deferred,
+        has_executor=bool(settings.executor),
+        schedules=estimate,
     )
     url = repo_url or str(root)
     return Submission(
@@ -124,12 +131,15 @@ def resolve(
 def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
     """Each planned ticket's first record in the run."""
     records: dict[str, dict[str, str]] = {}
+    eager = sub.schedule == "eager"
+    rank = {t: n for n, t in enumerate(eager_order(sub.doc, sub.plan))} if eager else {}
     for index, batch in enumerate(sub.plan.batches):
         for tid in batch:
             t = sub.doc.get(tid)
             records[tid] = {
                 "state": "PENDING",
                 "title": t.title if t else "",
+                "rank": str(rank.get(tid, 0)),
                 "deps": json.dumps(sub.plan.deps.get(tid, [])),
                 "batch": str(index),
                 "attempts": "0",
@@ -179,6 +189,11 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
             "retry_deferred": sub.retry_deferred,
             "schedule": sub.schedule,
             "planned": sub.plan.to_run + len(sub.plan.blocked),
+            # eager: at most this many tickets in flight (0: no cap)
+            "cap": sub.plan.parallel or 0,
+            # eager: some tickets' paths overlap (its release script checks them)
+            "overlaps": bool(sub.plan.overlaps),
+            "conflict_retries": sub.conflict_retries,
         },
     )
     producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))
@@ -237,6 +252,13 @@ def wait_for(
     show_default=True,
     help="One chord per batch, or each ticket as soon as it can.",
 )
+@click.option(
+    "--conflict-retries",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Run a ticket whose patch conflicts again on the new head, up to N times.",
+)
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
 @click.option("--commit-queue", help="The repository's commit queue (env SAGE_COMMIT_QUEUE).")
 @click.pass_context
@@ -257,6 +279,7 @@ def cli(
     as_json: bool,
     local: bool,
     schedule: str,
+    conflict_retries: int,
     broker: str | None,
     commit_queue: str | None,
 ) -> None:
@@ -278,8 +301,10 @@ def cli(
         retry_deferred=retry_deferred,
         allow_main=allow_main,
         human=human,
+        estimate=dry_run,
     )
     sub.schedule = schedule
+    sub.conflict_retries = conflict_retries
     from sage_tasks.cli.plan_view import render_plan
 
     if dry_run:

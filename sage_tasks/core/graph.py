@@ -75,6 +75,8 @@ class TicketGraph:
     dep_names: list[list[str]] = field(default_factory=list)
     #: each ticket's dependencies as slots, in the order of ``dep_names``
     deps: list[list[int]] = field(default_factory=list)
+    #: slot -> its ``paths`` globs, for the tickets that declare any
+    paths: dict[int, list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -63,6 +63,8 @@ class Ticket(BaseModel):
     timeout: float | None = None
     retries: int = 0
     estimate: str | float | int | None = None
+    #: globs of the files the ticket may touch; overlapping tickets never run at once
+    paths: list[str] | None = None
 
 
 def is_valid_ticket_id(value: object) -> bool:

@@ -12,10 +12,13 @@
 3. *Batches*: a ticket's level is one more than the deepest level among its
    dependencies to run; each level is sorted by priority (P0 first) then id
    and, with ``parallel`` N, split into consecutive groups of at most N.
+   Tickets whose ``paths`` overlap never share a group: such a level is split
+   first-fit instead (:mod:`sage_tasks.core.apart`).
 
 The critical path is the heaviest chain of tickets to run, weighted by
 their estimates (a ticket without one counts as the mean of the others), or
-by count when no ticket to run has an estimate.
+by count when no ticket to run has an estimate. On request the plan also
+estimates both schedules' makespans (:mod:`sage_tasks.core.schedule`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from itertools import compress, repeat
 from operator import eq
 from typing import Any, Literal
 
+from sage_tasks.core.apart import first_fit, path_overlaps, serialized_pairs
 from sage_tasks.core.graph import COMPLETED, TicketGraph, gc_paused, topological_order
 from sage_tasks.core.index import IndexDocument
+from sage_tasks.core.schedule import ScheduleEstimate, estimate_schedules, urgency_order
 from sage_tasks.core.stats import PlanStats, auto_workers, compute_stats
 from sage_tasks.core.validate import command_problems, cycle_problems, graph_problems
 from sage_tasks.errors import ConfigError, IndexValidationError
@@ -67,6 +72,13 @@ class Plan:
     deps: dict[str, list[str]] = field(default_factory=dict)
     #: DEFERRED tickets that this run does not re-run (index order)
     deferred: list[str] = field(default_factory=list)
+    #: estimated makespan of both schedules and the bound (None in plans stored before it)
+    schedules: ScheduleEstimate | None = None
+    #: ticket to run -> the tickets to run whose ``paths`` overlap its own (never in flight
+    #: together: split into different batches, held back by the eager schedule)
+    overlaps: dict[str, list[str]] = field(default_factory=dict)
+    #: pairs of those that no dependency orders: where paths serialize work
+    serialized: list[list[str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--dry-run --json`` object; :meth:`from_json` reads it back."""
@@ -84,6 +96,9 @@ class Plan:
             "deferred": self.deferred,
             "stats": self.stats.to_json(),
             "deps": self.deps,
+            "schedules": self.schedules.to_json() if self.schedules else None,
+            "overlaps": self.overlaps,
+            "serialized": self.serialized,
         }
 
     @classmethod
@@ -109,6 +124,11 @@ class Plan:
             stats=PlanStats.from_json(data["stats"]),
             deps={k: list(v) for k, v in data.get("deps", {}).items()},
             deferred=list(data.get("deferred", [])),
+            schedules=ScheduleEstimate.from_json(data["schedules"])
+            if data.get("schedules")
+            else None,
+            overlaps={k: list(v) for k, v in data.get("overlaps", {}).items()},
+            serialized=[list(p) for p in data.get("serialized", [])],
         )
 
     @property
@@ -135,12 +155,17 @@ def build_plan(
     retry_deferred: bool = False,
     has_executor: bool = False,
     cores: int | None = None,
+    schedules: bool = False,
 ) -> Plan:
-    """Validate ``doc`` and plan its run; :class:`IndexValidationError` lists every problem."""
+    """Validate ``doc`` and plan its run; :class:`IndexValidationError` lists every problem.
+
+    With ``schedules`` the plan also estimates both schedules' makespans (a
+    simulation: about as long again as the plan itself on 100k tickets).
+    """
     if parallel is not None:
         resolve_parallel(parallel, cores, 1)  # reject a bad value before any work
     with gc_paused():
-        return _build(doc, parallel, retry_deferred, has_executor, cores)
+        return _build(doc, parallel, retry_deferred, has_executor, cores, schedules)
 
 
 def _build(
@@ -149,6 +174,7 @@ def _build(
     retry_deferred: bool,
     has_executor: bool,
     cores: int | None,
+    estimate: bool,
 ) -> Plan:
     checked = doc.checked
     graph = checked.graph
@@ -178,13 +204,17 @@ def _build(
         bucket.sort(key=prios.__getitem__)  # stable: priority first, then id
 
     size = resolve_parallel(parallel, cores, len(run))
+    apart = path_overlaps(graph, run)
     groups: list[list[int]] = []
     group_levels: list[int] = []
     for n, bucket in enumerate(buckets, 1):
         step = size or len(bucket)
-        for start in range(0, len(bucket), step):
-            groups.append(bucket[start : start + step])
-            group_levels.append(n)
+        if apart and any(v in apart for v in bucket):
+            split = first_fit(bucket, step, apart)
+        else:
+            split = [bucket[start : start + step] for start in range(0, len(bucket), step)]
+        groups += split
+        group_levels += [n] * len(split)
 
     estimated = len(run) - list(map(graph.estimates.__getitem__, run)).count(None)
     if weights is not None and len(run) < len(selected):
@@ -196,9 +226,17 @@ def _build(
     stats = compute_stats(groups, [len(b) for b in buckets], weights, estimated, size)
 
     levels = [list(map(ids.__getitem__, b)) for b in buckets]
+    run_deps = _int_deps(graph, status, run) if estimate or apart else []
+    schedules = (
+        estimate_schedules(
+            graph, run, run_deps, groups, weights, path, size or stats.workers, apart
+        )
+        if estimate
+        else None
+    )
     return Plan(
         batches=[list(map(ids.__getitem__, g)) for g in groups]
-        if size
+        if size or apart
         else list(map(list, levels)),
         batch_levels=group_levels,
         levels=levels,
@@ -212,6 +250,9 @@ def _build(
         stats=stats,
         deps=_run_deps(graph, status, run, walk.mixed),
         deferred=list(compress(ids, map(eq, status, repeat(_SKIPPED)))),
+        schedules=schedules,
+        overlaps={ids[v]: sorted(ids[o] for o in os) for v, os in sorted(apart.items())},
+        serialized=serialized_pairs(graph, run_deps, apart),
     )
 
 
@@ -344,6 +385,33 @@ def _critical_path(
         path.append(min((d for d in run_deps if dist[d] == top), key=key))
     path.reverse()
     return path
+
+
+def _int_deps(graph: TicketGraph, status: list[int], run: list[int]) -> list[list[int]]:
+    """For each ticket to run, its dependencies to run (each once); [] for the others."""
+    deps = graph.deps
+    out: list[list[int]] = [[] for _ in graph.ids]
+    for v in run:
+        out[v] = list(dict.fromkeys(d for d in deps[v] if status[d] == _RUN))
+    return out
+
+
+def eager_order(doc: IndexDocument, plan: Plan) -> list[str]:
+    """The plan's tickets in the order ``--schedule eager`` prefers them when ready.
+
+    Priority first, then the heaviest chain of work that waits on the ticket
+    (by estimate, a ticket without one counting as the mean; by count when
+    none has one), then id.
+    """
+    graph = doc.graph
+    where = graph.index
+    run = [where[t] for batch in plan.batches for t in batch]
+    deps: list[list[int]] = [[] for _ in graph.ids]
+    for t, ds in plan.deps.items():
+        deps[where[t]] = [where[d] for d in ds]
+    weights = _weights(graph, run) or [1.0] * len(graph.ids)
+    order = urgency_order(run, deps, weights, graph.priorities, graph.ids)
+    return [graph.ids[v] for v in order]
 
 
 def _run_deps(

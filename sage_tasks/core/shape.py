@@ -1,4 +1,4 @@
-"""The per-ticket pass over an index: field shapes, ids, dependencies, estimates.
+"""The per-ticket pass over an index: field shapes, ids, dependencies, estimates, paths.
 
 It runs on every load, on indexes of 100k tickets, so it has two paths.
 The fast path pulls each field into a column in one loop and checks whole
@@ -24,6 +24,7 @@ from typing import Any
 
 from sage_tasks.core.estimate import parse_estimate
 from sage_tasks.core.graph import PRIORITY_CODES, STATE_CODES, TicketGraph
+from sage_tasks.core.paths import glob_problem
 from sage_tasks.errors import Problem
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -71,6 +72,7 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
     titles: list[Any] = []
     touts: list[Any] = []
     tries: list[Any] = []
+    globs: list[Any] = []
     a_id, a_st, a_pr, a_dl = ids.append, sts.append, prs.append, dls.append
     a_run, a_est, a_ti, a_to, a_re = (
         runs.append,
@@ -90,6 +92,7 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
         a_ti(get("title", ""))
         a_to(get("timeout"))
         a_re(get("retries", 0))
+        globs.append(get("paths"))
     n = len(ids)
     if n:
         if set(map(type, ids)) != _STRINGS:
@@ -116,6 +119,9 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
         return None
     if not set(map(type, dls)) <= {list}:
         return None
+    paths = {v: g for v, g in enumerate(globs) if g is not None}
+    if paths and any(_paths_problem(g) for g in paths.values()):
+        return None
     graph = TicketGraph(
         ids=ids,
         index=index,
@@ -124,6 +130,7 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
         runs=runs,
         estimates=list(map(seconds.__getitem__, ests)),
         dep_names=dls,
+        paths=paths,
     )
     # raises KeyError for an unknown dependency (or one that is not a string); a
     # dependency listed twice stays twice (harmless), a self dependency shows up as
@@ -139,6 +146,17 @@ def _seconds(value: object) -> float | None:
         return parse_estimate(value)
     except ValueError:
         return -1.0
+
+
+def _paths_problem(globs: object) -> str | None:
+    """What is wrong with a ticket's ``paths`` (None: nothing)."""
+    if type(globs) is not list:
+        return f"'paths' must be a list of relative globs, got {_show(globs)}"
+    for n, glob in enumerate(globs):
+        problem = glob_problem(glob)
+        if problem:
+            return f"'paths'[{n}] {_show(glob)} {problem}"
+    return None
 
 
 def _show(value: object) -> str:
@@ -242,6 +260,13 @@ def _check_fields(
             graph.estimates[-1] = parse_estimate(est)
         except ValueError:
             semantic.append(Problem(f"{who}: cannot read estimate {_show(est)}", ref))
+    globs = item.get("paths")
+    if globs is not None:
+        problem = _paths_problem(globs)
+        if problem:
+            bad(problem)
+        else:
+            graph.paths[len(graph.ids) - 1] = globs
     deps = item.get("dependencies", _EMPTY)
     if type(deps) is list and all(type(d) is str for d in deps):
         return deps

@@ -64,6 +64,8 @@ class CommitResult:
     state: State
     conflicts: list[str] = field(default_factory=list)
     already: bool = False
+    #: nothing was committed: the patch conflicted and the caller runs the ticket again
+    rerun: bool = False
 
 
 class CommitTarget:
@@ -125,6 +127,7 @@ class CommitTarget:
         reason: str | None = None,
         *,
         before_update_ref: Callable[[], None] | None = None,
+        rerun_on_conflict: bool = False,
     ) -> CommitResult:
         """Record one finished ticket: its patch (if COMPLETED) and its new state, in one commit.
 
@@ -134,7 +137,9 @@ class CommitTarget:
         branch head is dropped and the ticket recorded DEFERRED with
         ``merge conflict in: <paths>``. Raises :class:`PatchRejected` for an
         unsafe patch, :class:`RefMoved` when the branch moves under us
-        (retry), :class:`GitError` for an unknown ticket.
+        (retry), :class:`GitError` for an unknown ticket. With
+        ``rerun_on_conflict`` a merge conflict commits nothing: the result has
+        ``rerun=True`` and the conflicting paths, for the ticket to run again.
         """
         self._check_args(ticket_id, run_id, state)
         body = b""
@@ -168,6 +173,8 @@ class CommitTarget:
             doc.set_state(ticket_id, State.COMPLETED)
             exact = self._preimages_at(head_sha, files)
             tree, conflicts, failure = self._apply(head_tree, body, old, doc.dumps(), exact, doc)
+            if tree is None and conflicts and rerun_on_conflict:
+                return CommitResult(head_sha, State.DEFERRED, conflicts, rerun=True)
             if tree is None:
                 state = State.DEFERRED
                 reason = (

@@ -27,6 +27,7 @@ import redis
 import yaml
 
 from sage_tasks.config import Settings
+from sage_tasks.executor import TICKET_ENV_VARS
 from tests.support.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +39,7 @@ PROGRAMS = {"sage-submit", "sage-worker"}
 SUBCOMMANDS = {"sage-submit": {"status", "report", "check"}, "sage-worker": None}
 SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1", ")"}
 #: what tickets get from the worker, on top of the settings
-TICKET_ENV = {"SAGE_TICKET_ID", "SAGE_RUN_ID", "SAGE_TICKET_FILE", "SAGE_PROMPT_FILE"}
+TICKET_ENV = set(TICKET_ENV_VARS)
 SETTINGS_ENV = {f"SAGE_{name.upper()}" for name in Settings.model_fields}
 
 

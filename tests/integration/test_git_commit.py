@@ -148,6 +148,20 @@ def test_siblings_editing_the_same_line_defer_the_second_with_the_path_in_its_re
     assert "merge conflict in: f.txt" in git(repo, "log", "-1", "--format=%B", "run")
 
 
+def test_a_conflict_to_be_run_again_commits_nothing_and_names_the_paths(
+    repo: Path, target: CommitTarget, patch_of: Any
+) -> None:
+    pa = patch_of({"f.txt": edit_line(5, "from A")})
+    pb = patch_of({"f.txt": edit_line(5, "from B")})
+    a = target.commit("A", "ticket A", "r1", pa, State.COMPLETED, None)
+
+    b = target.commit("B", "ticket B", "r1", pb, State.COMPLETED, None, rerun_on_conflict=True)
+
+    assert b.rerun and b.conflicts == ["f.txt"] and b.sha == a.sha
+    assert git(repo, "rev-parse", "run").strip() == a.sha
+    assert ticket_state(repo, "run", "B")["state"] == "UNPROCESSED"
+
+
 def test_edits_to_adjacent_lines_conflict_and_edits_far_apart_merge(
     repo: Path, target: CommitTarget, patch_of: Any
 ) -> None:

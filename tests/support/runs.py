@@ -6,9 +6,41 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sage_tasks.runstate import RunInfo
 from tests.support.gitrepo import INDEX, git
 
-__all__ = ["INDEX", "git", "index_at", "states", "ticket", "ticket_log", "tickets_at", "writes"]
+__all__ = [
+    "INDEX",
+    "git",
+    "index_at",
+    "run_info",
+    "states",
+    "ticket",
+    "ticket_log",
+    "tickets_at",
+    "writes",
+]
+
+
+def run_info(run_id: str, **fields: Any) -> RunInfo:
+    """A run record for tests that write one directly; ``fields`` override the defaults."""
+    values: dict[str, Any] = {
+        "run_id": run_id,
+        "repo": "/nowhere",
+        "repo_url": "/nowhere",
+        "branch": f"sage/run-{run_id}",
+        "base": "main",
+        "index_path": INDEX,
+        "commit_queue": "commit",
+        "executor": None,
+        "ticket_timeout": 600.0,
+        "batches": 1,
+        "tickets": 0,
+        "to_run": 0,
+        "created": 0.0,
+        **fields,
+    }
+    return RunInfo(**values)
 
 
 def ticket(tid: str, run: str, deps: list[str] | None = None, **extra: Any) -> dict[str, Any]:

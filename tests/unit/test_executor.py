@@ -241,6 +241,14 @@ def test_ticket_env_sets_the_ticket_variables(tmp_path: Path) -> None:
     }
 
 
+def test_ticket_env_names_the_conflicting_paths_of_a_rerun_only(tmp_path: Path) -> None:
+    files = {"ticket_file": tmp_path / "t.json", "prompt_file": tmp_path / "p.md"}
+    base = {"SAGE_CONFLICT_PATHS": "stale"}
+    env = ticket_env(base, ticket_id="A", run_id="r1", conflicts=["a.txt", "b/c.txt"], **files)
+    assert env["SAGE_CONFLICT_PATHS"] == "a.txt\nb/c.txt"
+    assert "SAGE_CONFLICT_PATHS" not in ticket_env(base, ticket_id="A", run_id="r1", **files)
+
+
 @pytest.mark.parametrize(
     "secret",
     [

@@ -89,3 +89,18 @@ def test_a_long_plan_is_cut_to_a_page() -> None:
 def test_an_empty_plan_says_there_is_nothing_to_run() -> None:
     text = rendered(plan_of([t("A", state="COMPLETED")]))
     assert "Nothing to run." in text
+
+
+def test_the_plan_shows_both_schedules_and_where_paths_serialize_work() -> None:
+    plan = plan_of(
+        [
+            t("A", estimate=10, paths=["src/**"]),
+            t("B", estimate=10, paths=["src/app.py"]),
+            t("C", "A", estimate=5),
+        ],
+        schedules=True,
+    )
+    text = rendered(plan)
+    assert "A (batch 1) & B (batch 2)" in text
+    assert "1 pair of tickets whose paths overlap never run at once" in text
+    assert "levels 25s" in text and "eager 20s" in text and "bound 15s" in text

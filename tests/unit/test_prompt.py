@@ -156,3 +156,11 @@ def test_a_multi_line_title_stays_on_the_heading_line() -> None:
 
 def test_the_repository_note_is_optional_and_blank_notes_are_left_out() -> None:
     assert "About this repository" not in render_prompt({"id": "T"}, run_id="r", repo_note="  ")
+
+
+def test_a_rerun_after_a_conflict_names_the_conflicting_paths_first() -> None:
+    prompt = render_prompt({"id": "A", "title": "t"}, run_id="r1", conflicts=["src/a.py", "b`c"])
+    assert "## Re-run after a merge conflict" in prompt
+    assert "- `src/a.py`" in prompt
+    assert prompt.index("Re-run after a merge conflict") < prompt.index("How to work")
+    assert "merge conflict" not in render_prompt({"id": "A"}, run_id="r1")
