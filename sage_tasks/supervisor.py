@@ -10,7 +10,11 @@ timer it looks at each unfinished run of its repository and
   harmless);
 - sends a ticket's stored outcome to the commit queue again when it has
   waited that long for its commit;
-- finishes a batch whose tickets are all final but whose barrier never ran.
+- finishes a batch whose tickets are all final but whose barrier never ran
+  (its body message was lost, or tickets were sent again outside the chord);
+- fails the run, which ``--wait`` reports lost (exit 3), when that batch's
+  chord state is gone from the result backend: submitting again with the
+  same ``--branch`` resumes it.
 """
 
 from __future__ import annotations
@@ -88,6 +92,15 @@ class Supervisor:
             if store.batch_is_done(run_id, index):
                 return
             last = max((float(records[t].get("ended") or 0) for t in ticket_ids), default=0.0)
+            if now - last > self.grace and not self.chord_state_exists(batch):
+                # DESIGN: a batch's chord state gone from Redis means the run is lost
+                error = (
+                    f"run lost: the chord state of batch {index + 1} is gone from Redis; "
+                    "submit again with the same --branch to resume the run"
+                )
+                log.error("run %s: %s", run_id, error)
+                store.finish(run_id, info.repo, status=RunStatus.FAILED, error=error)
+                return
             if now - last > self.grace:
                 log.warning(
                     "run %s: batch %d finished but its barrier never ran; finishing it",
@@ -99,6 +112,22 @@ class Supervisor:
         vt = self.rt.settings.vt
         for tid in pending:
             self.check_ticket(info, tid, records[tid], now, vt)
+
+    def chord_state_exists(self, batch: dict[str, Any]) -> bool:
+        """True unless the batch's chord is known to have lost its state in the result backend.
+
+        Celery's Redis backend keeps a chord's size (``<group key>.s``) from
+        the moment the chord is sent until its body is dispatched, and then a
+        ``done`` marker (``.c``) for a few minutes: with neither, the counter
+        that would fire the barrier is gone (deleted, evicted, a failover).
+        """
+        group_id = batch.get("group")
+        backend = self.app.backend
+        key_for = getattr(backend, "get_key_for_group", None)
+        client = getattr(backend, "client", None)
+        if not isinstance(group_id, str) or not group_id or key_for is None or client is None:
+            return True
+        return bool(client.exists(key_for(group_id, ".s"), key_for(group_id, ".c")))
 
     def check_eager(self, info: RunInfo, now: float) -> None:
         """An eager run has no batches: look at every ticket it has sent."""

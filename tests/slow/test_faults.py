@@ -625,7 +625,9 @@ def test_an_unreachable_broker_at_submit_time_is_one_clear_line_and_exit_3_withi
 # -- 8. a batch that can no longer finish by itself ---------------------------------------------
 
 
-def test_a_batch_whose_chord_state_is_gone_is_finished_by_the_supervisor(lab: Lab) -> None:
+def test_a_batch_whose_chord_state_is_gone_makes_the_run_lost_and_submitting_again_resumes_it(
+    lab: Lab,
+) -> None:
     fleet = lab.fleet()
     ids = ["G1", "G2", "G3"]
     repo = lab.make_repo(
@@ -637,7 +639,8 @@ def test_a_batch_whose_chord_state_is_gone_is_finished_by_the_supervisor(lab: La
     )
     fleet.start_tickets("tickets", concurrency=2)
     node = fleet.start_commit(repo, lab.queue)
-    bg = lab.submit(fleet, "--wait", "--json")
+    branch = "sage/chord-gone"
+    bg = lab.submit(fleet, "--branch", branch, "--wait", "--json")
     run_id = wait_for_run(lab.client)
     wait_state(lab.client, run_id, "G1", "RUNNING")
     # the batch's chord counter (evicted, expired, or lost with a Redis failover)
@@ -646,11 +649,22 @@ def test_a_batch_whose_chord_state_is_gone_is_finished_by_the_supervisor(lab: La
     lab.client.delete(*chord_keys)
 
     res = bg.result(timeout=90)
-    assert res.code == 0, res.stderr + lab.logs()
+    assert res.code == 3, res.stderr + lab.logs()
     assert res.data is not None
-    completed_once(lab, res.data, ids)
+    assert "chord state of batch 1 is gone" in res.data["error"], res.data
+    assert "--branch" in res.data["error"]
+    assert "Traceback" not in res.stderr
+    assert "chord state of batch 1 is gone" in fleet.log(node)
+    # what the batch committed stays; the dependent never ran
+    assert states(repo, branch) == {"G1": "COMPLETED", "G2": "COMPLETED", "G3": "UNPROCESSED"}
+
+    again = fleet.submit(repo, "--branch", branch, "--wait", "--json", queue=lab.queue, timeout=90)
+    assert again.code == 0, again.stderr + lab.logs()
+    assert again.data is not None
+    assert again.data["completed"] == ["G3"]
+    history = check_history(repo, "main", branch)
+    assert sorted(history[:2]) == ["G1", "G2"] and history[2:] == ["G3"], history
     assert run_counts(lab.trace) == {t: 1 for t in ids}
-    assert "batch 1 finished but its barrier never ran; finishing it" in fleet.log(node)
 
 
 def test_a_ticket_message_lost_before_any_worker_took_it_is_sent_again_and_its_batch_finished(
