@@ -1,10 +1,11 @@
 """``sage-submit --local``: the embedded default, everything on this machine.
 
-Starts a private ``redis-server`` (on a free loopback port with a random
-password, its files in a private folder, never a Redis already running), one
-ticket worker and one commit worker for the repository, runs the submission
-with ``--wait``, and stops every process it started — also on Ctrl-C, on
-errors and when a worker dies — leaving no process or file behind.
+:func:`local_fleet` starts a private ``redis-server`` (on a free loopback
+port with a random password, its files in a private folder, never a Redis
+already running), one ticket worker and one commit worker for the
+repository; the command line submits and follows the run on it; then every
+process it started is stopped — also on Ctrl-C, on errors and when a worker
+dies — leaving no process or file behind.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from rich.console import Console
 from sage_tasks.errors import SageError
 
 if TYPE_CHECKING:
-    from sage_tasks.cli.submit import Submission
+    from sage_tasks.config import Settings
 
 
 class LocalError(SageError):
@@ -209,37 +210,33 @@ def terminate_as_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) -> int:
-    """Run a submission on a private Redis and local workers; returns the exit code."""
-    from sage_tasks.cli.plan_view import render_plan
-    from sage_tasks.cli.submit import send, wait_for
+@contextmanager
+def local_fleet(
+    repo: Path, concurrency: int, settings: Settings, human: Console
+) -> Iterator[tuple[LocalFleet, Settings]]:
+    """A private Redis and workers for ``repo``; stopped and removed after, whatever happens.
+
+    Yields the fleet (its ``check`` raises when a worker died) and ``settings``
+    pointed at the private Redis and a private work folder.
+    """
     from sage_tasks.config import load_settings
 
-    concurrency = sub.plan.parallel or os.cpu_count() or 1
     root = Path(tempfile.mkdtemp(prefix="sage-local-"))
     root.chmod(0o700)
     fleet = LocalFleet(root, human)
     try:
         with terminate_as_interrupt():
-            render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)")
             fleet.start_redis()
-            fleet.start_workers(sub.repo, concurrency)
-            settings = load_settings(
-                broker_url=fleet.url,
-                commit_queue=sub.settings.commit_queue,
-                executor=sub.settings.executor,
-                ticket_timeout=sub.settings.ticket_timeout,
-                workdir=root / "work",
-            )
-            sub.settings = settings
-            send(sub)
-            human.print(
-                f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch} "
-                f"(local: {concurrency} ticket slots)",
-                highlight=False,
-            )
-            return wait_for(
-                settings, sub.run_id, human=human, out=out, as_json=as_json, on_poll=fleet.check
+            fleet.start_workers(repo, concurrency)
+            yield (
+                fleet,
+                load_settings(
+                    broker_url=fleet.url,
+                    commit_queue=settings.commit_queue,
+                    executor=settings.executor,
+                    ticket_timeout=settings.ticket_timeout,
+                    workdir=root / "work",
+                ),
             )
     finally:
         fleet.stop()

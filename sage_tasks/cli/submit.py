@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
-import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +15,8 @@ from rich.console import Console
 from sage_tasks.broker import connect
 from sage_tasks.cli.common import ParallelType, handle_errors
 from sage_tasks.config import Settings, load_settings
-from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
-from sage_tasks.core.plan import Plan, build_plan, eager_order
-from sage_tasks.errors import (
-    ConfigError,
-    IndexValidationError,
-    Problem,
-)
-
-PROTECTED_BRANCHES = ("main", "master")
-
-
-def new_run_id() -> str:
-    """A short random run id (hex, safe in branch names and Redis keys)."""
-    return uuid.uuid4().hex[:12]
+from sage_tasks.core.index import DEFAULT_INDEX_PATH
+from sage_tasks.submission import Submission, resolve, send
 
 
 def _consoles(as_json: bool) -> tuple[Console, Console]:
@@ -40,163 +24,6 @@ def _consoles(as_json: bool) -> tuple[Console, Console]:
     out = Console(highlight=False, soft_wrap=True)
     human = Console(stderr=True, highlight=False, soft_wrap=True) if as_json else out
     return human, out
-
-
-@dataclass
-class Submission:
-    """Everything ``sage-submit`` resolved before it talks to the broker."""
-
-    settings: Settings
-    repo: Path
-    repo_url: str
-    index_path: str
-    branch: str
-    base: str
-    run_id: str
-    doc: IndexDocument
-    plan: Plan
-    allow_main: bool
-    retry_deferred: bool
-    parallel: Any
-    schedule: str = "levels"
-    #: times a ticket whose patch conflicts is run again on the new head before DEFERRED
-    conflict_retries: int = 0
-
-
-def resolve(
-    *,
-    settings: Settings,
-    repo: str,
-    repo_url: str | None,
-    index: str | None,
-    branch: str | None,
-    base: str | None,
-    parallel: Any,
-    retry_deferred: bool,
-    allow_main: bool,
-    human: Console,
-    estimate: bool = False,
-) -> Submission:
-    """Read the index from the branch (or base), validate it and plan; exit 2 on bad input."""
-    from sage_tasks import gitops
-
-    root = gitops.repo_root(Path(repo))
-    index_path = index or DEFAULT_INDEX_PATH
-    if Path(index_path).is_absolute() or ".." in Path(index_path).parts:
-        raise ConfigError(f"--index must be a path inside the repository: {index_path!r}")
-    run_id = new_run_id()
-    branch_name = branch or f"sage/run-{run_id}"
-    if branch_name in PROTECTED_BRANCHES and not allow_main:
-        raise ConfigError(f"refusing to write to branch '{branch_name}' without --allow-main")
-    gitops.check_branch_name(root, branch_name)
-    base_ref = base or "HEAD"
-    base_sha = gitops.resolve_ref(root, base_ref)
-    branch_sha = gitops.branch_head(root, branch_name)
-    source_ref = branch_sha or base_sha
-    data = gitops.read_index_at(root, source_ref, index_path)
-    where = f"branch {branch_name}" if branch_sha else f"{base_ref} ({base_sha[:12]})"
-    if data is None:
-        raise IndexValidationError([Problem(f"no ticket index at {where}")], path=index_path)
-    if gitops.working_copy_differs(root, source_ref, index_path):
-        human.print(
-            f"[yellow]warning:[/] {index_path} in the working copy differs from "
-            f"{where}; the committed version is used",
-            highlight=False,
-        )
-    doc = IndexDocument.loads(data, source=index_path)
-    plan = build_plan(
-        doc,
-        parallel=parallel,
-        retry_deferred=retry_deferred,
-        has_executor=bool(settings.executor),
-        schedules=estimate,
-    )
-    url = repo_url or str(root)
-    return Submission(
-        settings=settings,
-        repo=root,
-        repo_url=url,
-        index_path=index_path,
-        branch=branch_name,
-        base=base_sha,
-        run_id=run_id,
-        doc=doc,
-        plan=plan,
-        allow_main=allow_main,
-        retry_deferred=retry_deferred,
-        parallel=parallel,
-    )
-
-
-def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
-    """Each planned ticket's first record in the run."""
-    records: dict[str, dict[str, str]] = {}
-    eager = sub.schedule == "eager"
-    rank = {t: n for n, t in enumerate(eager_order(sub.doc, sub.plan))} if eager else {}
-    for index, batch in enumerate(sub.plan.batches):
-        for tid in batch:
-            t = sub.doc.get(tid)
-            records[tid] = {
-                "state": "PENDING",
-                "title": t.title if t else "",
-                "rank": str(rank.get(tid, 0)),
-                "deps": json.dumps(sub.plan.deps.get(tid, [])),
-                "batch": str(index),
-                "attempts": "0",
-            }
-    for tid in sub.plan.blocked:
-        t = sub.doc.get(tid)
-        records[tid] = {
-            "state": "BLOCKED",
-            "title": t.title if t else "",
-            "reason": "depends on a DEFERRED ticket that is not retried",
-            "ended": str(time.time()),
-            "attempts": "0",
-        }
-    return records
-
-
-def send(sub: Submission, *, repo_identity: str | None = None) -> None:
-    """Store the run in Redis and hand it to the repository's commit worker."""
-    from sage_tasks import producer
-    from sage_tasks.celery_app import make_app
-    from sage_tasks.runstate import RunInfo
-    from sage_tasks.tasks import runtime
-
-    settings = sub.settings
-    connect(settings.backend_url)
-    if settings.broker_url != settings.backend_url:
-        connect(settings.broker_url)
-    app = make_app(settings)
-    rt = runtime(app)
-    info = RunInfo(
-        run_id=sub.run_id,
-        repo=repo_identity or sub.repo_url,
-        repo_url=sub.repo_url,
-        branch=sub.branch,
-        base=sub.base,
-        index_path=sub.index_path,
-        commit_queue=settings.commit_queue,
-        executor=settings.executor,
-        ticket_timeout=settings.ticket_timeout,
-        batches=len(sub.plan.batches),
-        tickets=sub.plan.tickets,
-        to_run=sub.plan.to_run,
-        created=time.time(),
-        submitted_by=socket.gethostname(),
-        extra={
-            "allow_main": sub.allow_main,
-            "retry_deferred": sub.retry_deferred,
-            "schedule": sub.schedule,
-            "planned": sub.plan.to_run + len(sub.plan.blocked),
-            # eager: at most this many tickets in flight (0: no cap)
-            "cap": sub.plan.parallel or 0,
-            # eager: some tickets' paths overlap (its release script checks them)
-            "overlaps": bool(sub.plan.overlaps),
-            "conflict_retries": sub.conflict_retries,
-        },
-    )
-    producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))
 
 
 def wait_for(
@@ -220,6 +47,26 @@ def wait_for(
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
     return summary.exit_code()
+
+
+def _run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) -> int:
+    """``--local``: the submission on a private Redis and workers of this machine."""
+    from sage_tasks.cli.plan_view import render_plan
+    from sage_tasks.local import local_fleet
+
+    concurrency = sub.plan.parallel or os.cpu_count() or 1
+    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)")
+    with local_fleet(sub.repo, concurrency, sub.settings, human) as (fleet, settings):
+        sub.settings = settings
+        send(sub)
+        human.print(
+            f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch} "
+            f"(local: {concurrency} ticket slots)",
+            highlight=False,
+        )
+        return wait_for(
+            settings, sub.run_id, human=human, out=out, as_json=as_json, on_poll=fleet.check
+        )
 
 
 @click.group(
@@ -314,9 +161,7 @@ def cli(
             render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (dry run)")
         return
     if local:
-        from sage_tasks.local import run_local
-
-        sys.exit(run_local(sub, human=human, out=out, as_json=as_json))
+        sys.exit(_run_local(sub, human=human, out=out, as_json=as_json))
     connect(settings.backend_url)  # an unreachable broker is one line, before any output
     if not wait:
         # stdout carries only the run id (or its JSON), so RUN=$(sage-submit ...) works
