@@ -48,12 +48,23 @@ def submit(
     app.send_task(TASK_PREPARE, args=(info.run_id,), queue=info.commit_queue)
 
 
+#: run id -> the groups of its plan, as this process read them (a run's plan never changes)
+_batches: dict[str, list[list[str]]] = {}
+_BATCHES_KEPT = 16
+
+
 def batches_of(rt: Runtime, run_id: str) -> list[list[str]]:
-    """The groups of the run's stored plan."""
+    """The groups of the run's stored plan (read from Redis once per process and run)."""
+    found = _batches.get(run_id)
+    if found is not None:
+        return found
     raw = rt.store.plan_json(run_id)
     if raw is None:
         return []
     batches: list[list[str]] = json.loads(raw)["batches"]
+    while len(_batches) >= _BATCHES_KEPT:
+        _batches.pop(next(iter(_batches)))
+    _batches[run_id] = batches
     return batches
 
 
@@ -73,13 +84,15 @@ def advance(app: Celery, rt: Runtime, run_id: str, start: int) -> None:
     while index < len(batches):
         ticket_ids = batches[index]
         records = store.tickets(run_id, ticket_ids)
+        # tickets of one group never depend on each other: their dependencies' records
+        # are read once, in one round trip
+        deps = {tid: json.loads(records[tid].get("deps", "[]")) for tid in ticket_ids}
+        dep_records = store.tickets(run_id, sorted({d for ds in deps.values() for d in ds}))
         send: list[str] = []
         for tid in ticket_ids:
-            rec = records[tid]
-            if rec.get("state") in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED):
+            if records[tid].get("state") in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED):
                 continue
-            deps = json.loads(rec.get("deps", "[]"))
-            reason = blocking_reason(store.tickets(run_id, deps), deps) if deps else ""
+            reason = blocking_reason(dep_records, deps[tid]) if deps[tid] else ""
             if reason:
                 store.finish_ticket(run_id, tid, Phase.BLOCKED, reason=reason)
             else:

@@ -157,12 +157,19 @@ def end_orphaned_command(record: dict[str, str], run_id: str, ticket_id: str) ->
 
 def process_space() -> str:
     """Names the pid space this process lives in (kernel boot and pid namespace); '' unknown."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-    return f"{boot}/{namespace}"
+    pid = os.getpid()
+    if _space[0] != pid:
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+            namespace = os.readlink("/proc/self/ns/pid")
+            _space[:] = [pid, f"{boot}/{namespace}"]
+        except OSError:
+            return ""
+    return str(_space[1])
+
+
+#: [pid, its pid space]: read once per process
+_space: list[int | str] = [0, ""]
 
 
 def runner_is_gone(record: dict[str, str]) -> bool:
