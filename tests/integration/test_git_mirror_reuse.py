@@ -152,6 +152,38 @@ def test_consecutive_tickets_in_one_process_share_a_worktree_and_each_sees_a_cle
         assert_clean_checkout(fourth, head, fresh(head))
 
 
+#: what a ticket whose patch is taken leaves: new, ignored, modified, deleted, re-moded
+CAPTURED = """
+    echo new > new.txt
+    echo ignored > debug.log
+    mkdir -p build/deep && echo obj > build/deep/out.o
+    echo changed > a.txt
+    rm gone.txt
+    chmod +x run.sh
+    mkdir -p new/nested/dir && echo x > new/nested/dir/x.txt
+"""
+
+
+@pytest.mark.parametrize("same_head", [True, False], ids=["same-head", "new-head"])
+def test_after_a_captured_patch_the_next_ticket_sees_a_clean_checkout(
+    mirror: Mirror, origin: Path, fresh: Callable[[str], Path], same_head: bool
+) -> None:
+    head = mirror.fetch("main")
+    with mirror.worktree(head) as first:
+        sh(first, CAPTURED)
+        # the patch capture stages everything that is not ignored
+        patch = capture_patch(
+            first, head, exclude=[INDEX], max_bytes=1 << 20, git_dir=mirror.git_dir(first)
+        )
+        assert "new/nested/dir/x.txt" in patch.paths and "debug.log" not in patch.paths
+    if not same_head:
+        head = commit_files(origin, "main", {"a.txt": "a3\n", "z/late.txt": "late\n"})
+        assert mirror.fetch("main") == head
+    with mirror.worktree(head) as second:
+        assert second == first
+        assert_clean_checkout(second, head, fresh(head))
+
+
 def test_an_operation_in_progress_and_per_worktree_state_do_not_survive(
     mirror: Mirror, fresh: Callable[[str], Path]
 ) -> None:
