@@ -129,6 +129,8 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
             records[tid] = {
                 "state": "PENDING",
                 "title": t.title if t else "",
+                # the ticket as submitted: its worker reads it here, not from the whole index
+                "ticket": json.dumps(sub.doc.ticket_json(tid), ensure_ascii=False),
                 "rank": str(rank.get(tid, 0)),
                 "deps": json.dumps(sub.plan.deps.get(tid, [])),
                 "batch": str(index),

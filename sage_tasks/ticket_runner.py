@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sage_tasks.core.index import IndexDocument, is_valid_ticket_id
+from sage_tasks.core.index import IndexDocument, Ticket, is_valid_ticket_id
 from sage_tasks.errors import PatchRejected, Retryable, SageError
 from sage_tasks.executor import kill_orphans, run_command, ticket_env
 from sage_tasks.gitops import Mirror, capture_patch
@@ -130,7 +130,7 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
     conflicts = json.loads(record.get("conflict_paths") or "[]")
     try:
         with heartbeat(rt, run_id, ticket_id):
-            result = _execute(rt, info, ticket_id, conflicts)
+            result = _execute(rt, info, ticket_id, conflicts, record.get("ticket", ""))
     except BaseException:
         # not a worker death: the task retries, so the ticket waits in the queue again
         try:
@@ -208,8 +208,29 @@ def _wait_while_running_elsewhere(
     return record
 
 
-def _execute(rt: Runtime, info: RunInfo, ticket_id: str, conflicts: list[str]) -> dict[str, Any]:
-    """Run the ticket's command (``conflicts``: paths its last patch conflicted in)."""
+def _ticket_definition(
+    definition: str, index_file: Path, info: RunInfo, ticket_id: str
+) -> tuple[Ticket, dict[str, Any]] | None:
+    """The ticket (checked) and its JSON object: as submitted, else from the worktree's index.
+
+    The submission stores each ticket's object with its record, so a worker
+    need not parse an index of thousands of tickets for each one; a record
+    without it (a run submitted before) reads the index at the head.
+    """
+    if definition:
+        raw = json.loads(definition)
+        if isinstance(raw, dict) and raw.get("id") == ticket_id:
+            return Ticket.model_validate(raw), raw
+    doc = IndexDocument.loads(index_file.read_bytes(), source=info.index_path)
+    ticket = doc.get(ticket_id)
+    return None if ticket is None else (ticket, doc.ticket_json(ticket_id))
+
+
+def _execute(
+    rt: Runtime, info: RunInfo, ticket_id: str, conflicts: list[str], definition: str = ""
+) -> dict[str, Any]:
+    """Run the ticket's command (``conflicts``: paths its last patch conflicted in;
+    ``definition``: the ticket's JSON object as submitted, if the record has it)."""
     settings = rt.settings
     run_id = info.run_id
     mirror = Mirror(settings.workdir, info.repo_url)
@@ -223,15 +244,14 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str, conflicts: list[str]) -
             info = rt.store.get(run_id) or info
         head = mirror.resolve(info.branch, info.head)
         with mirror.worktree(head) as worktree:
-            index_file = worktree / info.index_path
-            doc = IndexDocument.loads(index_file.read_bytes(), source=info.index_path)
-            ticket = doc.get(ticket_id)
-            if ticket is None:
+            found = _ticket_definition(definition, worktree / info.index_path, info, ticket_id)
+            if found is None:
                 return outcome(
                     ticket_id,
                     "failed",
                     reason=f"ticket {ticket_id} is not in the index at {head[:12]}",
                 )
+            ticket, ticket_json = found
             tries = 1 + max(0, ticket.retries)
             command = ticket.run or info.executor
             if not command:
@@ -246,7 +266,6 @@ def _execute(rt: Runtime, info: RunInfo, ticket_id: str, conflicts: list[str]) -
                 return outcome(ticket_id, "done", state=state)
             with tempfile.TemporaryDirectory(prefix="sage-ticket-") as tmp:
                 tmpdir = Path(tmp)
-                ticket_json = doc.ticket_json(ticket_id)
                 ticket_file = tmpdir / "ticket.json"
                 ticket_file.write_text(json.dumps(ticket_json, indent=2, ensure_ascii=False))
                 prompt_file = tmpdir / "prompt.md"
