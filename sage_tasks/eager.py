@@ -117,21 +117,30 @@ def _apply(app: Celery, rt: Runtime, info: RunInfo, outcomes: Iterable[tuple[str
 
 
 def _block_dependents(rt: Runtime, ready: ReadySet, run_id: str, tid: str, state: str) -> None:
-    """Every ticket that depends, directly or not, on ``tid`` becomes BLOCKED."""
+    """Every ticket that depends, directly or not, on ``tid`` becomes BLOCKED.
+
+    A dependent found BLOCKED already (by this walk's earlier pass, cut short
+    by a worker's death) is released again (releasing is idempotent) and
+    walked through, so the rest of the walk is never lost.
+    """
     store = rt.store
     todo = [(tid, state)]
+    seen = {tid}
     while todo:
         cause, cause_state = todo.pop()
-        dependents = ready.dependents(cause)
+        dependents = [d for d in ready.dependents(cause) if d not in seen]
         if not dependents:
             continue
+        seen.update(dependents)
         records = store.tickets(run_id, dependents)
         for dep in dependents:
-            if records[dep].get("state") in FINAL_PHASES:
+            found = records[dep].get("state")
+            if found in FINAL_PHASES and found != Phase.BLOCKED:
                 continue
-            store.finish_ticket(
-                run_id, dep, Phase.BLOCKED, reason=f"dependency {cause} is {cause_state}"
-            )
+            if found != Phase.BLOCKED:
+                store.finish_ticket(
+                    run_id, dep, Phase.BLOCKED, reason=f"dependency {cause} is {cause_state}"
+                )
             ready.release(dep, Phase.BLOCKED.value, cap=-1, paths=False)
             todo.append((dep, Phase.BLOCKED.value))
 

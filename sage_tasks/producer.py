@@ -18,7 +18,7 @@ from celery import Celery, chord, group
 from celery.canvas import Signature
 
 from sage_tasks.celery_app import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
-from sage_tasks.runstate import Phase, RunInfo, RunStatus, blocking_reason
+from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus, blocking_reason
 from sage_tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,15 @@ def finish_batch(app: Celery, rt: Runtime, run_id: str, index: int) -> bool:
         return False
     if not rt.serves(info.repo):
         raise RepositoryRefused(f"refused: run {run_id} names repository {info.repo!r}")
+    # a ticket of the batch may still be on its way outside the chord (run again after a
+    # conflict, or sent again by the supervisor): the batch ends when its tickets have,
+    # and the supervisor finishes it then
+    tickets = rt.store.batch(run_id, index).get("tickets", [])
+    records = rt.store.tickets(run_id, tickets)
+    if any(records[t].get("state") not in FINAL_PHASES for t in tickets):
+        rt.store.record_batch(run_id, index, barrier=time.time())
+        log.warning("run %s: batch %d's barrier ran before its tickets ended", run_id, index + 1)
+        return False
     if not rt.store.claim_batch_done(run_id, index):
         return False
     rt.store.record_batch(run_id, index, ended=time.time())

@@ -33,6 +33,10 @@ from sage_tasks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+#: Celery's Redis backend keeps a chord's ``done`` marker this long (300 s) after its body
+#: is sent; past it a chord that completed cannot be told from one whose state was lost
+CHORD_DONE_MARK_S = 240.0
+
 
 class Supervisor:
     """Finds lost tickets and stalled batches of the runs of one repository."""
@@ -92,7 +96,11 @@ class Supervisor:
             if store.batch_is_done(run_id, index):
                 return
             last = max((float(records[t].get("ended") or 0) for t in ticket_ids), default=0.0)
-            if now - last > self.grace and not self.chord_state_exists(batch):
+            if (
+                not batch.get("barrier")  # its chord completed: its state was not lost
+                and self.grace < now - last < CHORD_DONE_MARK_S
+                and not self.chord_state_exists(batch)
+            ):
                 # DESIGN: a batch's chord state gone from Redis means the run is lost
                 error = (
                     f"run lost: the chord state of batch {index + 1} is gone from Redis; "
@@ -117,9 +125,13 @@ class Supervisor:
         """True unless the batch's chord is known to have lost its state in the result backend.
 
         Celery's Redis backend keeps a chord's size (``<group key>.s``) from
-        the moment the chord is sent until its body is dispatched, and then a
-        ``done`` marker (``.c``) for a few minutes: with neither, the counter
-        that would fire the barrier is gone (deleted, evicted, a failover).
+        the moment the chord is sent until its body is dispatched, then a
+        ``done`` marker (``.c``) for a few minutes. With neither, while the
+        batch's tickets ended less than those few minutes ago, the counter
+        that would fire the barrier is gone: deleted, evicted, lost in a
+        failover — or dropped by Celery because a task of the chord failed
+        for good, an infrastructure failure too. Any other backend, or any
+        doubt, counts as present.
         """
         group_id = batch.get("group")
         backend = self.app.backend
@@ -127,7 +139,11 @@ class Supervisor:
         client = getattr(backend, "client", None)
         if not isinstance(group_id, str) or not group_id or key_for is None or client is None:
             return True
-        return bool(client.exists(key_for(group_id, ".s"), key_for(group_id, ".c")))
+        try:
+            names = [key_for(group_id, suffix) for suffix in (".s", ".c")]
+            return bool(client.exists(*names))
+        except Exception:  # a backend client that is not redis-py's
+            return True
 
     def check_eager(self, info: RunInfo, now: float) -> None:
         """An eager run has no batches: look at every ticket it has sent."""

@@ -82,6 +82,7 @@ def register_tasks(app: Celery) -> None:
             done = committer.commit_ticket(rt, result, run_id, ticket_id)
             info = rt.store.get(run_id)
             if done.get("state") == committer.RERUN and info is not None:
+                rt.inject_once("after-rerun", f"{run_id}/{ticket_id}")
                 # in this task's place (its chord's header, in level mode): run, commit, again
                 raise self.replace(producer.ticket_chain(app, run_id, ticket_id, info.commit_queue))
             if info is not None and eager.is_eager(info):

@@ -11,10 +11,10 @@ Layout under the worker's ``workdir``::
 
 A mirror of a local path borrows the repository's objects (git's
 alternates, as ``git clone --shared`` does): every commit the commit worker
-makes is there at once, with nothing to copy. :meth:`Mirror.resolve` then
-needs no fetch for a head the run's record names; a URL's mirror fetches
-only when the head is not in it yet (the first ticket of a batch on a host,
-not its siblings).
+makes is there at once, with nothing to copy, and :meth:`Mirror.resolve`
+reads the branch head from the repository itself, with no fetch. A URL's
+mirror fetches only when the head the run's record names is not the one its
+last fetch brought (the first ticket of a batch on a host, not its siblings).
 
 A worker process keeps one detached worktree per mirror and reuses it: each
 ticket starts with ``git checkout --force --detach <head>`` and ``git clean
@@ -88,8 +88,8 @@ _RESET_CONFIG = (
 _fetches = itertools.count()
 #: a run of heads resolved without a fetch still fetches now and then (git's upkeep runs then)
 _resolves = itertools.count(1)
-#: (mirror path, pid) -> this process's ``git cat-file --batch-check`` on that mirror
-_odbs: dict[tuple[str, int], git.Git] = {}
+#: (repository path, pid, inode) -> this process's ``git cat-file --batch-check`` there
+_odbs: dict[tuple[str, int, int], git.Git] = {}
 
 
 class _Broken(Exception):
@@ -190,7 +190,9 @@ class Mirror:
                     # stop every later fetch on this host
                     "--update-head-ok",
                     self.url,
-                    f"+{ref}:{ref}",
+                    # a mirror that borrows keeps no branch refs: a branch the repository
+                    # deleted and pruned would leave a ref to objects gone for good
+                    ref if self._borrows() else f"+{ref}:{ref}",
                     check=False,
                     timeout=self.fetch_timeout,
                 )
@@ -207,38 +209,31 @@ class Mirror:
             return self._fetched(ref)
 
     def resolve(self, branch: str, hint: str = "") -> str:
-        """The commit to run a ticket on: ``hint`` when the mirror has it, else a fetch.
+        """The commit a ticket starts on: the branch head, fetched only when it must be.
 
-        ``hint`` is the branch head the run's record names (the commit worker
-        writes it, under its lock, after each commit); without one, or when
-        the mirror does not hold that commit, this is :meth:`fetch`.
+        A mirror that borrows a local repository's objects reads the head
+        from that repository (through a ``git cat-file`` kept open): exact,
+        and no fetch. A URL's mirror takes ``hint`` (the head the run's record
+        names; the commit worker writes it after each commit) when it is the
+        head its last fetch of the branch brought (a fetch moves the ref only
+        once every object arrived), and fetches otherwise. Now and then it
+        fetches anyway: git's upkeep of the mirror runs then.
         """
-        if (
-            _FULL_SHA_RE.match(hint)
-            and next(_resolves) % _MAINTENANCE_EVERY
-            and self._has_commit(hint)
-        ):
-            return hint
+        if branch.startswith("-") or not _valid_branch(branch):
+            raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
+        if next(_resolves) % _MAINTENANCE_EVERY and (self.path / "HEAD").exists():
+            ref = f"refs/heads/{branch}"
+            if self._borrows():
+                head = _commit_of(Path(self.url), ref)
+                if head is not None:
+                    return head
+            elif _FULL_SHA_RE.match(hint) and _commit_of(self.path, ref) == hint:
+                return hint
         return self.fetch(branch)
 
-    def _has_commit(self, sha: str) -> bool:
-        """True when the mirror (or the repository it borrows from) holds commit ``sha``."""
-        if not (self.path / "HEAD").exists():
-            return False
-        where = (str(self.path), os.getpid())
-        odb = _odbs.get(where)
-        if odb is None:
-            odb = _odbs[where] = git.Git(self.path)
-        try:
-            _, kind, _ = odb.get_object_header(sha)
-        except ValueError:
-            return False  # missing
-        except (git.GitError, OSError):
-            _odbs.pop(where, None)
-            odb.clear_cache()
-            return False
-        # typed as str, read as bytes: compare what came back either way
-        return str(kind, "ascii") == "commit" if isinstance(kind, bytes) else kind == "commit"
+    def _borrows(self) -> bool:
+        """True when this mirror reads a local repository's objects (git's alternates)."""
+        return (self.path / "objects" / "info" / "alternates").exists()
 
     def _source_objects(self) -> str | None:
         """The object directory of the local repository this mirrors; None for a URL."""
@@ -438,6 +433,32 @@ class Mirror:
             (self.idle / f"{slot.name}.lock").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 os.close(slot.lock_fd)
+
+
+def _commit_of(repo: Path, name: str) -> str | None:
+    """The commit ``name`` names in ``repo``, or None (asked of a ``git cat-file`` kept open).
+
+    One reader per repository directory (as it is now: a directory made anew
+    gets a new one) and process.
+    """
+    try:
+        where = (str(repo), os.getpid(), os.stat(repo).st_ino)
+    except OSError:
+        return None
+    reader = _odbs.get(where)
+    if reader is None:
+        reader = _odbs[where] = git.Git(repo)
+    try:
+        sha, kind, _ = reader.get_object_header(name)
+    except ValueError:
+        return None  # missing
+    except (git.GitError, OSError):
+        _odbs.pop(where, None)
+        reader.clear_cache()
+        return None
+    # typed as str, read as bytes
+    sha, kind = (x.decode("ascii") if isinstance(x, bytes) else str(x) for x in (sha, kind))
+    return sha if kind == "commit" and _FULL_SHA_RE.match(sha) else None
 
 
 @functools.lru_cache(maxsize=256)

@@ -112,8 +112,13 @@ class Repository:
         self.path = path
         self.bare, self.git_dir, self.object_format, objects = _probe(path)
         self.null_oid = "0" * hashlib.new(self.object_format).digest_size * 2
-        #: loose objects written here (gitdb knows SHA-1 only); None: by git
-        self._objects = LooseObjectDB(str(objects)) if self.object_format == "sha1" else None
+        #: loose objects written here (gitdb knows SHA-1 only); None: by git, which also
+        #: honours a shared repository's permissions and fsync settings
+        self._objects = (
+            LooseObjectDB(str(objects))
+            if self.object_format == "sha1" and not self._git_must_write()
+            else None
+        )
         #: ``(author, committer)`` without dates when commits may be written here; False:
         #: not looked up yet
         self._idents: tuple[bytes, bytes] | bool | None = False
@@ -126,6 +131,20 @@ class Repository:
         self._ident: dict[str, str] = {}
         self._pid = 0
         self._private()
+
+    def _git_must_write(self) -> bool:
+        """True when the repository asks for what only git does when it writes objects."""
+        proc = self.run(
+            "config",
+            "--get-regexp",
+            r"^core\.(sharedrepository|fsync|fsyncobjectfiles|fsyncmethod)$",
+            check=False,
+        )
+        for line in proc.stdout.decode("utf-8", "replace").splitlines():
+            name, _, value = line.partition(" ")
+            if name != "core.sharedrepository" or value.lower() not in ("", "false", "umask", "0"):
+                return True
+        return False
 
     def _private(self) -> Path:
         """This process's temporary folder (a forked child gets its own)."""

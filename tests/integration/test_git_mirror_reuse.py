@@ -11,7 +11,7 @@ import multiprocessing
 import os
 import stat
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -121,9 +121,18 @@ MESS = """
 """
 
 
+@pytest.fixture
+def url_mirror(tmp_path: Path, origin: Path) -> Iterator[Mirror]:
+    """A mirror of the origin's URL: it keeps the branches it fetched (a local one keeps none)."""
+    m = Mirror(tmp_path / "workdir", origin.resolve().as_uri())
+    yield m
+    m.close()
+
+
 def test_consecutive_tickets_in_one_process_share_a_worktree_and_each_sees_a_clean_checkout(
-    mirror: Mirror, origin: Path, fresh: Callable[[str], Path]
+    url_mirror: Mirror, origin: Path, fresh: Callable[[str], Path]
 ) -> None:
+    mirror = url_mirror
     head = mirror.fetch("main")
     with mirror.worktree(head) as first:
         assert_clean_checkout(first, head, fresh(head))

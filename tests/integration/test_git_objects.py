@@ -146,3 +146,16 @@ def test_a_sha256_repository_commits_through_git(tmp_path: Path) -> None:
     assert len(res.sha) == 64
     assert ticket_state(repo, "main", "A")["state"] == "COMPLETED"
     git(repo, "fsck", "--strict", "--no-dangling")
+
+
+def test_a_shared_repository_gets_its_objects_from_git_with_the_group_s_permissions(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "repo", FILES, INDEX_DOC, bare=True)
+    git(repo, "config", "core.sharedRepository", "group")
+    git(repo, "branch", "run", "main")
+    with CommitTarget(repo, "run") as target:
+        res = target.commit("A", "t", "r1", None, State.COMPLETED)
+    obj_dir = repo / "objects" / res.sha[:2]
+    assert obj_dir.stat().st_mode & 0o070 == 0o070, oct(obj_dir.stat().st_mode)
+    git(repo, "fsck", "--strict", "--no-dangling")

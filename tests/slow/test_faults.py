@@ -75,8 +75,11 @@ class Lab:
         self.fleets.append(f)
         return f
 
-    def make_repo(self, tickets: list[dict[str, Any]]) -> Path:
-        self.repo = make_repo(self.root / "repo", {}, {"version": "1.0", "tickets": tickets})
+    def make_repo(
+        self, tickets: list[dict[str, Any]], files: dict[str, str | bytes] | None = None
+    ) -> Path:
+        index = {"version": "1.0", "tickets": tickets}
+        self.repo = make_repo(self.root / "repo", files or {}, index)
         return self.repo
 
     def submit(self, fleet: Fleet, *args: str, **env: str) -> Background:
@@ -700,3 +703,33 @@ def test_a_ticket_message_lost_before_any_worker_took_it_is_sent_again_and_its_b
             r'event=resent reason="not taken for \d+ s"',
             log,
         ), log
+
+
+def test_a_conflict_re_run_whose_commit_worker_died_before_sending_it_is_not_lost(
+    lab: Lab,
+) -> None:
+    # two siblings edit one line: the second to commit conflicts and is to run again; its
+    # commit worker's pool process dies after recording the re-run, before sending it
+    fleet = lab.fleet(SAGE_VISIBILITY_TIMEOUT="6", SAGE_TICKET_TIMEOUT="5")
+    edit = 'sleep 0.5; printf \'%s %s\\n\' "$(head -n1 shared.txt)" "$SAGE_TICKET_ID" > shared.txt'
+    ids = ["X1", "X2", "Y1", "Y2"]
+    repo = lab.make_repo(
+        [
+            ticket("X1", edit),
+            ticket("X2", edit),
+            ticket("Y1", "echo y1 > y1.txt", ["X1"]),
+            ticket("Y2", "echo y2 > y2.txt", ["X2"]),
+        ],
+        files={"shared.txt": "zero\n"},
+    )
+    fleet.start_tickets("tickets", concurrency=2)
+    fleet.start_commit(repo, lab.queue, SAGE_FAULT="after-rerun")
+    res = lab.submit(fleet, "--wait", "--json", "--conflict-retries", "1").result(timeout=120)
+    assert res.code == 0, res.stderr + lab.logs()
+    assert res.data is not None
+    assert sorted(res.data["completed"]) == ids, res.data
+    branch = res.data["branch"]
+    assert set(states(repo, branch).values()) == {"COMPLETED"}
+    assert sorted(ticket_log(repo, branch)) == ids  # one commit each
+    line = git(repo, "show", f"{branch}:shared.txt").strip()
+    assert line in ("zero X1 X2", "zero X2 X1"), line
