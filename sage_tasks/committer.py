@@ -102,7 +102,8 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         reason = f"{reason}{output_note(result)}"
 
     reruns = int(record.get("conflict_reruns") or 0)
-    if int(result.get("rerun") or 0) < reruns:
+    rerun = result.get("rerun") or 0
+    if not isinstance(rerun, int) or rerun < reruns:
         # a late copy of an outcome the ticket has since been re-run for
         return committed(ticket_id, "SUPERSEDED")
     may_rerun = kind == "ok" and reruns < int(info.extra.get("conflict_retries") or 0)
