@@ -32,6 +32,8 @@ from sage_tasks import keys
 SEND_LEASE_S = 30
 
 _INIT = """
+-- laid out once: the marker may expire in a very long run, the pending counts stay
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
 local data = cjson.decode(ARGV[2])
 for tid, n in pairs(data['pending']) do
@@ -87,7 +89,7 @@ if free ~= 0 then
     end
   end
 end
-for _, i in ipairs({1, 2, 3, 5, 9}) do redis.call('EXPIRE', KEYS[i], ttl) end
+for _, i in ipairs({1, 2, 3, 4, 5, 6, 7, 9}) do redis.call('EXPIRE', KEYS[i], ttl) end
 return redis.call('SMEMBERS', KEYS[9])
 """
 
