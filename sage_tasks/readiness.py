@@ -32,8 +32,11 @@ from sage_tasks import keys
 SEND_LEASE_S = 30
 
 _INIT = """
--- laid out once: the marker may expire in a very long run, the pending counts stay
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+-- laid out once: a marker that expired in a very long run is set again, the counts stay
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+  return 0
+end
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
 local data = cjson.decode(ARGV[2])
 for tid, n in pairs(data['pending']) do

@@ -58,11 +58,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import git
-
 from sage_tasks.broker import redact_url
 from sage_tasks.errors import GitError, RepositoryError
-from sage_tasks.gitops.process import first_line, run_git
+from sage_tasks.gitops.process import Helper, first_line, run_git
 
 #: a lock file without its worktree is left alone this long (its owner may be starting)
 _YOUNG_LOCK_SECONDS = 60.0
@@ -88,8 +86,8 @@ _RESET_CONFIG = (
 _fetches = itertools.count()
 #: a run of heads resolved without a fetch still fetches now and then (git's upkeep runs then)
 _resolves = itertools.count(1)
-#: (repository path, pid, inode) -> this process's ``git cat-file --batch-check`` there
-_odbs: dict[tuple[str, int, int], git.Git] = {}
+#: (repository path, inode) -> a ``git cat-file --batch-check`` reading refs and objects there
+_readers: dict[tuple[str, int], Helper] = {}
 
 
 class _Broken(Exception):
@@ -167,8 +165,7 @@ class Mirror:
 
     def fetch(self, branch: str) -> str:
         """Fetch ``refs/heads/<branch>`` from the URL into the mirror; return its head commit."""
-        if branch.startswith("-") or not _valid_branch(branch):
-            raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
+        _check_branch(branch)
         self.workdir.mkdir(parents=True, exist_ok=True)
         ref = f"refs/heads/{branch}"
         # git's automatic gc after a fetch is one more process: let it run now and then
@@ -219,8 +216,7 @@ class Mirror:
         once every object arrived), and fetches otherwise. Now and then it
         fetches anyway: git's upkeep of the mirror runs then.
         """
-        if branch.startswith("-") or not _valid_branch(branch):
-            raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
+        _check_branch(branch)
         if next(_resolves) % _MAINTENANCE_EVERY and (self.path / "HEAD").exists():
             ref = f"refs/heads/{branch}"
             if self._borrows():
@@ -438,27 +434,31 @@ class Mirror:
 def _commit_of(repo: Path, name: str) -> str | None:
     """The commit ``name`` names in ``repo``, or None (asked of a ``git cat-file`` kept open).
 
-    One reader per repository directory (as it is now: a directory made anew
-    gets a new one) and process.
+    One reader per repository directory as it is now (a directory made anew
+    gets a new one); :class:`Helper` restarts it after it dies or a fork.
     """
     try:
-        where = (str(repo), os.getpid(), os.stat(repo).st_ino)
+        where = (str(repo), os.stat(repo).st_ino)
     except OSError:
         return None
-    reader = _odbs.get(where)
+    reader = _readers.get(where)
     if reader is None:
-        reader = _odbs[where] = git.Git(repo)
+        reader = _readers[where] = Helper(repo, "cat-file", "--batch-check")
     try:
-        sha, kind, _ = reader.get_object_header(name)
-    except ValueError:
-        return None  # missing
-    except (git.GitError, OSError):
-        _odbs.pop(where, None)
-        reader.clear_cache()
+        reader.send(name.encode("utf-8", "surrogateescape") + b"\n")
+        parts = reader.stdout.readline().split()
+    except (GitError, OSError):
         return None
-    # typed as str, read as bytes
-    sha, kind = (x.decode("ascii") if isinstance(x, bytes) else str(x) for x in (sha, kind))
-    return sha if kind == "commit" and _FULL_SHA_RE.match(sha) else None
+    if len(parts) != 3 or parts[1] != b"commit":
+        return None  # missing, or not a commit (an empty answer: the reader died)
+    sha = parts[0].decode("ascii", "replace")
+    return sha if _FULL_SHA_RE.match(sha) else None
+
+
+def _check_branch(branch: str) -> None:
+    """Raise :class:`RepositoryError` unless ``branch`` is a valid branch name."""
+    if branch.startswith("-") or not _valid_branch(branch):
+        raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
 
 
 @functools.lru_cache(maxsize=256)

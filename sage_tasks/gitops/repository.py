@@ -13,6 +13,7 @@ encoding header, dates fixed by the environment) goes through git itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -112,16 +113,16 @@ class Repository:
         self.path = path
         self.bare, self.git_dir, self.object_format, objects = _probe(path)
         self.null_oid = "0" * hashlib.new(self.object_format).digest_size * 2
+        settings = self._write_settings()
         #: loose objects written here (gitdb knows SHA-1 only); None: by git, which also
         #: honours a shared repository's permissions and fsync settings
         self._objects = (
             LooseObjectDB(str(objects))
-            if self.object_format == "sha1" and not self._git_must_write()
+            if self.object_format == "sha1" and not _git_must_write(settings)
             else None
         )
-        #: ``(author, committer)`` without dates when commits may be written here; False:
-        #: not looked up yet
-        self._idents: tuple[bytes, bytes] | bool | None = False
+        #: commits carry an encoding header (git writes those)
+        self._encoded = settings.get("i18n.commitencoding", "").lower() not in ("", "utf-8", "utf8")
         self._reader = Helper(self.git_dir, "cat-file", "--batch")
         self._checker = Helper(self.git_dir, "cat-file", "--batch-check")
         self._refs = Helper(self.git_dir, "update-ref", "-m", "sage-tasks: commit", "--stdin")
@@ -132,19 +133,16 @@ class Repository:
         self._pid = 0
         self._private()
 
-    def _git_must_write(self) -> bool:
-        """True when the repository asks for what only git does when it writes objects."""
+    def _write_settings(self) -> dict[str, str]:
+        """The settings that decide who writes objects and commits, read once."""
         proc = self.run(
             "config",
             "--get-regexp",
-            r"^core\.(sharedrepository|fsync|fsyncobjectfiles|fsyncmethod)$",
+            r"^(core\.(sharedrepository|fsync|fsyncobjectfiles|fsyncmethod)|i18n\.commitencoding)$",
             check=False,
         )
-        for line in proc.stdout.decode("utf-8", "replace").splitlines():
-            name, _, value = line.partition(" ")
-            if name != "core.sharedrepository" or value.lower() not in ("", "false", "umask", "0"):
-                return True
-        return False
+        lines = proc.stdout.decode("utf-8", "replace").splitlines()
+        return dict(line.partition(" ")[::2] for line in lines)
 
     def _private(self) -> Path:
         """This process's temporary folder (a forked child gets its own)."""
@@ -225,7 +223,7 @@ class Repository:
         A commit worker on a host without ``user.name``/``user.email`` still
         commits, as ``sage-tasks <sage-tasks@localhost>``.
         """
-        idents = self._commit_idents()
+        idents = self._commit_idents
         if idents is not None:
             now = b"%d %s" % (int(time.time()), time.strftime("%z").encode())
             author, committer = idents
@@ -240,6 +238,7 @@ class Repository:
             return self.write_object("commit", text + message)
         return self._commit_tree_by_git(tree, parent, message)
 
+    @functools.cached_property
     def _commit_idents(self) -> tuple[bytes, bytes] | None:
         """Author and committer (``Name <email>``) for commits written here, or None.
 
@@ -248,17 +247,11 @@ class Repository:
         when commits carry an encoding header or take their dates from the
         environment.
         """
-        if self._idents is not False:
-            return self._idents if isinstance(self._idents, tuple) else None
-        self._idents = None
-        if self._objects is None or any(
-            os.environ.get(v) for v in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE")
-        ):
+        if self._objects is None or self._encoded:
+            return None
+        if any(os.environ.get(v) for v in ("GIT_AUTHOR_DATE", "GIT_COMMITTER_DATE")):
             return None
         # (commit-tree signs only when asked to, whatever commit.gpgSign says)
-        encoding = self.run("config", "i18n.commitEncoding", check=False).stdout.strip()
-        if encoding.lower() not in (b"", b"utf-8", b"utf8"):
-            return None
         found: list[bytes] = []
         for role in ("AUTHOR", "COMMITTER"):
             proc = self.run("var", f"GIT_{role}_IDENT", env=self._ident, check=False)
@@ -270,8 +263,7 @@ class Repository:
             if proc.returncode != 0 or not ident.endswith(b">") or b"\n" in ident:
                 return None
             found.append(ident)
-        self._idents = (found[0], found[1])
-        return self._idents
+        return (found[0], found[1])
 
     def _commit_tree_by_git(self, tree: str, parent: str, message: bytes) -> str:
         args = ("commit-tree", tree, "-p", parent)
@@ -407,6 +399,17 @@ def _tree_bytes(entries: list[tuple[bytes, int, str]]) -> bytes:
     out = io.BytesIO()
     tree_to_stream(entries, out.write)
     return out.getvalue()
+
+
+def _git_must_write(settings: dict[str, str]) -> bool:
+    """True when the settings ask for what only git does when it writes objects."""
+    for name, value in settings.items():
+        if name == "core.sharedrepository":
+            if value.lower() not in ("", "false", "umask", "0"):
+                return True
+        elif name.startswith("core."):
+            return True
+    return False
 
 
 def _fallback_ident() -> dict[str, str]:

@@ -16,7 +16,7 @@ import pytest
 from sage_tasks import keys
 from sage_tasks.celery_app import TASK_COMMIT, make_app
 from sage_tasks.config import load_settings
-from tests.support.fleet import Fleet, ticket_fleet, unique_queue, wait_until
+from tests.support.fleet import Fleet, graph_runner, ticket_fleet, unique_queue, wait_until
 from tests.support.gitrepo import make_repo
 from tests.support.redis_server import RedisServer
 from tests.support.runs import git, run_info, states, ticket, ticket_log, writes
@@ -31,29 +31,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 @pytest.fixture
 def run(fleet: Fleet, tmp_path: Path) -> Iterator[Any]:
     """Build a repo from tickets, start its commit worker, return a submit function."""
-    started: list[str] = []
-    count = iter(range(100))
-
-    def go(
-        tickets: list[dict[str, Any]],
-        *args: str,
-        expect: int | None = None,
-        commit_env: dict[str, str] | None = None,
-        files: dict[str, str | bytes] | None = None,
-    ) -> tuple[Path, Any]:
-        repo = make_repo(
-            tmp_path / f"repo{next(count)}", files or {}, {"version": "1.0", "tickets": tickets}
-        )
-        queue = unique_queue()
-        started.append(fleet.start_commit(repo, queue, **(commit_env or {})))
-        res = fleet.submit(repo, "--wait", "--json", *args, queue=queue)
-        if expect is not None:
-            assert res.code == expect, f"{res.stdout}\n{res.stderr}\n{fleet.logs()}"
-        return repo, res
-
-    yield go
-    for name in started:
-        fleet.kill(name)
+    with graph_runner(fleet, tmp_path) as go:
+        yield go
 
 
 def records(fleet: Fleet, run_id: str, ids: list[str]) -> dict[str, dict[str, str]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.fleet import Fleet, ticket_fleet, unique_queue, wait_until
+from tests.support.fleet import Fleet, graph_runner, ticket_fleet, unique_queue, wait_until
 from tests.support.gitrepo import make_repo
 from tests.support.runs import INDEX, git, index_at, states, ticket, ticket_log, writes
 
@@ -27,28 +27,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 @pytest.fixture
 def run(fleet: Fleet, tmp_path: Path) -> Iterator[Any]:
     """Build a repo from tickets, start its commit worker, return a submit function."""
-    started: list[str] = []
-
-    def go(
-        tickets: list[dict[str, Any]],
-        *args: str,
-        files: dict[str, str | bytes] | None = None,
-        bare: bool = False,
-        expect: int | None = None,
-    ) -> tuple[Path, Any]:
-        repo = make_repo(
-            tmp_path / "repo", files or {}, {"version": "1.0", "tickets": tickets}, bare=bare
-        )
-        queue = unique_queue()
-        started.append(fleet.start_commit(repo, queue))
-        res = fleet.submit(repo, "--wait", "--json", *args, queue=queue)
-        if expect is not None:
-            assert res.code == expect, f"{res.stderr}\n{fleet.logs()}"
-        return repo, res
-
-    yield go
-    for name in started:
-        fleet.kill(name)
+    with graph_runner(fleet, tmp_path) as go:
+        yield go
 
 
 def test_a_diamond_runs_in_dependency_order_with_one_commit_per_ticket(run: Any) -> None:

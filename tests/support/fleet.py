@@ -7,6 +7,7 @@ exactly as an operator would start them; nothing is eager or mocked.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -14,11 +15,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.gitrepo import make_repo
 from tests.support.redis_server import RedisServer
 
 BIN = Path(sys.executable).parent
@@ -170,6 +172,37 @@ def ticket_fleet(root: Path, concurrency: int = 2, **env: str) -> Iterator[Fleet
     finally:
         fleet.stop()
         server.stop(kill=True)
+
+
+@contextlib.contextmanager
+def graph_runner(fleet: Fleet, root: Path) -> Iterator[Callable[..., tuple[Path, Submitted]]]:
+    """Run graphs on ``fleet`` with ``--wait --json``: each in a repository of its own,
+    with a commit worker of its own (all stopped after); ``expect`` checks the exit code."""
+    started: list[str] = []
+    count = itertools.count()
+
+    def go(
+        tickets: list[dict[str, Any]],
+        *args: str,
+        files: dict[str, str | bytes] | None = None,
+        bare: bool = False,
+        expect: int | None = None,
+        commit_env: dict[str, str] | None = None,
+    ) -> tuple[Path, Submitted]:
+        index = {"version": "1.0", "tickets": tickets}
+        repo = make_repo(root / f"repo{next(count)}", files or {}, index, bare=bare)
+        queue = unique_queue()
+        started.append(fleet.start_commit(repo, queue, **(commit_env or {})))
+        res = fleet.submit(repo, "--wait", "--json", *args, queue=queue)
+        if expect is not None:
+            assert res.code == expect, f"{res.stdout}\n{res.stderr}\n{fleet.logs()}"
+        return repo, res
+
+    try:
+        yield go
+    finally:
+        for name in started:
+            fleet.kill(name)
 
 
 def unique_queue() -> str:
