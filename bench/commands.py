@@ -31,6 +31,7 @@ peak memory under 500 MB; below it, what the run costs in Redis (its keys'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -211,7 +212,7 @@ def follow_child(url: str, run_id: str, polls: int) -> None:
             raise Enough
 
     console = Console(stderr=True, force_terminal=True, width=120)
-    try:
+    with contextlib.suppress(Enough):
         follow(
             lambda: RunStore(connect(url), ttl=3600),
             run_id,
@@ -219,8 +220,6 @@ def follow_child(url: str, run_id: str, polls: int) -> None:
             poll_s=0.0,
             on_poll=on_poll,
         )
-    except Enough:
-        pass
 
 
 def finish_tickets(url: str, run_id: str, ids: list[str], *, run_done: bool) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
 import redis
 
 from sage_tasks import events, keys
@@ -65,6 +67,32 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
+
+
+#: HMGET the same fields (ARGV) of every key, answered as one JSON document: a list per key
+#: (a missing field is ``false``); one string to parse instead of a reply per field
+_HMGET_JSON = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('HMGET', key, unpack(ARGV))
+end
+return cjson.encode(out)
+"""
+
+#: record a ticket's final state (KEYS: final, counts; ARGV: ticket, state, ttl) and keep
+#: the count of tickets per final state, so a follower reads a few counters, not every final
+_SET_FINAL = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+if old then redis.call('HINCRBY', KEYS[2], old, -1) end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+#: keys read or written by one script call (a call blocks Redis for a few milliseconds)
+SCRIPT_CHUNK = 5000
 
 
 def blocking_reason(records: Mapping[str, Mapping[str, str]], deps: Iterable[str]) -> str:
@@ -161,6 +189,7 @@ class RunStore:
         key = keys.run(info.run_id)
         pipe.hset(key, mapping={**info.to_hash(), "plan": plan_json})
         pipe.expire(key, self.ttl)
+        counts: dict[str, int] = {}
         for tid, fields in tickets.items():
             tkey = keys.ticket(info.run_id, tid)
             pipe.hset(tkey, mapping=dict(fields))
@@ -168,7 +197,11 @@ class RunStore:
             state = fields.get("state")
             if state in {p.value for p in FINAL_PHASES}:
                 pipe.hset(keys.final(info.run_id), tid, state)
+                counts[state] = counts.get(state, 0) + 1
         pipe.expire(keys.final(info.run_id), self.ttl)
+        if counts:
+            pipe.hset(keys.counts(info.run_id), mapping=counts)
+            pipe.expire(keys.counts(info.run_id), self.ttl)
         pipe.zadd(keys.RUNS, {info.run_id: info.created})
         pipe.sadd(keys.active_runs(info.repo), info.run_id)
         # even the indexes of runs expire, a TTL after the last submission
@@ -201,6 +234,23 @@ class RunStore:
         pipe.smembers(keys.running(run_id))
         finals, running = pipe.execute()
         return info, _decode(finals), sorted(m.decode() for m in running)
+
+    def progress_counts(self, run_id: str) -> tuple[RunInfo | None, dict[str, int], list[str]]:
+        """What a follower needs each poll, read in one round trip whatever the run's size.
+
+        The record, how many tickets ended in each final state (counters the
+        workers keep as they finish tickets) and what runs now.
+        """
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(keys.run(run_id), _RUN_FIELDS)
+        pipe.hgetall(keys.counts(run_id))
+        pipe.smembers(keys.running(run_id))
+        pipe.hlen(keys.final(run_id))
+        values, raw_counts, running, finished = pipe.execute()
+        counts = {k.decode(): int(v) for k, v in raw_counts.items() if int(v)}
+        if sum(counts.values()) != finished:  # a run stored before the counters were kept
+            counts = dict(Counter(self.finals(run_id).values()))
+        return _run_info(values), counts, sorted(m.decode() for m in running)
 
     def plan_json(self, run_id: str) -> str | None:
         """The plan stored with the run."""
@@ -248,6 +298,28 @@ class RunStore:
         for tid in ids:
             pipe.hgetall(keys.ticket(run_id, tid))
         return {tid: _decode(d) for tid, d in zip(ids, pipe.execute(), strict=True)}
+
+    def ticket_fields(
+        self, run_id: str, ticket_ids: Iterable[str], fields: list[str]
+    ) -> Iterator[tuple[str, list[str | None]]]:
+        """``fields`` of each ticket's record (None where unset), in the order of ``ticket_ids``.
+
+        The records are read by a script a few thousand at a time and come
+        back as one JSON document per call: a 100,000-ticket run is twenty
+        round trips, and its replies are parsed by orjson, not field by field.
+        """
+        ids = list(ticket_ids)
+        for start in range(0, len(ids), SCRIPT_CHUNK):
+            chunk = ids[start : start + SCRIPT_CHUNK]
+            raw = self.r.eval(
+                _HMGET_JSON, len(chunk), *(keys.ticket(run_id, t) for t in chunk), *fields
+            )
+            try:
+                rows = orjson.loads(raw)
+            except orjson.JSONDecodeError:  # bytes that are not UTF-8 in some field
+                rows = json.loads(raw.decode(errors="replace"))
+            for tid, values in zip(chunk, rows, strict=True):
+                yield tid, [v if isinstance(v, str) else None for v in values]
 
     def finals(self, run_id: str) -> dict[str, str]:
         """Ticket id -> final state for every ticket finished so far."""
@@ -424,7 +496,8 @@ class RunStore:
                 "commit": commit,
             },
         )
-        pipe.hset(keys.final(run_id), ticket_id, state.value)
+        final_keys = (keys.final(run_id), keys.counts(run_id))
+        pipe.eval(_SET_FINAL, 2, *final_keys, ticket_id, state.value, self.ttl)
         pipe.srem(keys.running(run_id), ticket_id)
         pipe.hmget(key, ["duration", "slot"])
         duration, slot = pipe.execute()[-1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from rich.console import Console
 
 from sage_tasks.broker import connect
 from sage_tasks.cli.common import ParallelType, handle_errors
+from sage_tasks.cli.output import write_json
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH
 from sage_tasks.submission import Submission, resolve, send
@@ -34,6 +34,7 @@ def wait_for(
     out: Console,
     as_json: bool,
     on_poll: Callable[[], None] | None = None,
+    show_all: bool = False,
 ) -> int:
     """Follow a run to its end, print the summary; returns the exit code."""
     from sage_tasks.cli.follow import follow, render_summary
@@ -43,19 +44,21 @@ def wait_for(
         return RunStore(connect(sub_settings.backend_url), ttl=sub_settings.result_expires)
 
     summary = follow(store, run_id, console=human, on_poll=on_poll)
-    render_summary(summary, human)
+    render_summary(summary, human, show_all=show_all)
     if as_json:
-        out.print_json(json.dumps(summary.to_json()))
+        write_json(summary.to_json())
     return summary.exit_code()
 
 
-def _run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) -> int:
+def _run_local(
+    sub: Submission, *, human: Console, out: Console, as_json: bool, show_all: bool
+) -> int:
     """``--local``: the submission on a private Redis and workers of this machine."""
     from sage_tasks.cli.plan_view import render_plan
     from sage_tasks.local import local_fleet
 
     concurrency = sub.plan.parallel or os.cpu_count() or 1
-    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)")
+    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)", show_all=show_all)
     with local_fleet(sub.repo, concurrency, sub.settings, human) as (fleet, settings):
         sub.settings = settings
         send(sub)
@@ -65,7 +68,13 @@ def _run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) 
             highlight=False,
         )
         return wait_for(
-            settings, sub.run_id, human=human, out=out, as_json=as_json, on_poll=fleet.check
+            settings,
+            sub.run_id,
+            human=human,
+            out=out,
+            as_json=as_json,
+            on_poll=fleet.check,
+            show_all=show_all,
         )
 
 
@@ -87,6 +96,7 @@ def _run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) 
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; submit nothing.")
 @click.option("--wait", is_flag=True, help="Follow the run with a progress display until it ends.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--all", "show_all", is_flag=True, help="Show every batch and ticket, however many.")
 @click.option(
     "--local",
     is_flag=True,
@@ -124,6 +134,7 @@ def cli(
     dry_run: bool,
     wait: bool,
     as_json: bool,
+    show_all: bool,
     local: bool,
     schedule: str,
     conflict_retries: int,
@@ -156,35 +167,40 @@ def cli(
 
     if dry_run:
         if as_json:
-            out.print_json(json.dumps(sub.plan.to_json()))
+            write_json(sub.plan.to_json())
         else:
-            render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (dry run)")
+            title = f"{sub.repo} → {sub.branch} (dry run)"
+            render_plan(sub.plan, human, title=title, show_all=show_all)
         return
     if local:
-        sys.exit(_run_local(sub, human=human, out=out, as_json=as_json))
+        sys.exit(_run_local(sub, human=human, out=out, as_json=as_json, show_all=show_all))
     connect(settings.backend_url)  # an unreachable broker is one line, before any output
     if not wait:
         # stdout carries only the run id (or its JSON), so RUN=$(sage-submit ...) works
         human = Console(stderr=True, highlight=False, soft_wrap=True)
-    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch}")
+    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch}", show_all=show_all)
     send(sub)
     human.print(f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch}", highlight=False)
     if not wait:
         if as_json:
-            out.print_json(json.dumps({"run_id": sub.run_id, "branch": sub.branch}))
+            write_json({"run_id": sub.run_id, "branch": sub.branch})
         else:
             click.echo(sub.run_id)
         return
-    sys.exit(wait_for(settings, sub.run_id, human=human, out=out, as_json=as_json))
+    code = wait_for(settings, sub.run_id, human=human, out=out, as_json=as_json, show_all=show_all)
+    sys.exit(code)
 
 
 @cli.command()
 @click.argument("run_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--all", "show_all", is_flag=True, help="List every ticket, however many.")
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
 @click.pass_context
 @handle_errors
-def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | None) -> None:
+def status(
+    ctx: click.Context, run_id: str | None, as_json: bool, show_all: bool, broker: str | None
+) -> None:
     """The state of a run (default: the latest, below a list of the latest runs), ticket by ticket.
 
     Per ticket: state, host, attempts, duration (or how long it has been
@@ -196,7 +212,7 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | 
     settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
     human, out = _consoles(as_json)
     store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
-    show_status(store, run_id, human=human, out=out, as_json=as_json)
+    show_status(store, run_id, human=human, out=out, as_json=as_json, show_all=show_all)
 
 
 @cli.command()
@@ -250,12 +266,10 @@ def check(
     settings = load_settings(
         broker_url=broker or ctx.obj.get("broker"), commit_queue=commit_queue, executor=executor
     )
-    human, out = _consoles(as_json)
+    human, _ = _consoles(as_json)
     report = run_checks(settings, repo=repo, repo_url=repo_url, index=index, parallel=parallel)
     if as_json:
-        out.print_json(
-            json.dumps({"ready": report.ready, "checks": [f.to_json() for f in report.findings]})
-        )
+        write_json({"ready": report.ready, "checks": [f.to_json() for f in report.findings]})
     else:
         for f in report.findings:
             mark = "[cyan]i[/]" if f.info else ("[green]ok[/]" if f.ok else "[red]FAIL[/]")
