@@ -91,6 +91,17 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 
+#: HSET each key's fields, given as one JSON document (ARGV[2]: a flat field, value list a
+#: key), and give it the TTL ARGV[1]: a run's records in one argument, not a command each
+_HSET_JSON = """
+local rows = cjson.decode(ARGV[2])
+for i, key in ipairs(KEYS) do
+  redis.call('HSET', key, unpack(rows[i]))
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return #KEYS
+"""
+
 #: keys read or written by one script call (a call blocks Redis for a few milliseconds)
 SCRIPT_CHUNK = 5000
 
@@ -184,23 +195,27 @@ class RunStore:
     def create(
         self, info: RunInfo, plan_json: str, tickets: Mapping[str, Mapping[str, str]]
     ) -> None:
-        """Store a new run: its record, its plan and a record per ticket."""
+        """Store a new run: its record, its plan and a record per ticket.
+
+        The tickets' records go first, by script a few thousand at a time
+        (each chunk one JSON argument); the run's record, which makes the
+        run visible, goes last, in one transaction with its indexes.
+        """
+        ids = list(tickets)
+        for start in range(0, len(ids), SCRIPT_CHUNK):
+            chunk = ids[start : start + SCRIPT_CHUNK]
+            rows = [[x for kv in tickets[t].items() for x in kv] for t in chunk]
+            names = [keys.ticket(info.run_id, t) for t in chunk]
+            self.r.eval(_HSET_JSON, len(names), *names, self.ttl, orjson.dumps(rows))
         pipe = self.r.pipeline(transaction=True)
         key = keys.run(info.run_id)
         pipe.hset(key, mapping={**info.to_hash(), "plan": plan_json})
         pipe.expire(key, self.ttl)
-        counts: dict[str, int] = {}
-        for tid, fields in tickets.items():
-            tkey = keys.ticket(info.run_id, tid)
-            pipe.hset(tkey, mapping=dict(fields))
-            pipe.expire(tkey, self.ttl)
-            state = fields.get("state")
-            if state in {p.value for p in FINAL_PHASES}:
-                pipe.hset(keys.final(info.run_id), tid, state)
-                counts[state] = counts.get(state, 0) + 1
-        pipe.expire(keys.final(info.run_id), self.ttl)
-        if counts:
-            pipe.hset(keys.counts(info.run_id), mapping=counts)
+        finals = {t: f["state"] for t, f in tickets.items() if f.get("state") in FINAL_PHASES}
+        if finals:
+            pipe.hset(keys.final(info.run_id), mapping=finals)
+            pipe.expire(keys.final(info.run_id), self.ttl)
+            pipe.hset(keys.counts(info.run_id), mapping=dict(Counter(finals.values())))
             pipe.expire(keys.counts(info.run_id), self.ttl)
         pipe.zadd(keys.RUNS, {info.run_id: info.created})
         pipe.sadd(keys.active_runs(info.repo), info.run_id)
