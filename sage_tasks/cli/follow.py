@@ -22,9 +22,7 @@ from sage_tasks.summary import RunSummary, TicketRow, load_summary
 RECONNECT_WINDOW_S = 120.0
 
 
-def progress_line(
-    info: RunInfo, counts: Mapping[str, int], running: list[str], total: int
-) -> str:
+def progress_line(info: RunInfo, counts: Mapping[str, int], running: list[str], total: int) -> str:
     """One line of where a run stands; ``counts``: tickets per final state."""
     if info.status == RunStatus.SUBMITTED:
         return (
