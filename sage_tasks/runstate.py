@@ -70,11 +70,15 @@ return 1
 
 
 #: HMGET the same fields (ARGV) of every key, answered as one JSON document: a list per key
-#: (a missing field is ``false``); one string to parse instead of a reply per field
+#: (a missing field is ``null``); one string to parse instead of a reply per field
 _HMGET_JSON = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  out[i] = redis.call('HMGET', key, unpack(ARGV))
+  local values = redis.call('HMGET', key, unpack(ARGV))
+  for j = 1, #ARGV do
+    if not values[j] then values[j] = cjson.null end
+  end
+  out[i] = values
 end
 return cjson.encode(out)
 """
@@ -333,8 +337,7 @@ class RunStore:
                 rows = orjson.loads(raw)
             except orjson.JSONDecodeError:  # bytes that are not UTF-8 in some field
                 rows = json.loads(raw.decode(errors="replace"))
-            for tid, values in zip(chunk, rows, strict=True):
-                yield tid, [v if isinstance(v, str) else None for v in values]
+            yield from zip(chunk, rows, strict=True)
 
     def finals(self, run_id: str) -> dict[str, str]:
         """Ticket id -> final state for every ticket finished so far."""

@@ -7,11 +7,17 @@ and parallel efficiency (speedup over the most tickets that ran at once).
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
+
+#: the final states as plain strings (an enum member's lookup costs more, row after row)
+_COMPLETED, _DEFERRED, _BLOCKED = (
+    p.value for p in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED)
+)
 
 
 @dataclass
@@ -62,17 +68,17 @@ class RunSummary:
     batches: list[list[str]]
     critical_path: list[str] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def completed(self) -> list[str]:
-        return [r.id for r in self.rows if r.state == Phase.COMPLETED]
+        return [r.id for r in self.rows if r.state == _COMPLETED]
 
-    @property
+    @functools.cached_property
     def deferred(self) -> dict[str, str]:
-        return {r.id: r.reason for r in self.rows if r.state == Phase.DEFERRED}
+        return {r.id: r.reason for r in self.rows if r.state == _DEFERRED}
 
-    @property
+    @functools.cached_property
     def blocked(self) -> list[str]:
-        return [r.id for r in self.rows if r.state == Phase.BLOCKED]
+        return [r.id for r in self.rows if r.state == _BLOCKED]
 
     @property
     def finished(self) -> bool:
@@ -157,7 +163,7 @@ def load_summary(store: RunStore, run_id: str) -> RunSummary | None:
     plan_raw = store.plan_json(run_id)
     if info is None or plan_raw is None:
         return None
-    plan = json.loads(plan_raw)
+    plan = orjson.loads(plan_raw)
     batches: list[list[str]] = plan.get("batches", [])
     ids = [t for b in batches for t in b] + list(plan.get("blocked", []))
     rows = [_row(tid, values) for tid, values in store.ticket_fields(run_id, ids, ROW_FIELDS)]
