@@ -343,6 +343,13 @@ class RunStore:
         """Ticket id -> final state for every ticket finished so far."""
         return _decode(self.r.hgetall(keys.final(run_id)))
 
+    def final_states(self, run_id: str, ticket_ids: list[str]) -> dict[str, str]:
+        """Ticket id -> final state for those of ``ticket_ids`` that are final (one HMGET)."""
+        if not ticket_ids:
+            return {}
+        states = self.r.hmget(keys.final(run_id), ticket_ids)
+        return {t: s.decode() for t, s in zip(ticket_ids, states, strict=True) if s is not None}
+
     def final_count(self, run_id: str) -> int:
         """How many tickets the run has finished."""
         return int(self.r.hlen(keys.final(run_id)))
