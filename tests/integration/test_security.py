@@ -21,7 +21,7 @@ import redis
 from celery import Celery
 from kombu import Connection, Exchange, Producer, Queue
 
-from sage_tasks.celery_app import TASK_COMMIT, TASK_PREPARE, TASK_RUN, make_app
+from sage_tasks.app.celery_app import TASK_COMMIT, TASK_PREPARE, TASK_RUN, make_app
 from sage_tasks.config import load_settings
 from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected

@@ -2,7 +2,7 @@
 
 Workers write it as tickets move; ``sage-submit --wait`` and ``status`` read
 it; the supervisor uses it to find lost tickets and stalled batches. Every
-key name comes from :mod:`sage_tasks.keys`, and every key carries a TTL so a
+key name comes from :mod:`sage_tasks.store.keys`, and every key carries a TTL so a
 finished run leaves nothing behind forever.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from sage_tasks import events, keys
+from sage_tasks.store import events, keys
 
 
 class Phase(StrEnum):

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
+from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore
 
 
 @dataclass

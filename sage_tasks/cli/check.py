@@ -54,7 +54,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 def check_workers(settings: Settings, report: CheckReport, timeout: float = 3.0) -> None:
     """Which workers consume which queues, asked over the broker's control channel."""
-    from sage_tasks.celery_app import make_app
+    from sage_tasks.app.celery_app import make_app
 
     app = make_app(settings)
     try:
@@ -97,9 +97,9 @@ def run_checks(
 ) -> CheckReport:
     """Every check, each a finding; nothing is written anywhere."""
     from sage_tasks import gitops
-    from sage_tasks.broker import connect, redact_url
     from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
     from sage_tasks.core.plan import build_plan
+    from sage_tasks.store.broker import connect, redact_url
 
     report = CheckReport()
     try:

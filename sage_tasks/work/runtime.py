@@ -14,10 +14,10 @@ from pathlib import Path
 
 import redis
 
-from sage_tasks import keys
 from sage_tasks.config import Settings
 from sage_tasks.gitops import Repository
-from sage_tasks.runstate import RunStore
+from sage_tasks.store import keys
+from sage_tasks.store.runstate import RunStore
 
 
 @dataclass

@@ -28,11 +28,11 @@ from typing import Any
 
 from sage_tasks.core.index import IndexDocument, Ticket, is_valid_ticket_id
 from sage_tasks.errors import PatchRejected, Retryable, SageError
-from sage_tasks.executor import kill_orphans, run_command, ticket_env
 from sage_tasks.gitops import Mirror, capture_patch
-from sage_tasks.prompt import render_prompt
-from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, blocking_reason
-from sage_tasks.runtime import Runtime
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, blocking_reason
+from sage_tasks.work.executor import kill_orphans, run_command, ticket_env
+from sage_tasks.work.prompt import render_prompt
+from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

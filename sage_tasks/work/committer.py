@@ -12,14 +12,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sage_tasks import keys
 from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected, SageError
 from sage_tasks.gitops import CommitTarget
-from sage_tasks.lock import CommitLock
-from sage_tasks.runstate import FINAL_PHASES, Phase
-from sage_tasks.runtime import Runtime
-from sage_tasks.ticket_runner import check_ids
+from sage_tasks.store import keys
+from sage_tasks.store.lock import CommitLock
+from sage_tasks.store.runstate import FINAL_PHASES, Phase
+from sage_tasks.work.runtime import Runtime
+from sage_tasks.work.ticket_runner import check_ids
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
 def prepare_run(rt: Runtime, run_id: str) -> bool:
     """Create (or resume) the run's branch; True when the run may send its first batch."""
     from sage_tasks.gitops import prepare_branch
-    from sage_tasks.runstate import RunStatus
+    from sage_tasks.store.runstate import RunStatus
 
     store = rt.store
     info = store.get(run_id)

@@ -25,9 +25,9 @@ from typing import Any
 
 from sage_tasks.core.files import write_atomic
 from sage_tasks.errors import ConfigError, UnknownRun
-from sage_tasks.lanes import Bar, BatchMark, bars_of, batch_marks, lanes_of
-from sage_tasks.runstate import Phase, RunStatus, RunStore
-from sage_tasks.summary import RunSummary, TicketRow, load_summary
+from sage_tasks.store.runstate import Phase, RunStatus, RunStore
+from sage_tasks.views.lanes import Bar, BatchMark, bars_of, batch_marks, lanes_of
+from sage_tasks.views.summary import RunSummary, TicketRow, load_summary
 
 #: CSS class per final state; any other state is drawn as "ot"
 _STATE_CLASS = {Phase.COMPLETED.value: "ok", Phase.DEFERRED.value: "df", Phase.BLOCKED.value: "bl"}

@@ -79,7 +79,7 @@ def claim(run_id: str, name: str) -> str:
 
 
 class EagerKeys(NamedTuple):
-    """The keys of one run's eager schedule (see :mod:`sage_tasks.readiness`)."""
+    """The keys of one run's eager schedule (see :mod:`sage_tasks.store.readiness`)."""
 
     #: string set once, by the script that lays the others out
     init: str

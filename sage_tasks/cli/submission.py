@@ -18,11 +18,11 @@ from typing import Any
 
 from rich.console import Console
 
-from sage_tasks.broker import connect
 from sage_tasks.config import Settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
 from sage_tasks.core.plan import Plan, build_plan, eager_order
 from sage_tasks.errors import ConfigError, IndexValidationError, Problem
+from sage_tasks.store.broker import connect
 
 PROTECTED_BRANCHES = ("main", "master")
 
@@ -150,10 +150,10 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
 
 def send(sub: Submission, *, repo_identity: str | None = None) -> None:
     """Store the run in Redis and hand it to the repository's commit worker."""
-    from sage_tasks import producer
-    from sage_tasks.celery_app import make_app
-    from sage_tasks.runstate import RunInfo
-    from sage_tasks.tasks import runtime
+    from sage_tasks.app.celery_app import make_app
+    from sage_tasks.app.tasks import runtime
+    from sage_tasks.dispatch import producer
+    from sage_tasks.store.runstate import RunInfo
 
     settings = sub.settings
     connect(settings.backend_url)

@@ -45,7 +45,7 @@ def verified_url(url: str) -> str:
 
 def make_app(settings: Settings) -> Celery:
     """A configured Celery app with sage-tasks' tasks registered on it."""
-    from sage_tasks import compat, monitoring
+    from sage_tasks.app import compat, monitoring
 
     compat.install()
     monitoring.install()  # what Flower and the workers' logs show of each task
@@ -108,7 +108,7 @@ def make_app(settings: Settings) -> Celery:
         app.conf.redis_backend_use_ssl = backend_ssl
     app.sage_settings = settings  # type: ignore[attr-defined]
 
-    from sage_tasks.tasks import register_tasks
+    from sage_tasks.app.tasks import register_tasks
 
     register_tasks(app)
     return app

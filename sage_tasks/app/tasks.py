@@ -17,10 +17,11 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from sage_tasks import committer, eager, producer, ticket_runner
-from sage_tasks.celery_app import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
+from sage_tasks.app.celery_app import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
+from sage_tasks.dispatch import eager, producer
 from sage_tasks.errors import GitError, Retryable, SageError
-from sage_tasks.runtime import Runtime
+from sage_tasks.work import committer, ticket_runner
+from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
