@@ -17,7 +17,7 @@ from typing import Any
 
 from celery.utils.saferepr import saferepr
 
-from sage_tasks.app.celery_app import TASK_COMMIT
+from sage_tasks.dispatch.names import TASK_COMMIT
 from sage_tasks.store import events
 
 #: what Celery keeps of an ``argsrepr``

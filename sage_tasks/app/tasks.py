@@ -17,9 +17,9 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from sage_tasks.app.celery_app import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
 from sage_tasks.dispatch import eager, producer
-from sage_tasks.errors import GitError, Retryable, SageError
+from sage_tasks.dispatch.names import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
+from sage_tasks.errors import GitError, RepositoryRefused, Retryable, SageError
 from sage_tasks.work import committer, ticket_runner
 from sage_tasks.work.runtime import Runtime
 
@@ -98,7 +98,7 @@ def register_tasks(app: Celery) -> None:
                 countdown=backoff(self.request.retries, base=0.2, cap=10),
                 max_retries=MAX_COMMIT_RETRIES,
             ) from exc
-        except committer.RepositoryRefused as exc:
+        except RepositoryRefused as exc:
             log.error("%s", exc)
             raise
 

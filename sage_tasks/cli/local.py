@@ -27,16 +27,10 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from sage_tasks.errors import SageError
+from sage_tasks.errors import LocalError
 
 if TYPE_CHECKING:
     from sage_tasks.config import Settings
-
-
-class LocalError(SageError):
-    """The embedded Redis or a local worker could not start or died."""
-
-    exit_code = 3
 
 
 def find_redis_server() -> str:

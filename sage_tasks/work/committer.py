@@ -13,22 +13,18 @@ import logging
 from typing import Any
 
 from sage_tasks.core.index import State
-from sage_tasks.errors import PatchRejected, SageError
+from sage_tasks.errors import PatchRejected, RepositoryRefused, SageError
 from sage_tasks.gitops import CommitTarget
 from sage_tasks.store import keys
+from sage_tasks.store.keys import check_ids
 from sage_tasks.store.lock import CommitLock
 from sage_tasks.store.runstate import FINAL_PHASES, Phase
 from sage_tasks.work.runtime import Runtime
-from sage_tasks.work.ticket_runner import check_ids
 
 log = logging.getLogger(__name__)
 
 #: how long the single commit slot waits for the lock before retrying later
 LOCK_WAIT_S = 2.0
-
-
-class RepositoryRefused(SageError):
-    """A commit task names a repository this commit worker was not started for."""
 
 
 #: ``commit_ticket``'s state for a conflicting ticket that runs again (``--conflict-retries``)

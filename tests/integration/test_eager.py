@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from sage_tasks.app.celery_app import TASK_COMMIT, make_app
+from sage_tasks.app.celery_app import make_app
 from sage_tasks.config import load_settings
+from sage_tasks.dispatch.names import TASK_COMMIT
 from sage_tasks.store import keys
 from tests.support.fleet import Fleet, graph_runner, ticket_fleet, unique_queue, wait_until
 from tests.support.gitrepo import make_repo

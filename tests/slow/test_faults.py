@@ -447,7 +447,8 @@ def _task_meta(client: Any, name: str, ticket_id: str) -> dict[str, Any]:
 
 
 def test_a_task_delivered_twice_commits_nothing_the_second_time(lab: Lab) -> None:
-    from sage_tasks.app.celery_app import TASK_COMMIT, make_app
+    from sage_tasks.app.celery_app import make_app
+    from sage_tasks.dispatch.names import TASK_COMMIT
     from sage_tasks.dispatch.producer import ticket_chain
 
     fleet = lab.fleet()
