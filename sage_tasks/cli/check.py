@@ -99,7 +99,8 @@ def run_checks(
     from sage_tasks import gitops
     from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
     from sage_tasks.core.plan import build_plan
-    from sage_tasks.store.broker import connect, redact_url
+    from sage_tasks.core.urls import redact_url
+    from sage_tasks.store.broker import connect
 
     report = CheckReport()
     try:

@@ -151,16 +151,16 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
 def send(sub: Submission, *, repo_identity: str | None = None) -> None:
     """Store the run in Redis and hand it to the repository's commit worker."""
     from sage_tasks.app.celery_app import make_app
-    from sage_tasks.app.tasks import runtime
     from sage_tasks.dispatch import producer
     from sage_tasks.store.runstate import RunInfo
+    from sage_tasks.work.runtime import app_runtime
 
     settings = sub.settings
     connect(settings.backend_url)
     if settings.broker_url != settings.backend_url:
         connect(settings.broker_url)
     app = make_app(settings)
-    rt = runtime(app)
+    rt = app_runtime(app)
     info = RunInfo(
         run_id=sub.run_id,
         repo=repo_identity or sub.repo_url,

@@ -12,8 +12,8 @@ from celery import Celery
 
 from sage_tasks.cli.common import error, handle_errors
 from sage_tasks.config import load_settings
+from sage_tasks.core.urls import redact_url
 from sage_tasks.errors import ConfigError
-from sage_tasks.store.broker import redact_url
 
 
 def _worker_argv(*, queue: str, concurrency: int, hostname: str, loglevel: str) -> list[str]:
@@ -57,14 +57,14 @@ def cli() -> None:
 def tickets(concurrency: int | None, hostname: str, broker: str | None, loglevel: str) -> None:
     """A ticket worker: runs tickets in fresh worktrees and turns their changes into patches."""
     from sage_tasks.app.celery_app import make_app
-    from sage_tasks.app.tasks import runtime
     from sage_tasks.gitops import prune_workdir
+    from sage_tasks.work.runtime import app_runtime
 
     settings = load_settings(broker_url=broker)
     settings.workdir.mkdir(parents=True, exist_ok=True)
     prune_workdir(settings.workdir)
     app = make_app(settings)
-    runtime(app)
+    app_runtime(app)
     n = concurrency or os.cpu_count() or 1
     _run_worker(
         app,
@@ -97,14 +97,14 @@ def commit(
 ) -> None:
     """The commit worker of one repository (always one slot), with the run supervisor."""
     from sage_tasks.app.celery_app import make_app
-    from sage_tasks.app.tasks import runtime
     from sage_tasks.dispatch import supervisor
     from sage_tasks.gitops import repo_root
+    from sage_tasks.work.runtime import app_runtime
 
     settings = load_settings(broker_url=broker, commit_queue=commit_queue)
     root = repo_root(Path(repo))
     app = make_app(settings)
-    rt = runtime(app)
+    rt = app_runtime(app)
     rt.serve(root, repo_urls)
     supervisor.install(app, rt)
     _run_worker(

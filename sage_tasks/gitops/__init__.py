@@ -8,6 +8,7 @@
 - :mod:`.safety` refuses patches that would write outside the tree.
 """
 
+from sage_tasks.core.urls import redact_url
 from sage_tasks.gitops.branch import (
     PROTECTED_BRANCHES,
     BranchInfo,
@@ -25,7 +26,6 @@ from sage_tasks.gitops.patch import Patch, capture_patch
 from sage_tasks.gitops.probe import git_version, url_readable
 from sage_tasks.gitops.repository import Repository, repo_root
 from sage_tasks.gitops.safety import check_patch
-from sage_tasks.store.broker import redact_url
 
 __all__ = [
     "PROTECTED_BRANCHES",

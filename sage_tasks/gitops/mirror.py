@@ -58,9 +58,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from sage_tasks.core.urls import redact_url
 from sage_tasks.errors import GitError, RepositoryError
 from sage_tasks.gitops.process import Helper, first_line, run_git
-from sage_tasks.store.broker import redact_url
 
 #: a lock file without its worktree is left alone this long (its owner may be starting)
 _YOUNG_LOCK_SECONDS = 60.0

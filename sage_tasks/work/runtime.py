@@ -11,6 +11,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -18,6 +19,9 @@ from sage_tasks.config import Settings
 from sage_tasks.gitops import Repository
 from sage_tasks.store import keys
 from sage_tasks.store.runstate import RunStore
+
+if TYPE_CHECKING:  # only named in a signature: this layer sends no Celery message
+    from celery import Celery
 
 
 @dataclass
@@ -94,3 +98,13 @@ class Runtime:
             keys.fault_once(point, token), 1, nx=True, ex=3600
         ):
             os._exit(137)
+
+
+def app_runtime(app: Celery) -> Runtime:
+    """The runtime of ``app``'s tasks in this process, made from the app's settings on first use."""
+    rt: Runtime | None = getattr(app, "sage_runtime", None)
+    if rt is None:
+        rt = Runtime(app.sage_settings)  # type: ignore[attr-defined]
+        rt.fault = rt.settings.fault
+        app.sage_runtime = rt  # type: ignore[attr-defined]
+    return rt

@@ -236,14 +236,14 @@ def test_the_supervisors_pass_sends_claimed_tickets_that_were_never_sent(
 
     No worker here: the sent chains wait in the ticket queue, where they are counted.
     """
-    from sage_tasks.app.tasks import runtime
     from sage_tasks.dispatch import eager
     from sage_tasks.store.readiness import ReadySet
     from sage_tasks.store.runstate import Phase
+    from sage_tasks.work.runtime import app_runtime
 
     settings = load_settings(broker_url=redis_server.url)
     app = make_app(settings)
-    rt = runtime(app)
+    rt = app_runtime(app)
     plan = {"batches": [["A", "D"], ["B", "C"]], "deps": {"B": ["A"], "C": ["A"]}}
     info = run_info(
         "repair1",
