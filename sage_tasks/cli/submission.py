@@ -68,6 +68,7 @@ def resolve(
     estimate: bool = False,
 ) -> Submission:
     """Read the index from the branch (or base), validate it and plan; exit 2 on bad input."""
+    # GitPython is loaded by the commands that read a repository, not by status or report
     from sage_tasks import gitops
 
     root = gitops.repo_root(Path(repo))
@@ -150,6 +151,7 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
 
 def send(sub: Submission, *, repo_identity: str | None = None) -> None:
     """Store the run in Redis and hand it to the repository's commit worker."""
+    # Celery is loaded only when a run is sent: a dry run or refused input answers without it
     from sage_tasks.app.celery_app import make_app
     from sage_tasks.dispatch import producer
     from sage_tasks.store.runstate import RunInfo

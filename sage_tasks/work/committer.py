@@ -10,15 +10,16 @@ trailer check make a lost lock or a second delivery harmless.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected, RepositoryRefused, SageError
-from sage_tasks.gitops import CommitTarget
+from sage_tasks.gitops import CommitTarget, prepare_branch
 from sage_tasks.store import keys
 from sage_tasks.store.keys import check_ids
 from sage_tasks.store.lock import CommitLock
-from sage_tasks.store.runstate import FINAL_PHASES, Phase
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunStatus
 from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -164,9 +165,6 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
 
 def prepare_run(rt: Runtime, run_id: str) -> bool:
     """Create (or resume) the run's branch; True when the run may send its first batch."""
-    from sage_tasks.gitops import prepare_branch
-    from sage_tasks.store.runstate import RunStatus
-
     store = rt.store
     info = store.get(run_id)
     if info is None or info.status != RunStatus.SUBMITTED:
@@ -186,7 +184,6 @@ def prepare_run(rt: Runtime, run_id: str) -> bool:
         return False
     if not store.claim_batch_done(run_id, -1):
         return False
-    import time
 
     store.update(
         run_id,
