@@ -24,8 +24,6 @@ from sage_tasks.core.plan import Plan, build_plan, eager_order
 from sage_tasks.errors import ConfigError, IndexValidationError, Problem
 from sage_tasks.store.broker import connect
 
-PROTECTED_BRANCHES = ("main", "master")
-
 
 def new_run_id() -> str:
     """A short random run id (hex, safe in branch names and Redis keys)."""
@@ -77,7 +75,7 @@ def resolve(
         raise ConfigError(f"--index must be a path inside the repository: {index_path!r}")
     run_id = new_run_id()
     branch_name = branch or f"sage/run-{run_id}"
-    if branch_name in PROTECTED_BRANCHES and not allow_main:
+    if branch_name in gitops.PROTECTED_BRANCHES and not allow_main:
         raise ConfigError(f"refusing to write to branch '{branch_name}' without --allow-main")
     gitops.check_branch_name(root, branch_name)
     base_ref = base or "HEAD"

@@ -132,8 +132,7 @@ def finish_batch(app: Celery, rt: Runtime, run_id: str, index: int) -> bool:
     info = rt.store.get(run_id)
     if info is None:
         return False
-    if not rt.serves(info.repo):
-        raise RepositoryRefused(f"refused: run {run_id} names repository {info.repo!r}")
+    rt.check_serves(info.repo, f"run {run_id}")
     # a ticket of the batch may still be on its way outside the chord (run again after a
     # conflict, or sent again by the supervisor): the batch ends when its tickets have,
     # and the supervisor finishes it then

@@ -135,7 +135,8 @@ def _decode(data: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode(errors="replace") for k, v in data.items()}
 
 
-def _number(raw: bytes | None) -> float | None:
+def number(raw: str | bytes | None) -> float | None:
+    """A number stored in a record; None when missing or malformed (records are not trusted)."""
     try:
         return float(raw) if raw else None
     except ValueError:
@@ -432,7 +433,7 @@ class RunStore:
             run_id,
             ticket_id,
             state.value,
-            duration_s=_number(duration),
+            duration_s=number(duration),
             slot=slot.decode() if slot else None,
             commit=commit[:12] or None,
             reason=reason or None,

@@ -108,6 +108,11 @@ def _secs(s: float | None) -> str:
     return f"{h}h {m:02d}m"
 
 
+def _critical_ids(s: RunSummary, plan: dict[str, Any]) -> list[str]:
+    """The critical path's ticket ids: the stored plan's, else the summary's."""
+    return [str(t) for t in plan.get("critical_path") or s.critical_path]
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -197,7 +202,7 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
     def x(t: float) -> float:
         return left + (t - t0) / total * width
 
-    path = [str(t) for t in plan.get("critical_path") or s.critical_path]
+    path = _critical_ids(s, plan)
     on_path = set(path)
     where: dict[str, tuple[Bar, float]] = {}  # ticket -> its bar and the middle of its lane
     body: list[str] = []
@@ -292,7 +297,7 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
 
 def _critical_path(s: RunSummary, plan: dict[str, Any]) -> str:
     head = '<section id="critical-path"><h2>Critical path</h2>'
-    path = [str(t) for t in plan.get("critical_path") or s.critical_path]
+    path = _critical_ids(s, plan)
     if not path:
         return head + '<p class="note">No ticket to run.</p></section>'
     rows = {r.id: r for r in s.rows}
@@ -357,7 +362,7 @@ def _graph(s: RunSummary, plan: dict[str, Any]) -> str:
             f'{mid:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"/>'
         )
 
-    path = [str(t) for t in plan.get("critical_path") or s.critical_path]
+    path = _critical_ids(s, plan)
     crit = {(a, b) for a, b in itertools.pairwise(path) if a in pos and b in pos}
     edges: list[str] = []
     skipped = 0

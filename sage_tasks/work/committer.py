@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from sage_tasks.core.index import State
-from sage_tasks.errors import PatchRejected, RepositoryRefused, SageError
+from sage_tasks.errors import PatchRejected, SageError
 from sage_tasks.gitops import CommitTarget, prepare_branch
 from sage_tasks.store import keys
 from sage_tasks.store.keys import check_ids
@@ -66,12 +66,7 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     info, record, stored_patch = store.snapshot(run_id, ticket_id, digest)
     if info is None:
         return committed(ticket_id, "LOST")
-    if not rt.serves(info.repo):
-        raise RepositoryRefused(
-            f"refused: ticket {ticket_id} of run {run_id} names repository {info.repo!r}, "
-            f"this commit worker serves {sorted(rt.repo_identities)}",
-            tickets=(ticket_id,),
-        )
+    rt.check_serves(info.repo, f"ticket {ticket_id} of run {run_id}", tickets=(ticket_id,))
     if not isinstance(result, dict) or result.get("ticket") != ticket_id:
         raise SageError(f"refused: malformed outcome for ticket {ticket_id}", tickets=(ticket_id,))
     if record.get("state") in FINAL_PHASES:
@@ -169,11 +164,7 @@ def prepare_run(rt: Runtime, run_id: str) -> bool:
     info = store.get(run_id)
     if info is None or info.status != RunStatus.SUBMITTED:
         return False
-    if not rt.serves(info.repo):
-        raise RepositoryRefused(
-            f"refused: run {run_id} names repository {info.repo!r}, "
-            f"this commit worker serves {sorted(rt.repo_identities)}"
-        )
+    rt.check_serves(info.repo, f"run {run_id}")
     assert rt.repo_path is not None
     try:
         branch = prepare_branch(

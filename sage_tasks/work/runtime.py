@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from sage_tasks.config import Settings
+from sage_tasks.errors import RepositoryRefused
 from sage_tasks.gitops import Repository
 from sage_tasks.store import keys
 from sage_tasks.store.runstate import RunStore
@@ -86,6 +88,19 @@ class Runtime:
             return str(Path(repo).resolve()) in self.repo_identities
         except (OSError, RuntimeError):
             return False
+
+    def check_serves(self, repo: str, what: str, *, tickets: Sequence[str] = ()) -> None:
+        """Raise :class:`RepositoryRefused` unless this commit worker serves ``repo``.
+
+        ``what`` names the message's subject (``run <id>``, ``ticket <id> of run <id>``):
+        a commit worker writes only to the repository it was started for.
+        """
+        if not self.serves(repo):
+            raise RepositoryRefused(
+                f"refused: {what} names repository {repo!r}, "
+                f"this commit worker serves {sorted(self.repo_identities)}",
+                tickets=tickets,
+            )
 
     def inject(self, point: str) -> None:
         """A fault-injection point: with ``SAGE_FAULT=<point>`` the process dies here."""

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import sage_tasks
+from sage_tasks.core.graph import strongly_connected_components
 
 PACKAGE = Path(sage_tasks.__file__).parent
 
@@ -90,38 +91,12 @@ def wrong_way(graph: Mapping[str, set[str]]) -> list[str]:
 
 
 def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
-    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    found: list[list[str]] = []
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(graph.get(v, ())):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            group = []
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                group.append(w)
-                if w == v:
-                    break
-            if len(group) > 1:
-                found.append(sorted(group))
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    return found
+    """The groups of modules that import each other around a loop (the core's Tarjan)."""
+    names = sorted(set(graph) | {m for targets in graph.values() for m in targets})
+    number = {name: i for i, name in enumerate(names)}
+    deps = [sorted(number[m] for m in graph.get(name, ())) for name in names]
+    groups = strongly_connected_components(deps, list(range(len(names))))
+    return [sorted(names[i] for i in group) for group in groups]
 
 
 def import_graph() -> dict[str, set[str]]:
