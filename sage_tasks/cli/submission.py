@@ -77,7 +77,7 @@ def resolve(
     branch_name = branch or f"sage/run-{run_id}"
     if branch_name in gitops.PROTECTED_BRANCHES and not allow_main:
         raise ConfigError(f"refusing to write to branch '{branch_name}' without --allow-main")
-    gitops.check_branch_name(root, branch_name)
+    gitops.check_branch_name(branch_name)
     base_ref = base or "HEAD"
     base_sha = gitops.resolve_ref(root, base_ref)
     branch_sha = gitops.branch_head(root, branch_name)
