@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sage_tasks.core.estimate import format_duration
 from sage_tasks.core.files import write_atomic
 from sage_tasks.errors import ConfigError, UnknownRun
 from sage_tasks.store.runstate import Phase, RunStatus, RunStore
@@ -96,16 +97,8 @@ def _when(ts: float | None) -> str:
 
 
 def _secs(s: float | None) -> str:
-    """A duration for people: 4.2s, 3m 05s, 1h 02m."""
-    if s is None:
-        return "—"
-    if s < 60:
-        return f"{s:.1f}s"
-    m, sec = divmod(round(s), 60)
-    if m < 60:
-        return f"{m}m {sec:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h {m:02d}m"
+    """A duration for people (4.2s, 3m 5s, 1h 2m), or a dash when unknown."""
+    return "—" if s is None else format_duration(s, tenths=True)
 
 
 def _critical_ids(s: RunSummary, plan: dict[str, Any]) -> list[str]:
