@@ -208,9 +208,9 @@ def follow_child(url: str, run_id: str, polls: int) -> None:
     """``--wait``'s follower on a run, stopped after ``polls`` refreshes."""
     from rich.console import Console
 
-    from sage_tasks.broker import connect
-    from sage_tasks.cli.follow import follow
-    from sage_tasks.runstate import RunStore
+    from sage_tasks.store.broker import connect
+    from sage_tasks.store.runstate import RunStore
+    from sage_tasks.views.follow import follow
 
     seen = 0
 
@@ -236,9 +236,9 @@ def follow_child(url: str, run_id: str, polls: int) -> None:
 
 def finish_tickets(url: str, run_id: str, ids: list[str], *, run_done: bool) -> None:
     """Finish ``ids`` in Redis as the commit worker does (records, finals, run fields)."""
-    from sage_tasks import keys
-    from sage_tasks.broker import connect
-    from sage_tasks.runstate import Phase, RunStatus, RunStore
+    from sage_tasks.store import keys
+    from sage_tasks.store.broker import connect
+    from sage_tasks.store.runstate import Phase, RunStatus, RunStore
 
     store = RunStore(connect(url), ttl=3600)
     now = time.time()

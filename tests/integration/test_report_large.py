@@ -10,9 +10,9 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 
-from sage_tasks import keys
-from sage_tasks.report import write_report
-from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
+from sage_tasks.store import keys
+from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore
+from sage_tasks.views.report import write_report
 from tests.support.browser import WINDOW, dump_dom_and_console, screenshot
 from tests.support.png import read_png
 from tests.support.redis_server import RedisServer

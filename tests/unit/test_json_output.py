@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from sage_tasks.cli.output import CHUNK, Stream, encode, write_json
+from sage_tasks.views.output import CHUNK, Stream, encode, write_json
 
 TICKETS = 100_000
 #: text a ticket's fields may carry: quotes, backslashes, control characters, non-ASCII

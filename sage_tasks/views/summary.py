@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
+from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore, number
 
 #: the final states as plain strings (an enum member's lookup costs more, row after row)
 _COMPLETED, _DEFERRED, _BLOCKED = (
@@ -150,13 +150,6 @@ class RunSummary:
         }
 
 
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
 def load_summary(store: RunStore, run_id: str) -> RunSummary | None:
     """The run's summary, or None when Redis does not know the run."""
     info = store.get(run_id)
@@ -193,11 +186,11 @@ def _row(tid: str, values: list[str | None]) -> TicketRow:
         state=state or Phase.PENDING.value,
         host=host or "",
         attempts=int(attempts or 0),
-        duration_s=_float(duration),
+        duration_s=number(duration),
         reason=reason or "",
         commit=commit or "",
         batch=int(batch) if batch and batch.lstrip("-").isdigit() else None,
-        started=_float(started),
-        ended=_float(ended),
+        started=number(started),
+        ended=number(ended),
         slot=slot or "",
     )

@@ -21,9 +21,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from sage_tasks.lanes import Bar, Lane
-from sage_tasks.runstate import Phase
-from sage_tasks.summary import RunSummary, TicketRow
+from sage_tasks.store.runstate import Phase
+from sage_tasks.views.lanes import Bar, Lane
+from sage_tasks.views.summary import RunSummary, TicketRow
 
 #: tickets above which the graph, the timeline and the table are aggregated
 LARGE_RUN = 5000
