@@ -37,7 +37,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,8 +55,11 @@ MEMORY_GOAL_MB = 500
 REDIS_GOAL_MB = 200
 
 
-def make_index(n: int, levels: int, seed: int = 11) -> dict[str, Any]:
-    """``n`` tickets in ``levels`` levels; each depends on 1-5 tickets of earlier levels."""
+def make_index(
+    n: int, levels: int, *, seed: int = 11, extra: int = 4, prefix: str = "T-"
+) -> dict[str, Any]:
+    """``n`` tickets in ``levels`` levels, command ``true``; each depends on one ticket of
+    the level before and on up to ``extra`` more of the levels before that."""
     rng = random.Random(seed)
     per = -(-n // levels)
     tickets = []
@@ -67,16 +69,16 @@ def make_index(n: int, levels: int, seed: int = 11) -> dict[str, Any]:
         if level:
             lo = (level - 1) * per
             deps.add(rng.randrange(lo, lo + per))
-            for _ in range(rng.randint(0, 4)):
+            for _ in range(rng.randint(0, extra)):
                 deps.add(rng.randrange(0, level * per))
         tickets.append(
             {
-                "id": f"T-{i:06d}",
+                "id": f"{prefix}{i:06d}",
                 "title": f"Ticket number {i}",
                 "type": "implementation",
                 "state": "UNPROCESSED",
                 "priority": f"P{rng.randint(0, 3)}",
-                "dependencies": [f"T-{d:06d}" for d in sorted(deps)],
+                "dependencies": [f"{prefix}{d:06d}" for d in sorted(deps)],
                 "run": "true",
                 "acceptance_criteria": ["builds", "tests pass"],
             }
@@ -101,17 +103,12 @@ def make_repo(root: Path, raw: dict[str, Any]) -> Path:
     return repo
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Redis:
     """A private redis-server for the benchmark."""
 
     def __init__(self, workdir: Path):
+        from sage_tasks.cli.local import free_port
+
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc = subprocess.Popen(
@@ -191,17 +188,9 @@ def launcher() -> Any:
 
 def networkx_child(path: str) -> None:
     """The baseline: parse the index, build the graph, its topological generations."""
-    import networkx as nx  # type: ignore[import-untyped]
+    from plan import run_networkx  # bench/plan.py's contender, the same code
 
-    raw = json.loads(Path(path).read_bytes())
-    g = nx.DiGraph()
-    for t in raw["tickets"]:
-        g.add_node(t["id"])
-        for d in t.get("dependencies", ()):
-            g.add_edge(d, t["id"])
-    if not nx.is_directed_acyclic_graph(g):
-        raise SystemExit("cycle")
-    print(sum(1 for _ in nx.topological_generations(g)))
+    print(len(run_networkx(path)))  # type: ignore[arg-type]
 
 
 def follow_child(url: str, run_id: str, polls: int) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -28,33 +27,11 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+
+from commands import make_index  # bench/commands.py, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def make_index(n: int, levels: int, seed: int = 5) -> dict[str, Any]:
-    rng = random.Random(seed)
-    per = -(-n // levels)
-    tickets = []
-    for i in range(n):
-        level = i // per
-        deps: set[int] = set()
-        if level:
-            lo = (level - 1) * per
-            deps.add(rng.randrange(lo, lo + per))
-            for _ in range(rng.randint(0, 2)):
-                deps.add(rng.randrange(0, level * per))
-        tickets.append(
-            {
-                "id": f"N-{i:05d}",
-                "title": f"No-op {i}",
-                "dependencies": [f"N-{d:05d}" for d in sorted(deps)],
-                "run": "true",
-            }
-        )
-    return {"version": "1.0", "tickets": tickets}
 
 
 def git(repo: Path, *args: str) -> str:
@@ -148,7 +125,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace, tmp: Path) -> None:
-    raw = make_index(args.tickets, args.levels)
+    raw = make_index(args.tickets, args.levels, seed=5, extra=2, prefix="N-")
     ids = [t["id"] for t in raw["tickets"]]
     repo = tmp / "repo"
     index = repo / ".sage" / "tickets" / "index.json"

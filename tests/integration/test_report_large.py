@@ -11,8 +11,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from sage_tasks.store import keys
-from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore
+from sage_tasks.store.runstate import Phase, RunStore
 from sage_tasks.views.report import write_report
+from tests.integration.test_report import run_info
 from tests.support.browser import WINDOW, dump_dom_and_console, screenshot
 from tests.support.png import read_png
 from tests.support.redis_server import RedisServer
@@ -20,7 +21,6 @@ from tests.support.redis_server import RedisServer
 TICKETS = 100_000
 BATCHES = 20
 RUN_ID = "r-large-report"
-REPO = "/srv/repos/large"
 
 
 class Shapes(HTMLParser):
@@ -70,24 +70,7 @@ def large_run(store: RunStore) -> list[str]:
         "to_run": TICKETS,
     }
     t0 = time.time() - 3600
-    info = RunInfo(
-        run_id=RUN_ID,
-        repo=REPO,
-        repo_url=REPO,
-        branch="sage/run-large",
-        base="main",
-        index_path=".sage/tickets/index.json",
-        commit_queue="commit",
-        executor=None,
-        ticket_timeout=60.0,
-        batches=BATCHES,
-        tickets=TICKETS,
-        to_run=TICKETS,
-        created=t0,
-        status=RunStatus.FINISHED.value,
-        started=t0,
-        ended=t0 + 3000,
-    )
+    info = run_info(RUN_ID, t0, batches=BATCHES, tickets=TICKETS, started=t0, ended=t0 + 3000)
     records = {
         t: {"state": "PENDING", "batch": str(n // per), "attempts": "0"} for n, t in enumerate(ids)
     }
