@@ -100,6 +100,8 @@ class LocalFleet:
                 f"port {self.port}\nbind 127.0.0.1\nrequirepass {self.password}\n"
                 f'dir {self.root}\nsave ""\nappendonly no\nmaxmemory-policy noeviction\n'
                 "protected-mode yes\nloglevel warning\n"
+                # a ticket's record (a hash with a few values past 64 bytes) kept compact
+                "hash-max-ziplist-value 1024\n"
             )
             conf.chmod(0o600)
             self._spawn("redis", [binary, str(conf)])
