@@ -322,7 +322,7 @@ def local_start(argv: list[str], env: dict[str, str]) -> Timing:
         peak = next(int(x.split()[1]) / 1024 for x in status.splitlines() if x.startswith("VmHWM"))
     except (OSError, StopIteration):
         pass
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGTERM)  # as Ctrl-C (a background job ignores SIGINT)
     try:
         proc.wait(60)
     except subprocess.TimeoutExpired:
@@ -351,6 +351,7 @@ def main() -> None:
             follow_child(args.child[1], args.child[2], int(args.child[3]))
         return
     only = set(filter(None, args.only.split(",")))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop Redis on the way out
     tmp = Path(tempfile.mkdtemp(prefix="sage-bench-commands-"))
     server = Redis(tmp)
     pool = launcher()
