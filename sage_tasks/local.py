@@ -24,7 +24,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -331,21 +330,22 @@ def local_fleet(
     """
     home = local_home(settings.workdir, repo)
     port = flower_port(flower) if flower is not None else None
-    root = Path(tempfile.mkdtemp(prefix="sage-local-"))  # logs and the workers' worktrees
-    root.chmod(0o700)
-    try:
-        with terminate_as_interrupt():
-            prepare_home(home, repo)
+    with terminate_as_interrupt():
+        prepare_home(home, repo)
 
-            def waiting(holder: str) -> None:
-                human.print(
-                    f"another --local run on {repo} is under way ({holder}); waiting for it "
-                    "to end (Ctrl-C to give up)",
-                    highlight=False,
-                )
+        def waiting(holder: str) -> None:
+            human.print(
+                f"another --local run on {repo} is under way ({holder}); waiting for it "
+                "to end (Ctrl-C to give up)",
+                highlight=False,
+            )
 
-            with run_lock(home, waiting):
-                terminate(_leftovers(home), 10.0)
+        with run_lock(home, waiting):
+            terminate(_leftovers(home), 10.0)
+            root = home / "run"  # the workers' logs and worktrees, for this run only
+            shutil.rmtree(root, ignore_errors=True)  # what a killed run left
+            root.mkdir(mode=0o700)
+            try:
                 with private_redis(home) as server:
                     local = _local_settings(settings, server)
                     stale = settle(local, str(repo), "its sage-submit --local was killed")
@@ -374,8 +374,8 @@ def local_fleet(
                                 str(repo),
                                 "its sage-submit --local stopped before the run ended",
                             )
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ The folder (mode 0700) holds:
 - ``server.lock``: held exclusively while a command starts, joins or stops the server;
 - ``users.lock``: held shared by every command using the server (the last one stops it);
 - ``run.lock``: held by the ``--local`` run whose workers use the folder (one at a time);
+- ``run/``: that run's worker logs and worktrees, removed when it ends;
 - ``runs``: a line per run submitted there (run id, time), so that a command
   without ``--local`` can tell a run is local without starting Redis;
 - ``repo``: the repository's path, for messages.
