@@ -95,10 +95,12 @@ def _run_local(
             on_poll=fleet.check,
             report=report,
         )
+    me = sys.argv[0] if sys.argv[0].endswith("sage-submit") else "sage-submit"
     where = f"--local --repo {shlex.quote(str(sub.repo))}"
     human.print(
-        f"again:  sage-submit status {sub.run_id} {where}\n"
-        f"        sage-submit report {sub.run_id} --html run.html {where}",
+        "to see this run again:\n"
+        f"  {me} status {sub.run_id} {where}\n"
+        f"  {me} report {sub.run_id} --html run.html {where}",
         highlight=False,
     )
     return code

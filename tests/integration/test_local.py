@@ -187,7 +187,7 @@ def test_a_local_run_leaves_its_data_and_no_process_or_temp_folder_behind(
     assert (home / "redis" / "appendonlydir").is_dir()  # the data, as an append-only file
     assert home.stat().st_mode & 0o777 == 0o700
     assert (home / "redis" / "redis.conf").stat().st_mode & 0o777 == 0o600
-    assert f"sage-submit report {finished.run_id} --html run.html --local" in finished.stderr
+    assert f"sage-submit status {finished.run_id} --local --repo {finished.repo}" in finished.stderr
 
 
 def test_status_local_reads_the_finished_run_then_stops_its_redis(finished: Finished) -> None:
