@@ -209,7 +209,7 @@ def cli(
         return
     if flower_port is not None and not local:
         raise ConfigError("--flower needs --local (for a fleet: sage-worker flower)")
-    if report_path is not None and not (local or wait or dry_run):
+    if report_path is not None and not (local or wait):
         raise ConfigError("--report needs --local or --wait (the report is written at the end)")
     report_to = None if dry_run else _report_target(report_path)
     settings = load_settings(broker_url=broker, commit_queue=commit_queue, executor=executor)
