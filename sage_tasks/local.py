@@ -300,7 +300,7 @@ def terminate_as_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _local_settings(settings: Settings, server: Server, workdir: Path | None = None) -> Settings:
+def _local_settings(settings: Settings, server: Server) -> Settings:
     from sage_tasks.config import load_settings
 
     return load_settings(
@@ -309,8 +309,31 @@ def _local_settings(settings: Settings, server: Server, workdir: Path | None = N
         executor=settings.executor,
         ticket_timeout=settings.ticket_timeout,
         result_ttl=settings.result_ttl,
-        workdir=workdir or settings.workdir,
+        workdir=settings.workdir,
     )
+
+
+@contextmanager
+def _run_folder(home: Path) -> Iterator[Path]:
+    """The run's folder for worker logs and worktrees, after clearing what a killed run left."""
+    terminate(_leftovers(home), 10.0)
+    root = home / "run"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(mode=0o700)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _settle_killed(settings: Settings, repo: Path, human: Console) -> None:
+    stale = settle(settings, str(repo), "its sage-submit --local was killed")
+    if stale:
+        human.print(
+            f"[yellow]note:[/] marked FAILED the unfinished local run(s) {', '.join(stale)} "
+            "left by a killed sage-submit",
+            highlight=False,
+        )
 
 
 @contextmanager
@@ -330,52 +353,34 @@ def local_fleet(
     """
     home = local_home(settings.workdir, repo)
     port = flower_port(flower) if flower is not None else None
+
+    def waiting(holder: str) -> None:
+        human.print(
+            f"another --local run on {repo} is under way ({holder}); waiting for it to end "
+            "(Ctrl-C to give up)",
+            highlight=False,
+        )
+
     with terminate_as_interrupt():
         prepare_home(home, repo)
-
-        def waiting(holder: str) -> None:
-            human.print(
-                f"another --local run on {repo} is under way ({holder}); waiting for it "
-                "to end (Ctrl-C to give up)",
-                highlight=False,
-            )
-
-        with run_lock(home, waiting):
-            terminate(_leftovers(home), 10.0)
-            root = home / "run"  # the workers' logs and worktrees, for this run only
-            shutil.rmtree(root, ignore_errors=True)  # what a killed run left
-            root.mkdir(mode=0o700)
+        with run_lock(home, waiting), _run_folder(home) as root, private_redis(home) as server:
+            local = _local_settings(settings, server)
+            _settle_killed(local, repo, human)
+            fleet = LocalFleet(root, home, server, human)
             try:
-                with private_redis(home) as server:
-                    local = _local_settings(settings, server)
-                    stale = settle(local, str(repo), "its sage-submit --local was killed")
-                    if stale:
-                        human.print(
-                            f"[yellow]note:[/] marked FAILED the unfinished local run(s) "
-                            f"{', '.join(stale)} left by a killed sage-submit",
-                            highlight=False,
-                        )
-                    fleet = LocalFleet(root, home, server, human)
-                    try:
-                        fleet.start_workers(repo, concurrency)
-                        if port is not None:
-                            access = fleet.start_flower(port)
-                            human.print(
-                                f"Flower: {access.url}  user {access.user}  password "
-                                f"{access.password}  (until this run ends)",
-                                highlight=False,
-                            )
-                        yield fleet, local
-                    finally:
-                        fleet.stop()
-                        with suppress(Exception):  # the Redis may be what died
-                            settle(
-                                local,
-                                str(repo),
-                                "its sage-submit --local stopped before the run ended",
-                            )
+                fleet.start_workers(repo, concurrency)
+                if port is not None:
+                    access = fleet.start_flower(port)
+                    human.print(
+                        f"Flower: {access.url}  user {access.user}  password {access.password}"
+                        "  (until this run ends)",
+                        highlight=False,
+                    )
+                yield fleet, local
             finally:
-                shutil.rmtree(root, ignore_errors=True)
+                fleet.stop()
+                with suppress(Exception):  # the Redis may be what died
+                    settle(local, str(repo), "its sage-submit --local stopped before the run ended")
 
 
 @contextmanager
