@@ -247,7 +247,9 @@ def flower_port(wanted: int) -> int:
 def _leftovers(home: Path) -> list[int]:
     """Processes a ``--local`` run on ``home`` started and did not stop (it was killed)."""
     mark = f"{MARKER}={home}\0".encode()
-    found = []
+    found: list[int] = []
+    if not Path("/proc").is_dir():
+        return found  # nothing to look at: Linux only
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue

@@ -195,10 +195,22 @@ def run_lock(home: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
 # -- processes ----------------------------------------------------------------------------
 
 
+#: where processes are looked at (Linux); elsewhere only the recorded pid is known
+_PROC = Path("/proc")
+
+
 def _alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie, which only waits to be reaped, does not)."""
+    if not _PROC.is_dir():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # it runs, as another user
+        return True
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = (_PROC / str(pid) / "stat").read_text()
     except OSError:
         return False
     fields = stat.rpartition(")")[2].split()
@@ -207,9 +219,11 @@ def _alive(pid: int) -> bool:
 
 def _servers_on(data: Path) -> list[int]:
     """The live ``redis-server`` processes working in ``data``, whoever started them."""
+    if not _PROC.is_dir():
+        return _recorded(data.parent)
     target = str(data.resolve())
     found = []
-    for entry in Path("/proc").iterdir():
+    for entry in _PROC.iterdir():
         if not entry.name.isdigit():
             continue
         try:
@@ -222,6 +236,15 @@ def _servers_on(data: Path) -> list[int]:
         if _alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def _recorded(home: Path) -> list[int]:
+    """The pid ``server.json`` records, while it runs (where processes cannot be looked at)."""
+    try:
+        pid = int(json.loads((home / "server.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [pid] if _alive(pid) else []
 
 
 def terminate(pids: list[int], grace: float, *, group: bool = False) -> None:
