@@ -15,13 +15,18 @@ from typing import Any
 import click
 from rich.console import Console
 
-from sage_tasks.broker import connect
 from sage_tasks.cli.common import ParallelType, handle_errors
+from sage_tasks.cli.local import local_fleet, local_hint, local_reader
+from sage_tasks.cli.submission import Submission, resolve, send
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH
 from sage_tasks.errors import BrokerUnavailable, ConfigError, UnknownRun
-from sage_tasks.runstate import RunStore
-from sage_tasks.submission import Submission, resolve, send
+from sage_tasks.store.broker import connect
+from sage_tasks.store.runstate import RunStore
+from sage_tasks.views.follow import follow, render_summary
+from sage_tasks.views.plan_view import render_plan
+from sage_tasks.views.report import write_report
+from sage_tasks.views.status_view import show_status
 
 
 def _consoles(as_json: bool) -> tuple[Console, Console]:
@@ -42,7 +47,6 @@ def wait_for(
     report: Path | None = None,
 ) -> int:
     """Follow a run to its end, print the summary (and write its report); returns the exit code."""
-    from sage_tasks.cli.follow import follow, render_summary
 
     def store() -> RunStore:
         return RunStore(connect(sub_settings.backend_url), ttl=sub_settings.result_expires)
@@ -50,8 +54,6 @@ def wait_for(
     summary = follow(store, run_id, console=human, on_poll=on_poll)
     render_summary(summary, human)
     if report is not None:
-        from sage_tasks.report import write_report
-
         write_report(store(), run_id, report)
         human.print(f"report: {report}", highlight=False)
     if as_json:
@@ -69,9 +71,6 @@ def _run_local(
     flower: int | None,
 ) -> int:
     """``--local``: the submission on the repository's private Redis and workers of this machine."""
-    from sage_tasks.cli.plan_view import render_plan
-    from sage_tasks.local import local_fleet
-
     concurrency = sub.plan.parallel or os.cpu_count() or 1
     render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)")
     with local_fleet(sub.repo, concurrency, sub.settings, human, flower=flower) as (
@@ -229,7 +228,6 @@ def cli(
     )
     sub.schedule = schedule
     sub.conflict_retries = conflict_retries
-    from sage_tasks.cli.plan_view import render_plan
 
     if dry_run:
         if as_json:
@@ -273,8 +271,8 @@ def _run_store(
     settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
     repo = repo or ctx.obj.get("repo")
     if local or ctx.obj.get("local"):
+        # GitPython is loaded only when --local names a repository
         from sage_tasks.gitops import repo_root
-        from sage_tasks.local import local_reader
 
         with local_reader(settings, repo_root(Path(repo or "."))) as private:
             yield RunStore(connect(private.backend_url), ttl=private.result_expires)
@@ -282,8 +280,6 @@ def _run_store(
     try:
         yield RunStore(connect(settings.backend_url), ttl=settings.result_expires)
     except (UnknownRun, BrokerUnavailable) as exc:
-        from sage_tasks.local import local_hint
-
         hint = local_hint(settings, run_id, repo)
         if hint is None:
             raise
@@ -319,8 +315,6 @@ def status(
     Per ticket: state, host, attempts, duration (or how long it has been
     running), reason; while the run runs and after.
     """
-    from sage_tasks.cli.status_view import show_status
-
     human, out = _consoles(as_json)
     with _run_store(ctx, broker=broker, local=local, repo=repo, run_id=run_id) as store:
         show_status(store, run_id, human=human, out=out, as_json=as_json)
@@ -349,8 +343,6 @@ def report(
     repo: str | None,
 ) -> None:
     """A self-contained HTML report of a run: timeline, critical path, graph, reasons."""
-    from sage_tasks.report import write_report
-
     with _run_store(ctx, broker=broker, local=local, repo=repo, run_id=run_id) as store:
         write_report(store, run_id, Path(html_path))
     click.echo(html_path)
@@ -379,7 +371,8 @@ def check(
     as_json: bool,
 ) -> None:
     """Check the prerequisites of a run: broker, workers, repository, git, parallelism."""
-    from sage_tasks.check import run_checks
+    # loads Celery (to ask the workers): the other commands start without it
+    from sage_tasks.cli.check import run_checks
 
     settings = load_settings(
         broker_url=broker or ctx.obj.get("broker"), commit_queue=commit_queue, executor=executor

@@ -1,7 +1,7 @@
 """``sage-submit --local``: the embedded default, everything on this machine.
 
 :func:`local_fleet` runs a private ``redis-server`` on the repository's own
-data folder under ``SAGE_WORKDIR`` (see :mod:`sage_tasks.local_redis`: one
+data folder under ``SAGE_WORKDIR`` (see :mod:`sage_tasks.cli.local_redis`: one
 per repository, kept on disk, so later commands read the run's history),
 one ticket worker, one commit worker and, if asked, Flower; the command line
 submits and follows the run on them; then every process it started is
@@ -32,13 +32,11 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 
-from sage_tasks.errors import ConfigError, SageError
-from sage_tasks.local_redis import (
-    LocalError,
+from sage_tasks.cli.local_redis import (
     Server,
     free_port,
     homes,
@@ -51,9 +49,10 @@ from sage_tasks.local_redis import (
     run_lock,
     terminate,
 )
-
-if TYPE_CHECKING:
-    from sage_tasks.config import Settings
+from sage_tasks.config import Settings, load_settings
+from sage_tasks.errors import ConfigError, LocalError, SageError, UnknownRun
+from sage_tasks.store.broker import connect
+from sage_tasks.store.runstate import RunStatus, RunStore
 
 __all__ = [
     "LocalError",
@@ -267,9 +266,8 @@ def settle(settings: Settings, repo: str, why: str) -> list[str]:
     it first). Each such run ends FAILED with ``why``; resubmitting with its
     ``--branch`` resumes it. Returns their ids.
     """
-    from sage_tasks.broker import connect
-    from sage_tasks.celery_app import make_app
-    from sage_tasks.runstate import RunStatus, RunStore
+    # Celery (to reach its queues) is loaded by the local commands that start workers
+    from sage_tasks.app.celery_app import make_app
 
     store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
     open_runs = store.active(repo)
@@ -303,8 +301,6 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 def _local_settings(settings: Settings, server: Server) -> Settings:
-    from sage_tasks.config import load_settings
-
     return load_settings(
         broker_url=server.url,
         commit_queue=settings.commit_queue,
@@ -391,8 +387,6 @@ def local_reader(settings: Settings, repo: Path) -> Iterator[Settings]:
 
     Raises :class:`UnknownRun` (exit 2) when the repository has no local data.
     """
-    from sage_tasks.errors import UnknownRun
-
     home = local_home(settings.workdir, repo)
     if not (home / "redis").is_dir():
         raise UnknownRun(f"no --local run of {repo} is known (no data in {home})")
@@ -414,6 +408,7 @@ def local_hint(settings: Settings, run_id: str | None, repo: str | None) -> str 
                 path = repo_of(home)
                 return f"it is a --local run of {path}: add --local --repo {shlex.quote(path)}"
         return None
+    # GitPython is loaded only when a run id does not settle it
     from sage_tasks import gitops
 
     try:

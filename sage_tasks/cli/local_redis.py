@@ -51,8 +51,8 @@ from pathlib import Path
 import redis
 
 from sage_tasks.core.files import fsync_dir
-from sage_tasks.errors import SageError
-from sage_tasks.keys import repo_key
+from sage_tasks.errors import LocalError
+from sage_tasks.store.keys import repo_key
 
 #: how long a starting server may take to load its data and answer
 START_TIMEOUT_S = 60.0
@@ -72,12 +72,6 @@ maxmemory-policy noeviction
 loglevel warning
 daemonize no
 """
-
-
-class LocalError(SageError):
-    """The embedded Redis or a local worker could not start or died."""
-
-    exit_code = 3
 
 
 def find_redis_server() -> str:
