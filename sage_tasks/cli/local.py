@@ -16,6 +16,7 @@ folder: a second one waits for the first to end.
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shlex
@@ -91,6 +92,8 @@ class LocalFleet:
         self.server = server
         self.human = human
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: the workers' node names are ``tickets-<node>@host`` and ``commit-<node>@host``
+        self.node = f"local-{os.getpid()}"
 
     @property
     def url(self) -> str:
@@ -121,14 +124,13 @@ class LocalFleet:
     def start_workers(self, repo: Path, concurrency: int) -> None:
         env = self.env()
         base = _sage_worker()
-        node = f"local-{os.getpid()}"
         self._spawn(
             "tickets",
             [
                 *base,
                 "tickets",
                 f"--concurrency={concurrency}",
-                f"--hostname=tickets-{node}@%h",
+                f"--hostname=tickets-{self.node}@%h",
                 "--loglevel=WARNING",
             ],
             env,
@@ -140,27 +142,37 @@ class LocalFleet:
                 "commit",
                 "--repo",
                 str(repo),
-                f"--hostname=commit-{node}@%h",
+                f"--hostname=commit-{self.node}@%h",
                 "--loglevel=WARNING",
             ],
             env,
         )
 
     def start_flower(self, port: int) -> FlowerAccess:
-        """Flower on loopback ``port`` behind a generated password; waits until it answers."""
+        """Flower on loopback ``port`` behind a generated password.
+
+        Returns once Flower receives the ticket worker's events, so that it
+        sees the whole run (it learns about tasks only from events).
+        """
         password = secrets.token_hex(12)
-        env = {**self.env(), "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{password}"}
+        auth = f"{FLOWER_USER}:{password}"
         self._spawn(
-            "flower", [*_sage_worker(), "flower", f"--port={port}", "--address=127.0.0.1"], env
+            "flower",
+            [*_sage_worker(), "flower", f"--port={port}", "--address=127.0.0.1"],
+            {**self.env(), "FLOWER_BASIC_AUTH": auth},
         )
+        node = f"tickets-{self.node}@".encode()
         deadline = time.monotonic() + FLOWER_START_S
         while time.monotonic() < deadline:
             if self.procs["flower"].poll() is not None:
                 raise LocalError(f"Flower did not start: {self.log_tail('flower')}")
-            if _http_status(port, "/healthcheck") == 200:
+            status, body = _http_get(port, "/api/workers?status=1", auth)
+            if status == 200 and node in body:
                 return FlowerAccess(f"http://127.0.0.1:{port}/", FLOWER_USER, password)
-            time.sleep(0.2)
-        raise LocalError(f"Flower did not answer on 127.0.0.1:{port} within {FLOWER_START_S:.0f} s")
+            time.sleep(0.3)
+        raise LocalError(
+            f"Flower on 127.0.0.1:{port} did not see the workers within {FLOWER_START_S:.0f} s"
+        )
 
     def check(self) -> None:
         """Raise when the private Redis or a worker we started has died (Flower may)."""
@@ -213,15 +225,18 @@ def _sage_worker() -> list[str]:
     return [str(worker)] if worker.exists() else [sys.executable, "-m", "sage_tasks.cli.worker"]
 
 
-def _http_status(port: int, path: str) -> int | None:
+def _http_get(port: int, path: str, auth: str) -> tuple[int | None, bytes]:
+    """Status and body of ``GET path`` on loopback ``port`` with basic auth (None: no answer)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+        with urllib.request.urlopen(request, timeout=2) as resp:
             status: int = resp.status
-            return status
+            return status, resp.read()
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, b""
     except OSError:
-        return None
+        return None, b""
 
 
 def flower_port(wanted: int) -> int:
