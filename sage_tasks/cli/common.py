@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-import redis
 from rich.console import Console
 
 from sage_tasks.errors import IndexValidationError, SageError
@@ -21,6 +20,25 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 def error(message: str) -> None:
     """Print one error line on stderr."""
     err_console.print(f"sage: error: {message}", markup=False)
+
+
+def broker_message(exc: Exception) -> str | None:
+    """The line for a Redis error, None for any other exception.
+
+    redis-py is imported by the commands that talk to the broker, not by a
+    dry run: an error of its kind can only come once it is loaded.
+    """
+    redis = sys.modules.get("redis")
+    if redis is None:
+        return None
+    errors = redis.exceptions
+    if isinstance(exc, errors.AuthenticationError):
+        return f"broker refused the credentials: {exc}"
+    if isinstance(exc, (errors.ConnectionError, errors.TimeoutError)):
+        return f"broker unreachable: {exc}"
+    if isinstance(exc, errors.RedisError):
+        return f"broker error: {exc}"
+    return None
 
 
 def handle_errors(func: F) -> F:
@@ -37,14 +55,11 @@ def handle_errors(func: F) -> F:
         except SageError as exc:
             error(str(exc))
             sys.exit(exc.exit_code)
-        except redis.exceptions.AuthenticationError as exc:
-            error(f"broker refused the credentials: {exc}")
-            sys.exit(3)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            error(f"broker unreachable: {exc}")
-            sys.exit(3)
-        except redis.exceptions.RedisError as exc:
-            error(f"broker error: {exc}")
+        except Exception as exc:
+            message = broker_message(exc)
+            if message is None:
+                raise
+            error(message)
             sys.exit(3)
         except KeyboardInterrupt:
             error("interrupted")

@@ -23,7 +23,6 @@ from sage_tasks.config import Settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
 from sage_tasks.core.plan import Plan, build_plan, eager_order
 from sage_tasks.errors import ConfigError, IndexValidationError, Problem
-from sage_tasks.store.broker import connect
 
 
 def new_run_id() -> str:
@@ -163,9 +162,10 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
 
 def send(sub: Submission, *, repo_identity: str | None = None) -> None:
     """Store the run in Redis and hand it to the repository's commit worker."""
-    # Celery is loaded only when a run is sent: a dry run or refused input answers without it
+    # Celery and redis-py are loaded only when a run is sent: a dry run answers without them
     from sage_tasks.app.celery_app import make_app
     from sage_tasks.dispatch import producer
+    from sage_tasks.store.broker import connect
     from sage_tasks.store.runstate import RunInfo
     from sage_tasks.work.runtime import app_runtime
 

@@ -9,24 +9,24 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 
 from sage_tasks.cli.common import ParallelType, handle_errors
-from sage_tasks.cli.local import local_fleet, local_hint, local_reader
 from sage_tasks.cli.submission import Submission, resolve, send
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH
 from sage_tasks.errors import BrokerUnavailable, ConfigError, UnknownRun
-from sage_tasks.store.broker import connect
-from sage_tasks.store.runstate import RunStore
-from sage_tasks.views.follow import follow, render_summary
 from sage_tasks.views.output import write_json
 from sage_tasks.views.plan_view import render_plan
-from sage_tasks.views.report import write_report
-from sage_tasks.views.status_view import show_status
+
+if TYPE_CHECKING:
+    from sage_tasks.store.runstate import RunStore
+
+# What talks to the broker (redis-py, the run store, the views of a run, --local's
+# fleet) is imported by the commands that use it: a dry run loads none of it.
 
 
 def _consoles(as_json: bool) -> tuple[Console, Console]:
@@ -48,6 +48,10 @@ def wait_for(
     show_all: bool = False,
 ) -> int:
     """Follow a run to its end, print the summary (and write its report); returns the exit code."""
+    from sage_tasks.store.broker import connect
+    from sage_tasks.store.runstate import RunStore
+    from sage_tasks.views.follow import follow, render_summary
+    from sage_tasks.views.report import write_report
 
     def store() -> RunStore:
         return RunStore(connect(sub_settings.backend_url), ttl=sub_settings.result_expires)
@@ -73,6 +77,8 @@ def _run_local(
     show_all: bool,
 ) -> int:
     """``--local``: the submission on the repository's private Redis and workers of this machine."""
+    from sage_tasks.cli.local import local_fleet
+
     concurrency = sub.plan.parallel or os.cpu_count() or 1
     render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)", show_all=show_all)
     with local_fleet(sub.repo, concurrency, sub.settings, human, flower=flower) as (
@@ -253,6 +259,8 @@ def cli(
                 show_all=show_all,
             )
         )
+    from sage_tasks.store.broker import connect
+
     connect(settings.backend_url)  # an unreachable broker is one line, before any output
     if not wait:
         # stdout carries only the run id (or its JSON), so RUN=$(sage-submit ...) works
@@ -288,6 +296,10 @@ def _run_store(
     A run the broker does not know (or a broker out of reach) that is a
     ``--local`` run ends with the hint to add ``--local``, exit 2.
     """
+    from sage_tasks.cli.local import local_hint, local_reader
+    from sage_tasks.store.broker import connect
+    from sage_tasks.store.runstate import RunStore
+
     settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
     repo = repo or ctx.obj.get("repo")
     if local or ctx.obj.get("local"):
@@ -337,6 +349,8 @@ def status(
     Per ticket: state, host, attempts, duration (or how long it has been
     running), reason; while the run runs and after.
     """
+    from sage_tasks.views.status_view import show_status
+
     human, out = _consoles(as_json)
     with _run_store(ctx, broker=broker, local=local, repo=repo, run_id=run_id) as store:
         show_status(store, run_id, human=human, out=out, as_json=as_json, show_all=show_all)
@@ -365,6 +379,8 @@ def report(
     repo: str | None,
 ) -> None:
     """A self-contained HTML report of a run: timeline, critical path, graph, reasons."""
+    from sage_tasks.views.report import write_report
+
     with _run_store(ctx, broker=broker, local=local, repo=repo, run_id=run_id) as store:
         write_report(store, run_id, Path(html_path))
     click.echo(html_path)

@@ -28,10 +28,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from git.objects.fun import tree_entries_from_data, tree_to_stream
-from gitdb.base import IStream
-from gitdb.db.loose import LooseObjectDB
-
 from sage_tasks.errors import GitError, RefMoved, RepositoryError
 from sage_tasks.gitops.process import Helper, first_line, git_env, run_git
 
@@ -114,6 +110,9 @@ class Repository:
         self.bare, self.git_dir, self.object_format, objects = _probe(path)
         self.null_oid = "0" * hashlib.new(self.object_format).digest_size * 2
         settings = self._write_settings()
+        # GitPython's codecs are loaded by the writer only: readers of an index start faster
+        from gitdb.db.loose import LooseObjectDB
+
         #: loose objects written here (gitdb knows SHA-1 only); None: by git, which also
         #: honours a shared repository's permissions and fsync settings
         self._objects = (
@@ -282,6 +281,8 @@ class Repository:
         if self._objects is None:
             proc = self.run("hash-object", "-w", "-t", kind, "--stdin", input=data)
             return proc.stdout.decode().strip()
+        from gitdb.base import IStream
+
         stream = self._objects.store(IStream(kind.encode(), len(data), io.BytesIO(data)))
         return str(stream.hexsha.decode())
 
@@ -301,6 +302,8 @@ class Repository:
         obj = self.read(tree)
         if obj is None or obj.type != "tree":
             return None
+        from git.objects.fun import tree_entries_from_data
+
         try:
             entries = tree_entries_from_data(obj.data)
             if _tree_bytes(entries) != obj.data:
@@ -396,6 +399,8 @@ class Repository:
 
 
 def _tree_bytes(entries: list[tuple[bytes, int, str]]) -> bytes:
+    from git.objects.fun import tree_to_stream
+
     out = io.BytesIO()
     tree_to_stream(entries, out.write)
     return out.getvalue()
