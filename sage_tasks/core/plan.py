@@ -32,7 +32,12 @@ from typing import Any, Literal
 from sage_tasks.core.apart import first_fit, path_overlaps, serialized_pairs
 from sage_tasks.core.graph import COMPLETED, TicketGraph, gc_paused, topological_order
 from sage_tasks.core.index import IndexDocument
-from sage_tasks.core.schedule import ScheduleEstimate, estimate_schedules, urgency_order
+from sage_tasks.core.schedule import (
+    ScheduleEstimate,
+    estimate_schedules,
+    steps_by_level,
+    urgency_order,
+)
 from sage_tasks.core.stats import PlanStats, auto_workers, compute_stats
 from sage_tasks.core.validate import command_problems, cycle_problems, graph_problems
 from sage_tasks.errors import ConfigError, IndexValidationError
@@ -226,11 +231,11 @@ def _build(
     stats = compute_stats(groups, [len(b) for b in buckets], weights, estimated, size)
 
     levels = [list(map(ids.__getitem__, b)) for b in buckets]
-    run_deps = _int_deps(graph, status, run) if estimate or apart else []
+    slots = size or stats.workers
+    simulate = estimate and not steps_by_level(weights, apart, buckets, slots)
+    run_deps = _int_deps(graph, status, run) if simulate or apart else []
     schedules = (
-        estimate_schedules(
-            graph, run, run_deps, groups, weights, path, size or stats.workers, apart
-        )
+        estimate_schedules(graph, run, run_deps, groups, weights, path, slots, apart, buckets)
         if estimate
         else None
     )

@@ -53,16 +53,22 @@ def estimate_schedules(
     path: Sequence[int],
     slots: int,
     apart: Mapping[int, set[int]],
+    levels: Sequence[Sequence[int]] | None = None,
 ) -> ScheduleEstimate:
     """Both schedules' makespans on ``slots`` slots (in steps when nothing is estimated).
 
     ``run_deps[v]`` lists ticket ``v``'s dependencies among ``run``; ``groups``
     are the plan's batches; ``path`` its critical path; ``apart`` the tickets
-    whose paths overlap.
+    whose paths overlap; ``levels`` (when the caller has them) the run by
+    level, each ticket one more than its deepest dependency among ``run``:
+    when :func:`steps_by_level` holds, ``run_deps`` is not read (may be empty).
     """
     w = weights if weights is not None else [1.0] * len(graph.ids)
-    rank = urgency_order(run, run_deps, w, graph.priorities, graph.ids)
-    eager = eager_makespan(rank, run_deps, w, slots, {v: list(o) for v, o in apart.items()})
+    if levels is not None and steps_by_level(weights, apart, levels, slots):
+        eager = float(len(levels))
+    else:
+        rank = urgency_order(run, run_deps, w, graph.priorities, graph.ids)
+        eager = eager_makespan(rank, run_deps, w, slots, {v: list(o) for v, o in apart.items()})
     return ScheduleEstimate(
         slots=slots,
         unit="seconds" if weights is not None else "steps",
@@ -70,6 +76,25 @@ def estimate_schedules(
         eager=round(eager, 3),
         lower_bound=round(lower_bound([w[v] for v in run], sum(w[v] for v in path), slots), 3),
     )
+
+
+def steps_by_level(
+    weights: Sequence[float] | None,
+    apart: Mapping[int, set[int]],
+    levels: Sequence[Sequence[int]],
+    slots: int,
+) -> bool:
+    """Whether the eager schedule ends after one step a level, as its simulation would.
+
+    So it does when nothing is estimated (one step a ticket), no paths keep
+    tickets apart and every level fits in ``slots``.
+
+    By induction on the level: each ticket of level L is ready when the last
+    of level L-1 ends, at step L-1; at that moment nothing but level L is
+    ready or running, and all of it has a slot, so it starts at L-1 and ends
+    at L. Neither the urgency order nor the simulation is needed.
+    """
+    return weights is None and not apart and max(map(len, levels), default=0) <= slots
 
 
 def levels_makespan(groups: Sequence[Sequence[int]], weights: Sequence[float], slots: int) -> float:

@@ -13,6 +13,7 @@ from sage_tasks.core.schedule import (
     eager_makespan,
     levels_makespan,
     lower_bound,
+    steps_by_level,
     topological,
     urgency_order,
 )
@@ -60,6 +61,28 @@ def test_eager_with_a_slot_for_every_ticket_takes_the_critical_path(
     run = list(range(len(deps)))
     rank = topological(run, deps)
     assert abs(eager_makespan(rank, deps, weights, len(run)) - critical(deps, weights)) < 1e-9
+
+
+@settings(max_examples=200, deadline=None)
+@given(dags(), st.integers(1, 8))
+def test_one_step_a_ticket_with_every_level_in_its_slots_ends_after_one_step_a_level(
+    dag: tuple[list[list[int]], list[float]], slots: int
+) -> None:
+    deps, _ = dag
+    run = list(range(len(deps)))
+    level = [0] * len(deps)
+    for v, ds in enumerate(deps):
+        level[v] = max((level[d] + 1 for d in ds), default=0)
+    levels = [[v for v in run if level[v] == n] for n in range(max(level) + 1)]
+    steps = [1.0] * len(run)
+    rank = urgency_order(run, deps, steps, [2] * len(run), [f"T{v:02d}" for v in run])
+    simulated = eager_makespan(rank, deps, steps, slots)
+    fits = steps_by_level(None, {}, levels, slots)
+    assert fits == (max(map(len, levels)) <= slots)
+    if fits:
+        assert simulated == float(len(levels))
+    assert not steps_by_level(steps, {}, levels, len(run))  # estimated: simulate
+    assert not steps_by_level(None, {0: {1}}, levels, len(run))  # paths apart: simulate
 
 
 def test_overlapping_tickets_never_run_side_by_side() -> None:
