@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import html
 import itertools
-import json
 import math
 import re
 from collections.abc import Iterable
@@ -26,11 +25,12 @@ from typing import Any
 
 from sage_tasks.core.estimate import format_duration
 from sage_tasks.core.files import write_atomic
+from sage_tasks.core.graph import gc_paused
 from sage_tasks.errors import ConfigError, UnknownRun
 from sage_tasks.store.runstate import Phase, RunStatus, RunStore
 from sage_tasks.views.lanes import Bar, BatchMark, Lane, bars_of, batch_marks, lanes_of
 from sage_tasks.views.report_large import TABLE_ROWS, batch_graph, is_large, merged_lane, table_rows
-from sage_tasks.views.summary import RunSummary, TicketRow, load_summary
+from sage_tasks.views.summary import RunSummary, TicketRow, load_run
 
 #: CSS class per final state; any other state is drawn as "ot"
 _STATE_CLASS = {Phase.COMPLETED.value: "ok", Phase.DEFERRED.value: "df", Phase.BLOCKED.value: "bl"}
@@ -523,12 +523,13 @@ def write_report(store: RunStore, run_id: str, path: Path) -> None:
     submitted, or expired), and :class:`ConfigError` when ``path`` cannot be
     written.
     """
-    summary = load_summary(store, run_id)
-    raw = store.plan_json(run_id)
-    if summary is None or raw is None:
+    loaded = load_run(store, run_id)
+    if loaded is None:
         raise UnknownRun(f"unknown run {run_id!r} (never submitted, or its record expired)")
+    summary, plan = loaded
     batches = [store.batch(run_id, n) for n in range(len(summary.batches))]
-    page = render_html(summary, json.loads(raw), batches)
+    with gc_paused():  # a bar, a span, a string per ticket: nothing the collector would free
+        page = render_html(summary, plan, batches)
     target = Path(path)
     try:
         _write_atomic(target, page.encode("utf-8"))

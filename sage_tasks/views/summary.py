@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from sage_tasks.core.graph import gc_paused
 from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore, number
 
 #: the final states as plain strings (an enum member's lookup costs more, row after row)
@@ -152,6 +153,12 @@ class RunSummary:
 
 def load_summary(store: RunStore, run_id: str) -> RunSummary | None:
     """The run's summary, or None when Redis does not know the run."""
+    loaded = load_run(store, run_id)
+    return loaded[0] if loaded is not None else None
+
+
+def load_run(store: RunStore, run_id: str) -> tuple[RunSummary, dict[str, Any]] | None:
+    """The run's summary and the plan stored with it (read and parsed once), or None."""
     info = store.get(run_id)
     plan_raw = store.plan_json(run_id)
     if info is None or plan_raw is None:
@@ -159,8 +166,9 @@ def load_summary(store: RunStore, run_id: str) -> RunSummary | None:
     plan = orjson.loads(plan_raw)
     batches: list[list[str]] = plan.get("batches", [])
     ids = [t for b in batches for t in b] + list(plan.get("blocked", []))
-    rows = [_row(tid, values) for tid, values in store.ticket_fields(run_id, ids, ROW_FIELDS)]
-    return RunSummary(info, rows, batches, list(plan.get("critical_path", [])))
+    with gc_paused():  # a row per ticket: no reference cycles for the collector to find
+        rows = [_row(tid, values) for tid, values in store.ticket_fields(run_id, ids, ROW_FIELDS)]
+    return RunSummary(info, rows, batches, list(plan.get("critical_path", []))), plan
 
 
 #: the fields of a ticket's record a :class:`TicketRow` shows
