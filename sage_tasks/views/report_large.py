@@ -82,13 +82,17 @@ def batch_graph(
         groups.append(("blocked", blocked))
     where = {t: n for n, (_, ids) in enumerate(groups) for t in ids}
     state = {r.id: r.state for r in summary.rows}
-    links: Counter[tuple[int, int]] = Counter()
-    for tid, deps in plan.get("deps", {}).items():
-        b = where.get(tid)
-        for dep in deps:
-            a = where.get(dep)
-            if a is not None and b is not None and a != b:
-                links[(a, b)] += 1
+    # each dependency as (its group, its dependent's group), counted in C, then only
+    # those between two different groups kept
+    deps: dict[str, list[str]] = plan.get("deps", {})
+    froms = map(where.get, itertools.chain.from_iterable(deps.values()))
+    tos = itertools.chain.from_iterable(
+        map(itertools.repeat, map(where.get, deps), map(len, deps.values()))
+    )
+    pairs: Counter[tuple[int | None, int | None]] = Counter(zip(froms, tos, strict=True))
+    links: Counter[tuple[int, int]] = Counter(
+        {(a, b): n for (a, b), n in pairs.items() if a is not None and b is not None and a != b}
+    )
     path = [str(t) for t in plan.get("critical_path") or summary.critical_path]
     on_path = Counter(where[t] for t in path if t in where)
     crit = {(where[a], where[b]) for a, b in itertools.pairwise(path) if a in where and b in where}
@@ -114,7 +118,7 @@ def batch_graph(
         )
     nodes: list[str] = []
     for n, (name, ids) in enumerate(groups):
-        counts = Counter(state.get(t, Phase.PENDING.value) for t in ids)
+        counts = Counter(map(state.get, ids, itertools.repeat(Phase.PENDING.value)))
         full = height * (0.25 + 0.75 * len(ids) / largest)
         y = top + (height - full) / 2
         outline = " cp" if n in on_path else ""
