@@ -8,12 +8,14 @@ read it, results that outlive the longest run, and task events for Flower.
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from celery import Celery
 
-from sage_tasks.config import Settings
+from sage_tasks.config import Settings, load_settings
 
 TASK_RUN = "sage.run_ticket"
 TASK_COMMIT = "sage.commit_ticket"
@@ -111,4 +113,41 @@ def make_app(settings: Settings) -> Celery:
     from sage_tasks.tasks import register_tasks
 
     register_tasks(app)
+    return app
+
+
+@functools.cache
+def default_app() -> Celery:
+    """The app Celery's own command line finds as ``celery -A sage_tasks``.
+
+    Built on first use from the ``SAGE_*`` settings (nothing connects at
+    import), once per process. A ``celery -A sage_tasks worker`` started on it
+    behaves as ``sage-worker tickets``: it serves the ticket queue (Celery's
+    default queue here) and clears a crashed worker's leftovers first. The
+    commit queue is refused: only ``sage-worker commit --repo PATH`` knows
+    which repository it may write to.
+    """
+    from celery import signals
+
+    app = make_app(load_settings())
+
+    def check_queues(sender: object = None, instance: Any = None, **_: Any) -> None:
+        if instance is None or instance.app is not app:
+            return
+        settings: Settings = app.sage_settings
+        queues = set(instance.app.amqp.queues.consume_from or ())
+        if settings.commit_queue in queues:
+            print(
+                f"error: queue '{settings.commit_queue}' is the commit queue; start its one "
+                "worker with: sage-worker commit --repo PATH",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        if settings.ticket_queue in queues:
+            from sage_tasks.gitops import prune_workdir
+
+            settings.workdir.mkdir(parents=True, exist_ok=True)
+            prune_workdir(settings.workdir)
+
+    signals.celeryd_after_setup.connect(check_queues, weak=False)
     return app
