@@ -40,7 +40,7 @@ IMAGE = "sage-tasks-worker"
 #: the repository's owner: a uid no account in the image or on the host has
 REPO_UID = 10002
 #: short enough that a killed container's ticket comes back within the test
-VISIBILITY_TIMEOUT = 45
+VISIBILITY_TIMEOUT = 30
 STARTED = time.monotonic()
 
 
@@ -87,8 +87,6 @@ class Stack:
         """The submitting host's environment: the broker with the compose file's password."""
         env = dict(os.environ)
         env["SAGE_BROKER_URL"] = self.broker_url
-        # the repository belongs to REPO_UID; this host's git may read it anyway
-        env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="safe.directory", GIT_CONFIG_VALUE_0="*")
         return env
 
     def sage(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -131,7 +129,6 @@ class Stack:
     def set_tickets(self, index: list[dict[str, Any]]) -> None:
         """Commit ``index`` as the ticket index on main, in place (the containers hold the
         folder mounted); everything stays owned by REPO_UID."""
-        chown_tree(self.repo, os.getuid())
         commit_files(self.repo, "main", {INDEX: index_bytes({"version": "1.0", "tickets": index})})
         chown_tree(self.repo, REPO_UID)
 
@@ -174,6 +171,16 @@ def project_leftovers() -> dict[str, list[str]]:
     return found
 
 
+@pytest.fixture(scope="module", autouse=True)
+def git_reads_any_owners_repository() -> Iterator[None]:
+    """The repository belongs to REPO_UID; the host's git (sage-submit's, the tests') reads it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GIT_CONFIG_COUNT", "1")
+        mp.setenv("GIT_CONFIG_KEY_0", "safe.directory")
+        mp.setenv("GIT_CONFIG_VALUE_0", "*")
+        yield
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("compose")
@@ -190,7 +197,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "REPO_GID": str(REPO_UID),
         "REDIS_PORT": str(free_port()),
         "FLOWER_PORT": str(free_port()),
-        "SAGE_TICKET_TIMEOUT": "30",
+        "SAGE_TICKET_TIMEOUT": "20",
         "SAGE_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
     }
     stack = Stack(env, repo, int(env["REDIS_PORT"]), int(env["FLOWER_PORT"]))
