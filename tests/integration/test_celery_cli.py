@@ -8,11 +8,13 @@ project; a ``celery -A sage_tasks worker`` serves tickets as
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import pytest
 
 from tests.support.fleet import Fleet, bin_path, empty_fleet, graph_runner, unique_queue, wait_until
 from tests.support.gitrepo import make_repo
+from tests.support.redis_server import free_port
 from tests.support.runs import ticket, ticket_log, writes
 
 
@@ -141,3 +144,45 @@ def test_a_celery_worker_asked_to_serve_the_commit_queue_refuses_in_one_line(
     log = fleet.log("celery-commit")
     assert "queue 'commit' is the commit queue" in log and "sage-worker commit --repo" in log
     assert "Traceback" not in log
+
+
+def test_purge_deletes_the_tickets_waiting_on_the_queue(fleet: Fleet, tmp_path: Path) -> None:
+    queue = unique_queue()
+    index = {"version": "1.0", "tickets": [ticket("P1", "true"), ticket("P2", "true")]}
+    repo = make_repo(tmp_path / "repo", {}, index)
+    fleet.start_commit(repo, queue)  # prepares the run; no ticket worker takes its tickets
+    fleet.launch(repo, queue)
+    assert wait_until(lambda: fleet.redis.client().llen("tickets") == 2, timeout=60), fleet.logs()
+    proc = celery(fleet, "purge", "-f", "-Q", "tickets")
+    assert proc.returncode == 0, proc.stderr
+    assert "Purged 2 messages" in proc.stdout, proc.stdout
+    assert fleet.redis.client().llen("tickets") == 0
+
+
+def test_celery_flower_on_the_package_shows_the_sage_workers(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.start_tickets("tickets", concurrency=1)
+    port = free_port()
+    log = open(tmp_path / "flower.log", "wb")  # noqa: SIM115 - owned by the child
+    proc = subprocess.Popen(
+        [bin_path("celery"), "-A", "sage_tasks", "flower", f"--port={port}",
+         "--address=127.0.0.1", "--basic-auth=admin:flower-pw"],
+        stdout=log, stderr=subprocess.STDOUT, env=fleet.env(), start_new_session=True,
+    )  # fmt: skip
+    log.close()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers?refresh=1")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"admin:flower-pw").decode())
+
+    def lists_the_worker() -> bool:
+        try:
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                return any(n.startswith("tickets@") for n in json.loads(resp.read()))
+        except OSError:
+            return False
+
+    try:
+        assert wait_until(lists_the_worker, timeout=60, interval=1), (
+            tmp_path / "flower.log"
+        ).read_text()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
