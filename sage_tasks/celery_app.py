@@ -138,7 +138,7 @@ def default_app() -> Celery:
         queues = set(instance.app.amqp.queues.consume_from or ())
         if settings.commit_queue in queues:
             print(
-                f"error: queue '{settings.commit_queue}' is the commit queue; start its one "
+                f"sage: error: queue '{settings.commit_queue}' is the commit queue; start its one "
                 "worker with: sage-worker commit --repo PATH",
                 file=sys.stderr,
             )

@@ -39,7 +39,7 @@ start_engine() {
   done
   local why
   why="$(grep -iE 'level=(fatal|error)|failed|error' "$DOCKERD_LOG" | tail -n 1 | cut -c1-200)"
-  stop_engine
+  stop_engine quietly
   echo "test-compose: cannot start dockerd: ${why:-no answer within 60 s}" >&2
   return 1
 }
@@ -53,7 +53,7 @@ stop_engine() {
   done
   kill -KILL "$STARTED_DOCKERD_PID" 2>/dev/null || true
   wait "$STARTED_DOCKERD_PID" 2>/dev/null || true
-  say "$(stamp)stopped the dockerd it started"
+  [ "${1:-}" = quietly ] || say "$(stamp)stopped the dockerd it started"
   STARTED_DOCKERD_PID=""
   rm -f "$DOCKERD_LOG"
 }
@@ -92,8 +92,16 @@ base_image() {
   fi
   say "$(stamp)$tag cannot be pulled: building a stand-in from Debian bookworm"
   standin_base || return 1
-  docker build -q -t "$tag" --label org.sage-tasks.standin=1 \
-    --build-arg "BASE=$STANDIN_BASE" -f "$HERE/standins/$standin" "$HERE/standins" >/dev/null
+  local log
+  log="$(mktemp /tmp/sage-standin-build.XXXXXX.log)"
+  if ! docker build -t "$tag" --label org.sage-tasks.standin=1 \
+      --build-arg "BASE=$STANDIN_BASE" -f "$HERE/standins/$standin" "$HERE/standins" \
+      >"$log" 2>&1; then
+    tail -n 20 "$log" >&2
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
 }
 
 ensure_base_images() {

@@ -7,6 +7,7 @@
 # one line saying why, when there is no engine to run them on.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
+export TEST_COMPOSE_STARTED="$(date +%s)"
 source tests/compose/engine.sh
 
 missing=""
