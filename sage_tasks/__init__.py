@@ -14,14 +14,13 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-#: the names Celery's ``-A`` option looks up on a package
-_APP_NAMES = frozenset({"celery", "app"})
 
 
 def __getattr__(name: str) -> Celery:
-    """``sage_tasks.celery`` / ``sage_tasks.app``: the app, made on first use."""
-    if name in _APP_NAMES:
-        from sage_tasks.celery_app import default_app
+    """``sage_tasks.celery``: the app, made on first use (``sage_tasks.app`` is its layer)."""
+    if name == "celery":
+        # deferred: importing the package must not load Celery or build an app
+        from sage_tasks.app.celery_app import default_app
 
         return default_app()
     raise AttributeError(f"module 'sage_tasks' has no attribute {name!r}")

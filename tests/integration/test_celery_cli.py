@@ -56,7 +56,7 @@ def test_importing_the_package_builds_no_app_and_connects_to_nothing() -> None:
     code = (
         "import sys, sage_tasks; "
         "assert 'celery' not in sys.modules and 'redis' not in sys.modules, sorted(sys.modules); "
-        "app = sage_tasks.celery; assert app is sage_tasks.app; "
+        "app = sage_tasks.celery; assert app is sage_tasks.celery; "
         "print(app.conf.broker_url, sorted(n for n in app.tasks if n.startswith('sage.')))"
     )
     env = {**os.environ, "SAGE_BROKER_URL": "redis://nowhere.invalid:1/0"}

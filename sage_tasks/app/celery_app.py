@@ -13,14 +13,13 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from celery import Celery
+from celery import Celery, signals
 
+from sage_tasks.app import compat, monitoring
+from sage_tasks.app.tasks import register_tasks
 from sage_tasks.config import Settings, load_settings
-
-TASK_RUN = "sage.run_ticket"
-TASK_COMMIT = "sage.commit_ticket"
-TASK_BATCH_DONE = "sage.batch_done"
-TASK_PREPARE = "sage.prepare_run"
+from sage_tasks.dispatch.names import TASK_RUN
+from sage_tasks.gitops import prune_workdir
 
 
 def _ssl_options(url: str) -> dict[str, Any] | None:
@@ -47,8 +46,6 @@ def verified_url(url: str) -> str:
 
 def make_app(settings: Settings) -> Celery:
     """A configured Celery app with sage-tasks' tasks registered on it."""
-    from sage_tasks import compat, monitoring
-
     compat.install()
     monitoring.install()  # what Flower and the workers' logs show of each task
     app = Celery("sage_tasks", broker=settings.broker_url, backend=settings.backend_url)
@@ -94,7 +91,7 @@ def make_app(settings: Settings) -> Celery:
         task_send_sent_event=True,
         task_default_queue=settings.ticket_queue,
         task_routes={
-            "sage.run_ticket": {"queue": settings.ticket_queue},
+            TASK_RUN: {"queue": settings.ticket_queue},
         },
         worker_hijack_root_logger=False,
         broker_channel_error_retry=True,
@@ -109,9 +106,6 @@ def make_app(settings: Settings) -> Celery:
     if backend_ssl:
         app.conf.redis_backend_use_ssl = backend_ssl
     app.sage_settings = settings  # type: ignore[attr-defined]
-
-    from sage_tasks.tasks import register_tasks
-
     register_tasks(app)
     return app
 
@@ -127,8 +121,6 @@ def default_app() -> Celery:
     commit queue is refused: only ``sage-worker commit --repo PATH`` knows
     which repository it may write to.
     """
-    from celery import signals
-
     app = make_app(load_settings())
 
     def check_queues(sender: object = None, instance: Any = None, **_: Any) -> None:
@@ -144,8 +136,6 @@ def default_app() -> Celery:
             )
             raise SystemExit(2)
         if settings.ticket_queue in queues:
-            from sage_tasks.gitops import prune_workdir
-
             settings.workdir.mkdir(parents=True, exist_ok=True)
             prune_workdir(settings.workdir)
 
