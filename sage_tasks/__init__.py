@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-
 def __getattr__(name: str) -> Celery:
     """``sage_tasks.celery``: the app, made on first use (``sage_tasks.app`` is its layer)."""
     if name == "celery":

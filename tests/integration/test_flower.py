@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -391,8 +392,10 @@ def test_flower_finds_celery_on_the_path_when_it_is_not_beside_the_interpreter(
         server.stop(kill=True)
 
 
-def test_flower_without_a_celery_script_anywhere_says_so_in_one_line(tmp_path: Path) -> None:
-    cmd, env = system_python_env(str(tmp_path / "empty"))
+def test_flower_without_a_celery_script_anywhere_says_so_in_one_line() -> None:
+    system_path = "/usr/bin:/bin"  # git, but no celery
+    assert shutil.which("celery", path=system_path) is None
+    cmd, env = system_python_env(system_path)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
     assert proc.returncode == 3, proc.stderr
     lines = proc.stderr.splitlines()
