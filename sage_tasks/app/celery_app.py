@@ -127,7 +127,8 @@ def default_app() -> Celery:
         if instance is None or instance.app is not app:
             return
         settings: Settings = app.sage_settings
-        queues = set(instance.app.amqp.queues.consume_from or ())
+        # without -Q a worker consumes every queue the app knows (here: the ticket queue)
+        queues = set(instance.app.amqp.queues.consume_from or instance.app.amqp.queues)
         if settings.commit_queue in queues:
             print(
                 f"sage: error: queue '{settings.commit_queue}' is the commit queue; start its one "
