@@ -82,7 +82,8 @@ class RunStatus(StrEnum):
     SUBMITTED = "SUBMITTED"
     RUNNING = "RUNNING"
     FINISHED = "FINISHED"
-    FAILED = "FAILED"  # could not start (e.g. the branch could not be prepared)
+    #: could not start (e.g. the branch could not be prepared), or its --local command ended first
+    FAILED = "FAILED"
 
 
 @dataclass
