@@ -71,6 +71,8 @@ save ""
 maxmemory-policy noeviction
 loglevel warning
 daemonize no
+# a ticket's record (a hash with a few values past 64 bytes) stays compact (deploy/redis.conf)
+hash-max-ziplist-value 1024
 """
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -24,6 +23,7 @@ from sage_tasks.errors import BrokerUnavailable, ConfigError, UnknownRun
 from sage_tasks.store.broker import connect
 from sage_tasks.store.runstate import RunStore
 from sage_tasks.views.follow import follow, render_summary
+from sage_tasks.views.output import write_json
 from sage_tasks.views.plan_view import render_plan
 from sage_tasks.views.report import write_report
 from sage_tasks.views.status_view import show_status
@@ -45,6 +45,7 @@ def wait_for(
     as_json: bool,
     on_poll: Callable[[], None] | None = None,
     report: Path | None = None,
+    show_all: bool = False,
 ) -> int:
     """Follow a run to its end, print the summary (and write its report); returns the exit code."""
 
@@ -52,12 +53,12 @@ def wait_for(
         return RunStore(connect(sub_settings.backend_url), ttl=sub_settings.result_expires)
 
     summary = follow(store, run_id, console=human, on_poll=on_poll)
-    render_summary(summary, human)
+    render_summary(summary, human, show_all=show_all)
     if report is not None:
         write_report(store(), run_id, report)
         human.print(f"report: {report}", highlight=False)
     if as_json:
-        out.print_json(json.dumps(summary.to_json()))
+        write_json(summary.to_json())
     return summary.exit_code()
 
 
@@ -69,10 +70,11 @@ def _run_local(
     as_json: bool,
     report: Path | None,
     flower: int | None,
+    show_all: bool,
 ) -> int:
     """``--local``: the submission on the repository's private Redis and workers of this machine."""
     concurrency = sub.plan.parallel or os.cpu_count() or 1
-    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)")
+    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)", show_all=show_all)
     with local_fleet(sub.repo, concurrency, sub.settings, human, flower=flower) as (
         fleet,
         settings,
@@ -93,6 +95,7 @@ def _run_local(
             as_json=as_json,
             on_poll=fleet.check,
             report=report,
+            show_all=show_all,
         )
     me = sys.argv[0] if sys.argv[0].endswith("sage-submit") else "sage-submit"
     where = f"--local --repo {shlex.quote(str(sub.repo))}"
@@ -138,6 +141,7 @@ def _report_target(path: str | None) -> Path | None:
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; submit nothing.")
 @click.option("--wait", is_flag=True, help="Follow the run with a progress display until it ends.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--all", "show_all", is_flag=True, help="Show every batch and ticket, however many.")
 @click.option(
     "--local",
     is_flag=True,
@@ -193,6 +197,7 @@ def cli(
     dry_run: bool,
     wait: bool,
     as_json: bool,
+    show_all: bool,
     local: bool,
     report_path: str | None,
     flower_port: int | None,
@@ -231,31 +236,46 @@ def cli(
 
     if dry_run:
         if as_json:
-            out.print_json(json.dumps(sub.plan.to_json()))
+            write_json(sub.plan.to_json())
         else:
-            render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (dry run)")
+            title = f"{sub.repo} → {sub.branch} (dry run)"
+            render_plan(sub.plan, human, title=title, show_all=show_all)
         return
     if local:
         sys.exit(
             _run_local(
-                sub, human=human, out=out, as_json=as_json, report=report_to, flower=flower_port
+                sub,
+                human=human,
+                out=out,
+                as_json=as_json,
+                report=report_to,
+                flower=flower_port,
+                show_all=show_all,
             )
         )
     connect(settings.backend_url)  # an unreachable broker is one line, before any output
     if not wait:
         # stdout carries only the run id (or its JSON), so RUN=$(sage-submit ...) works
         human = Console(stderr=True, highlight=False, soft_wrap=True)
-    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch}")
+    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch}", show_all=show_all)
     send(sub)
     human.print(f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch}", highlight=False)
     if not wait:
         if as_json:
-            out.print_json(json.dumps({"run_id": sub.run_id, "branch": sub.branch}))
+            write_json({"run_id": sub.run_id, "branch": sub.branch})
         else:
             click.echo(sub.run_id)
         return
     sys.exit(
-        wait_for(settings, sub.run_id, human=human, out=out, as_json=as_json, report=report_to)
+        wait_for(
+            settings,
+            sub.run_id,
+            human=human,
+            out=out,
+            as_json=as_json,
+            report=report_to,
+            show_all=show_all,
+        )
     )
 
 
@@ -297,6 +317,7 @@ _LOCAL_REPO = click.option("--repo", help="With --local: the repository (path) [
 @cli.command()
 @click.argument("run_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--all", "show_all", is_flag=True, help="List every ticket, however many.")
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
 @_LOCAL_READ
 @_LOCAL_REPO
@@ -306,6 +327,7 @@ def status(
     ctx: click.Context,
     run_id: str | None,
     as_json: bool,
+    show_all: bool,
     broker: str | None,
     local: bool,
     repo: str | None,
@@ -317,7 +339,7 @@ def status(
     """
     human, out = _consoles(as_json)
     with _run_store(ctx, broker=broker, local=local, repo=repo, run_id=run_id) as store:
-        show_status(store, run_id, human=human, out=out, as_json=as_json)
+        show_status(store, run_id, human=human, out=out, as_json=as_json, show_all=show_all)
 
 
 @cli.command()
@@ -377,12 +399,10 @@ def check(
     settings = load_settings(
         broker_url=broker or ctx.obj.get("broker"), commit_queue=commit_queue, executor=executor
     )
-    human, out = _consoles(as_json)
+    human, _ = _consoles(as_json)
     report = run_checks(settings, repo=repo, repo_url=repo_url, index=index, parallel=parallel)
     if as_json:
-        out.print_json(
-            json.dumps({"ready": report.ready, "checks": [f.to_json() for f in report.findings]})
-        )
+        write_json({"ready": report.ready, "checks": [f.to_json() for f in report.findings]})
     else:
         for f in report.findings:
             mark = "[cyan]i[/]" if f.info else ("[green]ok[/]" if f.ok else "[red]FAIL[/]")
