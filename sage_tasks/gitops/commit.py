@@ -171,8 +171,12 @@ class CommitTarget:
         tree: str | None = None
         if state is State.COMPLETED:
             doc.set_state(ticket_id, State.COMPLETED)
-            exact = self._preimages_at(head_sha, files)
-            tree, conflicts, failure = self._apply(head_tree, body, old, doc.dumps(), exact, doc)
+            tree = self._in_process(head_tree, patch or b"", files, doc)
+            if tree is None:
+                exact = self._preimages_at(head_sha, files)
+                tree, conflicts, failure = self._apply(
+                    head_tree, body, old, doc.dumps(), exact, doc
+                )
             if tree is None and conflicts and rerun_on_conflict:
                 return CommitResult(head_sha, State.DEFERRED, conflicts, rerun=True)
             if tree is None:
@@ -184,6 +188,8 @@ class CommitTarget:
                 )
         if tree is None:
             doc.set_state(ticket_id, State.DEFERRED, reason)
+            tree = self._in_process(head_tree, b"", [], doc)
+        if tree is None:
             tree, _, failure = self._apply(head_tree, b"", old, doc.dumps(), True, doc)
             if tree is None:
                 raise GitError(f"cannot update {self.index_path}: {failure}", tickets=[ticket_id])
@@ -251,6 +257,20 @@ class CommitTarget:
             if sha is not None:
                 return CommitResult(sha, State.DEFERRED, already=True)
         return None
+
+    def _in_process(
+        self, head_tree: str, patch: bytes, files: list[FileDiff], doc: IndexDocument
+    ) -> str | None:
+        """The tree of ``head_tree`` + ``files`` + the index ``doc``, built without git; or None.
+
+        Reads and writes only the files the patch changes and the trees
+        above them (see :mod:`.treepatch`); None when git must merge.
+        """
+        data = doc.dumps()
+        tree = self.repo.patcher.patch_tree(head_tree, patch, files, {self.index_path: data})
+        if tree is not None:
+            self.repo.last_index = (self.repo.blob_id(data), data, doc)
+        return tree
 
     def _apply(
         self,
