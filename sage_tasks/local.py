@@ -240,4 +240,7 @@ def local_fleet(
             )
     finally:
         fleet.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        from sage_tasks.gitops.removal import remove_tree
+
+        with suppress(OSError):
+            remove_tree(root)  # a big repository's worktrees: several threads
