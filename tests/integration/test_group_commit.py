@@ -12,10 +12,10 @@ import json
 import time
 from pathlib import Path
 
-from sage_tasks import committer
 from sage_tasks.config import Settings
-from sage_tasks.runstate import RunStore
-from sage_tasks.runtime import Runtime
+from sage_tasks.store.runstate import RunStore
+from sage_tasks.work import committer
+from sage_tasks.work.runtime import Runtime
 from tests.support.gitrepo import INDEX, git, make_patch, make_repo, ticket, ticket_state
 from tests.support.redis_server import RedisServer
 from tests.support.runs import run_info

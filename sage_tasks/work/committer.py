@@ -10,26 +10,25 @@ trailer check make a lost lock or a second delivery harmless.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+import time
+from dataclasses import replace
 from typing import Any
 
-from sage_tasks import groupcommit, keys
 from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected, SageError
-from sage_tasks.gitops import ChainItem, CommitResult, CommitTarget
-from sage_tasks.lock import CommitLock
-from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo
-from sage_tasks.runtime import Runtime
-from sage_tasks.ticket_runner import check_ids
+from sage_tasks.gitops import ChainItem, CommitResult, CommitTarget, prepare_branch
+from sage_tasks.store import keys
+from sage_tasks.store.keys import check_ids
+from sage_tasks.store.lock import CommitLock
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
+from sage_tasks.work import groupcommit
+from sage_tasks.work.groupcommit import Planned
+from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 #: how long the single commit slot waits for the lock before retrying later
 LOCK_WAIT_S = 2.0
-
-
-class RepositoryRefused(SageError):
-    """A commit task names a repository this commit worker was not started for."""
 
 
 #: ``commit_ticket``'s state for a conflicting ticket that runs again (``--conflict-retries``)
@@ -70,12 +69,7 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     info, record, stored_patch = store.snapshot(run_id, ticket_id, digest)
     if info is None:
         return committed(ticket_id, "LOST")
-    if not rt.serves(info.repo):
-        raise RepositoryRefused(
-            f"refused: ticket {ticket_id} of run {run_id} names repository {info.repo!r}, "
-            f"this commit worker serves {sorted(rt.repo_identities)}",
-            tickets=(ticket_id,),
-        )
+    rt.check_serves(info.repo, f"ticket {ticket_id} of run {run_id}", tickets=(ticket_id,))
     if not isinstance(result, dict) or result.get("ticket") != ticket_id:
         raise SageError(f"refused: malformed outcome for ticket {ticket_id}", tickets=(ticket_id,))
     if record.get("state") in FINAL_PHASES:
@@ -102,9 +96,9 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         if now in FINAL_PHASES:
             # written meanwhile, in another task's chain
             return committed(ticket_id, now)
-        others = groupcommit.gather(rt, info, run_id, ticket_id)
+        others = groupcommit.gather(rt, info, run_id, ticket_id, plan_commit)
         if others:
-            return groupcommit.commit_group(rt, target, run_id, planned, others)
+            return _commit_group(rt, target, run_id, planned, others)
         item = planned.item
         hook = lambda: rt.inject("before-update-ref")  # noqa: E731
         try:
@@ -142,12 +136,26 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     return committed(ticket_id, final.value)
 
 
-@dataclass(frozen=True)
-class Planned:
-    """A ticket's outcome as the commit it asks for, and its conflict re-runs so far."""
-
-    item: ChainItem
-    reruns: int
+def _commit_group(
+    rt: Runtime, target: CommitTarget, run_id: str, own: Planned, others: list[Planned]
+) -> dict[str, Any]:
+    """Commit ``own`` and ``others`` as one chain (under the lock); ``own``'s task result."""
+    members = [own, *others]
+    results = groupcommit.commit_chain(rt, target, members)
+    mine = committed(own.item.ticket_id, "")
+    for planned, res in zip(members, results, strict=True):
+        ticket_id = planned.item.ticket_id
+        if res.rerun:
+            if planned is own:
+                rt.store.rerun_ticket(run_id, ticket_id, res.conflicts)
+                log.info("ticket %s conflicts in %s: run again", ticket_id, res.conflicts)
+                mine = committed(ticket_id, RERUN)
+            continue  # another's conflict: its own task runs it again
+        final = record_commit(rt, target, run_id, planned, res)
+        if planned is own:
+            mine = committed(ticket_id, final.value)
+    log.info("group commit of %d tickets of run %s", len(members), run_id)
+    return mine
 
 
 def plan_commit(
@@ -216,18 +224,11 @@ def record_commit(
 
 def prepare_run(rt: Runtime, run_id: str) -> bool:
     """Create (or resume) the run's branch; True when the run may send its first batch."""
-    from sage_tasks.gitops import prepare_branch
-    from sage_tasks.runstate import RunStatus
-
     store = rt.store
     info = store.get(run_id)
     if info is None or info.status != RunStatus.SUBMITTED:
         return False
-    if not rt.serves(info.repo):
-        raise RepositoryRefused(
-            f"refused: run {run_id} names repository {info.repo!r}, "
-            f"this commit worker serves {sorted(rt.repo_identities)}"
-        )
+    rt.check_serves(info.repo, f"run {run_id}")
     assert rt.repo_path is not None
     try:
         branch = prepare_branch(
@@ -238,7 +239,6 @@ def prepare_run(rt: Runtime, run_id: str) -> bool:
         return False
     if not store.claim_batch_done(run_id, -1):
         return False
-    import time
 
     store.update(
         run_id,

@@ -18,29 +18,39 @@ the ticket index and only records it).
 from __future__ import annotations
 
 import json
-import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from sage_tasks.runstate import Phase, RunInfo
-
-if TYPE_CHECKING:
-    from sage_tasks.committer import Planned
-    from sage_tasks.gitops import CommitTarget
-    from sage_tasks.runtime import Runtime
-
-log = logging.getLogger(__name__)
+from sage_tasks.gitops import ChainItem, CommitResult, CommitTarget
+from sage_tasks.store.runstate import Phase, RunInfo
+from sage_tasks.work.runtime import Runtime
 
 #: at most this many tickets in one chain (a long chain delays its first ticket's record)
 MAX_CHAIN = 32
 
 
-def gather(rt: Runtime, info: RunInfo, run_id: str, own: str) -> list[Planned]:
+@dataclass(frozen=True)
+class Planned:
+    """A ticket's outcome as the commit it asks for, and its conflict re-runs so far."""
+
+    item: ChainItem
+    reruns: int
+
+
+#: turns a ticket's run record, outcome and patch into what it commits (None: superseded)
+Plan = Callable[
+    [RunInfo, dict[str, str], dict[str, Any], "bytes | None", str, str], "Planned | None"
+]
+
+
+def gather(rt: Runtime, info: RunInfo, run_id: str, own: str, plan: Plan) -> list[Planned]:
     """The other tickets of the run whose outcome waits and can be committed now."""
     found: list[Planned] = []
     for ticket_id in rt.store.waiting(run_id):
         if ticket_id == own:
             continue
-        planned = _waiting(rt, info, run_id, ticket_id)
+        planned = _waiting(rt, info, run_id, ticket_id, plan)
         if planned is not None:
             found.append(planned)
             if len(found) >= MAX_CHAIN - 1:
@@ -48,10 +58,8 @@ def gather(rt: Runtime, info: RunInfo, run_id: str, own: str) -> list[Planned]:
     return found
 
 
-def _waiting(rt: Runtime, info: RunInfo, run_id: str, ticket_id: str) -> Planned | None:
+def _waiting(rt: Runtime, info: RunInfo, run_id: str, ticket_id: str, plan: Plan) -> Planned | None:
     """What a waiting ticket's recorded outcome commits; None when it is not one to take."""
-    from sage_tasks.committer import plan_commit
-
     record = rt.store.ticket(run_id, ticket_id)
     if record.get("state") != Phase.RAN.value or not record.get("result"):
         return None
@@ -64,31 +72,14 @@ def _waiting(rt: Runtime, info: RunInfo, run_id: str, ticket_id: str) -> Planned
     if result.get("outcome") not in ("ok", "failed"):
         return None  # done, lost or blocked: its own task records those
     digest = str(result.get("patch") or "") if result.get("outcome") == "ok" else ""
-    _, _, patch = rt.store.snapshot(run_id, ticket_id, digest) if digest else (None, None, None)
-    return plan_commit(info, record, result, patch, run_id, ticket_id)
+    patch = rt.store.snapshot(run_id, ticket_id, digest)[2] if digest else None
+    return plan(info, record, result, patch, run_id, ticket_id)
 
 
-def commit_group(
-    rt: Runtime, target: CommitTarget, run_id: str, own: Planned, others: list[Planned]
-) -> dict[str, Any]:
-    """Commit ``own`` and ``others`` as one chain (under the lock); ``own``'s task result."""
-    from sage_tasks.committer import RERUN, committed, record_commit
-
+def commit_chain(rt: Runtime, target: CommitTarget, members: list[Planned]) -> list[CommitResult]:
+    """Write ``members`` as one chain and move the branch once (under the lock)."""
     hook = lambda: rt.inject("before-update-ref")  # noqa: E731
-    members = [own, *others]
     results = target.commit_chain([m.item for m in members], before_update_ref=hook)
+    # the branch has moved, the run's record does not know it yet
     rt.inject("after-update-ref")
-    mine = committed(own.item.ticket_id, "")
-    for planned, res in zip(members, results, strict=True):
-        ticket_id = planned.item.ticket_id
-        if res.rerun:
-            if planned is own:
-                rt.store.rerun_ticket(run_id, ticket_id, res.conflicts)
-                log.info("ticket %s conflicts in %s: run again", ticket_id, res.conflicts)
-                mine = committed(ticket_id, RERUN)
-            continue  # another's conflict: its own task runs it again
-        final = record_commit(rt, target, run_id, planned, res)
-        if planned is own:
-            mine = committed(ticket_id, final.value)
-    log.info("group commit of %d tickets of run %s", len(members), run_id)
-    return mine
+    return results
