@@ -314,11 +314,24 @@ class Repository:
     def patcher(self) -> TreePatcher:
         """Applies patches to this repository's trees in process (see :mod:`.treepatch`)."""
 
+        # through a weak reference: no cycle, so the repository's helpers still stop
+        # as soon as the last reference to it goes
+        ref = weakref.ref(self)
+
+        def repo() -> Repository:
+            found = ref()
+            if found is None:
+                raise GitError("the repository was closed")
+            return found
+
         def read(oid: str) -> tuple[str, bytes] | None:
-            obj = self.read(oid)
+            obj = repo().read(oid)
             return (obj.type, obj.data) if obj is not None else None
 
-        return TreePatcher(read, self.write_object, self.object_format)
+        def write(kind: str, data: bytes) -> str:
+            return repo().write_object(kind, data)
+
+        return TreePatcher(read, write, self.object_format)
 
     def with_blob(self, tree: str, path: str, data: bytes) -> str | None:
         """The id of ``tree`` with the existing regular file ``path`` holding ``data``.
