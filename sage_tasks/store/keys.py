@@ -60,6 +60,11 @@ def running(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:running"
 
 
+def waiting(run_id: str) -> str:
+    """Set: ids of the tickets whose outcome waits for the commit queue (group commit)."""
+    return f"{PREFIX}:run:{run_id}:waiting"
+
+
 def batch(run_id: str, index: int) -> str:
     """Hash: one batch's record (chord group id, tickets, sent and done times)."""
     return f"{PREFIX}:run:{run_id}:batch:{index}"

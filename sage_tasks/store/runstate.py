@@ -247,6 +247,10 @@ class RunStore:
         patch = bytes(found[2]) if digest and found[2] is not None else None
         return _run_info(found[0]), _decode(found[1]), patch
 
+    def waiting(self, run_id: str) -> list[str]:
+        """The tickets whose outcome waits for the commit queue (some may be final by now)."""
+        return sorted(m.decode() for m in self.r.smembers(keys.waiting(run_id)))
+
     def progress(self, run_id: str) -> tuple[RunInfo | None, dict[str, str], list[str]]:
         """What a follower needs each poll, cheaply: the record, the finals, what runs."""
         info = self.get(run_id)
@@ -450,6 +454,7 @@ class RunStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.hincrby(key, "conflict_reruns", 1)
         pipe.hdel(key, "result")
+        pipe.srem(keys.waiting(run_id), ticket_id)
         pipe.hset(
             key,
             mapping={
@@ -485,6 +490,10 @@ class RunStore:
         }
         done = self._set_unless_final(run_id, ticket_id, fields, running=False)
         if done:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.sadd(keys.waiting(run_id), ticket_id)
+            pipe.expire(keys.waiting(run_id), self.ttl)
+            pipe.execute()
             events.ticket_event(
                 run_id,
                 ticket_id,
@@ -526,6 +535,7 @@ class RunStore:
         final_keys = (keys.final(run_id), keys.counts(run_id))
         pipe.eval(_SET_FINAL, 2, *final_keys, ticket_id, state.value, self.ttl)
         pipe.srem(keys.running(run_id), ticket_id)
+        pipe.srem(keys.waiting(run_id), ticket_id)
         pipe.hmget(key, ["duration", "slot"])
         duration, slot = pipe.execute()[-1]
         events.ticket_event(
