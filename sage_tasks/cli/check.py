@@ -58,6 +58,17 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def is_local_path(url: str) -> bool:
+    """True for a path or ``file://`` URL; False for a network URL (``git://``, ``ssh://``,
+    ``https://``, scp-like ``host:path``), which any host may try to read."""
+    if url.startswith("file://"):
+        return True
+    if "://" in url:
+        return False
+    head = url.split("/", 1)[0]
+    return ":" not in head
+
+
 def check_workers(settings: Settings, report: CheckReport, timeout: float = 3.0) -> None:
     """Which workers consume which queues, asked over the broker's control channel."""
     app = make_app(settings)
@@ -134,14 +145,24 @@ def run_checks(
         report.add("repository", False, str(exc))
         return report
     url = repo_url or str(root)
-    problem = gitops.url_readable(url)
-    report.add(
-        "repository URL",
-        problem is None,
-        f"{gitops.redact_url(url)} is readable"
-        if problem is None
-        else f"{gitops.redact_url(url)}: {problem}",
-    )
+    if repo_url and is_local_path(repo_url):
+        # the workers' name for the repository (e.g. /repo inside their containers):
+        # a path on their hosts, which means nothing on this one
+        report.add(
+            "repository URL",
+            True,
+            f"{repo_url} is a path on the workers' hosts; they read it, this host does not",
+            info=True,
+        )
+    else:
+        problem = gitops.url_readable(url)
+        report.add(
+            "repository URL",
+            problem is None,
+            f"{gitops.redact_url(url)} is readable"
+            if problem is None
+            else f"{gitops.redact_url(url)}: {problem}",
+        )
     index_path = index or DEFAULT_INDEX_PATH
     try:
         data = gitops.read_index_at(root, gitops.resolve_ref(root, "HEAD"), index_path)

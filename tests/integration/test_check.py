@@ -9,22 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fleet import Fleet, bin_path, unique_queue, wait_until
+from tests.support.fleet import Fleet, bin_path, empty_fleet, unique_queue, wait_until
 from tests.support.gitrepo import make_repo
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import free_port
 from tests.support.runs import ticket
 
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    f = Fleet(tmp_path / "fleet", server)
-    try:
+    with empty_fleet(tmp_path) as f:
         yield f
-    finally:
-        f.stop()
-        server.stop(kill=True)
 
 
 def check(fleet: Fleet, *args: str, broker: str | None = None) -> tuple[int, dict[str, dict]]:
@@ -94,8 +88,28 @@ def test_an_unreachable_broker_and_an_unreadable_url_are_each_one_finding(
 ) -> None:
     repo = repo_with_tickets(tmp_path)
     broker = f"redis://:secret@127.0.0.1:{free_port()}/0"
-    code, checks = check(fleet, "--repo", str(repo), "--repo-url", str(tmp_path / "nowhere"),
-                         broker=broker)  # fmt: skip
+    url = f"git://127.0.0.1:{free_port()}/nowhere.git"
+    code, checks = check(fleet, "--repo", str(repo), "--repo-url", url, broker=broker)
     assert code == 3
     assert not checks["broker"]["ok"] and "secret" not in checks["broker"]["detail"]
     assert not checks["repository URL"]["ok"]
+
+
+def test_a_path_the_workers_read_the_repository_at_is_not_looked_up_on_this_host(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    repo = repo_with_tickets(tmp_path)
+    queue = unique_queue()
+    fleet.start_tickets("tickets", concurrency=1)
+    # the commit worker knows the repository by the name the workers use, as in a container
+    fleet.start(
+        "commit", "commit", "--repo", str(repo), "--repo-url", "/repo", "--commit-queue", queue
+    )
+    args = ["--repo", str(repo), "--repo-url", "/repo", "--commit-queue", queue]
+    assert wait_until(lambda: check(fleet, *args)[0] == 0, timeout=60, interval=1), fleet.logs()
+    _, checks = check(fleet, *args)
+    finding = checks["repository URL"]
+    assert finding["info"] and "/repo is a path on the workers' hosts" in finding["detail"]
+    for local_name in (str(tmp_path / "nowhere"), f"file://{tmp_path}/nowhere"):
+        _, checks = check(fleet, "--repo", str(repo), "--repo-url", local_name)
+        assert checks["repository URL"]["info"], local_name

@@ -161,6 +161,19 @@ class Fleet:
 
 
 @contextlib.contextmanager
+def empty_fleet(root: Path, password: str | None = None) -> Iterator[Fleet]:
+    """A private redis-server and no worker yet; every process stopped after."""
+    server = RedisServer(root / "redis", password=password)
+    server.start()
+    fleet = Fleet(root / "fleet", server)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+        server.stop(kill=True)
+
+
+@contextlib.contextmanager
 def ticket_fleet(root: Path, concurrency: int = 2, **env: str) -> Iterator[Fleet]:
     """A private redis-server with one ticket worker (``tickets``) on it; all stopped after."""
     server = RedisServer(root / "redis")
