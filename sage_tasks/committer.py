@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sage_tasks import keys
+from sage_tasks import keys, liveness
 from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected, SageError
 from sage_tasks.gitops import CommitTarget
@@ -84,6 +84,9 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         return committed(ticket_id, str(result.get("state", "")))
     if kind == "lost":
         return committed(ticket_id, "LOST")
+    void = liveness.void_outcome(result, record)
+    if void:
+        return committed(ticket_id, void)
     if kind == "blocked":
         store.finish_ticket(run_id, ticket_id, Phase.BLOCKED, reason=str(result.get("reason", "")))
         return committed(ticket_id, Phase.BLOCKED.value)
@@ -112,6 +115,9 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     lock = CommitLock(rt.redis, keys.commit_lock(info.repo), lease=rt.settings.lock_lease)
     lock.acquire(blocking_timeout=LOCK_WAIT_S)
     try:
+        if liveness.is_cancelled(store, run_id):
+            # cancelled before this commit began: only a commit already under way finishes
+            return committed(ticket_id, Phase.CANCELLED.value)
         rt.inject("commit-locked")
         hook = lambda: rt.inject("before-update-ref")  # noqa: E731
         try:

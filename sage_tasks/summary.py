@@ -29,6 +29,9 @@ class TicketRow:
     ended: float | None = None
     #: the worker slot that ran it: node name and pool process index (``tickets@w1#2``)
     slot: str = ""
+    #: when its running attempt last beat, and that attempt's number
+    heartbeat: float | None = None
+    attempt_no: int = 0
 
     def running_for(self, now: float) -> float | None:
         """How long its command has been running (None unless it runs now)."""
@@ -49,6 +52,8 @@ class TicketRow:
             "batch": self.batch,
             "started": self.started,
             "ended": self.ended,
+            "heartbeat": self.heartbeat,
+            "attempt_no": self.attempt_no,
         }
 
 
@@ -75,7 +80,7 @@ class RunSummary:
 
     @property
     def finished(self) -> bool:
-        return self.info.status in (RunStatus.FINISHED, RunStatus.FAILED)
+        return self.info.status in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.CANCELLED)
 
     @property
     def wall_s(self) -> float:
@@ -112,7 +117,9 @@ class RunSummary:
         return round(s / self.max_parallel, 2) if s is not None and self.max_parallel else None
 
     def exit_code(self) -> int:
-        """0 all COMPLETED, 1 DEFERRED or BLOCKED tickets, 3 the run failed to run."""
+        """0 all COMPLETED, 1 DEFERRED or BLOCKED tickets, 3 the run failed to run, 4 cancelled."""
+        if self.info.status == RunStatus.CANCELLED:
+            return 4
         if self.info.status == RunStatus.FAILED:
             return 3
         if self.deferred or self.blocked:
@@ -176,6 +183,8 @@ def load_summary(store: RunStore, run_id: str) -> RunSummary | None:
                 started=_float(rec.get("started")),
                 ended=_float(rec.get("ended")),
                 slot=rec.get("slot", ""),
+                heartbeat=_float(rec.get("heartbeat")),
+                attempt_no=int(rec.get("attempt_no") or 0),
             )
         )
     return RunSummary(info, rows, batches, list(plan.get("critical_path", [])))

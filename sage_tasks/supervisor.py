@@ -5,9 +5,12 @@ connection dropped before it recorded the delivery), and a batch's chord can
 lose its state. The supervisor does not depend on the producer waiting: on a
 timer it looks at each unfinished run of its repository and
 
-- sends a ticket again when no worker has run or heartbeated it for the
-  visibility timeout (the commit is idempotent, so a late duplicate is
-  harmless);
+- takes a running ticket from its attempt and sends it again when its
+  heartbeat is older than the heartbeat timeout, whatever the ticket and
+  visibility timeouts (the old attempt is fenced off: see
+  :mod:`sage_tasks.liveness`), and sends a queued ticket again when no worker
+  has taken it for the visibility timeout (the commit is idempotent, so a
+  late duplicate is harmless);
 - sends a ticket's stored outcome to the commit queue again when it has
   waited that long for its commit;
 - finishes a batch whose tickets are all final but whose barrier never ran
@@ -26,7 +29,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from sage_tasks import eager, events, producer
+from sage_tasks import eager, events, liveness, producer
 from sage_tasks.celery_app import TASK_PREPARE
 from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
 from sage_tasks.runtime import Runtime
@@ -174,9 +177,14 @@ class Supervisor:
                 self._resend(info, tid, state, f"not taken for {now - since:.0f} s", now)
         elif state == Phase.RUNNING:
             beat = max(float(rec.get("heartbeat") or 0), float(rec.get("resent") or 0))
-            if now - beat > vt:
+            timeout = self.rt.settings.heartbeat_timeout
+            if now - beat > timeout and liveness.take_over(store, run_id, tid, timeout, now):
                 log.warning(
-                    "run %s: ticket %s silent for %.0f s; sending it again", run_id, tid, now - beat
+                    "run %s: ticket %s silent for %.0f s (host %s); sending it again",
+                    run_id,
+                    tid,
+                    now - beat,
+                    rec.get("host", "?"),
                 )
                 self._resend(info, tid, state, f"silent for {now - beat:.0f} s", now)
         elif state == Phase.RAN:

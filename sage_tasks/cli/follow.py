@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from sage_tasks.cli import liveness_view
 from sage_tasks.errors import BrokerUnavailable, RunLost
 from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
 from sage_tasks.summary import RunSummary, load_summary
@@ -20,7 +21,14 @@ from sage_tasks.summary import RunSummary, load_summary
 RECONNECT_WINDOW_S = 120.0
 
 
-def progress_line(info: RunInfo, finals: dict[str, str], running: list[str], total: int) -> str:
+def progress_line(
+    info: RunInfo,
+    finals: dict[str, str],
+    running: list[str],
+    total: int,
+    hosts: dict[str, str] | None = None,
+) -> str:
+    """One line of progress; ``hosts``: ticket id -> its host and heartbeat age, when known."""
     if info.status == RunStatus.SUBMITTED:
         return (
             f"waiting for the commit worker on queue '{info.commit_queue}' "
@@ -32,7 +40,8 @@ def progress_line(info: RunInfo, finals: dict[str, str], running: list[str], tot
         where = f"batch {info.batch + 1 if info.batch >= 0 else 0}/{info.batches}"
     parts = [where, f"{len(finals)}/{total} done"]
     if running:
-        shown = ", ".join(running[:6]) + (" ..." if len(running) > 6 else "")
+        names = [f"{t} {hosts[t]}" if hosts and t in hosts else t for t in running[:6]]
+        shown = ", ".join(names) + (" ..." if len(running) > 6 else "")
         parts.append(f"running: {shown}")
     deferred = sum(1 for v in finals.values() if v == Phase.DEFERRED)
     blocked = sum(1 for v in finals.values() if v == Phase.BLOCKED)
@@ -92,7 +101,8 @@ def follow(
                     "expired); submit again with the same --branch to resume it"
                 )
             total = max(int(info.extra.get("planned", info.to_run)), len(finals))
-            line = progress_line(info, finals, running, total)
+            hosts = liveness_view.running_where(store, run_id, running[:6])
+            line = progress_line(info, finals, running, total, hosts)
             progress.update(
                 task, total=total, completed=len(finals), description=f"run {run_id}", detail=line
             )
@@ -112,7 +122,9 @@ def render_summary(summary: RunSummary, console: Console, *, now: float | None =
     """
     info = summary.info
     console.print()
-    if info.error:
+    if info.status == RunStatus.CANCELLED:
+        console.print(Text(f"run {info.run_id} CANCELLED ({info.error})", style="bold yellow"))
+    elif info.error:
         failed = Text(f"run {info.run_id} failed: ", style="bold red")
         console.print(failed + Text(info.error), highlight=False)
     table = Table(

@@ -92,7 +92,13 @@ def render_status(summary: RunSummary, console: Console, now: float) -> None:
     total = max(int(info.extra.get("planned", info.to_run)), len(finals))
     console.print(f"run {info.run_id}: {info.status}", highlight=False)
     if not summary.finished:
-        console.print(Text("  " + progress_line(info, finals, running, total)), highlight=False)
+        where = {
+            r.id: f"(on {r.host}, beat {max(0.0, now - r.heartbeat):.0f}s ago)"
+            for r in summary.rows
+            if r.state == Phase.RUNNING and r.host and r.heartbeat is not None
+        }
+        line = progress_line(info, finals, running, total, where)
+        console.print(Text("  " + line), highlight=False)
     render_summary(summary, console, now=now)
 
 

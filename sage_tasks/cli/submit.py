@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -34,15 +35,36 @@ def wait_for(
     out: Console,
     as_json: bool,
     on_poll: Callable[[], None] | None = None,
+    watch: bool = True,
 ) -> int:
-    """Follow a run to its end, print the summary; returns the exit code."""
+    """Follow a run to its end, print the summary; returns the exit code.
+
+    ``watch``: warn while no worker consumes the run's queues. Ctrl-C asks
+    whether to cancel the run or only stop watching it (exit 130).
+    """
+    from sage_tasks.cli import liveness_view
     from sage_tasks.cli.follow import follow, render_summary
     from sage_tasks.runstate import RunStore
 
     def store() -> RunStore:
         return RunStore(connect(sub_settings.backend_url), ttl=sub_settings.result_expires)
 
-    summary = follow(store, run_id, console=human, on_poll=on_poll)
+    watcher = liveness_view.ConsumerWatch(
+        sub_settings, human, commit_queue=sub_settings.commit_queue
+    )
+    try:
+        with watcher.running() if watch else contextlib.nullcontext():
+            summary = follow(store, run_id, console=human, on_poll=on_poll)
+    except KeyboardInterrupt:
+        if not liveness_view.ask_cancel(human, run_id):
+            human.print(
+                f"stopped watching run {run_id}; it goes on "
+                f"(sage-submit status {run_id}; sage-submit cancel {run_id})",
+                highlight=False,
+            )
+            return 130
+        liveness_view.cancel_run(store(), run_id, sub_settings, human)
+        summary = follow(store, run_id, console=human, on_poll=on_poll)
     render_summary(summary, human)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
@@ -65,7 +87,13 @@ def _run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) 
             highlight=False,
         )
         return wait_for(
-            settings, sub.run_id, human=human, out=out, as_json=as_json, on_poll=fleet.check
+            settings,
+            sub.run_id,
+            human=human,
+            out=out,
+            as_json=as_json,
+            on_poll=fleet.check,
+            watch=False,
         )
 
 
@@ -200,6 +228,23 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | 
 
 
 @cli.command()
+@click.argument("run_id", required=False)
+@click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@click.pass_context
+@handle_errors
+def cancel(ctx: click.Context, run_id: str | None, broker: str | None) -> None:
+    """Stop a run (default: the latest): nothing more is sent or committed, running commands
+    are killed on every host, a commit under way finishes; the same --branch resumes it."""
+    from sage_tasks.cli.liveness_view import cancel_run
+    from sage_tasks.runstate import RunStore
+
+    settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
+    human, _ = _consoles(False)
+    store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
+    cancel_run(store, run_id, settings, human)
+
+
+@cli.command()
 @click.argument("run_id")
 @click.option(
     "--html",
@@ -259,6 +304,8 @@ def check(
     else:
         for f in report.findings:
             mark = "[cyan]i[/]" if f.info else ("[green]ok[/]" if f.ok else "[red]FAIL[/]")
+            if f.warning:
+                mark = "[yellow]warn[/]"
             human.print(f"{mark:>4}  {f.what}: ", end="", highlight=False)
             human.print(f.detail, markup=False, highlight=False)
         human.print("ready" if report.ready else "[red]not ready[/]", highlight=False)

@@ -1,0 +1,274 @@
+"""Liveness of a ticket's attempts: heartbeats, the heartbeat timeout, fencing, cancel.
+
+Each time a worker starts a ticket's command it starts a new *attempt*, whose
+number the ticket's record keeps (``attempt_no``). While the command runs, an
+:class:`Attempt` beats every ``SAGE_HEARTBEAT_INTERVAL`` seconds. A beat is
+refused when the attempt is no longer the current one (the supervisor took
+the ticket away after ``SAGE_HEARTBEAT_TIMEOUT`` seconds of silence, or a
+later delivery started it again), when the run was cancelled, or when the
+ticket is already final; the attempt then kills its command's process group
+at once, and its outcome is never committed. That is how a partitioned or
+frozen worker that comes back stops a command nobody waits for any more.
+
+The supervisor's side is :func:`take_over`: a RUNNING ticket whose heartbeat
+is older than the heartbeat timeout gets a new attempt number (so the old
+attempt is fenced) and is sent again, whatever the ticket and visibility
+timeouts: a dead host costs seconds, not the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from enum import StrEnum
+from types import FrameType
+from typing import Any
+
+import redis
+
+from sage_tasks import events, keys
+from sage_tasks.runstate import Phase, RunStatus, RunStore
+
+log = logging.getLogger(__name__)
+
+
+class Beat(StrEnum):
+    """What a heartbeat learned."""
+
+    OK = "ok"  # still the current attempt: keep going
+    STALE = "stale"  # another attempt took the ticket over
+    CANCELLED = "cancelled"  # the run was cancelled
+    FINAL = "final"  # the ticket is already final (committed elsewhere)
+
+
+#: refresh the heartbeat of attempt ARGV[1] (time ARGV[2]) unless it is fenced off
+_BEAT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'cancelled' end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 'final' end
+if (redis.call('HGET', KEYS[1], 'attempt_no') or '0') ~= ARGV[1] then return 'stale' end
+redis.call('HSET', KEYS[1], 'heartbeat', ARGV[2])
+return 'ok'
+"""
+
+#: a RUNNING ticket silent since before ARGV[1]: fence its attempt off, queue it again
+#: (time ARGV[2]); KEYS[2] is the run's running set. Returns the new attempt number, or 0
+_TAKE_OVER = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' then return 0 end
+local beat = tonumber(redis.call('HGET', KEYS[1], 'heartbeat') or '0') or 0
+local resent = tonumber(redis.call('HGET', KEYS[1], 'resent') or '0') or 0
+if math.max(beat, resent) >= tonumber(ARGV[1]) then return 0 end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt_no', 1)
+redis.call('HINCRBY', KEYS[1], 'deaths', 1)
+redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'queued', ARGV[2], 'resent', ARGV[2])
+redis.call('SREM', KEYS[2], ARGV[3])
+return attempt
+"""
+
+
+def beat(client: Any, run_id: str, ticket_id: str, attempt_no: int) -> Beat:
+    """One heartbeat of an attempt; says whether the attempt may go on."""
+    found = client.eval(
+        _BEAT,
+        2,
+        keys.ticket(run_id, ticket_id),
+        keys.cancelled(run_id),
+        str(attempt_no),
+        str(time.time()),
+    )
+    return Beat(found.decode() if isinstance(found, bytes) else str(found))
+
+
+def take_over(store: RunStore, run_id: str, ticket_id: str, timeout: float, now: float) -> int:
+    """Take a silent ticket from its attempt: the new attempt number, or 0 if it beat meanwhile.
+
+    Atomic against a late heartbeat: a beat that lands first keeps the ticket;
+    one that lands after is refused, and its attempt kills its command.
+    """
+    found = store.r.eval(
+        _TAKE_OVER,
+        2,
+        keys.ticket(run_id, ticket_id),
+        keys.running(run_id),
+        str(now - timeout),
+        str(now),
+        ticket_id,
+    )
+    return int(found)
+
+
+def void_outcome(result: dict[str, Any], record: dict[str, str]) -> str:
+    """Why an outcome must not be committed ('' when it may be).
+
+    An attempt that was stopped says so (``stale``, ``cancelled``); an
+    outcome of an attempt that is no longer the ticket's current one (the
+    late copy of a ticket taken over after its heartbeat timed out) is void.
+    """
+    kind = result.get("outcome")
+    if kind == "cancelled":
+        return Phase.CANCELLED.value
+    if kind == "stale":
+        return "SUPERSEDED"
+    attempt_no = result.get("attempt_no")
+    if attempt_no is not None and str(attempt_no) != record.get("attempt_no", ""):
+        return "SUPERSEDED"
+    return ""
+
+
+def is_cancelled(store: RunStore, run_id: str) -> bool:
+    """True once ``sage-submit cancel`` has stopped the run."""
+    return bool(store.r.exists(keys.cancelled(run_id)))
+
+
+def cancel(store: RunStore, run_id: str, repo: str, *, by: str) -> None:
+    """Mark the run cancelled: nothing more is sent or committed, running attempts stop.
+
+    The mark is read by every heartbeat (commands are killed within one
+    interval), by every delivery of a ticket (queued work is dropped unrun),
+    and by the commit queue under its lock (a commit under way finishes).
+    """
+    store.r.set(keys.cancelled(run_id), by, ex=store.ttl)
+    store.finish(run_id, repo, status=RunStatus.CANCELLED, error=f"cancelled by {by}")
+
+
+def mark_cancelled(store: RunStore, run_id: str, ticket_id: str, attempt_no: int = 0) -> None:
+    """The ticket stopped because its run was cancelled (unless it is final, or fenced off)."""
+    fields = {"state": Phase.CANCELLED.value, "ended": str(time.time())}
+    fence = str(attempt_no) if attempt_no else ""
+    if store._set_unless_final(run_id, ticket_id, fields, running=False, fence=fence):
+        events.ticket_event(run_id, ticket_id, Phase.CANCELLED.value)
+
+
+class Attempt:
+    """One attempt of a ticket while its command runs: heartbeats, and the fence.
+
+    Use as a context manager around the command, passing :meth:`started` as
+    the command's ``on_start``. :attr:`ended` says why the attempt was
+    stopped (None while it may go on).
+    """
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        run_id: str,
+        ticket_id: str,
+        attempt_no: int,
+        interval: float,
+    ):
+        self.run_id = run_id
+        self.ticket_id = ticket_id
+        self.attempt_no = attempt_no
+        self.interval = interval
+        self.url = url
+        self.ended: Beat | None = None
+        self._pgid = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def started(self, pgid: int) -> None:
+        """The command runs as process group ``pgid`` (killed at once if already fenced)."""
+        with self._lock:
+            self._pgid = pgid
+            stopped = self.ended is not None
+        if stopped:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the command's whole process group (nothing of it may outlive the attempt)."""
+        with self._lock:
+            pgid = self._pgid
+        if pgid > 1:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+
+    def _client(self) -> redis.Redis:
+        # short timeouts of its own: a beat across a cut link fails within an interval, and
+        # the first beat after the link is back is on a fresh connection, not a stalled one
+        wait = max(1.0, self.interval)
+        return redis.Redis.from_url(
+            self.url, socket_timeout=wait, socket_connect_timeout=wait, socket_keepalive=True
+        )
+
+    def _run(self) -> None:
+        client = self._client()
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    found = beat(client, self.run_id, self.ticket_id, self.attempt_no)
+                except Exception as exc:  # the supervisor tolerates missed beats
+                    log.warning("heartbeat of %s failed: %s", self.ticket_id, exc)
+                    client.close()
+                    client = self._client()
+                    continue
+                if found != Beat.OK:
+                    self.fence(found)
+                    return
+        finally:
+            client.close()
+
+    def fence(self, why: Beat) -> None:
+        """Stop this attempt: remember why and kill its command."""
+        with self._lock:
+            self.ended = why
+        log.warning(
+            "ticket %s of run %s: attempt %d stopped (%s); killing its command",
+            self.ticket_id,
+            self.run_id,
+            self.attempt_no,
+            why.value,
+        )
+        self.kill()
+
+    def __enter__(self) -> Attempt:
+        self._thread = threading.Thread(
+            target=self._run, name=f"heartbeat-{self.ticket_id}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def dies_with_runner(attempt: Attempt) -> Iterator[None]:
+    """While the command runs, a SIGTERM of this process kills the command's group first.
+
+    Celery terminates a running task's pool process with SIGTERM when the
+    worker loses its broker connection (``worker_cancel_long_running_tasks_on_connection_loss``);
+    the command runs in a session of its own and would outlive it, unwatched.
+    Only the main thread can set a handler; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is None:  # set outside Python: treated as the default
+        previous = signal.SIG_DFL
+    if previous is signal.SIG_IGN:
+        yield
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        attempt.kill()
+        signal.signal(signal.SIGTERM, previous)
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is on_term:
+            signal.signal(signal.SIGTERM, previous)
