@@ -11,9 +11,11 @@ at once, and its outcome is never committed. That is how a partitioned or
 frozen worker that comes back stops a command nobody waits for any more.
 
 The supervisor's side is :func:`take_over`: a RUNNING ticket whose heartbeat
-is older than the heartbeat timeout gets a new attempt number (so the old
-attempt is fenced) and is sent again, whatever the ticket and visibility
-timeouts: a dead host costs seconds, not the visibility timeout.
+is older than the heartbeat timeout is queued again (an attempt's beats and
+outcome count only while its ticket is RUNNING under its number, so the old
+attempt is fenced; the next delivery starts attempt n+1) and is sent again,
+whatever the ticket and visibility timeouts: a dead host costs seconds, not
+the visibility timeout.
 """
 
 from __future__ import annotations
@@ -51,23 +53,24 @@ _BEAT = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 'cancelled' end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 'final' end
+if state ~= 'RUNNING' then return 'stale' end
 if (redis.call('HGET', KEYS[1], 'attempt_no') or '0') ~= ARGV[1] then return 'stale' end
 redis.call('HSET', KEYS[1], 'heartbeat', ARGV[2])
 return 'ok'
 """
 
-#: a RUNNING ticket silent since before ARGV[1]: fence its attempt off, queue it again
-#: (time ARGV[2]); KEYS[2] is the run's running set. Returns the new attempt number, or 0
+#: a RUNNING ticket silent since before ARGV[1]: fence its attempt off (a ticket that is not
+#: RUNNING refuses every attempt's beats and outcome), queue it again (time ARGV[2]);
+#: KEYS[2] is the run's running set. 1 when taken, 0 when it beat or moved on meanwhile
 _TAKE_OVER = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' then return 0 end
 local beat = tonumber(redis.call('HGET', KEYS[1], 'heartbeat') or '0') or 0
 local resent = tonumber(redis.call('HGET', KEYS[1], 'resent') or '0') or 0
 if math.max(beat, resent) >= tonumber(ARGV[1]) then return 0 end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt_no', 1)
 redis.call('HINCRBY', KEYS[1], 'deaths', 1)
 redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'queued', ARGV[2], 'resent', ARGV[2])
 redis.call('SREM', KEYS[2], ARGV[3])
-return attempt
+return 1
 """
 
 
@@ -84,8 +87,8 @@ def beat(client: Any, run_id: str, ticket_id: str, attempt_no: int) -> Beat:
     return Beat(found.decode() if isinstance(found, bytes) else str(found))
 
 
-def take_over(store: RunStore, run_id: str, ticket_id: str, timeout: float, now: float) -> int:
-    """Take a silent ticket from its attempt: the new attempt number, or 0 if it beat meanwhile.
+def take_over(store: RunStore, run_id: str, ticket_id: str, timeout: float, now: float) -> bool:
+    """Take a silent ticket from its attempt: False when it beat (or moved on) meanwhile.
 
     Atomic against a late heartbeat: a beat that lands first keeps the ticket;
     one that lands after is refused, and its attempt kills its command.
@@ -99,7 +102,7 @@ def take_over(store: RunStore, run_id: str, ticket_id: str, timeout: float, now:
         str(now),
         ticket_id,
     )
-    return int(found)
+    return bool(found)
 
 
 def void_outcome(result: dict[str, Any], record: dict[str, str]) -> str:

@@ -40,15 +40,16 @@ FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED})
 #: HSET the ticket's fields unless it is already final; then join the running set (counting
 #: a delivery; ARGV[3] is the set's TTL) or leave it. ARGV[4] fences by attempt: '' none,
 #: '+' starts a new attempt (returns its number), a number writes only while that attempt
-#: is the ticket's current one
+#: is the ticket's current one and still runs it (not taken away by the supervisor)
 _SET_UNLESS_FINAL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 0 end
 local result = 1
 if ARGV[4] == '+' then
   result = redis.call('HINCRBY', KEYS[1], 'attempt_no', 1)
-elseif ARGV[4] ~= '' and (redis.call('HGET', KEYS[1], 'attempt_no') or '0') ~= ARGV[4] then
-  return 0
+elseif ARGV[4] ~= '' then
+  local current = redis.call('HGET', KEYS[1], 'attempt_no') or '0'
+  if current ~= ARGV[4] or state ~= 'RUNNING' then return 0 end
 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 if ARGV[2] == '1' then

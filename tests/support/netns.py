@@ -375,6 +375,7 @@ class SageHosts:
         visibility_timeout: float = 12,
         ticket_timeout: float = 10,
         concurrency: int = 2,
+        heartbeat_timeout: float = 5,
     ):
         self.topo = topo
         self.root = root
@@ -391,6 +392,7 @@ class SageHosts:
             "SAGE_VISIBILITY_TIMEOUT": f"{visibility_timeout:g}",
             "SAGE_TICKET_TIMEOUT": f"{ticket_timeout:g}",
             "SAGE_HEARTBEAT_INTERVAL": "1",
+            "SAGE_HEARTBEAT_TIMEOUT": f"{heartbeat_timeout:g}",
             "SAGE_SUPERVISOR_INTERVAL": "1",
         }
         self.named: dict[str, subprocess.Popen[bytes]] = {}
