@@ -123,6 +123,35 @@ def void_outcome(result: dict[str, Any], record: dict[str, str]) -> str:
     return ""
 
 
+#: how many messages one round trip reads while searching the broker
+_SCAN_PAGE = 500
+#: kombu's Redis transport keeps delivered, unacknowledged messages in this hash
+_UNACKED = "unacked"
+
+
+def held_by_broker(client: Any, queue: str, task_ids: dict[str, str]) -> set[str]:
+    """Which tickets (ticket id -> its message's task id) the broker still holds a message
+    for: waiting in ``queue``, or delivered and not yet acknowledged."""
+    wanted = {task_id.encode(): tid for tid, task_id in task_ids.items() if task_id}
+    found: set[str] = set()
+
+    def look(raw: bytes) -> None:
+        found.update(tid for mark, tid in wanted.items() if mark in raw)
+
+    start = 0
+    while len(found) < len(wanted):
+        page = client.lrange(queue, start, start + _SCAN_PAGE - 1)
+        for raw in page:
+            look(raw)
+        if len(page) < _SCAN_PAGE:
+            break
+        start += _SCAN_PAGE
+    if len(found) < len(wanted):
+        for _, raw in client.hscan_iter(_UNACKED, count=_SCAN_PAGE):
+            look(raw)
+    return found
+
+
 def is_cancelled(store: RunStore, run_id: str) -> bool:
     """True once ``sage-submit cancel`` has stopped the run."""
     return bool(store.r.exists(keys.cancelled(run_id)))

@@ -27,6 +27,7 @@ import logging
 import time
 from typing import Any
 
+import redis
 from celery import Celery, bootsteps
 
 from sage_tasks import eager, events, liveness, producer
@@ -47,6 +48,7 @@ class Supervisor:
     def __init__(self, app: Celery, rt: Runtime):
         self.app = app
         self.rt = rt
+        self._broker: Any = None
 
     @property
     def grace(self) -> float:
@@ -123,6 +125,7 @@ class Supervisor:
         vt = self.rt.settings.vt
         for tid in pending:
             self.check_ticket(info, tid, records[tid], now, vt)
+        self.check_taken_over(info, {t: records[t] for t in pending}, now)
 
     def chord_state_exists(self, batch: dict[str, Any]) -> bool:
         """True unless the batch's chord is known to have lost its state in the result backend.
@@ -157,6 +160,7 @@ class Supervisor:
         for tid in ticket_ids:
             if records[tid].get("state") not in FINAL_PHASES and records[tid].get("queued"):
                 self.check_ticket(info, tid, records[tid], now, self.rt.settings.vt)
+        self.check_taken_over(info, records, now)
         eager.pump(self.app, self.rt, run_id)
 
     def check_ticket(
@@ -203,11 +207,60 @@ class Supervisor:
                 result: dict[str, Any] = json.loads(rec["result"])
                 producer.commit_only(self.app, result, run_id, tid, info.commit_queue).apply_async()
 
+    def check_taken_over(
+        self, info: RunInfo, records: dict[str, dict[str, str]], now: float
+    ) -> None:
+        """Send again a ticket taken over from a silent attempt whose new message was lost.
+
+        A host that went silent may still hold a pending pop on the ticket
+        queue; the message sent in its place can go to that dead connection
+        and be lost for good. A taken-over ticket not started within the
+        heartbeat timeout, whose message the broker no longer has (queued or
+        delivered), is sent again. The broker is searched only then, at most
+        once a heartbeat timeout per ticket.
+        """
+        timeout = self.rt.settings.heartbeat_timeout
+        suspects = [
+            tid
+            for tid, rec in records.items()
+            if rec.get("state") == Phase.QUEUED
+            and rec.get("resent")
+            and int(rec.get("deaths") or 0) > 0
+            and rec.get("resent_task")
+            and now - float(rec.get("resent") or 0) > timeout
+        ]
+        if not suspects:
+            return
+        sent = {tid: records[tid].get("resent_task", "") for tid in suspects}
+        held = liveness.held_by_broker(self.broker, self.rt.settings.ticket_queue, sent)
+        for tid in suspects:
+            if tid in held:
+                self.rt.store.set_ticket(info.run_id, tid, resent=now)  # look again later
+                continue
+            log.warning(
+                "run %s: ticket %s was not taken since it was sent again; sending it again",
+                info.run_id,
+                tid,
+            )
+            self._resend(info, tid, Phase.QUEUED.value, "its message was lost", now)
+
+    @property
+    def broker(self) -> Any:
+        """A client of the broker's Redis (its queues may live apart from the results)."""
+        if self._broker is None:
+            self._broker = redis.Redis.from_url(
+                self.rt.settings.broker_url, socket_timeout=30, socket_connect_timeout=10
+            )
+        return self._broker
+
     def _resend(self, info: RunInfo, tid: str, state: str, why: str, now: float) -> None:
         """Send a ticket's tasks again (the supervisor's warning said why)."""
         self.rt.store.set_ticket(info.run_id, tid, resent=now)
         events.ticket_event(info.run_id, tid, state, event="resent", reason=why)
-        producer.ticket_chain(self.app, info.run_id, tid, info.commit_queue).apply_async()
+        sent = producer.ticket_chain(self.app, info.run_id, tid, info.commit_queue).apply_async()
+        # the run task's id: a lost message is told from a queued one by it
+        run_task = getattr(sent.parent, "id", None) or ""
+        self.rt.store.set_ticket(info.run_id, tid, resent_task=run_task)
 
 
 def install(app: Celery, rt: Runtime) -> None:
