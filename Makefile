@@ -52,7 +52,7 @@ demo: install redis-server
 bench: install redis-server
 	$(BIN)/python bench/plan.py
 	$(BIN)/python bench/makespan.py
-	@for b in bench/commit.py bench/e2e.py; do [ -f $$b ] && $(BIN)/python $$b || true; done
+	@for b in bench/commit.py bench/e2e.py bench/failover.py; do [ -f $$b ] && $(BIN)/python $$b || true; done
 
 # Flower for the broker the workers use (SAGE_BROKER_URL), behind basic auth
 # (FLOWER_BASIC_AUTH=user:password; it refuses to start without), on 127.0.0.1

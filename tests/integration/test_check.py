@@ -99,3 +99,37 @@ def test_an_unreachable_broker_and_an_unreadable_url_are_each_one_finding(
     assert code == 3
     assert not checks["broker"]["ok"] and "secret" not in checks["broker"]["detail"]
     assert not checks["repository URL"]["ok"]
+
+
+def test_heartbeat_and_visibility_settings_that_slow_or_race_recovery_are_warnings_not_failures(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    repo = repo_with_tickets(tmp_path)
+    queue = unique_queue()
+    fleet.start_tickets("tickets", concurrency=1)
+    fleet.start_commit(repo, queue)
+    args = ("--repo", str(repo), "--commit-queue", queue)
+    assert wait_until(lambda: check(fleet, *args)[0] == 0, timeout=60, interval=1), fleet.logs()
+    _, fine = check(fleet, *args)
+    assert fine["heartbeat timeout"]["ok"] and not fine["heartbeat timeout"]["warning"]
+    assert "visibility timeout" not in fine
+
+    risky = fleet.env(
+        SAGE_HEARTBEAT_INTERVAL="5",
+        SAGE_HEARTBEAT_TIMEOUT="400",
+        SAGE_TICKET_TIMEOUT="600",
+        SAGE_VISIBILITY_TIMEOUT="300",
+    )
+    proc = subprocess.run([bin_path("sage-submit"), "check", *args], capture_output=True,
+                          text=True, env=risky, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # warnings do not fail the check
+    line = next(ln for ln in proc.stdout.splitlines() if "visibility timeout:" in ln)
+    assert line.lstrip().startswith("warn") and "SAGE_VISIBILITY_TIMEOUT=300 s" in line
+
+    tight = fleet.env(SAGE_HEARTBEAT_INTERVAL="5", SAGE_HEARTBEAT_TIMEOUT="8")
+    proc = subprocess.run([bin_path("sage-submit"), "check", "--json", *args],
+                          capture_output=True, text=True, env=tight, timeout=60)  # fmt: skip
+    found = {c["what"]: c for c in json.loads(proc.stdout)["checks"]}
+    beat = found["heartbeat timeout"]
+    assert beat["warning"] and not beat["ok"] and "SAGE_HEARTBEAT_TIMEOUT=8 s" in beat["detail"]
+    assert proc.returncode == 0
