@@ -61,19 +61,25 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def queue_consumers(app: Any, timeout: float) -> dict[str, list[str]]:
+    """Queue name -> the workers consuming it, asked over the broker's control channel."""
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    consumers: dict[str, list[str]] = {}
+    for node, queues in replies.items():
+        for q in queues or []:
+            consumers.setdefault(str(q.get("name")), []).append(node)
+    return consumers
+
+
 def check_workers(settings: Settings, report: CheckReport, timeout: float = 3.0) -> None:
     """Which workers consume which queues, asked over the broker's control channel."""
     from sage_tasks.celery_app import make_app
 
     app = make_app(settings)
     try:
-        replies = app.control.inspect(timeout=timeout).active_queues() or {}
+        consumers = queue_consumers(app, timeout)
     finally:
         app.close()
-    consumers: dict[str, list[str]] = {}
-    for node, queues in replies.items():
-        for q in queues or []:
-            consumers.setdefault(str(q.get("name")), []).append(node)
     tickets = sorted(consumers.get(settings.ticket_queue, []))
     commits = sorted(consumers.get(settings.commit_queue, []))
     report.add(

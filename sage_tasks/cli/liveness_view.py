@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import click
 import redis
@@ -64,24 +65,6 @@ def start_hint(queue: str, commit_queue: str) -> str:
     return "sage-worker tickets"
 
 
-def consumers(settings: Settings, timeout: float = 2.0) -> dict[str, list[str]] | None:
-    """Queue name -> the workers consuming it, asked over the control channel (None: no answer)."""
-    from sage_tasks.celery_app import make_app
-
-    app = make_app(settings)
-    try:
-        replies = app.control.inspect(timeout=timeout).active_queues()
-    except Exception:  # the broker's own trouble is reported by the follower
-        return None
-    finally:
-        app.close()
-    found: dict[str, list[str]] = {}
-    for node, queues in (replies or {}).items():
-        for q in queues or []:
-            found.setdefault(str(q.get("name")), []).append(node)
-    return found
-
-
 class ConsumerWatch:
     """Warns on ``console`` while a queue the run needs has no consumer (a background thread)."""
 
@@ -92,11 +75,18 @@ class ConsumerWatch:
         self.commit_queue = commit_queue
         self.warned: dict[str, float] = {}
         self._stop = threading.Event()
+        self._app: Any = None
 
     def look(self) -> None:
         """Ask once; warn for each queue nobody consumes (again only after a while)."""
-        found = consumers(self.settings)
-        if found is None:
+        from sage_tasks.celery_app import make_app
+        from sage_tasks.check import queue_consumers
+
+        if self._app is None:
+            self._app = make_app(self.settings)
+        try:
+            found = queue_consumers(self._app, timeout=2.0)
+        except Exception:  # the broker's own trouble is reported by the follower
             return
         now = time.monotonic()
         for queue in self.queues:
@@ -117,9 +107,13 @@ class ConsumerWatch:
 
     def _run(self) -> None:
         wait = FIRST_LOOK_S
-        while not self._stop.wait(wait):
-            self.look()
-            wait = LOOK_EVERY_S
+        try:
+            while not self._stop.wait(wait):
+                self.look()
+                wait = LOOK_EVERY_S
+        finally:
+            if self._app is not None:
+                self._app.close()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:

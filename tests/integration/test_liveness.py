@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pty
 import re
+import select
 import shlex
 import signal
 import subprocess
@@ -258,3 +260,49 @@ def test_cancel_of_an_unknown_run_is_one_line_and_exit_2(fleet: Fleet, tmp_path:
     res = fleet.submit(repo, "cancel", "nosuchrun", queue="commit")
     assert res.code == 2
     assert res.stderr.strip() == "sage: error: unknown run 'nosuchrun'"
+
+
+def test_ctrl_c_during_wait_on_a_terminal_asks_and_cancel_ends_the_run_with_exit_4(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    pids, gate = tmp_path / "pids", tmp_path / "gate"
+    pids.mkdir()
+    tickets = [ticket("P", gated("P", pids, gate), timeout=300)]
+    repo = make_repo(tmp_path / "repo", {}, {"version": "1.0", "tickets": tickets})
+    queue = unique_queue()
+    fleet.start_commit(repo, queue)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [bin_path("sage-submit"), "--repo", str(repo), "--commit-queue", queue, "--wait"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=fleet.env(TERM="dumb", COLUMNS="200"),
+    )
+    os.close(slave)
+    seen = bytearray()
+
+    def read_until(text: bytes, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while text not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                with contextlib.suppress(OSError):
+                    seen.extend(os.read(master, 65536))
+        return text in seen
+
+    try:
+        assert wait_until(lambda: bool(groups(pids, "P")), 60), fleet.logs()
+        proc.send_signal(signal.SIGINT)
+        assert read_until(b"only stop watching it (w)?", 20), seen.decode(errors="replace")
+        os.write(master, b"c\n")
+        assert proc.wait(60) == 4, seen.decode(errors="replace")
+        read_until(b"CANCELLED (cancelled by", 5)  # the summary's first line
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert "CANCELLED" in text
+    assert not any(group_alive(g) for g in groups(pids, "P").values())
+    assert ticket_log(repo, f"sage/run-{latest_run(fleet)}") == []
