@@ -240,7 +240,13 @@ class RunStore:
         return sorted(m.decode() for m in self.r.smembers(keys.active_runs(repo)))
 
     def finish(self, run_id: str, repo: str, *, status: RunStatus, error: str = "") -> None:
-        """Mark the run ended and start the countdown on all its keys."""
+        """Mark the run ended and start the countdown on all its keys.
+
+        A cancelled run stays cancelled: a late finish (a batch barrier or an
+        eager release that read the run before the cancel) changes nothing.
+        """
+        if status != RunStatus.CANCELLED and self.r.exists(keys.cancelled(run_id)):
+            return
         self.update(run_id, status=status.value, ended=time.time(), error=error)
         self.r.srem(keys.active_runs(repo), run_id)
         self.r.zremrangebyscore(keys.RUNS, "-inf", time.time() - self.ttl)
