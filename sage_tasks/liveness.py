@@ -129,26 +129,28 @@ _SCAN_PAGE = 500
 _UNACKED = "unacked"
 
 
-def held_by_broker(client: Any, queue: str, task_ids: dict[str, str]) -> set[str]:
-    """Which tickets (ticket id -> its message's task id) the broker still holds a message
-    for: waiting in ``queue``, or delivered and not yet acknowledged."""
-    wanted = {task_id.encode(): tid for tid, task_id in task_ids.items() if task_id}
+def message_mark(run_id: str, ticket_id: str, record: dict[str, str]) -> bytes:
+    """What identifies the ticket's current ``run_ticket`` message among the broker's.
+
+    A ticket sent again after its attempt went silent: its new message's task
+    id (the silent host's own delivery may still sit unacknowledged). Else
+    the task's arguments as Celery's headers spell them (``argsrepr``); ids
+    are checked before they are stored, so they hold no quotes.
+    """
+    if int(record.get("deaths") or 0) > 0 and record.get("resent_task"):
+        return record["resent_task"].encode()
+    return f"('{run_id}', '{ticket_id}')".encode()
+
+
+def held_by_broker(client: Any, marks: dict[str, bytes]) -> set[str]:
+    """Which tickets (ticket id -> :func:`message_mark`) have a ``run_ticket`` message
+    delivered to a worker and not yet acknowledged (prefetched, running or due later)."""
     found: set[str] = set()
-
-    def look(raw: bytes) -> None:
-        found.update(tid for mark, tid in wanted.items() if mark in raw)
-
-    start = 0
-    while len(found) < len(wanted):
-        page = client.lrange(queue, start, start + _SCAN_PAGE - 1)
-        for raw in page:
-            look(raw)
-        if len(page) < _SCAN_PAGE:
+    for _, raw in client.hscan_iter(_UNACKED, count=_SCAN_PAGE):
+        if b"sage.run_ticket" in raw:
+            found.update(tid for tid, mark in marks.items() if mark in raw)
+        if len(found) == len(marks):
             break
-        start += _SCAN_PAGE
-    if len(found) < len(wanted):
-        for _, raw in client.hscan_iter(_UNACKED, count=_SCAN_PAGE):
-            look(raw)
     return found
 
 

@@ -125,7 +125,7 @@ class Supervisor:
         vt = self.rt.settings.vt
         for tid in pending:
             self.check_ticket(info, tid, records[tid], now, vt)
-        self.check_taken_over(info, {t: records[t] for t in pending}, now)
+        self.check_lost_messages(info, {t: records[t] for t in pending}, now)
 
     def chord_state_exists(self, batch: dict[str, Any]) -> bool:
         """True unless the batch's chord is known to have lost its state in the result backend.
@@ -160,7 +160,7 @@ class Supervisor:
         for tid in ticket_ids:
             if records[tid].get("state") not in FINAL_PHASES and records[tid].get("queued"):
                 self.check_ticket(info, tid, records[tid], now, self.rt.settings.vt)
-        self.check_taken_over(info, records, now)
+        self.check_lost_messages(info, records, now)
         eager.pump(self.app, self.rt, run_id)
 
     def check_ticket(
@@ -207,40 +207,44 @@ class Supervisor:
                 result: dict[str, Any] = json.loads(rec["result"])
                 producer.commit_only(self.app, result, run_id, tid, info.commit_queue).apply_async()
 
-    def check_taken_over(
+    def check_lost_messages(
         self, info: RunInfo, records: dict[str, dict[str, str]], now: float
     ) -> None:
-        """Send again a ticket taken over from a silent attempt whose new message was lost.
+        """Send again a queued ticket whose message the broker no longer has.
 
-        A host that went silent may still hold a pending pop on the ticket
-        queue; the message sent in its place can go to that dead connection
-        and be lost for good. A taken-over ticket not started within the
-        heartbeat timeout, whose message the broker no longer has (queued or
-        delivered), is sent again. The broker is searched only then, at most
-        once a heartbeat timeout per ticket.
+        A host that was cut off or froze may still hold a pending pop on the
+        ticket queue: a message sent meanwhile (a ticket taken from it, the
+        next batch) goes to that dead connection and is lost for good, and the
+        visibility timeout does not bring it back. A ticket queued for longer
+        than the heartbeat timeout, while the ticket queue is empty and no
+        delivered message carries it, is sent again. The broker is searched
+        only then (its unacknowledged messages: a few per worker slot).
         """
         timeout = self.rt.settings.heartbeat_timeout
         suspects = [
             tid
             for tid, rec in records.items()
             if rec.get("state") == Phase.QUEUED
-            and rec.get("resent")
-            and int(rec.get("deaths") or 0) > 0
-            and rec.get("resent_task")
-            and now - float(rec.get("resent") or 0) > timeout
+            and now - max(float(rec.get("queued") or 0), float(rec.get("resent") or 0)) > timeout
         ]
-        if not suspects:
-            return
-        sent = {tid: records[tid].get("resent_task", "") for tid in suspects}
-        held = liveness.held_by_broker(self.broker, self.rt.settings.ticket_queue, sent)
+        if not suspects or self.broker.llen(self.rt.settings.ticket_queue):
+            return  # a message still waiting in the queue may be theirs
+        held = liveness.held_by_broker(
+            self.broker,
+            {tid: liveness.message_mark(info.run_id, tid, records[tid]) for tid in suspects},
+        )
         for tid in suspects:
             if tid in held:
-                self.rt.store.set_ticket(info.run_id, tid, resent=now)  # look again later
                 continue
             log.warning(
-                "run %s: ticket %s was not taken since it was sent again; sending it again",
+                "run %s: ticket %s queued for %.0f s but no worker holds its message; "
+                "sending it again",
                 info.run_id,
                 tid,
+                now
+                - max(
+                    float(records[tid].get("queued") or 0), float(records[tid].get("resent") or 0)
+                ),
             )
             self._resend(info, tid, Phase.QUEUED.value, "its message was lost", now)
 

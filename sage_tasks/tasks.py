@@ -100,7 +100,6 @@ def register_tasks(app: Celery) -> None:
             ) from exc
         except committer.RepositoryRefused as exc:
             log.error("%s", exc)
-            _refuse_run(rt, run_id, exc, self.request.hostname)
             raise
 
     @app.task(
@@ -130,7 +129,7 @@ def register_tasks(app: Celery) -> None:
 
 
 def _refuse_run(rt: Runtime, run_id: str, exc: Exception, node: object) -> None:
-    """End a run this commit worker refuses, in its own words: ``--wait`` exits 3 saying so.
+    """End a run this commit worker refuses to start, in its own words: ``--wait`` exits 3.
 
     Left alone, the run would wait forever, its reason only in this worker's log.
     """
