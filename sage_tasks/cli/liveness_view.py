@@ -20,13 +20,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
-import redis
 from rich.console import Console
 
-from sage_tasks import liveness
 from sage_tasks.config import Settings
 from sage_tasks.errors import UnknownRun
-from sage_tasks.runstate import FINAL_PHASES, RunStatus, RunStore
+from sage_tasks.store import liveness
+from sage_tasks.store.runstate import FINAL_PHASES, RunStatus, RunStore
 
 #: the first look for consumers, after the run was sent (seconds)
 FIRST_LOOK_S = 5.0
@@ -34,27 +33,6 @@ FIRST_LOOK_S = 5.0
 LOOK_EVERY_S = 30.0
 #: a missing consumer is warned about again after this long
 WARN_AGAIN_S = 180.0
-
-
-def running_where(store: RunStore, run_id: str, ticket_ids: list[str]) -> dict[str, str]:
-    """Ticket id -> ``on HOST, beat Ns ago`` for the running tickets shown (one round trip)."""
-    if not ticket_ids:
-        return {}
-    now = time.time()
-    out = {}
-    try:
-        records = store.tickets(run_id, ticket_ids)
-    except redis.exceptions.RedisError:  # the follower rides out the broker's trouble
-        return {}
-    for tid, rec in records.items():
-        host = rec.get("host", "")
-        try:
-            age = f", beat {max(0.0, now - float(rec.get('heartbeat') or '')):.0f}s ago"
-        except ValueError:
-            age = ""
-        if host:
-            out[tid] = f"(on {host}{age})"
-    return out
 
 
 def start_hint(queue: str, commit_queue: str) -> str:
@@ -79,8 +57,8 @@ class ConsumerWatch:
 
     def look(self) -> None:
         """Ask once; warn for each queue nobody consumes (again only after a while)."""
-        from sage_tasks.celery_app import make_app
-        from sage_tasks.check import queue_consumers
+        from sage_tasks.app.celery_app import make_app
+        from sage_tasks.cli.check import queue_consumers
 
         if self._app is None:
             self._app = make_app(self.settings)

@@ -13,11 +13,18 @@ from typing import Any
 import click
 from rich.console import Console
 
-from sage_tasks.broker import connect
+from sage_tasks.cli import liveness_view
 from sage_tasks.cli.common import ParallelType, handle_errors
+from sage_tasks.cli.local import local_fleet
+from sage_tasks.cli.submission import Submission, resolve, send
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH
-from sage_tasks.submission import Submission, resolve, send
+from sage_tasks.store.broker import connect
+from sage_tasks.store.runstate import RunStore
+from sage_tasks.views.follow import follow, render_summary
+from sage_tasks.views.plan_view import render_plan
+from sage_tasks.views.report import write_report
+from sage_tasks.views.status_view import show_status
 
 
 def _consoles(as_json: bool) -> tuple[Console, Console]:
@@ -42,9 +49,6 @@ def wait_for(
     ``watch``: warn while no worker consumes the run's queues. Ctrl-C asks
     whether to cancel the run or only stop watching it (exit 130).
     """
-    from sage_tasks.cli import liveness_view
-    from sage_tasks.cli.follow import follow, render_summary
-    from sage_tasks.runstate import RunStore
 
     def store() -> RunStore:
         return RunStore(connect(sub_settings.backend_url), ttl=sub_settings.result_expires)
@@ -73,9 +77,6 @@ def wait_for(
 
 def _run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) -> int:
     """``--local``: the submission on a private Redis and workers of this machine."""
-    from sage_tasks.cli.plan_view import render_plan
-    from sage_tasks.local import local_fleet
-
     concurrency = sub.plan.parallel or os.cpu_count() or 1
     render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)")
     with local_fleet(sub.repo, concurrency, sub.settings, human) as (fleet, settings):
@@ -180,7 +181,6 @@ def cli(
     )
     sub.schedule = schedule
     sub.conflict_retries = conflict_retries
-    from sage_tasks.cli.plan_view import render_plan
 
     if dry_run:
         if as_json:
@@ -218,9 +218,6 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | 
     Per ticket: state, host, attempts, duration (or how long it has been
     running), reason; while the run runs and after.
     """
-    from sage_tasks.cli.status_view import show_status
-    from sage_tasks.runstate import RunStore
-
     settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
     human, out = _consoles(as_json)
     store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
@@ -235,13 +232,10 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | 
 def cancel(ctx: click.Context, run_id: str | None, broker: str | None) -> None:
     """Stop a run (default: the latest): nothing more is sent or committed, running commands
     are killed on every host, a commit under way finishes; the same --branch resumes it."""
-    from sage_tasks.cli.liveness_view import cancel_run
-    from sage_tasks.runstate import RunStore
-
     settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
     human, _ = _consoles(False)
     store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
-    cancel_run(store, run_id, settings, human)
+    liveness_view.cancel_run(store, run_id, settings, human)
 
 
 @cli.command()
@@ -258,9 +252,6 @@ def cancel(ctx: click.Context, run_id: str | None, broker: str | None) -> None:
 @handle_errors
 def report(ctx: click.Context, run_id: str, html_path: str, broker: str | None) -> None:
     """A self-contained HTML report of a run: timeline, critical path, graph, reasons."""
-    from sage_tasks.report import write_report
-    from sage_tasks.runstate import RunStore
-
     settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
     store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
     write_report(store, run_id, Path(html_path))
@@ -290,7 +281,8 @@ def check(
     as_json: bool,
 ) -> None:
     """Check the prerequisites of a run: broker, workers, repository, git, parallelism."""
-    from sage_tasks.check import run_checks
+    # loads Celery (to ask the workers): the other commands start without it
+    from sage_tasks.cli.check import run_checks
 
     settings = load_settings(
         broker_url=broker or ctx.obj.get("broker"), commit_queue=commit_queue, executor=executor

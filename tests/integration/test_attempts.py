@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from sage_tasks import keys, liveness
-from sage_tasks.runstate import Phase, RunStatus, RunStore
+from sage_tasks.store import keys, liveness
+from sage_tasks.store.runstate import Phase, RunStatus, RunStore
 from tests.support.redis_server import RedisServer
 from tests.support.runs import run_info
 

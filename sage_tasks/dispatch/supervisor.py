@@ -8,7 +8,7 @@ timer it looks at each unfinished run of its repository and
 - takes a running ticket from its attempt and sends it again when its
   heartbeat is older than the heartbeat timeout, whatever the ticket and
   visibility timeouts (the old attempt is fenced off: see
-  :mod:`sage_tasks.liveness`), and sends a queued ticket again when no worker
+  :mod:`sage_tasks.store.liveness`), and sends a queued ticket again when no worker
   has taken it for the visibility timeout (the commit is idempotent, so a
   late duplicate is harmless);
 - sends a ticket's stored outcome to the commit queue again when it has
@@ -30,10 +30,11 @@ from typing import Any
 import redis
 from celery import Celery, bootsteps
 
-from sage_tasks import eager, events, liveness, producer
-from sage_tasks.celery_app import TASK_PREPARE
-from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
-from sage_tasks.runtime import Runtime
+from sage_tasks.dispatch import eager, producer
+from sage_tasks.dispatch.names import TASK_PREPARE
+from sage_tasks.store import events, liveness
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
+from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -23,20 +23,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from sage_tasks.errors import SageError
-
-if TYPE_CHECKING:
-    from sage_tasks.config import Settings
-
-
-class LocalError(SageError):
-    """The embedded Redis or a local worker could not start or died."""
-
-    exit_code = 3
+from sage_tasks.config import Settings, load_settings
+from sage_tasks.errors import LocalError
 
 
 def find_redis_server() -> str:
@@ -219,8 +210,6 @@ def local_fleet(
     Yields the fleet (its ``check`` raises when a worker died) and ``settings``
     pointed at the private Redis and a private work folder.
     """
-    from sage_tasks.config import load_settings
-
     root = Path(tempfile.mkdtemp(prefix="sage-local-"))
     root.chmod(0o700)
     fleet = LocalFleet(root, human)

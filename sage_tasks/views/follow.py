@@ -12,10 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from sage_tasks.cli import liveness_view
 from sage_tasks.errors import BrokerUnavailable, RunLost
-from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
-from sage_tasks.summary import RunSummary, load_summary
+from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore
+from sage_tasks.views.summary import RunSummary, load_summary
 
 #: how long ``--wait`` rides out an unreachable broker before giving up (exit 3)
 RECONNECT_WINDOW_S = 120.0
@@ -50,6 +49,27 @@ def progress_line(
     if blocked:
         parts.append(f"blocked: {blocked}")
     return " | ".join(parts)
+
+
+def running_where(store: RunStore, run_id: str, ticket_ids: list[str]) -> dict[str, str]:
+    """Ticket id -> ``on HOST, beat Ns ago`` for the running tickets shown (one round trip)."""
+    if not ticket_ids:
+        return {}
+    now = time.time()
+    out = {}
+    try:
+        records = store.tickets(run_id, ticket_ids)
+    except redis.exceptions.RedisError:  # the follower rides out the broker's trouble
+        return {}
+    for tid, rec in records.items():
+        host = rec.get("host", "")
+        try:
+            age = f", beat {max(0.0, now - float(rec.get('heartbeat') or '')):.0f}s ago"
+        except ValueError:
+            age = ""
+        if host:
+            out[tid] = f"(on {host}{age})"
+    return out
 
 
 def follow(
@@ -101,7 +121,7 @@ def follow(
                     "expired); submit again with the same --branch to resume it"
                 )
             total = max(int(info.extra.get("planned", info.to_run)), len(finals))
-            hosts = liveness_view.running_where(store, run_id, running[:6])
+            hosts = running_where(store, run_id, running[:6])
             line = progress_line(info, finals, running, total, hosts)
             progress.update(
                 task, total=total, completed=len(finals), description=f"run {run_id}", detail=line

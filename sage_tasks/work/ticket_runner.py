@@ -17,19 +17,17 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from sage_tasks import liveness
-from sage_tasks.core.index import IndexDocument, Ticket, is_valid_ticket_id
-from sage_tasks.errors import PatchRejected, Retryable, SageError
-from sage_tasks.executor import kill_orphans, run_command, ticket_env
+from sage_tasks.core.index import IndexDocument, Ticket
+from sage_tasks.errors import DependencyPending, PatchRejected, SageError
 from sage_tasks.gitops import Mirror, capture_patch
-from sage_tasks.prompt import render_prompt
-from sage_tasks.runstate import (
+from sage_tasks.store import liveness
+from sage_tasks.store.keys import check_ids
+from sage_tasks.store.runstate import (
     FINAL_PHASES,
     Phase,
     RunInfo,
@@ -37,32 +35,20 @@ from sage_tasks.runstate import (
     RunStore,
     blocking_reason,
 )
-from sage_tasks.runtime import Runtime
+from sage_tasks.work import attempt as attempts
+from sage_tasks.work.executor import kill_orphans, run_command, ticket_env
+from sage_tasks.work.prompt import render_prompt
+from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-#: run ids are ours (hex); anything else on the wire is refused
-RUN_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 
 #: a ticket whose worker died this many times is DEFERRED ("worker lost")
 MAX_WORKER_DEATHS = 3
 
 
-class DependencyPending(Retryable):
-    """A dependency has not been committed yet (only after a redelivery race)."""
-
-
 def outcome(ticket_id: str, kind: str, **fields: Any) -> dict[str, Any]:
     """The JSON result ``run_ticket`` hands to ``commit_ticket``."""
     return {"ticket": ticket_id, "outcome": kind, **fields}
-
-
-def check_ids(run_id: object, ticket_id: object) -> None:
-    """Ids from a message are never trusted."""
-    if not isinstance(run_id, str) or RUN_ID_RE.fullmatch(run_id) is None:
-        raise SageError(f"refused: invalid run id {run_id!r}")
-    if not is_valid_ticket_id(ticket_id):
-        raise SageError(f"refused: invalid ticket id {ticket_id!r}")
 
 
 def blocked_by(rt: Runtime, run_id: str, deps: list[str]) -> str | None:
@@ -118,7 +104,7 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
     if not attempt_no:  # final meanwhile
         return outcome(ticket_id, "done", state=store.ticket(run_id, ticket_id).get("state", ""))
     conflicts = json.loads(record.get("conflict_paths") or "[]")
-    attempt = liveness.Attempt(
+    attempt = attempts.Attempt(
         url=rt.settings.backend_url,
         run_id=run_id,
         ticket_id=ticket_id,
@@ -126,7 +112,7 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
         interval=rt.settings.heartbeat_interval,
     )
     try:
-        with attempt, liveness.dies_with_runner(attempt):
+        with attempt, attempts.dies_with_runner(attempt):
             result = _execute(rt, info, ticket_id, conflicts, record.get("ticket", ""), attempt)
     except BaseException:
         # not a worker death: the task retries, so the ticket waits in the queue again
@@ -221,7 +207,7 @@ def _wait_while_running_elsewhere(
 
 
 def _started(
-    rt: Runtime, run_id: str, ticket_id: str, pgid: int, fence: liveness.Attempt | None
+    rt: Runtime, run_id: str, ticket_id: str, pgid: int, fence: attempts.Attempt | None
 ) -> None:
     """The command runs as process group ``pgid``: recorded, and handed to its fence."""
     if fence is not None:
@@ -253,7 +239,7 @@ def _execute(
     ticket_id: str,
     conflicts: list[str],
     definition: str = "",
-    fence: liveness.Attempt | None = None,
+    fence: attempts.Attempt | None = None,
 ) -> dict[str, Any]:
     """Run the ticket's command (``conflicts``: paths its last patch conflicted in;
     ``definition``: the ticket's JSON object as submitted, if the record has it;
