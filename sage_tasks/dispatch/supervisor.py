@@ -238,7 +238,7 @@ class Supervisor:
             if tid in held:
                 continue
             log.warning(
-                "run %s: ticket %s queued for %.0f s but no worker holds its message; "
+                "run %s: ticket %s not taken for %.0f s and no worker holds its message; "
                 "sending it again",
                 info.run_id,
                 tid,

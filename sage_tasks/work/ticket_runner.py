@@ -196,7 +196,9 @@ def _wait_while_running_elsewhere(
     rt: Runtime, run_id: str, ticket_id: str, record: dict[str, str]
 ) -> dict[str, str]:
     """A duplicate delivery waits while another worker's copy is alive (fresh heartbeat)."""
-    stale_after = rt.settings.heartbeat_timeout
+    # a redelivery concludes sooner than the supervisor (three missed beats) and never later
+    settings = rt.settings
+    stale_after = min(settings.heartbeat_timeout, 3 * settings.heartbeat_interval + 5)
     while record.get("state") == Phase.RUNNING:
         beat = float(record.get("heartbeat") or 0)
         if time.time() - beat > stale_after or runner_is_gone(record):
