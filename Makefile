@@ -4,8 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast test-slow lint demo bench reliability clean redis-server system-deps \
-	flower
+.PHONY: install test test-fast test-slow lint demo bench bench-commands bench-local reliability \
+	clean redis-server system-deps flower
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,15 @@ bench: install redis-server
 	$(BIN)/python bench/plan.py
 	$(BIN)/python bench/makespan.py
 	@for b in bench/commit.py bench/e2e.py bench/failover.py; do [ -f $$b ] && $(BIN)/python $$b || true; done
+	$(BIN)/python bench/commands.py
+
+# every command a user types, each a whole process on 100,000 tickets, against networkx
+bench-commands: install redis-server
+	$(BIN)/python bench/commands.py
+
+# a whole --local run of 10,000 no-op tickets, and the peak memory of each process
+bench-local: install redis-server
+	$(BIN)/python bench/local_run.py --tickets 10000
 
 # Flower for the broker the workers use (SAGE_BROKER_URL), behind basic auth
 # (FLOWER_BASIC_AUTH=user:password; it refuses to start without), on 127.0.0.1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 
 from sage_tasks.config import Settings
@@ -117,6 +118,20 @@ def resolve(
     )
 
 
+def _dumps(value: Any) -> str:
+    """Compact JSON by orjson; json for what orjson refuses (an integer past 64 bits)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _title(raw: dict[str, Any]) -> str:
+    """A ticket's title from its raw JSON (the index was validated: it is text, or absent)."""
+    title = raw.get("title")
+    return title if isinstance(title, str) else ""
+
+
 def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
     """Each planned ticket's first record in the run."""
     records: dict[str, dict[str, str]] = {}
@@ -124,22 +139,21 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
     rank = {t: n for n, t in enumerate(eager_order(sub.doc, sub.plan))} if eager else {}
     for index, batch in enumerate(sub.plan.batches):
         for tid in batch:
-            t = sub.doc.get(tid)
+            # the ticket as submitted: its worker reads it here, not from the whole index
+            raw = sub.doc.ticket_json(tid)
             records[tid] = {
                 "state": "PENDING",
-                "title": t.title if t else "",
-                # the ticket as submitted: its worker reads it here, not from the whole index
-                "ticket": json.dumps(sub.doc.ticket_json(tid), ensure_ascii=False),
+                "title": _title(raw),
+                "ticket": _dumps(raw),
                 "rank": str(rank.get(tid, 0)),
-                "deps": json.dumps(sub.plan.deps.get(tid, [])),
+                "deps": _dumps(sub.plan.deps.get(tid, [])),
                 "batch": str(index),
                 "attempts": "0",
             }
     for tid in sub.plan.blocked:
-        t = sub.doc.get(tid)
         records[tid] = {
             "state": "BLOCKED",
-            "title": t.title if t else "",
+            "title": _title(sub.doc.ticket_json(tid)),
             "reason": "depends on a DEFERRED ticket that is not retried",
             "ended": str(time.time()),
             "attempts": "0",

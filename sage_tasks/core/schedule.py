@@ -101,6 +101,8 @@ def eager_makespan(
         for d in ds:
             dependents[d].append(v)
     ready = [p for p, v in enumerate(rank) if not pending[v]]  # sorted: a heap already
+    if not overlaps:
+        return _list_schedule(rank, ready, place, pending, dependents, weights, slots)
     running: list[tuple[float, int]] = []
     inflight: set[int] = set()
     push, pop = heapq.heappush, heapq.heappop
@@ -109,7 +111,7 @@ def eager_makespan(
         passed: list[int] = []
         while ready and len(inflight) < slots:
             v = rank[pop(ready)]
-            if overlaps and any(o in inflight for o in overlaps.get(v, ())):
+            if any(o in inflight for o in overlaps.get(v, ())):
                 passed.append(place[v])
                 continue
             inflight.add(v)
@@ -120,6 +122,36 @@ def eager_makespan(
             break
         now, v = pop(running)
         inflight.discard(v)
+        for w in dependents[v]:
+            pending[w] -= 1
+            if not pending[w]:
+                push(ready, place[w])
+    return now
+
+
+def _list_schedule(
+    rank: Sequence[int],
+    ready: list[int],
+    place: list[int],
+    pending: list[int],
+    dependents: list[list[int]],
+    weights: Sequence[float],
+    slots: int,
+) -> float:
+    """:func:`eager_makespan` when no paths overlap: the same schedule, a counter for a set."""
+    running: list[tuple[float, int]] = []
+    push, pop = heapq.heappush, heapq.heappop
+    busy = 0
+    now = 0.0
+    for _ in range(len(rank)):
+        while ready and busy < slots:
+            v = rank[pop(ready)]
+            busy += 1
+            push(running, (now + weights[v], v))
+        if not running:  # only possible when deps name a ticket outside ``rank``
+            break
+        now, v = pop(running)
+        busy -= 1
         for w in dependents[v]:
             pending[w] -= 1
             if not pending[w]:
@@ -141,29 +173,41 @@ def urgency_order(
     most work first is what brings list scheduling close to the bound. Ties
     go to the id. ``deps[v]`` lists ``v``'s dependencies among ``run``.
     """
-    dependents: dict[int, list[int]] = {}
+    n = len(ids)
+    dependents: list[list[int]] = [[] for _ in range(n)]
     for v in run:
         for d in deps[v]:
-            dependents.setdefault(d, []).append(v)
-    bottom: dict[int, float] = {}
-    for v in topological(run, deps)[::-1]:
-        bottom[v] = weights[v] + max((bottom[w] for w in dependents.get(v, ())), default=0.0)
+            dependents[d].append(v)
+    bottom = [0.0] * n
+    for v in topological(run, deps, dependents)[::-1]:
+        below = dependents[v]
+        bottom[v] = weights[v] + (max([bottom[w] for w in below]) if below else 0.0)
     order = sorted(run, key=ids.__getitem__)
-    order.sort(key=lambda v: -bottom[v])
+    order.sort(key=bottom.__getitem__, reverse=True)  # stable: ties keep the id order
     order.sort(key=priorities.__getitem__)  # stable: priority, way to the end, id
     return order
 
 
-def topological(run: Sequence[int], deps: Sequence[Sequence[int]]) -> list[int]:
-    """``run`` with every ticket after its dependencies (``deps`` among ``run``, acyclic)."""
+def topological(
+    run: Sequence[int],
+    deps: Sequence[Sequence[int]],
+    dependents: Sequence[Sequence[int]] | None = None,
+) -> list[int]:
+    """``run`` with every ticket after its dependencies (``deps`` among ``run``, acyclic).
+
+    ``dependents[v]``, the tickets of ``run`` that depend on ``v``, is worked
+    out from ``deps`` unless the caller has it.
+    """
+    if dependents is None:
+        found: dict[int, list[int]] = {}
+        for v in run:
+            for d in deps[v]:
+                found.setdefault(d, []).append(v)
+        dependents = [found.get(v, []) for v in range(max(run, default=-1) + 1)]
     pending = {v: len(deps[v]) for v in run}
-    dependents: dict[int, list[int]] = {}
-    for v in run:
-        for d in deps[v]:
-            dependents.setdefault(d, []).append(v)
     out = [v for v in run if not pending[v]]
     for v in out:  # grows while it is read
-        for w in dependents.get(v, ()):
+        for w in dependents[v]:
             pending[w] -= 1
             if not pending[w]:
                 out.append(w)

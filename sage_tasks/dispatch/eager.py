@@ -40,6 +40,11 @@ def _ready_set(rt: Runtime, run_id: str) -> ReadySet:
     return ReadySet(rt.redis, run_id, ttl=rt.settings.result_expires)
 
 
+def in_flight(rt: Runtime, run_id: str) -> list[str]:
+    """The tickets claimed for dispatch whose outcome is not released yet (sent, or about to be)."""
+    return sorted(_ready_set(rt, run_id).inflight())
+
+
 def _cap(info: RunInfo) -> int:
     return int(info.extra.get("cap") or 0)
 

@@ -96,11 +96,13 @@ class Supervisor:
         run_id = info.run_id
         batch = store.batch(run_id, index)
         ticket_ids: list[str] = batch.get("tickets", [])
-        records = store.tickets(run_id, ticket_ids)
-        pending = [t for t in ticket_ids if records[t].get("state") not in FINAL_PHASES]
+        # the records of the batch's unfinished tickets only: a pass costs what is in flight
+        finished = store.final_states(run_id, ticket_ids)
+        pending = [t for t in ticket_ids if t not in finished]
         if not pending:
             if store.batch_is_done(run_id, index):
                 return
+            records = store.tickets(run_id, ticket_ids)
             last = max((float(records[t].get("ended") or 0) for t in ticket_ids), default=0.0)
             if (
                 not batch.get("barrier")  # its chord completed: its state was not lost
@@ -124,8 +126,10 @@ class Supervisor:
                 producer.finish_batch(self.app, self.rt, run_id, index)
             return
         vt = self.rt.settings.vt
+        records = store.tickets(run_id, pending)
         for tid in pending:
-            self.check_ticket(info, tid, records[tid], now, vt)
+            if records[tid].get("state") not in FINAL_PHASES:
+                self.check_ticket(info, tid, records[tid], now, vt)
         self.check_lost_messages(info, {t: records[t] for t in pending}, now)
 
     def chord_state_exists(self, batch: dict[str, Any]) -> bool:
@@ -153,10 +157,14 @@ class Supervisor:
             return True
 
     def check_eager(self, info: RunInfo, now: float) -> None:
-        """An eager run has no batches: look at every ticket it has sent."""
+        """An eager run has no batches: look at the tickets it has in flight.
+
+        Only those (claimed and not yet released): the pass costs what runs
+        now, not the size of the run.
+        """
         store = self.rt.store
         run_id = info.run_id
-        ticket_ids = [t for batch in producer.batches_of(self.rt, run_id) for t in batch]
+        ticket_ids = eager.in_flight(self.rt, run_id)
         records = store.tickets(run_id, ticket_ids)
         for tid in ticket_ids:
             if records[tid].get("state") not in FINAL_PHASES and records[tid].get("queued"):

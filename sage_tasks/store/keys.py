@@ -50,6 +50,11 @@ def final(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:final"
 
 
+def counts(run_id: str) -> str:
+    """Hash: final state -> how many tickets of the run ended in it (kept with ``final``)."""
+    return f"{PREFIX}:run:{run_id}:counts"
+
+
 def running(run_id: str) -> str:
     """Set: ids of the tickets whose command runs right now."""
     return f"{PREFIX}:run:{run_id}:running"

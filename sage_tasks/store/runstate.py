@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
 import redis
 
 from sage_tasks.store import events, keys
@@ -78,6 +80,47 @@ return 1
 """
 
 
+#: HMGET the same fields (ARGV) of every key, answered as one JSON document: a list per key
+#: (a missing field is ``null``); one string to parse instead of a reply per field
+_HMGET_JSON = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local values = redis.call('HMGET', key, unpack(ARGV))
+  for j = 1, #ARGV do
+    if not values[j] then values[j] = cjson.null end
+  end
+  out[i] = values
+end
+return cjson.encode(out)
+"""
+
+#: record a ticket's final state (KEYS: final, counts; ARGV: ticket, state, ttl) and keep
+#: the count of tickets per final state, so a follower reads a few counters, not every final
+_SET_FINAL = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+if old then redis.call('HINCRBY', KEYS[2], old, -1) end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+#: HSET each key's fields, given as one JSON document (ARGV[2]: a flat field, value list a
+#: key), and give it the TTL ARGV[1]: a run's records in one argument, not a command each
+_HSET_JSON = """
+local rows = cjson.decode(ARGV[2])
+for i, key in ipairs(KEYS) do
+  redis.call('HSET', key, unpack(rows[i]))
+  redis.call('EXPIRE', key, ARGV[1])
+end
+return #KEYS
+"""
+
+#: keys read or written by one script call (a call blocks Redis for a few milliseconds)
+SCRIPT_CHUNK = 5000
+
+
 def blocking_reason(records: Mapping[str, Mapping[str, str]], deps: Iterable[str]) -> str:
     """Why a ticket is BLOCKED: its first dependency that ended DEFERRED or BLOCKED ('' if none)."""
     for dep in deps:
@@ -93,7 +136,8 @@ class RunStatus(StrEnum):
     SUBMITTED = "SUBMITTED"
     RUNNING = "RUNNING"
     FINISHED = "FINISHED"
-    FAILED = "FAILED"  # could not start (e.g. the branch could not be prepared)
+    #: could not start (e.g. the branch could not be prepared), or its --local command ended first
+    FAILED = "FAILED"
     CANCELLED = "CANCELLED"  # stopped by ``sage-submit cancel``
 
 
@@ -169,19 +213,28 @@ class RunStore:
     def create(
         self, info: RunInfo, plan_json: str, tickets: Mapping[str, Mapping[str, str]]
     ) -> None:
-        """Store a new run: its record, its plan and a record per ticket."""
+        """Store a new run: its record, its plan and a record per ticket.
+
+        The tickets' records go first, by script a few thousand at a time
+        (each chunk one JSON argument); the run's record, which makes the
+        run visible, goes last, in one transaction with its indexes.
+        """
+        ids = list(tickets)
+        for start in range(0, len(ids), SCRIPT_CHUNK):
+            chunk = ids[start : start + SCRIPT_CHUNK]
+            rows = [[x for kv in tickets[t].items() for x in kv] for t in chunk]
+            names = [keys.ticket(info.run_id, t) for t in chunk]
+            self.r.eval(_HSET_JSON, len(names), *names, self.ttl, orjson.dumps(rows))
         pipe = self.r.pipeline(transaction=True)
         key = keys.run(info.run_id)
         pipe.hset(key, mapping={**info.to_hash(), "plan": plan_json})
         pipe.expire(key, self.ttl)
-        for tid, fields in tickets.items():
-            tkey = keys.ticket(info.run_id, tid)
-            pipe.hset(tkey, mapping=dict(fields))
-            pipe.expire(tkey, self.ttl)
-            state = fields.get("state")
-            if state in {p.value for p in FINAL_PHASES}:
-                pipe.hset(keys.final(info.run_id), tid, state)
-        pipe.expire(keys.final(info.run_id), self.ttl)
+        finals = {t: f["state"] for t, f in tickets.items() if f.get("state") in FINAL_PHASES}
+        if finals:
+            pipe.hset(keys.final(info.run_id), mapping=finals)
+            pipe.expire(keys.final(info.run_id), self.ttl)
+            pipe.hset(keys.counts(info.run_id), mapping=dict(Counter(finals.values())))
+            pipe.expire(keys.counts(info.run_id), self.ttl)
         pipe.zadd(keys.RUNS, {info.run_id: info.created})
         pipe.sadd(keys.active_runs(info.repo), info.run_id)
         # even the indexes of runs expire, a TTL after the last submission
@@ -214,6 +267,23 @@ class RunStore:
         pipe.smembers(keys.running(run_id))
         finals, running = pipe.execute()
         return info, _decode(finals), sorted(m.decode() for m in running)
+
+    def progress_counts(self, run_id: str) -> tuple[RunInfo | None, dict[str, int], list[str]]:
+        """What a follower needs each poll, read in one round trip whatever the run's size.
+
+        The record, how many tickets ended in each final state (counters the
+        workers keep as they finish tickets) and what runs now.
+        """
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hmget(keys.run(run_id), _RUN_FIELDS)
+        pipe.hgetall(keys.counts(run_id))
+        pipe.smembers(keys.running(run_id))
+        pipe.hlen(keys.final(run_id))
+        values, raw_counts, running, finished = pipe.execute()
+        counts = {k.decode(): int(v) for k, v in raw_counts.items() if int(v)}
+        if sum(counts.values()) != finished:  # a run stored before the counters were kept
+            counts = dict(Counter(self.finals(run_id).values()))
+        return _run_info(values), counts, sorted(m.decode() for m in running)
 
     def plan_json(self, run_id: str) -> str | None:
         """The plan stored with the run."""
@@ -268,9 +338,37 @@ class RunStore:
             pipe.hgetall(keys.ticket(run_id, tid))
         return {tid: _decode(d) for tid, d in zip(ids, pipe.execute(), strict=True)}
 
+    def ticket_fields(
+        self, run_id: str, ticket_ids: Iterable[str], fields: list[str]
+    ) -> Iterator[tuple[str, list[str | None]]]:
+        """``fields`` of each ticket's record (None where unset), in the order of ``ticket_ids``.
+
+        The records are read by a script a few thousand at a time and come
+        back as one JSON document per call: a 100,000-ticket run is twenty
+        round trips, and its replies are parsed by orjson, not field by field.
+        """
+        ids = list(ticket_ids)
+        for start in range(0, len(ids), SCRIPT_CHUNK):
+            chunk = ids[start : start + SCRIPT_CHUNK]
+            raw = self.r.eval(
+                _HMGET_JSON, len(chunk), *(keys.ticket(run_id, t) for t in chunk), *fields
+            )
+            try:
+                rows = orjson.loads(raw)
+            except orjson.JSONDecodeError:  # bytes that are not UTF-8 in some field
+                rows = json.loads(raw.decode(errors="replace"))
+            yield from zip(chunk, rows, strict=True)
+
     def finals(self, run_id: str) -> dict[str, str]:
         """Ticket id -> final state for every ticket finished so far."""
         return _decode(self.r.hgetall(keys.final(run_id)))
+
+    def final_states(self, run_id: str, ticket_ids: list[str]) -> dict[str, str]:
+        """Ticket id -> final state for those of ``ticket_ids`` that are final (one HMGET)."""
+        if not ticket_ids:
+            return {}
+        states = self.r.hmget(keys.final(run_id), ticket_ids)
+        return {t: s.decode() for t, s in zip(ticket_ids, states, strict=True) if s is not None}
 
     def final_count(self, run_id: str) -> int:
         """How many tickets the run has finished."""
@@ -464,7 +562,8 @@ class RunStore:
                 "commit": commit,
             },
         )
-        pipe.hset(keys.final(run_id), ticket_id, state.value)
+        final_keys = (keys.final(run_id), keys.counts(run_id))
+        pipe.eval(_SET_FINAL, 2, *final_keys, ticket_id, state.value, self.ttl)
         pipe.srem(keys.running(run_id), ticket_id)
         pipe.hmget(key, ["duration", "slot"])
         duration, slot = pipe.execute()[-1]

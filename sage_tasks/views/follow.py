@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 
 import redis
 from rich.console import Console
@@ -14,7 +16,7 @@ from rich.text import Text
 
 from sage_tasks.errors import BrokerUnavailable, RunLost
 from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore
-from sage_tasks.views.summary import RunSummary, load_summary
+from sage_tasks.views.summary import RunSummary, TicketRow, load_summary
 
 #: how long ``--wait`` rides out an unreachable broker before giving up (exit 3)
 RECONNECT_WINDOW_S = 120.0
@@ -22,12 +24,13 @@ RECONNECT_WINDOW_S = 120.0
 
 def progress_line(
     info: RunInfo,
-    finals: dict[str, str],
+    counts: Mapping[str, int],
     running: list[str],
     total: int,
     hosts: dict[str, str] | None = None,
 ) -> str:
-    """One line of progress; ``hosts``: ticket id -> its host and heartbeat age, when known."""
+    """One line of where a run stands; ``counts``: tickets per final state; ``hosts``:
+    ticket id -> its host and heartbeat age, when known."""
     if info.status == RunStatus.SUBMITTED:
         return (
             f"waiting for the commit worker on queue '{info.commit_queue}' "
@@ -37,13 +40,13 @@ def progress_line(
         where = "eager schedule"
     else:
         where = f"batch {info.batch + 1 if info.batch >= 0 else 0}/{info.batches}"
-    parts = [where, f"{len(finals)}/{total} done"]
+    parts = [where, f"{sum(counts.values())}/{total} done"]
     if running:
         names = [f"{t} {hosts[t]}" if hosts and t in hosts else t for t in running[:6]]
         shown = ", ".join(names) + (" ..." if len(running) > 6 else "")
         parts.append(f"running: {shown}")
-    deferred = sum(1 for v in finals.values() if v == Phase.DEFERRED)
-    blocked = sum(1 for v in finals.values() if v == Phase.BLOCKED)
+    deferred = counts.get(Phase.DEFERRED, 0)
+    blocked = counts.get(Phase.BLOCKED, 0)
     if deferred:
         parts.append(f"deferred: {deferred}")
     if blocked:
@@ -70,6 +73,110 @@ def running_where(store: RunStore, run_id: str, ticket_ids: list[str]) -> dict[s
         if host:
             out[tid] = f"(on {host}{age})"
     return out
+
+
+def _ticket_table(rows: list[TicketRow], title: Text, console: Console, now: float | None) -> None:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("ticket")
+    table.add_column("state")
+    table.add_column("host")
+    table.add_column("attempts", justify="right")
+    table.add_column("duration", justify="right")
+    table.add_column("reason", overflow="fold")
+    colour = {"COMPLETED": "green", "DEFERRED": "yellow", "BLOCKED": "red"}
+    for r in rows:
+        c = colour.get(r.state, "white")
+        # hosts and reasons (executor output) are text, never markup
+        table.add_row(
+            r.id,
+            f"[{c}]{r.state}[/]",
+            Text(r.host),
+            str(r.attempts),
+            _duration(r, now),
+            Text(_first_line(r.reason)),
+        )
+    console.print(table)
+
+
+def _duration(row: TicketRow, now: float | None) -> str:
+    running = row.running_for(now) if now is not None else None
+    if running is not None:
+        return f"running {running:.1f}s"
+    return f"{row.duration_s:.1f}s" if row.duration_s is not None else ""
+
+
+def _first_line(reason: str) -> str:
+    return reason.splitlines()[0][:160] if reason else ""
+
+
+def write_rows(rows: list[TicketRow], console: Console, now: float | None) -> None:
+    """Every ticket as one plain aligned line (``--all`` on a large run), written in chunks."""
+    width = max((len(r.id) for r in rows), default=6)
+    host = max((len(r.host) for r in rows), default=4)
+    lines = [f"{'ticket':<{width}}  {'state':<9}  {'host':<{host}}  attempts  duration  reason"]
+    for r in rows:
+        lines.append(
+            f"{r.id:<{width}}  {r.state:<9}  {r.host:<{host}}  {r.attempts:>8}  "
+            f"{_duration(r, now):>8}  {_CONTROL.sub('?', _first_line(r.reason))}"
+        )
+        if len(lines) >= 5000:
+            console.file.write("\n".join(lines) + "\n")
+            lines = []
+    if lines:
+        console.file.write("\n".join(lines) + "\n")
+
+
+def notable_rows(rows: list[TicketRow]) -> tuple[list[TicketRow], int]:
+    """The rows a person looks for first (running, failed, then waiting), a few of each kind.
+
+    Returns them in the run's order and how many rows were left out.
+    """
+    kinds: dict[str, list[TicketRow]] = {}
+    for r in rows:
+        kind = r.state if r.state in _NOTABLE else ""
+        if kind and len(kinds.setdefault(kind, [])) < ROWS_OF_A_KIND:
+            kinds[kind].append(r)
+    keep = {id(r) for shown in kinds.values() for r in shown}
+    shown = [r for r in rows if id(r) in keep]
+    return shown, len(rows) - len(shown)
+
+
+#: states a bounded table lists (COMPLETED and PENDING tickets are counted, not listed)
+_NOTABLE = frozenset({Phase.RUNNING, Phase.RAN, Phase.DEFERRED, Phase.BLOCKED, Phase.QUEUED})
+#: characters a plain line never carries (a reason is executor output)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: batches shown at each end of a large run's batch list
+EDGE_BATCHES = 3
+#: tickets of the critical path shown before it is cut in the middle
+PATH_SHOWN = 16
+
+
+def render_overview(summary: RunSummary, console: Console) -> None:
+    """A large run in a page: its first and last batches and its critical path, counted."""
+    state = {r.id: r.state for r in summary.rows}
+    batches = summary.batches
+    shown = list(range(len(batches)))
+    if len(batches) > 2 * EDGE_BATCHES + 1:
+        shown = [*range(EDGE_BATCHES), -1, *range(len(batches) - EDGE_BATCHES, len(batches))]
+    width = len(str(len(batches)))
+    for n in shown:
+        if n < 0:
+            hidden = len(batches) - 2 * EDGE_BATCHES
+            console.print(Text(f"  ... {hidden} more batches ...", style="dim"))
+            continue
+        counts = Counter(state.get(t, Phase.PENDING.value) for t in batches[n])
+        parts = ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items()))
+        console.print(Text(f"batch {n + 1:>{width}}  {len(batches[n]):>6} tickets: {parts}"))
+    path = summary.critical_path
+    if path:
+        cut = path
+        if len(path) > PATH_SHOWN:
+            half = PATH_SHOWN // 2
+            cut = [*path[:half], f"... {len(path) - PATH_SHOWN} more ...", *path[-half:]]
+        done = sum(1 for t in path if state.get(t) == Phase.COMPLETED)
+        console.print(
+            Text(f"critical path ({len(path)} tickets, {done} completed): " + " -> ".join(cut))
+        )
 
 
 def follow(
@@ -101,7 +208,7 @@ def follow(
             if on_poll is not None:
                 on_poll()
             try:
-                info, finals, running = store.progress(run_id)
+                info, counts, running = store.progress_counts(run_id)
                 summary = load_summary(store, run_id) if info and info.ended else None
                 failing_since = None
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -120,11 +227,12 @@ def follow(
                     f"run {run_id} is gone from Redis (the broker lost its data or the run "
                     "expired); submit again with the same --branch to resume it"
                 )
-            total = max(int(info.extra.get("planned", info.to_run)), len(finals))
+            done = sum(counts.values())
+            total = max(int(info.extra.get("planned", info.to_run)), done)
             hosts = running_where(store, run_id, running[:6])
-            line = progress_line(info, finals, running, total, hosts)
+            line = progress_line(info, counts, running, total, hosts)
             progress.update(
-                task, total=total, completed=len(finals), description=f"run {run_id}", detail=line
+                task, total=total, completed=done, description=f"run {run_id}", detail=line
             )
             if show and not console.is_terminal and line != last_line:
                 console.print(f"  {line}", markup=False, highlight=False)
@@ -134,11 +242,23 @@ def follow(
             time.sleep(poll_s)
 
 
-def render_summary(summary: RunSummary, console: Console, *, now: float | None = None) -> None:
+#: tickets a person's ticket table lists in full; above it (without ``--all``) the table
+#: keeps the tickets that run or failed, and batches and the critical path say the rest
+TABLE_ROWS = 60
+#: rows of one kind (running, deferred, blocked, waiting) listed in a bounded table
+ROWS_OF_A_KIND = 15
+
+
+def render_summary(
+    summary: RunSummary, console: Console, *, now: float | None = None, show_all: bool = False
+) -> None:
     """The ticket table, then (for a run that ended) the outcome counts and the metrics.
 
     ``now`` (the time of a look at a run still going) shows how long each
-    running ticket has been running.
+    running ticket has been running. A large run (more than
+    :data:`TABLE_ROWS` tickets) shows its batches, critical path and the
+    tickets that run or failed, unless ``show_all``; every ticket is then a
+    plain line rather than a table cell, so 100,000 of them print in a second.
     """
     info = summary.info
     console.print()
@@ -147,32 +267,18 @@ def render_summary(summary: RunSummary, console: Console, *, now: float | None =
     elif info.error:
         failed = Text(f"run {info.run_id} failed: ", style="bold red")
         console.print(failed + Text(info.error), highlight=False)
-    table = Table(
-        title=Text(f"run {info.run_id} on {info.branch}"), show_header=True, header_style="bold"
-    )
-    table.add_column("ticket")
-    table.add_column("state")
-    table.add_column("host")
-    table.add_column("attempts", justify="right")
-    table.add_column("duration", justify="right")
-    table.add_column("reason", overflow="fold")
-    colour = {"COMPLETED": "green", "DEFERRED": "yellow", "BLOCKED": "red"}
-    for r in summary.rows:
-        c = colour.get(r.state, "white")
-        dur = f"{r.duration_s:.1f}s" if r.duration_s is not None else ""
-        running = r.running_for(now) if now is not None else None
-        if running is not None:
-            dur = f"running {running:.1f}s"
-        # hosts and reasons (executor output) are text, never markup
-        table.add_row(
-            r.id,
-            f"[{c}]{r.state}[/]",
-            Text(r.host),
-            str(r.attempts),
-            dur,
-            Text(r.reason.splitlines()[0][:160] if r.reason else ""),
-        )
-    console.print(table)
+    title = Text(f"run {info.run_id} on {info.branch}")
+    if len(summary.rows) <= TABLE_ROWS:
+        _ticket_table(summary.rows, title, console, now)
+    elif show_all:
+        console.print(title, highlight=False)
+        write_rows(summary.rows, console, now)
+    else:
+        render_overview(summary, console)
+        shown, left_out = notable_rows(summary.rows)
+        if shown:
+            _ticket_table(shown, title, console, now)
+        console.print(Text(f"{left_out} more tickets not listed; --all lists every ticket"))
     console.print(
         f"[bold]completed[/] {len(summary.completed)}  [bold]deferred[/] {len(summary.deferred)}"
         f"  [bold]blocked[/] {len(summary.blocked)}",

@@ -48,8 +48,11 @@ def _line(console: Console, label: str, body: str, style: str = "") -> None:
     console.print(text, soft_wrap=True)
 
 
-def render_plan(plan: Plan, console: Console, *, title: str) -> None:
-    """Print ``plan`` for people: banner, one line per batch, path, blocked, statistics."""
+def render_plan(plan: Plan, console: Console, *, title: str, show_all: bool = False) -> None:
+    """Print ``plan`` for people: banner, one line per batch, path, blocked, statistics.
+
+    A long plan is cut (first and last batches, first ids) unless ``show_all``.
+    """
     console.print(Rule(Text(title, style="bold")))
     console.print(Text(mode_line(plan), style="bold cyan"), soft_wrap=True)
     counts = [f"{plan.tickets} in the index", f"{plan.to_run} to run"]
@@ -65,7 +68,7 @@ def render_plan(plan: Plan, console: Console, *, title: str) -> None:
     if not plan.batches:
         console.print(Text("Nothing to run.", style="yellow"))
     shown: list[int] | range = range(len(plan.batches))
-    cut = len(plan.batches) > MAX_BATCHES
+    cut = len(plan.batches) > MAX_BATCHES and not show_all
     if cut:
         head = MAX_BATCHES - _TAIL_BATCHES
         shown = [*range(head), *range(len(plan.batches) - _TAIL_BATCHES, len(plan.batches))]
@@ -78,13 +81,13 @@ def render_plan(plan: Plan, console: Console, *, title: str) -> None:
         text = Text(f"Batch {n + 1:>{width}}", style="bold")
         text.append(f"  level {plan.batch_levels[n]:<{width}}  ", style="dim")
         text.append(f"{len(batch):>4} ticket{'s' if len(batch) != 1 else ' '}  ")
-        text.append(_ids(batch))
+        text.append(_ids(batch, len(batch) if show_all else MAX_IDS))
         console.print(text, soft_wrap=True)
     console.print()
 
     if plan.critical_path:
         path = plan.critical_path
-        if len(path) > MAX_PATH:
+        if len(path) > MAX_PATH and not show_all:
             half = MAX_PATH // 2
             path = [*path[:half], f"... {len(path) - MAX_PATH} more ...", *path[-half:]]
         length = f"{len(plan.critical_path)} tickets"

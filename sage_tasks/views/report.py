@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from sage_tasks.core.estimate import format_duration
 from sage_tasks.core.files import write_atomic
 from sage_tasks.errors import ConfigError, UnknownRun
 from sage_tasks.store.runstate import Phase, RunStatus, RunStore
-from sage_tasks.views.lanes import Bar, BatchMark, bars_of, batch_marks, lanes_of
+from sage_tasks.views.lanes import Bar, BatchMark, Lane, bars_of, batch_marks, lanes_of
+from sage_tasks.views.report_large import TABLE_ROWS, batch_graph, is_large, merged_lane, table_rows
 from sage_tasks.views.summary import RunSummary, TicketRow, load_summary
 
 #: CSS class per final state; any other state is drawn as "ot"
@@ -197,6 +199,7 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
 
     path = _critical_ids(s, plan)
     on_path = set(path)
+    large = is_large(s)
     where: dict[str, tuple[Bar, float]] = {}  # ticket -> its bar and the middle of its lane
     body: list[str] = []
     y, host = top, None
@@ -218,19 +221,23 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
             f'<line class="lane" x1="{left}" y1="{y + rh:.1f}" x2="{left + width}" '
             f'y2="{y + rh:.1f}"/>'
         )
-        for bar in lane.bars:
+        for bar, count, state_cls in _lane_bars(lane, large, total / width, on_path):
             row = bar.row
             x1, x2 = x(bar.start), max(x(bar.end), x(bar.start) + 1.0)
-            cls = f"bar {_cls(row.state)}" + (" cp" if row.id in on_path else "")
+            cls = f"bar {state_cls}" + (" cp" if row.id in on_path else "")
             batch = f", batch {row.batch + 1}" if row.batch is not None and row.batch >= 0 else ""
             where_ran = row.slot or lane.host
             tip = f"{row.id}: {row.state}, {_secs(bar.end - bar.start)} on {where_ran}{batch}"
+            ticket = f' data-ticket="{_e(row.id)}"'
+            if count > 1:  # a large run's neighbouring bars, drawn as one span
+                tip = f"{count} tickets from {row.id}, {_secs(bar.end - bar.start)} on {where_ran}"
+                ticket = f' data-tickets="{count}"'
             body.append(
-                f'<rect class="{cls}" data-ticket="{_e(row.id)}" x="{x1:.1f}" '
+                f'<rect class="{cls}"{ticket} x="{x1:.1f}" '
                 f'y="{y + rh * 0.12:.1f}" width="{x2 - x1:.1f}" height="{rh * 0.76:.1f}">'
                 f"<title>{_e(tip)}</title></rect>"
             )
-            if rh >= 14 and x2 - x1 >= 7 * min(len(row.id), 16) + 8:
+            if count == 1 and rh >= 14 and x2 - x1 >= 7 * min(len(row.id), 16) + 8:
                 body.append(
                     f'<text class="in" x="{x1 + 4:.1f}" y="{y + rh * 0.68:.1f}">'
                     f"{_e(_clip(row.id, 16))}</text>"
@@ -272,6 +279,8 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
         f'<svg width="{w:.0f}" height="{h:.0f}" viewBox="0 0 {w:.0f} {h:.0f}" role="img" '
         f'aria-label="timeline">{"".join(grid)}{"".join(body)}{"".join(links)}</svg>'
     )
+    merged = " Bars less than a pixel apart on a lane are drawn as one span."
+    note_merged = merged if large else ""
     idle = len(s.rows) - len(bars)
     hosts = len({lane.host for lane in lanes})
     note = (
@@ -284,8 +293,17 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
         "dashed lines: batch starts, dotted: batch ends."
         if marks
         else "no batch boundaries (eager schedule, or no batch was recorded)."
-    )
+    ) + note_merged
     return f'{head}{_legend()}<p class="note">{note}</p><div class="scroll">{svg}</div></section>'
+
+
+def _lane_bars(
+    lane: Lane, large: bool, min_gap: float, on_path: set[str]
+) -> Iterable[tuple[Bar, int, str]]:
+    """The bars drawn on a lane: (bar, tickets it stands for, CSS class of the outcome)."""
+    if large:
+        return merged_lane(lane, min_gap, on_path)
+    return ((bar, 1, _cls(bar.row.state)) for bar in lane.bars)
 
 
 def _critical_path(s: RunSummary, plan: dict[str, Any]) -> str:
@@ -314,6 +332,8 @@ def _critical_path(s: RunSummary, plan: dict[str, Any]) -> str:
 
 def _graph(s: RunSummary, plan: dict[str, Any]) -> str:
     head = '<section id="graph"><h2>Graph</h2>'
+    if is_large(s):
+        return batch_graph(s, plan, _e, _legend(), head)
     levels = [[str(t) for t in lv] for lv in plan.get("levels") or s.batches]
     columns = [(f"level {n}", lv) for n, lv in enumerate(levels, 1) if lv]
     blocked = [str(t) for t in plan.get("blocked", [])]
@@ -409,7 +429,11 @@ def _html_table(heads: tuple[str, ...], rows: list[str]) -> str:
 
 def _table(s: RunSummary) -> str:
     rows: list[str] = []
-    for n, r in enumerate(s.rows):
+    listed: Iterable[tuple[int, TicketRow]] = enumerate(s.rows)
+    left_out = 0
+    if is_large(s):
+        listed, left_out = table_rows(s)
+    for n, r in listed:
         first = r.reason.splitlines()[0] if r.reason.strip() else ""
         reason = _e(_clip(first, 140))
         if _has_reason(r):
@@ -422,8 +446,15 @@ def _table(s: RunSummary) -> str:
             f'<td><code>{_e(r.commit[:12] or "—")}</code></td><td class="r">{reason}</td></tr>'
         )
     heads = ("ticket", "state", "batch", "slot", "attempts", "duration", "commit", "reason")
+    note = ""
+    if left_out:
+        note = (
+            f'<p class="note">The tickets that did not complete and those on the critical '
+            f"path; {left_out} more are not listed (<code>sage-submit status "
+            f"{_e(s.info.run_id)} --json</code> lists every ticket).</p>"
+        )
     return (
-        f'<section id="tickets"><h2>Tickets ({len(s.rows)})</h2>'
+        f'<section id="tickets"><h2>Tickets ({len(s.rows)})</h2>{note}'
         f"{_html_table(heads, rows)}</section>"
     )
 
@@ -432,7 +463,7 @@ def _reasons(s: RunSummary, plan: dict[str, Any]) -> str:
     out = ['<section id="reasons"><h2>Deferred and blocked</h2>']
     rows: list[str] = []
     for n, r in enumerate(s.rows):
-        if _has_reason(r):
+        if _has_reason(r) and len(rows) < TABLE_ROWS:
             text = _e(r.reason) if r.reason else '<span class="note">no reason recorded</span>'
             rows.append(
                 f'<tr id="reason-{n}"><td><code>{_e(r.id)}</code></td><td>{_chip(r.state)}</td>'

@@ -8,8 +8,9 @@ as the record is kept.
 
 from __future__ import annotations
 
-import json
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from rich.text import Text
 from sage_tasks.errors import UnknownRun
 from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunStore
 from sage_tasks.views.follow import progress_line, render_summary
+from sage_tasks.views.output import Stream, write_json
 from sage_tasks.views.summary import RunSummary, load_summary
 
 #: how many runs ``status`` without a run id lists
@@ -49,7 +51,7 @@ def recent_runs(store: RunStore, count: int = RECENT_RUNS) -> list[RunLine]:
         if info is None:
             continue
         planned = int(info.extra.get("planned", info.to_run))
-        done = len(store.finals(run_id))
+        done = store.final_count(run_id)
         lines.append(RunLine(run_id, info.status, info.branch, info.created, done, planned))
     return lines
 
@@ -60,11 +62,20 @@ def running_for(summary: RunSummary, now: float) -> dict[str, float]:
 
 
 def status_json(summary: RunSummary, now: float, runs: list[RunLine] | None) -> dict[str, Any]:
-    """The summary of ``--wait --json``, with what a look at a live run adds."""
-    data = summary.to_json()
+    """The summary of ``--wait --json``, with what a look at a live run adds.
+
+    Its ticket list is a :class:`Stream`: written row by row as it is encoded.
+    """
+    data = summary.to_json(tickets=False)
     elapsed = running_for(summary, now)
-    for ticket in data["tickets"]:
-        ticket["running_s"] = elapsed.get(ticket["id"])
+
+    def tickets() -> Iterator[dict[str, Any]]:
+        for row in summary.rows:
+            ticket = row.to_json()
+            ticket["running_s"] = elapsed.get(row.id)
+            yield ticket
+
+    data["tickets"] = Stream(tickets())
     # the batch being run, 0-based like each ticket's "batch" (None: eager, or not started)
     data["current_batch"] = summary.info.batch if summary.info.batch >= 0 else None
     data["schedule"] = summary.info.extra.get("schedule", "levels")
@@ -84,12 +95,14 @@ def render_runs(runs: list[RunLine], console: Console) -> None:
     console.print(table)
 
 
-def render_status(summary: RunSummary, console: Console, now: float) -> None:
+def render_status(
+    summary: RunSummary, console: Console, now: float, *, show_all: bool = False
+) -> None:
     """Where the run stands, then its tickets (and its metrics once it has ended)."""
     info = summary.info
-    finals = {r.id: r.state for r in summary.rows if r.state in FINAL_PHASES}
+    counts = Counter(r.state for r in summary.rows if r.state in FINAL_PHASES)
     running = [r.id for r in summary.rows if r.state == Phase.RUNNING]
-    total = max(int(info.extra.get("planned", info.to_run)), len(finals))
+    total = max(int(info.extra.get("planned", info.to_run)), sum(counts.values()))
     console.print(f"run {info.run_id}: {info.status}", highlight=False)
     if not summary.finished:
         where = {
@@ -97,13 +110,19 @@ def render_status(summary: RunSummary, console: Console, now: float) -> None:
             for r in summary.rows
             if r.state == Phase.RUNNING and r.host and r.heartbeat is not None
         }
-        line = progress_line(info, finals, running, total, where)
+        line = progress_line(info, counts, running, total, where)
         console.print(Text("  " + line), highlight=False)
-    render_summary(summary, console, now=now)
+    render_summary(summary, console, now=now, show_all=show_all)
 
 
 def show_status(
-    store: RunStore, run_id: str | None, *, human: Console, out: Console, as_json: bool
+    store: RunStore,
+    run_id: str | None,
+    *,
+    human: Console,
+    out: Console,
+    as_json: bool,
+    show_all: bool = False,
 ) -> None:
     """``sage-submit status [RUN_ID] [--json]``; raises :class:`UnknownRun` (exit 2)."""
     runs = None if run_id else recent_runs(store)
@@ -115,8 +134,8 @@ def show_status(
         raise UnknownRun(f"unknown run {rid!r}")
     now = time.time()
     if as_json:
-        out.print_json(json.dumps(status_json(summary, now, runs)))
+        write_json(status_json(summary, now, runs))
         return
     if runs:
         render_runs(runs, human)
-    render_status(summary, human, now)
+    render_status(summary, human, now, show_all=show_all)

@@ -6,11 +6,18 @@ and parallel efficiency (speedup over the most tickets that ran at once).
 
 from __future__ import annotations
 
-import json
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore, number
+
+#: the final states as plain strings (an enum member's lookup costs more, row after row)
+_COMPLETED, _DEFERRED, _BLOCKED = (
+    p.value for p in (Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED)
+)
 
 
 @dataclass
@@ -66,17 +73,17 @@ class RunSummary:
     batches: list[list[str]]
     critical_path: list[str] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def completed(self) -> list[str]:
-        return [r.id for r in self.rows if r.state == Phase.COMPLETED]
+        return [r.id for r in self.rows if r.state == _COMPLETED]
 
-    @property
+    @functools.cached_property
     def deferred(self) -> dict[str, str]:
-        return {r.id: r.reason for r in self.rows if r.state == Phase.DEFERRED}
+        return {r.id: r.reason for r in self.rows if r.state == _DEFERRED}
 
-    @property
+    @functools.cached_property
     def blocked(self) -> list[str]:
-        return [r.id for r in self.rows if r.state == Phase.BLOCKED]
+        return [r.id for r in self.rows if r.state == _BLOCKED]
 
     @property
     def finished(self) -> bool:
@@ -92,7 +99,7 @@ class RunSummary:
     def ticket_time_s(self) -> float:
         return sum(r.duration_s or 0.0 for r in self.rows)
 
-    @property
+    @functools.cached_property
     def max_parallel(self) -> int:
         """The most tickets whose commands ran at the same moment."""
         events: list[tuple[float, int]] = []
@@ -128,7 +135,8 @@ class RunSummary:
             return 3
         return 0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, tickets: bool = True) -> dict[str, Any]:
+        """The ``--json`` document; without ``tickets`` the caller adds (streams) them itself."""
         return {
             "run_id": self.info.run_id,
             "status": self.info.status,
@@ -144,7 +152,7 @@ class RunSummary:
             "efficiency": self.efficiency,
             "max_parallel": self.max_parallel,
             "batches": len(self.batches),
-            "tickets": [r.to_json() for r in self.rows],
+            **({"tickets": [r.to_json() for r in self.rows]} if tickets else {}),
             "error": self.info.error or None,
         }
 
@@ -155,29 +163,46 @@ def load_summary(store: RunStore, run_id: str) -> RunSummary | None:
     plan_raw = store.plan_json(run_id)
     if info is None or plan_raw is None:
         return None
-    plan = json.loads(plan_raw)
+    plan = orjson.loads(plan_raw)
     batches: list[list[str]] = plan.get("batches", [])
     ids = [t for b in batches for t in b] + list(plan.get("blocked", []))
-    records = store.tickets(run_id, ids)
-    rows = []
-    for tid in ids:
-        rec = records[tid]
-        batch = rec.get("batch")
-        rows.append(
-            TicketRow(
-                id=tid,
-                state=rec.get("state", Phase.PENDING.value),
-                host=rec.get("host", ""),
-                attempts=int(rec.get("attempts") or 0),
-                duration_s=number(rec.get("duration")),
-                reason=rec.get("reason", ""),
-                commit=rec.get("commit", ""),
-                batch=int(batch) if batch and batch.lstrip("-").isdigit() else None,
-                started=number(rec.get("started")),
-                ended=number(rec.get("ended")),
-                slot=rec.get("slot", ""),
-                heartbeat=number(rec.get("heartbeat")),
-                attempt_no=int(rec.get("attempt_no") or 0),
-            )
-        )
+    rows = [_row(tid, values) for tid, values in store.ticket_fields(run_id, ids, ROW_FIELDS)]
     return RunSummary(info, rows, batches, list(plan.get("critical_path", [])))
+
+
+#: the fields of a ticket's record a :class:`TicketRow` shows
+ROW_FIELDS = [
+    "state",
+    "host",
+    "attempts",
+    "duration",
+    "reason",
+    "commit",
+    "batch",
+    "started",
+    "ended",
+    "slot",
+    "heartbeat",
+    "attempt_no",
+]
+
+
+def _row(tid: str, values: list[str | None]) -> TicketRow:
+    """A ticket's row from its record's :data:`ROW_FIELDS` (None where unset)."""
+    state, host, attempts, duration, reason, commit, batch, started, ended, slot = values[:10]
+    heartbeat, attempt_no = values[10:12]
+    return TicketRow(
+        id=tid,
+        state=state or Phase.PENDING.value,
+        host=host or "",
+        attempts=int(attempts or 0),
+        duration_s=number(duration),
+        reason=reason or "",
+        commit=commit or "",
+        batch=int(batch) if batch and batch.lstrip("-").isdigit() else None,
+        started=number(started),
+        ended=number(ended),
+        slot=slot or "",
+        heartbeat=number(heartbeat),
+        attempt_no=int(attempt_no or 0),
+    )

@@ -467,6 +467,8 @@ def test_redis_started_with_the_config_demands_the_password(tmp_path: Path) -> N
                 time.sleep(0.05)
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         assert client.config_get("appendonly") == {"appendonly": "yes"}
+        # a ticket's record stays in the compact encoding
+        assert client.config_get("hash-max-ziplist-value") == {"hash-max-ziplist-value": "1024"}
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis(port=port).ping()
     finally:

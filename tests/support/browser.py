@@ -55,3 +55,10 @@ def screenshot(page: Path, png: Path) -> None:
 def dump_dom(page: Path) -> str:
     """The page's DOM as the browser built it, serialised."""
     return _run(page, "--dump-dom").stdout
+
+
+def dump_dom_and_console(page: Path) -> tuple[str, list[str]]:
+    """The page's DOM as the browser built it, and what the page logged to the console."""
+    proc = _run(page, "--dump-dom", "--enable-logging=stderr", "--v=0")
+    logged = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
+    return proc.stdout, logged
