@@ -58,7 +58,7 @@ demo: install redis-server
 bench: install redis-server
 	$(BIN)/python bench/plan.py
 	$(BIN)/python bench/makespan.py
-	@for b in bench/commit.py bench/e2e.py bench/bigtree.py; do [ -f $$b ] && $(BIN)/python $$b || true; done
+	@for b in bench/commit.py bench/e2e.py bench/bigtree.py bench/failover.py; do [ -f $$b ] && $(BIN)/python $$b || true; done
 	$(BIN)/python bench/commands.py
 
 # every command a user types, each a whole process on 100,000 tickets, against networkx

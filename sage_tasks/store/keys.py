@@ -65,6 +65,11 @@ def waiting(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:waiting"
 
 
+def cancelled(run_id: str) -> str:
+    """String set once when the run is cancelled: attempts and commits read it to stop."""
+    return f"{PREFIX}:run:{run_id}:cancelled"
+
+
 def batch(run_id: str, index: int) -> str:
     """Hash: one batch's record (chord group id, tickets, sent and done times)."""
     return f"{PREFIX}:run:{run_id}:batch:{index}"

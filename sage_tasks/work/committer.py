@@ -17,7 +17,7 @@ from typing import Any
 from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected, SageError
 from sage_tasks.gitops import ChainItem, CommitResult, CommitTarget, prepare_branch
-from sage_tasks.store import keys
+from sage_tasks.store import keys, liveness
 from sage_tasks.store.keys import check_ids
 from sage_tasks.store.lock import CommitLock
 from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
@@ -79,6 +79,9 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         return committed(ticket_id, str(result.get("state", "")))
     if kind == "lost":
         return committed(ticket_id, "LOST")
+    void = liveness.void_outcome(result, record)
+    if void:
+        return committed(ticket_id, void)
     if kind == "blocked":
         store.finish_ticket(run_id, ticket_id, Phase.BLOCKED, reason=str(result.get("reason", "")))
         return committed(ticket_id, Phase.BLOCKED.value)
@@ -91,6 +94,9 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     lock = CommitLock(rt.redis, keys.commit_lock(info.repo), lease=rt.settings.lock_lease)
     lock.acquire(blocking_timeout=LOCK_WAIT_S)
     try:
+        if liveness.is_cancelled(store, run_id):
+            # cancelled before this commit began: only a commit already under way finishes
+            return committed(ticket_id, Phase.CANCELLED.value)
         rt.inject("commit-locked")
         now = store.ticket(run_id, ticket_id).get("state", "")
         if now in FINAL_PHASES:

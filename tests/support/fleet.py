@@ -59,6 +59,7 @@ class Fleet:
                 "SAGE_VISIBILITY_TIMEOUT": "60",
                 "SAGE_TICKET_TIMEOUT": "30",
                 "SAGE_HEARTBEAT_INTERVAL": "1",
+                "SAGE_HEARTBEAT_TIMEOUT": "10",
                 "SAGE_SUPERVISOR_INTERVAL": "1",
                 "PYTHONUNBUFFERED": "1",
             }
