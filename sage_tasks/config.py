@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     lock_lease: float = Field(default=30.0, gt=0)
     #: how often a running ticket refreshes its heartbeat
     heartbeat_interval: float = Field(default=5.0, gt=0)
+    #: a running ticket whose heartbeat is older than this is taken from its attempt and
+    #: sent again, whatever the ticket and visibility timeouts (a dead host costs seconds)
+    heartbeat_timeout: float = Field(default=30.0, gt=0)
     #: how often the supervisor looks for lost tickets and stalled batches
     supervisor_interval: float = Field(default=5.0, gt=0)
     #: how long results, chord state and run records are kept (default: a week, or

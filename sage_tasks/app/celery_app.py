@@ -8,15 +8,18 @@ read it, results that outlive the longest run, and task events for Flower.
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from celery import Celery
+from celery import Celery, signals
 
 from sage_tasks.app import compat, monitoring
 from sage_tasks.app.tasks import register_tasks
-from sage_tasks.config import Settings
+from sage_tasks.config import Settings, load_settings
 from sage_tasks.dispatch.names import TASK_RUN
+from sage_tasks.gitops import prune_workdir
 
 
 def _ssl_options(url: str) -> dict[str, Any] | None:
@@ -104,4 +107,38 @@ def make_app(settings: Settings) -> Celery:
         app.conf.redis_backend_use_ssl = backend_ssl
     app.sage_settings = settings  # type: ignore[attr-defined]
     register_tasks(app)
+    return app
+
+
+@functools.cache
+def default_app() -> Celery:
+    """The app Celery's own command line finds as ``celery -A sage_tasks``.
+
+    Built on first use from the ``SAGE_*`` settings (nothing connects at
+    import), once per process. A ``celery -A sage_tasks worker`` started on it
+    behaves as ``sage-worker tickets``: it serves the ticket queue (Celery's
+    default queue here) and clears a crashed worker's leftovers first. The
+    commit queue is refused: only ``sage-worker commit --repo PATH`` knows
+    which repository it may write to.
+    """
+    app = make_app(load_settings())
+
+    def check_queues(sender: object = None, instance: Any = None, **_: Any) -> None:
+        if instance is None or instance.app is not app:
+            return
+        settings: Settings = app.sage_settings
+        # without -Q a worker consumes every queue the app knows (here: the ticket queue)
+        queues = set(instance.app.amqp.queues.consume_from or instance.app.amqp.queues)
+        if settings.commit_queue in queues:
+            print(
+                f"sage: error: queue '{settings.commit_queue}' is the commit queue; start its one "
+                "worker with: sage-worker commit --repo PATH",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        if settings.ticket_queue in queues:
+            settings.workdir.mkdir(parents=True, exist_ok=True)
+            prune_workdir(settings.workdir)
+
+    signals.celeryd_after_setup.connect(check_queues, weak=False)
     return app

@@ -20,8 +20,9 @@ from celery import Celery, Task
 from sage_tasks.dispatch import eager, producer
 from sage_tasks.dispatch.names import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
 from sage_tasks.errors import GitError, RepositoryRefused, Retryable, SageError
+from sage_tasks.store.runstate import RunStatus
 from sage_tasks.work import committer, ticket_runner
-from sage_tasks.work.runtime import app_runtime
+from sage_tasks.work.runtime import Runtime, app_runtime
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,12 @@ def register_tasks(app: Celery) -> None:
     )
     def prepare_run(self: Task[Any, Any], run_id: str) -> bool:
         rt = app_runtime(app)
-        prepared = committer.prepare_run(rt, run_id)
+        try:
+            prepared = committer.prepare_run(rt, run_id)
+        except RepositoryRefused as exc:
+            log.error("%s", exc)
+            _refuse_run(rt, run_id, exc, self.request.hostname)
+            raise
         info = rt.store.get(run_id)
         if info is not None and eager.is_eager(info) and rt.serves(info.repo):
             # idempotent: a redelivery after a death mid-start sends what that start claimed
@@ -112,6 +118,19 @@ def register_tasks(app: Celery) -> None:
         elif prepared:
             producer.advance(app, rt, run_id, 0)
         return prepared
+
+
+def _refuse_run(rt: Runtime, run_id: str, exc: Exception, node: object) -> None:
+    """End a run this commit worker refuses to start, in its own words: ``--wait`` exits 3.
+
+    Left alone, the run would wait forever, its reason only in this worker's log.
+    """
+    info = rt.store.get(run_id) if isinstance(run_id, str) else None
+    if info is None or info.status not in (RunStatus.SUBMITTED, RunStatus.RUNNING):
+        return
+    name = node if isinstance(node, str) and node else rt.hostname
+    error = f"commit worker {name} refused the run: {exc}"
+    rt.store.finish(run_id, info.repo, status=RunStatus.FAILED, error=error)
 
 
 def _retry_or_give_up(task: Task[Any, Any], exc: Exception, ticket_id: str) -> dict[str, Any]:

@@ -33,21 +33,30 @@ class Finding:
     ok: bool
     detail: str
     info: bool = False  # informational (never makes the check fail)
+    warning: bool = False  # worth fixing, but a run works (never makes the check fail)
 
     def to_json(self) -> dict[str, Any]:
-        return {"what": self.what, "ok": self.ok, "detail": self.detail, "info": self.info}
+        return {
+            "what": self.what,
+            "ok": self.ok,
+            "detail": self.detail,
+            "info": self.info,
+            "warning": self.warning,
+        }
 
 
 @dataclass
 class CheckReport:
     findings: list[Finding] = field(default_factory=list)
 
-    def add(self, what: str, ok: bool, detail: str, *, info: bool = False) -> None:
-        self.findings.append(Finding(what, ok, detail, info))
+    def add(
+        self, what: str, ok: bool, detail: str, *, info: bool = False, warning: bool = False
+    ) -> None:
+        self.findings.append(Finding(what, ok, detail, info, warning))
 
     @property
     def ready(self) -> bool:
-        return all(f.ok for f in self.findings if not f.info)
+        return all(f.ok for f in self.findings if not (f.info or f.warning))
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -58,17 +67,34 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def check_workers(settings: Settings, report: CheckReport, timeout: float = 3.0) -> None:
-    """Which workers consume which queues, asked over the broker's control channel."""
-    app = make_app(settings)
-    try:
-        replies = app.control.inspect(timeout=timeout).active_queues() or {}
-    finally:
-        app.close()
+def is_local_path(url: str) -> bool:
+    """True for a path or ``file://`` URL; False for a network URL (``git://``, ``ssh://``,
+    ``https://``, scp-like ``host:path``), which any host may try to read."""
+    if url.startswith("file://"):
+        return True
+    if "://" in url:
+        return False
+    head = url.split("/", 1)[0]
+    return ":" not in head
+
+
+def queue_consumers(app: Any, timeout: float) -> dict[str, list[str]]:
+    """Queue name -> the workers consuming it, asked over the broker's control channel."""
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
     consumers: dict[str, list[str]] = {}
     for node, queues in replies.items():
         for q in queues or []:
             consumers.setdefault(str(q.get("name")), []).append(node)
+    return consumers
+
+
+def check_workers(settings: Settings, report: CheckReport, timeout: float = 3.0) -> None:
+    """Which workers consume which queues, asked over the broker's control channel."""
+    app = make_app(settings)
+    try:
+        consumers = queue_consumers(app, timeout)
+    finally:
+        app.close()
     tickets = sorted(consumers.get(settings.ticket_queue, []))
     commits = sorted(consumers.get(settings.commit_queue, []))
     report.add(
@@ -96,11 +122,47 @@ def check_workers(settings: Settings, report: CheckReport, timeout: float = 3.0)
         )
 
 
+#: the heartbeat timeout should be at least this many heartbeat intervals
+BEATS_PER_TIMEOUT = 3
+
+
+def check_liveness(settings: Settings, report: CheckReport) -> None:
+    """Warn about heartbeat and visibility settings that make recovery slow or racy."""
+    interval, timeout = settings.heartbeat_interval, settings.heartbeat_timeout
+    if timeout < BEATS_PER_TIMEOUT * interval:
+        report.add(
+            "heartbeat timeout",
+            False,
+            f"SAGE_HEARTBEAT_TIMEOUT={timeout:g} s is not well above SAGE_HEARTBEAT_INTERVAL="
+            f"{interval:g} s: one late beat would take a live ticket away "
+            f"(make it at least {BEATS_PER_TIMEOUT * interval:g} s)",
+            warning=True,
+        )
+    else:
+        report.add(
+            "heartbeat timeout",
+            True,
+            f"a ticket whose worker is silent for {timeout:g} s runs again elsewhere "
+            f"(heartbeat every {interval:g} s)",
+        )
+    if settings.vt < settings.ticket_timeout and timeout >= settings.vt:
+        report.add(
+            "visibility timeout",
+            False,
+            f"SAGE_VISIBILITY_TIMEOUT={settings.vt:g} s is shorter than the ticket timeout "
+            f"({settings.ticket_timeout:g} s) and the heartbeat timeout ({timeout:g} s) does not "
+            "cover it: a long ticket is delivered again while it runs, before its heartbeat "
+            f"could say it is alive (lower SAGE_HEARTBEAT_TIMEOUT below {settings.vt:g} s)",
+            warning=True,
+        )
+
+
 def run_checks(
     settings: Settings, *, repo: str | None, repo_url: str | None, index: str | None, parallel: Any
 ) -> CheckReport:
     """Every check, each a finding; nothing is written anywhere."""
     report = CheckReport()
+    check_liveness(settings, report)
     try:
         connect(settings.broker_url, timeout=3)
         report.add("broker", True, f"{redact_url(settings.broker_url)} answers")
@@ -134,14 +196,24 @@ def run_checks(
         report.add("repository", False, str(exc))
         return report
     url = repo_url or str(root)
-    problem = gitops.url_readable(url)
-    report.add(
-        "repository URL",
-        problem is None,
-        f"{gitops.redact_url(url)} is readable"
-        if problem is None
-        else f"{gitops.redact_url(url)}: {problem}",
-    )
+    if repo_url and is_local_path(repo_url):
+        # the workers' name for the repository (e.g. /repo inside their containers):
+        # a path on their hosts, which means nothing on this one
+        report.add(
+            "repository URL",
+            True,
+            f"{repo_url} is a path on the workers' hosts; they read it, this host does not",
+            info=True,
+        )
+    else:
+        problem = gitops.url_readable(url)
+        report.add(
+            "repository URL",
+            problem is None,
+            f"{gitops.redact_url(url)} is readable"
+            if problem is None
+            else f"{gitops.redact_url(url)}: {problem}",
+        )
     index_path = index or DEFAULT_INDEX_PATH
     try:
         data = gitops.read_index_at(root, gitops.resolve_ref(root, "HEAD"), index_path)

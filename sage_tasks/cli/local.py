@@ -336,7 +336,11 @@ def _run_folder(home: Path) -> Iterator[Path]:
     try:
         yield root
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        # deferred: the git layer (and GitPython with it) loads only once a run ends
+        from sage_tasks.gitops.removal import remove_tree
+
+        with suppress(OSError):
+            remove_tree(root)  # a big repository's worktrees: several threads
 
 
 def _settle_killed(settings: Settings, repo: Path, human: Console) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -46,8 +47,14 @@ def wait_for(
     on_poll: Callable[[], None] | None = None,
     report: Path | None = None,
     show_all: bool = False,
+    watch: bool = True,
 ) -> int:
-    """Follow a run to its end, print the summary (and write its report); returns the exit code."""
+    """Follow a run to its end, print the summary (and write its report); returns the exit code.
+
+    ``watch``: warn while no worker consumes the run's queues. Ctrl-C asks
+    whether to cancel the run or only stop watching it (exit 130).
+    """
+    from sage_tasks.cli import liveness_view
     from sage_tasks.store.broker import connect
     from sage_tasks.store.runstate import RunStore
     from sage_tasks.views.follow import follow, render_summary
@@ -56,7 +63,22 @@ def wait_for(
     def store() -> RunStore:
         return RunStore(connect(sub_settings.backend_url), ttl=sub_settings.result_expires)
 
-    summary = follow(store, run_id, console=human, on_poll=on_poll)
+    watcher = liveness_view.ConsumerWatch(
+        sub_settings, human, commit_queue=sub_settings.commit_queue
+    )
+    try:
+        with watcher.running() if watch else contextlib.nullcontext():
+            summary = follow(store, run_id, console=human, on_poll=on_poll)
+    except KeyboardInterrupt:
+        if not liveness_view.ask_cancel(human, run_id):
+            human.print(
+                f"stopped watching run {run_id}; it goes on "
+                f"(sage-submit status {run_id}; sage-submit cancel {run_id})",
+                highlight=False,
+            )
+            return 130
+        liveness_view.cancel_run(store(), run_id, sub_settings, human)
+        summary = follow(store, run_id, console=human, on_poll=on_poll)
     render_summary(summary, human, show_all=show_all)
     if report is not None:
         write_report(store(), run_id, report)
@@ -102,6 +124,7 @@ def _run_local(
             on_poll=fleet.check,
             report=report,
             show_all=show_all,
+            watch=False,
         )
     me = sys.argv[0] if sys.argv[0].endswith("sage-submit") else "sage-submit"
     where = f"--local --repo {shlex.quote(str(sub.repo))}"
@@ -357,6 +380,24 @@ def status(
 
 
 @cli.command()
+@click.argument("run_id", required=False)
+@click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@click.pass_context
+@handle_errors
+def cancel(ctx: click.Context, run_id: str | None, broker: str | None) -> None:
+    """Stop a run (default: the latest): nothing more is sent or committed, running commands
+    are killed on every host, a commit under way finishes; the same --branch resumes it."""
+    from sage_tasks.cli import liveness_view
+    from sage_tasks.store.broker import connect
+    from sage_tasks.store.runstate import RunStore
+
+    settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
+    human, _ = _consoles(False)
+    store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
+    liveness_view.cancel_run(store, run_id, settings, human)
+
+
+@cli.command()
 @click.argument("run_id")
 @click.option(
     "--html",
@@ -422,6 +463,8 @@ def check(
     else:
         for f in report.findings:
             mark = "[cyan]i[/]" if f.info else ("[green]ok[/]" if f.ok else "[red]FAIL[/]")
+            if f.warning:
+                mark = "[yellow]warn[/]"
             human.print(f"{mark:>4}  {f.what}: ", end="", highlight=False)
             human.print(f.detail, markup=False, highlight=False)
         human.print("ready" if report.ready else "[red]not ready[/]", highlight=False)

@@ -15,7 +15,7 @@ from sage_tasks.cli.common import error, handle_errors
 from sage_tasks.config import load_settings
 from sage_tasks.core.urls import redact_url
 from sage_tasks.dispatch import supervisor
-from sage_tasks.errors import ConfigError
+from sage_tasks.errors import ConfigError, SageError
 from sage_tasks.gitops import prune_workdir, repo_root
 from sage_tasks.work.runtime import app_runtime
 
@@ -127,7 +127,7 @@ def flower(port: int, address: str, no_auth: bool, broker: str | None) -> None:
             "FLOWER_BASIC_AUTH must be user:password (or several, comma-separated), "
             "each with a user and a password"
         )
-    celery_bin = shutil.which("celery", path=str(Path(sys.executable).parent)) or "celery"
+    celery_bin = _celery_script()
     argv = [celery_bin, "flower", f"--port={port}", f"--address={address}"]
     # secrets travel in the environment, never on a command line others can read in ps
     env = dict(os.environ)
@@ -144,6 +144,20 @@ def flower(port: int, address: str, no_auth: bool, broker: str | None) -> None:
     except OSError as exc:
         error(f"cannot start Flower: {exc}")
         sys.exit(3)
+
+
+def _celery_script() -> str:
+    """Celery's script: beside this interpreter (a venv), else on ``PATH``.
+
+    The two live apart under a system Python (Debian's ``/usr/bin/python3`` with
+    scripts in ``/usr/local/bin``), ``pip install --user`` and some pipx setups.
+    """
+    found = shutil.which("celery", path=str(Path(sys.executable).parent)) or shutil.which("celery")
+    if found is None:
+        raise SageError(  # an installation problem, not bad input: exit 3
+            f"cannot start Flower: no 'celery' script beside {sys.executable} or on PATH"
+        )
+    return found
 
 
 def _credential_ok(entry: str) -> bool:

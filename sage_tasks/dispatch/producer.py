@@ -81,6 +81,9 @@ def advance(app: Celery, rt: Runtime, run_id: str, start: int) -> None:
     if info is None:
         log.warning("run %s is gone from Redis; nothing to advance", run_id)
         return
+    if info.status == RunStatus.CANCELLED:
+        log.info("run %s was cancelled; nothing more is sent", run_id)
+        return
     batches = batches_of(rt, run_id)
     index = start
     while index < len(batches):

@@ -5,9 +5,12 @@ connection dropped before it recorded the delivery), and a batch's chord can
 lose its state. The supervisor does not depend on the producer waiting: on a
 timer it looks at each unfinished run of its repository and
 
-- sends a ticket again when no worker has run or heartbeated it for the
-  visibility timeout (the commit is idempotent, so a late duplicate is
-  harmless);
+- takes a running ticket from its attempt and sends it again when its
+  heartbeat is older than the heartbeat timeout, whatever the ticket and
+  visibility timeouts (the old attempt is fenced off: see
+  :mod:`sage_tasks.store.liveness`), and sends a queued ticket again when no worker
+  has taken it for the visibility timeout (the commit is idempotent, so a
+  late duplicate is harmless);
 - sends a ticket's stored outcome to the commit queue again when it has
   waited that long for its commit;
 - finishes a batch whose tickets are all final but whose barrier never ran
@@ -24,11 +27,12 @@ import logging
 import time
 from typing import Any
 
+import redis
 from celery import Celery, bootsteps
 
 from sage_tasks.dispatch import eager, producer
 from sage_tasks.dispatch.names import TASK_PREPARE
-from sage_tasks.store import events
+from sage_tasks.store import events, liveness
 from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
 from sage_tasks.work.runtime import Runtime
 
@@ -45,6 +49,7 @@ class Supervisor:
     def __init__(self, app: Celery, rt: Runtime):
         self.app = app
         self.rt = rt
+        self._broker: Any = None
 
     @property
     def grace(self) -> float:
@@ -125,6 +130,7 @@ class Supervisor:
         for tid in pending:
             if records[tid].get("state") not in FINAL_PHASES:
                 self.check_ticket(info, tid, records[tid], now, vt)
+        self.check_lost_messages(info, {t: records[t] for t in pending}, now)
 
     def chord_state_exists(self, batch: dict[str, Any]) -> bool:
         """True unless the batch's chord is known to have lost its state in the result backend.
@@ -163,6 +169,7 @@ class Supervisor:
         for tid in ticket_ids:
             if records[tid].get("state") not in FINAL_PHASES and records[tid].get("queued"):
                 self.check_ticket(info, tid, records[tid], now, self.rt.settings.vt)
+        self.check_lost_messages(info, records, now)
         eager.pump(self.app, self.rt, run_id)
 
     def check_ticket(
@@ -183,9 +190,14 @@ class Supervisor:
                 self._resend(info, tid, state, f"not taken for {now - since:.0f} s", now)
         elif state == Phase.RUNNING:
             beat = max(float(rec.get("heartbeat") or 0), float(rec.get("resent") or 0))
-            if now - beat > vt:
+            timeout = self.rt.settings.heartbeat_timeout
+            if now - beat > timeout and liveness.take_over(store, run_id, tid, timeout, now):
                 log.warning(
-                    "run %s: ticket %s silent for %.0f s; sending it again", run_id, tid, now - beat
+                    "run %s: ticket %s silent for %.0f s (host %s); sending it again",
+                    run_id,
+                    tid,
+                    now - beat,
+                    rec.get("host", "?"),
                 )
                 self._resend(info, tid, state, f"silent for {now - beat:.0f} s", now)
         elif state == Phase.RAN:
@@ -204,11 +216,64 @@ class Supervisor:
                 result: dict[str, Any] = json.loads(rec["result"])
                 producer.commit_only(self.app, result, run_id, tid, info.commit_queue).apply_async()
 
+    def check_lost_messages(
+        self, info: RunInfo, records: dict[str, dict[str, str]], now: float
+    ) -> None:
+        """Send again a queued ticket whose message the broker no longer has.
+
+        A host that was cut off or froze may still hold a pending pop on the
+        ticket queue: a message sent meanwhile (a ticket taken from it, the
+        next batch) goes to that dead connection and is lost for good, and the
+        visibility timeout does not bring it back. A ticket queued for longer
+        than the heartbeat timeout, while the ticket queue is empty and no
+        delivered message carries it, is sent again. The broker is searched
+        only then (its unacknowledged messages: a few per worker slot).
+        """
+        timeout = self.rt.settings.heartbeat_timeout
+        suspects = [
+            tid
+            for tid, rec in records.items()
+            if rec.get("state") == Phase.QUEUED
+            and now - max(float(rec.get("queued") or 0), float(rec.get("resent") or 0)) > timeout
+        ]
+        if not suspects or self.broker.llen(self.rt.settings.ticket_queue):
+            return  # a message still waiting in the queue may be theirs
+        held = liveness.held_by_broker(
+            self.broker,
+            {tid: liveness.message_mark(info.run_id, tid, records[tid]) for tid in suspects},
+        )
+        for tid in suspects:
+            if tid in held:
+                continue
+            log.warning(
+                "run %s: ticket %s not taken for %.0f s and no worker holds its message; "
+                "sending it again",
+                info.run_id,
+                tid,
+                now
+                - max(
+                    float(records[tid].get("queued") or 0), float(records[tid].get("resent") or 0)
+                ),
+            )
+            self._resend(info, tid, Phase.QUEUED.value, "its message was lost", now)
+
+    @property
+    def broker(self) -> Any:
+        """A client of the broker's Redis (its queues may live apart from the results)."""
+        if self._broker is None:
+            self._broker = redis.Redis.from_url(
+                self.rt.settings.broker_url, socket_timeout=30, socket_connect_timeout=10
+            )
+        return self._broker
+
     def _resend(self, info: RunInfo, tid: str, state: str, why: str, now: float) -> None:
         """Send a ticket's tasks again (the supervisor's warning said why)."""
         self.rt.store.set_ticket(info.run_id, tid, resent=now)
         events.ticket_event(info.run_id, tid, state, event="resent", reason=why)
-        producer.ticket_chain(self.app, info.run_id, tid, info.commit_queue).apply_async()
+        sent = producer.ticket_chain(self.app, info.run_id, tid, info.commit_queue).apply_async()
+        # the run task's id: a lost message is told from a queued one by it
+        run_task = getattr(sent.parent, "id", None) or ""
+        self.rt.store.set_ticket(info.run_id, tid, resent_task=run_task)
 
 
 def install(app: Celery, rt: Runtime) -> None:

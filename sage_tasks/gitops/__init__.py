@@ -19,7 +19,7 @@ from sage_tasks.gitops.branch import (
     resolve_ref,
     working_copy_differs,
 )
-from sage_tasks.gitops.commit import CommitResult, CommitTarget
+from sage_tasks.gitops.commit import ChainItem, CommitResult, CommitTarget
 from sage_tasks.gitops.history import TicketCommit, ticket_commits
 from sage_tasks.gitops.mirror import Mirror, prune_workdir
 from sage_tasks.gitops.patch import Patch, capture_patch
@@ -30,6 +30,7 @@ from sage_tasks.gitops.safety import check_patch
 __all__ = [
     "PROTECTED_BRANCHES",
     "BranchInfo",
+    "ChainItem",
     "CommitResult",
     "CommitTarget",
     "Mirror",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -63,6 +63,21 @@ class CommitResult:
     already: bool = False
     #: nothing was committed: the patch conflicted and the caller runs the ticket again
     rerun: bool = False
+    #: why an unsafe patch was dropped (a chain records the ticket DEFERRED with it)
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ChainItem:
+    """One finished ticket to record: what :meth:`CommitTarget.commit` takes."""
+
+    ticket_id: str
+    title: str
+    run_id: str
+    patch: bytes | None
+    state: State
+    reason: str | None = None
+    rerun_on_conflict: bool = False
 
 
 class CommitTarget:
@@ -137,6 +152,58 @@ class CommitTarget:
         ``rerun_on_conflict`` a merge conflict commits nothing: the result has
         ``rerun=True`` and the conflicting paths, for the ticket to run again.
         """
+        item = ChainItem(ticket_id, title, run_id, patch, state, reason, rerun_on_conflict)
+        head = self._head()
+        res, _tree = self._build(head, item)
+        if res.already or res.rerun:
+            return res
+        hook = before_update_ref or self.before_update_ref
+        if hook is not None:
+            hook()
+        self.repo.update_ref(self.ref, res.sha, head[0])
+        return res
+
+    def commit_chain(
+        self, items: list[ChainItem], *, before_update_ref: Callable[[], None] | None = None
+    ) -> list[CommitResult]:
+        """Record several finished tickets as a chain of commits, one each, in ``items``' order.
+
+        Each ticket gets the commit :meth:`commit` would give it, on the one
+        before it; the branch moves once, with one compare-and-swap, to the
+        last. A ticket already recorded, or one to run again, adds no commit;
+        an unsafe patch is recorded DEFERRED with the reason (``reason`` of
+        its result). Raises :class:`RefMoved` when the branch moved (nothing
+        is published then: retry).
+        """
+        head = tip = self._head()
+        results: list[CommitResult] = []
+        for item in items:
+            try:
+                res, tree = self._build(tip, item)
+            except PatchRejected as exc:
+                item = replace(item, patch=None, state=State.DEFERRED, reason=str(exc))
+                res, tree = self._build(tip, item)
+                res = replace(res, reason=str(exc))
+            results.append(res)
+            if not (res.already or res.rerun):
+                tip = (res.sha, tree)
+        if tip != head:
+            hook = before_update_ref or self.before_update_ref
+            if hook is not None:
+                hook()
+            self.repo.update_ref(self.ref, tip[0], head[0])
+        return results
+
+    def _head(self) -> tuple[str, str]:
+        head = self.repo.head(self.ref)
+        if head is None:
+            raise RepositoryError(f"branch {self.branch!r} does not exist", path=self.branch)
+        return head
+
+    def _build(self, head: tuple[str, str], item: ChainItem) -> tuple[CommitResult, str]:
+        """The commit recording ``item`` on ``head`` (written, not published) and its tree."""
+        ticket_id, run_id, state, reason = item.ticket_id, item.run_id, item.state, item.reason
+        patch = item.patch
         self._check_args(ticket_id, run_id, state)
         body = b""
         files: list[FileDiff] = []
@@ -145,9 +212,6 @@ class CommitTarget:
             check_files(files)
             files = self._without_index(files)
             body = b"".join(patch[f.start : f.end] for f in files)
-        head = self.repo.head(self.ref)
-        if head is None:
-            raise RepositoryError(f"branch {self.branch!r} does not exist", path=self.branch)
         head_sha, head_tree = head
         index_oid, index_data, doc = self._load_index(head_sha)
         ticket = doc.get(ticket_id)
@@ -159,18 +223,22 @@ class CommitTarget:
         done = self._already(ticket_id, run_id, ticket.state, head_sha)
         if done is not None:
             self.repo.last_index = (index_oid, index_data, doc)
-            return done
-        title = title or ticket.title
+            return done, head_tree
+        title = item.title or ticket.title
         old = (index_oid, index_data)
 
         conflicts: list[str] = []
         tree: str | None = None
         if state is State.COMPLETED:
             doc.set_state(ticket_id, State.COMPLETED)
-            exact = self._preimages_at(head_sha, files)
-            tree, conflicts, failure = self._apply(head_tree, body, old, doc.dumps(), exact, doc)
-            if tree is None and conflicts and rerun_on_conflict:
-                return CommitResult(head_sha, State.DEFERRED, conflicts, rerun=True)
+            tree = self._in_process(head_tree, patch or b"", files, doc)
+            if tree is None:
+                exact = self._preimages_at(head_sha, files)
+                tree, conflicts, failure = self._apply(
+                    head_tree, body, old, doc.dumps(), exact, doc
+                )
+            if tree is None and conflicts and item.rerun_on_conflict:
+                return CommitResult(head_sha, State.DEFERRED, conflicts, rerun=True), head_tree
             if tree is None:
                 state = State.DEFERRED
                 reason = (
@@ -180,17 +248,15 @@ class CommitTarget:
                 )
         if tree is None:
             doc.set_state(ticket_id, State.DEFERRED, reason)
+            tree = self._in_process(head_tree, b"", [], doc)
+        if tree is None:
             tree, _, failure = self._apply(head_tree, b"", old, doc.dumps(), True, doc)
             if tree is None:
                 raise GitError(f"cannot update {self.index_path}: {failure}", tickets=[ticket_id])
 
         text = message(ticket_id, title, run_id, reason if state is State.DEFERRED else None)
         new = self.repo.commit_tree(tree, head_sha, text)
-        hook = before_update_ref or self.before_update_ref
-        if hook is not None:
-            hook()
-        self.repo.update_ref(self.ref, new, head_sha)
-        return CommitResult(new, state, conflicts, already=False)
+        return CommitResult(new, state, conflicts, already=False), tree
 
     # -- steps -----------------------------------------------------------------
 
@@ -247,6 +313,20 @@ class CommitTarget:
             if sha is not None:
                 return CommitResult(sha, State.DEFERRED, already=True)
         return None
+
+    def _in_process(
+        self, head_tree: str, patch: bytes, files: list[FileDiff], doc: IndexDocument
+    ) -> str | None:
+        """The tree of ``head_tree`` + ``files`` + the index ``doc``, built without git; or None.
+
+        Reads and writes only the files the patch changes and the trees
+        above them (see :mod:`.treepatch`); None when git must merge.
+        """
+        data = doc.dumps()
+        tree = self.repo.patcher.patch_tree(head_tree, patch, files, {self.index_path: data})
+        if tree is not None:
+            self.repo.last_index = (self.repo.blob_id(data), data, doc)
+        return tree
 
     def _apply(
         self,

@@ -61,6 +61,7 @@ from sage_tasks.core.urls import redact_url
 from sage_tasks.errors import GitError, RepositoryError
 from sage_tasks.gitops.branch import check_branch_name
 from sage_tasks.gitops.process import Helper, first_line, run_git
+from sage_tasks.gitops.removal import REMOVERS, remove_tree
 
 #: a lock file without its worktree is left alone this long (its owner may be starting)
 _YOUNG_LOCK_SECONDS = 60.0
@@ -82,6 +83,10 @@ _RESET_CONFIG = (
     "core.trustctime=true",
     "-c",
     "core.checkStat=default",
+    # a big checkout (a new worktree) writes its files from several processes: the
+    # disk, not the CPU, is what a 50,000-file checkout waits for
+    "-c",
+    f"checkout.workers={REMOVERS}",
 )
 _fetches = itertools.count()
 #: a run of heads resolved without a fetch still fetches now and then (git's upkeep runs then)
@@ -617,16 +622,5 @@ def _drop_stale_lock(lock: Path, cleanup: Callable[[], None], *, young_ok: bool)
 
 
 def _rmtree(path: Path) -> None:
-    """Delete a tree even where an executor took write permission away."""
-
-    def retry(func: Callable[..., object], name: str, _exc: object) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(name), stat.S_IRWXU)
-            os.chmod(name, stat.S_IRWXU)
-        with contextlib.suppress(FileNotFoundError):
-            func(name)
-
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, onerror=retry)
+    """Delete a tree even where an executor took write permission away (several threads)."""
+    remove_tree(path)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from sage_tasks.errors import GitError, RefMoved, RepositoryError
 from sage_tasks.gitops.process import Helper, first_line, git_env, run_git
+from sage_tasks.gitops.treepatch import TreePatcher
 
 if TYPE_CHECKING:
     from sage_tasks.core.index import IndexDocument
@@ -125,6 +126,8 @@ class Repository:
         self._reader = Helper(self.git_dir, "cat-file", "--batch")
         self._checker = Helper(self.git_dir, "cat-file", "--batch-check")
         self._refs = Helper(self.git_dir, "update-ref", "-m", "sage-tasks: commit", "--stdin")
+        #: ``git hash-object`` writers by object type, where git writes objects
+        self._writers: dict[str, Helper] = {}
         #: the ticket index the last commit wrote: (blob id, content, parsed document)
         self.last_index: tuple[str, bytes, IndexDocument] | None = None
         #: author/committer variables, set once git says it has no identity
@@ -151,7 +154,12 @@ class Repository:
             self._index_tree: str | None = None
             self._index_stamp: tuple[int, int, int, int] | None = None
             self._finalizer = weakref.finalize(
-                self, _release, (self._reader, self._checker, self._refs), self._tmp, self._pid
+                self,
+                _release,
+                (self._reader, self._checker, self._refs),
+                self._writers,
+                self._tmp,
+                self._pid,
             )
         elif not self._tmp.is_dir():
             self._tmp.mkdir(parents=True, exist_ok=True)
@@ -277,14 +285,54 @@ class Repository:
     # -- objects -------------------------------------------------------------
 
     def write_object(self, kind: str, data: bytes) -> str:
-        """Store an object of type ``kind``; return its id."""
+        """Store an object of type ``kind``; return its id.
+
+        Where git must write objects (another object format, a shared
+        repository, fsync settings) they go through a long-lived ``git
+        hash-object --stdin-paths`` per type, from a file in our folder.
+        """
         if self._objects is None:
-            proc = self.run("hash-object", "-w", "-t", kind, "--stdin", input=data)
-            return proc.stdout.decode().strip()
+            return self._write_by_git(kind, data)
         from gitdb.base import IStream
 
         stream = self._objects.store(IStream(kind.encode(), len(data), io.BytesIO(data)))
         return str(stream.hexsha.decode())
+
+    def _write_by_git(self, kind: str, data: bytes) -> str:
+        helper = self._writers.get(kind)
+        if helper is None:
+            args = ("hash-object", "-w", "--no-filters", "-t", kind, "--stdin-paths")
+            helper = self._writers[kind] = Helper(self.git_dir, *args)
+        source = self._private() / f"object.{kind}"
+        source.write_bytes(data)
+        helper.send(str(source).encode("utf-8", "surrogateescape") + b"\n")
+        oid = helper.stdout.readline().decode().strip()
+        if len(oid) != len(self.null_oid):
+            raise helper.fail(f"did not write a {kind}")
+        return oid
+
+    @functools.cached_property
+    def patcher(self) -> TreePatcher:
+        """Applies patches to this repository's trees in process (see :mod:`.treepatch`)."""
+
+        # through a weak reference: no cycle, so the repository's helpers still stop
+        # as soon as the last reference to it goes
+        ref = weakref.ref(self)
+
+        def repo() -> Repository:
+            found = ref()
+            if found is None:
+                raise GitError("the repository was closed")
+            return found
+
+        def read(oid: str) -> tuple[str, bytes] | None:
+            obj = repo().read(oid)
+            return (obj.type, obj.data) if obj is not None else None
+
+        def write(kind: str, data: bytes) -> str:
+            return repo().write_object(kind, data)
+
+        return TreePatcher(read, write, self.object_format)
 
     def with_blob(self, tree: str, path: str, data: bytes) -> str | None:
         """The id of ``tree`` with the existing regular file ``path`` holding ``data``.
@@ -435,9 +483,9 @@ def _stamp(path: Path) -> tuple[int, int, int, int] | None:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _release(helpers: tuple[Helper, ...], tmp: Path, pid: int) -> None:
+def _release(helpers: tuple[Helper, ...], writers: dict[str, Helper], tmp: Path, pid: int) -> None:
     if pid != os.getpid():
         return
-    for helper in helpers:
+    for helper in (*helpers, *writers.values()):
         helper.close()
     shutil.rmtree(tmp, ignore_errors=True)

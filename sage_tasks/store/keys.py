@@ -60,6 +60,16 @@ def running(run_id: str) -> str:
     return f"{PREFIX}:run:{run_id}:running"
 
 
+def waiting(run_id: str) -> str:
+    """Set: ids of the tickets whose outcome waits for the commit queue (group commit)."""
+    return f"{PREFIX}:run:{run_id}:waiting"
+
+
+def cancelled(run_id: str) -> str:
+    """String set once when the run is cancelled: attempts and commits read it to stop."""
+    return f"{PREFIX}:run:{run_id}:cancelled"
+
+
 def batch(run_id: str, index: int) -> str:
     """Hash: one batch's record (chord group id, tickets, sent and done times)."""
     return f"{PREFIX}:run:{run_id}:batch:{index}"

@@ -32,17 +32,28 @@ class Phase(StrEnum):
     COMPLETED = "COMPLETED"
     DEFERRED = "DEFERRED"
     BLOCKED = "BLOCKED"
+    #: its run was cancelled before it finished (not final: resubmitting runs it)
+    CANCELLED = "CANCELLED"
 
 
 FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED})
 
 
 #: HSET the ticket's fields unless it is already final; then join the running set (counting
-#: a delivery; ARGV[3] is the set's TTL) or leave it
+#: a delivery; ARGV[3] is the set's TTL) or leave it. ARGV[4] fences by attempt: '' none,
+#: '+' starts a new attempt (returns its number), a number writes only while that attempt
+#: is the ticket's current one and still runs it (not taken away by the supervisor)
 _SET_UNLESS_FINAL = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local result = 1
+if ARGV[4] == '+' then
+  result = redis.call('HINCRBY', KEYS[1], 'attempt_no', 1)
+elseif ARGV[4] ~= '' then
+  local current = redis.call('HGET', KEYS[1], 'attempt_no') or '0'
+  if current ~= ARGV[4] or state ~= 'RUNNING' then return 0 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 if ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('SADD', KEYS[2], ARGV[1])
@@ -50,7 +61,7 @@ if ARGV[2] == '1' then
 else
   redis.call('SREM', KEYS[2], ARGV[1])
 end
-return 1
+return result
 """
 
 
@@ -127,6 +138,7 @@ class RunStatus(StrEnum):
     FINISHED = "FINISHED"
     #: could not start (e.g. the branch could not be prepared), or its --local command ended first
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"  # stopped by ``sage-submit cancel``
 
 
 @dataclass
@@ -247,6 +259,10 @@ class RunStore:
         patch = bytes(found[2]) if digest and found[2] is not None else None
         return _run_info(found[0]), _decode(found[1]), patch
 
+    def waiting(self, run_id: str) -> list[str]:
+        """The tickets whose outcome waits for the commit queue (some may be final by now)."""
+        return sorted(m.decode() for m in self.r.smembers(keys.waiting(run_id)))
+
     def progress(self, run_id: str) -> tuple[RunInfo | None, dict[str, str], list[str]]:
         """What a follower needs each poll, cheaply: the record, the finals, what runs."""
         info = self.get(run_id)
@@ -299,7 +315,13 @@ class RunStore:
         return sorted(m.decode() for m in self.r.smembers(keys.active_runs(repo)))
 
     def finish(self, run_id: str, repo: str, *, status: RunStatus, error: str = "") -> None:
-        """Mark the run ended and start the countdown on all its keys."""
+        """Mark the run ended and start the countdown on all its keys.
+
+        A cancelled run stays cancelled: a late finish (a batch barrier or an
+        eager release that read the run before the cancel) changes nothing.
+        """
+        if status != RunStatus.CANCELLED and self.r.exists(keys.cancelled(run_id)):
+            return
         self.update(run_id, status=status.value, ended=time.time(), error=error)
         self.r.srem(keys.active_runs(repo), run_id)
         self.r.zremrangebyscore(keys.RUNS, "-inf", time.time() - self.ttl)
@@ -394,8 +416,12 @@ class RunStore:
         pid: int = 0,
         space: str = "",
         slot: str | None = None,
-    ) -> None:
+    ) -> int:
         """Record that a worker took the ticket (``deaths``: workers lost on it so far).
+
+        Starts a new attempt and returns its number (0, nothing written, when
+        the ticket is already final): only that attempt's heartbeats and
+        outcome count from now on.
 
         ``pid`` and ``space`` (the pid space it lives in) name the process that
         runs it, so a redelivery in the same pid space can tell that it died;
@@ -414,31 +440,44 @@ class RunStore:
             "space": space,
             "slot": slot,
         }
-        if self._set_unless_final(run_id, ticket_id, fields, running=True):
+        attempt_no = self._set_unless_final(run_id, ticket_id, fields, running=True, fence="+")
+        if attempt_no:
             events.ticket_event(
                 run_id, ticket_id, Phase.RUNNING.value, host=host, slot=slot, deaths=deaths or None
             )
+        return attempt_no
 
-    def requeue_ticket(self, run_id: str, ticket_id: str) -> None:
-        """The ticket waits in the queue again (a retry) — unless it is already final."""
-        if self._set_unless_final(run_id, ticket_id, {"state": Phase.QUEUED.value}, running=False):
+    def requeue_ticket(self, run_id: str, ticket_id: str, *, attempt_no: int = 0) -> None:
+        """The ticket waits in the queue again (a retry) — unless it is already final,
+        or (``attempt_no``) that attempt is no longer the ticket's current one."""
+        fence = str(attempt_no) if attempt_no else ""
+        fields = {"state": Phase.QUEUED.value}
+        if self._set_unless_final(run_id, ticket_id, fields, running=False, fence=fence):
             events.ticket_event(run_id, ticket_id, Phase.QUEUED.value, reason="retry")
 
     def _set_unless_final(
-        self, run_id: str, ticket_id: str, fields: Mapping[str, str], *, running: bool
-    ) -> bool:
-        """HSET ``fields`` atomically unless the ticket is final.
+        self,
+        run_id: str,
+        ticket_id: str,
+        fields: Mapping[str, str],
+        *,
+        running: bool,
+        fence: str = "",
+    ) -> int:
+        """HSET ``fields`` atomically unless the ticket is final; 0 when nothing was written.
 
         A worker cut off from Redis may have writes in flight that arrive when
         its link comes back, long after another worker finished the ticket:
-        they must never turn a final ticket back into a running one.
+        they must never turn a final ticket back into a running one. ``fence``
+        '+' starts a new attempt (the result is its number); an attempt's number
+        writes only while it is the current attempt.
         """
-        args = [ticket_id, "1" if running else "0", str(self.ttl)]
+        args = [ticket_id, "1" if running else "0", str(self.ttl), fence]
         args += [x for kv in fields.items() for x in kv]
         done = self.r.eval(
             _SET_UNLESS_FINAL, 2, keys.ticket(run_id, ticket_id), keys.running(run_id), *args
         )
-        return bool(done)
+        return int(done)
 
     def rerun_ticket(self, run_id: str, ticket_id: str, conflicts: list[str]) -> int:
         """The ticket's patch conflicted: it waits to run again, on the new head.
@@ -450,6 +489,7 @@ class RunStore:
         pipe = self.r.pipeline(transaction=True)
         pipe.hincrby(key, "conflict_reruns", 1)
         pipe.hdel(key, "result")
+        pipe.srem(keys.waiting(run_id), ticket_id)
         pipe.hset(
             key,
             mapping={
@@ -471,11 +511,14 @@ class RunStore:
     def heartbeat(self, run_id: str, ticket_id: str) -> None:
         self.r.hset(keys.ticket(run_id, ticket_id), "heartbeat", str(time.time()))
 
-    def ran(self, run_id: str, ticket_id: str, result: Mapping[str, Any]) -> bool:
+    def ran(
+        self, run_id: str, ticket_id: str, result: Mapping[str, Any], *, attempt_no: int = 0
+    ) -> bool:
         """The command ended; its result now waits for the commit queue.
 
         A late copy of a ticket (a worker that was cut off and came back) must
-        not overwrite a ticket that is already final: False then, nothing written.
+        not overwrite a ticket that is already final, nor (``attempt_no``) one
+        that another attempt has taken over: False then, nothing written.
         """
         fields = {
             "state": Phase.RAN.value,
@@ -483,8 +526,13 @@ class RunStore:
             "result": json.dumps(dict(result)),
             "duration": str(result.get("duration_s", 0.0)),
         }
-        done = self._set_unless_final(run_id, ticket_id, fields, running=False)
+        fence = str(attempt_no) if attempt_no else ""
+        done = bool(self._set_unless_final(run_id, ticket_id, fields, running=False, fence=fence))
         if done:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.sadd(keys.waiting(run_id), ticket_id)
+            pipe.expire(keys.waiting(run_id), self.ttl)
+            pipe.execute()
             events.ticket_event(
                 run_id,
                 ticket_id,
@@ -526,6 +574,7 @@ class RunStore:
         final_keys = (keys.final(run_id), keys.counts(run_id))
         pipe.eval(_SET_FINAL, 2, *final_keys, ticket_id, state.value, self.ttl)
         pipe.srem(keys.running(run_id), ticket_id)
+        pipe.srem(keys.waiting(run_id), ticket_id)
         pipe.hmget(key, ["duration", "slot"])
         duration, slot = pipe.execute()[-1]
         events.ticket_event(

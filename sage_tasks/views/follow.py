@@ -22,8 +22,15 @@ from sage_tasks.views.summary import RunSummary, TicketRow, load_summary
 RECONNECT_WINDOW_S = 120.0
 
 
-def progress_line(info: RunInfo, counts: Mapping[str, int], running: list[str], total: int) -> str:
-    """One line of where a run stands; ``counts``: tickets per final state."""
+def progress_line(
+    info: RunInfo,
+    counts: Mapping[str, int],
+    running: list[str],
+    total: int,
+    hosts: dict[str, str] | None = None,
+) -> str:
+    """One line of where a run stands; ``counts``: tickets per final state; ``hosts``:
+    ticket id -> its host and heartbeat age, when known."""
     if info.status == RunStatus.SUBMITTED:
         return (
             f"waiting for the commit worker on queue '{info.commit_queue}' "
@@ -35,7 +42,8 @@ def progress_line(info: RunInfo, counts: Mapping[str, int], running: list[str], 
         where = f"batch {info.batch + 1 if info.batch >= 0 else 0}/{info.batches}"
     parts = [where, f"{sum(counts.values())}/{total} done"]
     if running:
-        shown = ", ".join(running[:6]) + (" ..." if len(running) > 6 else "")
+        names = [f"{t} {hosts[t]}" if hosts and t in hosts else t for t in running[:6]]
+        shown = ", ".join(names) + (" ..." if len(running) > 6 else "")
         parts.append(f"running: {shown}")
     deferred = counts.get(Phase.DEFERRED, 0)
     blocked = counts.get(Phase.BLOCKED, 0)
@@ -44,6 +52,27 @@ def progress_line(info: RunInfo, counts: Mapping[str, int], running: list[str], 
     if blocked:
         parts.append(f"blocked: {blocked}")
     return " | ".join(parts)
+
+
+def running_where(store: RunStore, run_id: str, ticket_ids: list[str]) -> dict[str, str]:
+    """Ticket id -> ``on HOST, beat Ns ago`` for the running tickets shown (one round trip)."""
+    if not ticket_ids:
+        return {}
+    now = time.time()
+    out = {}
+    try:
+        records = store.tickets(run_id, ticket_ids)
+    except redis.exceptions.RedisError:  # the follower rides out the broker's trouble
+        return {}
+    for tid, rec in records.items():
+        host = rec.get("host", "")
+        try:
+            age = f", beat {max(0.0, now - float(rec.get('heartbeat') or '')):.0f}s ago"
+        except ValueError:
+            age = ""
+        if host:
+            out[tid] = f"(on {host}{age})"
+    return out
 
 
 def _ticket_table(rows: list[TicketRow], title: Text, console: Console, now: float | None) -> None:
@@ -200,7 +229,8 @@ def follow(
                 )
             done = sum(counts.values())
             total = max(int(info.extra.get("planned", info.to_run)), done)
-            line = progress_line(info, counts, running, total)
+            hosts = running_where(store, run_id, running[:6])
+            line = progress_line(info, counts, running, total, hosts)
             progress.update(
                 task, total=total, completed=done, description=f"run {run_id}", detail=line
             )
@@ -232,7 +262,9 @@ def render_summary(
     """
     info = summary.info
     console.print()
-    if info.error:
+    if info.status == RunStatus.CANCELLED:
+        console.print(Text(f"run {info.run_id} CANCELLED ({info.error})", style="bold yellow"))
+    elif info.error:
         failed = Text(f"run {info.run_id} failed: ", style="bold red")
         console.print(failed + Text(info.error), highlight=False)
     title = Text(f"run {info.run_id} on {info.branch}")

@@ -105,7 +105,13 @@ def render_status(
     total = max(int(info.extra.get("planned", info.to_run)), sum(counts.values()))
     console.print(f"run {info.run_id}: {info.status}", highlight=False)
     if not summary.finished:
-        console.print(Text("  " + progress_line(info, counts, running, total)), highlight=False)
+        where = {
+            r.id: f"(on {r.host}, beat {max(0.0, now - r.heartbeat):.0f}s ago)"
+            for r in summary.rows
+            if r.state == Phase.RUNNING and r.host and r.heartbeat is not None
+        }
+        line = progress_line(info, counts, running, total, where)
+        console.print(Text("  " + line), highlight=False)
     render_summary(summary, console, now=now, show_all=show_all)
 
 

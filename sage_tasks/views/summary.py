@@ -38,6 +38,9 @@ class TicketRow:
     ended: float | None = None
     #: the worker slot that ran it: node name and pool process index (``tickets@w1#2``)
     slot: str = ""
+    #: when its running attempt last beat, and that attempt's number
+    heartbeat: float | None = None
+    attempt_no: int = 0
 
     def running_for(self, now: float) -> float | None:
         """How long its command has been running (None unless it runs now)."""
@@ -58,6 +61,8 @@ class TicketRow:
             "batch": self.batch,
             "started": self.started,
             "ended": self.ended,
+            "heartbeat": self.heartbeat,
+            "attempt_no": self.attempt_no,
         }
 
 
@@ -84,7 +89,7 @@ class RunSummary:
 
     @property
     def finished(self) -> bool:
-        return self.info.status in (RunStatus.FINISHED, RunStatus.FAILED)
+        return self.info.status in (RunStatus.FINISHED, RunStatus.FAILED, RunStatus.CANCELLED)
 
     @functools.cached_property
     def wall_s(self) -> float:
@@ -121,7 +126,9 @@ class RunSummary:
         return round(s / self.max_parallel, 2) if s is not None and self.max_parallel else None
 
     def exit_code(self) -> int:
-        """0 all COMPLETED, 1 DEFERRED or BLOCKED tickets, 3 the run failed to run."""
+        """0 all COMPLETED, 1 DEFERRED or BLOCKED tickets, 3 the run failed to run, 4 cancelled."""
+        if self.info.status == RunStatus.CANCELLED:
+            return 4
         if self.info.status == RunStatus.FAILED:
             return 3
         if self.deferred or self.blocked:
@@ -184,12 +191,15 @@ ROW_FIELDS = [
     "started",
     "ended",
     "slot",
+    "heartbeat",
+    "attempt_no",
 ]
 
 
 def _row(tid: str, values: list[str | None]) -> TicketRow:
     """A ticket's row from its record's :data:`ROW_FIELDS` (None where unset)."""
-    state, host, attempts, duration, reason, commit, batch, started, ended, slot = values
+    state, host, attempts, duration, reason, commit, batch, started, ended, slot = values[:10]
+    heartbeat, attempt_no = values[10:12]
     return TicketRow(
         id=tid,
         state=state or Phase.PENDING.value,
@@ -202,4 +212,6 @@ def _row(tid: str, values: list[str | None]) -> TicketRow:
         started=number(started),
         ended=number(ended),
         slot=slot or "",
+        heartbeat=number(heartbeat),
+        attempt_no=int(attempt_no or 0),
     )

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected, SageError
-from sage_tasks.gitops import CommitTarget, prepare_branch
-from sage_tasks.store import keys
+from sage_tasks.gitops import ChainItem, CommitResult, CommitTarget, prepare_branch
+from sage_tasks.store import keys, liveness
 from sage_tasks.store.keys import check_ids
 from sage_tasks.store.lock import CommitLock
-from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunStatus
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
+from sage_tasks.work import groupcommit
+from sage_tasks.work.groupcommit import Planned
 from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -76,46 +79,44 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         return committed(ticket_id, str(result.get("state", "")))
     if kind == "lost":
         return committed(ticket_id, "LOST")
+    void = liveness.void_outcome(result, record)
+    if void:
+        return committed(ticket_id, void)
     if kind == "blocked":
         store.finish_ticket(run_id, ticket_id, Phase.BLOCKED, reason=str(result.get("reason", "")))
         return committed(ticket_id, Phase.BLOCKED.value)
 
-    patch: bytes | None = None
-    reason: str | None = None
-    if kind == "ok":
-        state = State.COMPLETED
-        if digest:
-            patch = stored_patch
-            if patch is None:
-                state, reason = State.DEFERRED, "its patch is gone from Redis"
-    else:
-        state = State.DEFERRED
-        reason = str(result.get("reason") or "failed")
-        reason = f"{reason}{output_note(result)}"
-
-    reruns = int(record.get("conflict_reruns") or 0)
-    rerun = result.get("rerun") or 0
-    if not isinstance(rerun, int) or rerun < reruns:
+    planned = plan_commit(info, record, result, stored_patch, run_id, ticket_id)
+    if planned is None:
         # a late copy of an outcome the ticket has since been re-run for
         return committed(ticket_id, "SUPERSEDED")
-    may_rerun = kind == "ok" and reruns < int(info.extra.get("conflict_retries") or 0)
-    title = record.get("title", "")
     target = CommitTarget(rt.repository, info.branch, info.index_path)
     lock = CommitLock(rt.redis, keys.commit_lock(info.repo), lease=rt.settings.lock_lease)
     lock.acquire(blocking_timeout=LOCK_WAIT_S)
     try:
+        if liveness.is_cancelled(store, run_id):
+            # cancelled before this commit began: only a commit already under way finishes
+            return committed(ticket_id, Phase.CANCELLED.value)
         rt.inject("commit-locked")
+        now = store.ticket(run_id, ticket_id).get("state", "")
+        if now in FINAL_PHASES:
+            # written meanwhile, in another task's chain
+            return committed(ticket_id, now)
+        others = groupcommit.gather(rt, info, run_id, ticket_id, plan_commit)
+        if others:
+            return _commit_group(rt, target, run_id, planned, others)
+        item = planned.item
         hook = lambda: rt.inject("before-update-ref")  # noqa: E731
         try:
             res = target.commit(
                 ticket_id,
-                title,
+                item.title,
                 run_id,
-                patch,
-                state,
-                reason,
+                item.patch,
+                item.state,
+                item.reason,
                 before_update_ref=hook,
-                rerun_on_conflict=may_rerun,
+                rerun_on_conflict=item.rerun_on_conflict,
             )
             if res.rerun:
                 store.rerun_ticket(run_id, ticket_id, res.conflicts)
@@ -123,31 +124,100 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
                 return committed(ticket_id, RERUN)
         except PatchRejected as exc:
             # an unsafe or oversize patch is the ticket's failure, not the queue's
-            state, reason = State.DEFERRED, str(exc)
             res = target.commit(
-                ticket_id, title, run_id, None, state, reason, before_update_ref=hook
+                ticket_id,
+                item.title,
+                run_id,
+                None,
+                State.DEFERRED,
+                str(exc),
+                before_update_ref=hook,
             )
+            res = replace(res, reason=str(exc))
         # the branch has moved, the run's record does not know it yet
         rt.inject("after-update-ref")
-        final = Phase(res.state.value if isinstance(res.state, State) else str(res.state))
-        final_reason = reason or ""
-        if res.conflicts:
-            final_reason = "merge conflict in: " + ", ".join(res.conflicts)
-            if reruns:
-                final_reason += f" (after {reruns} re-run{'s' if reruns != 1 else ''})"
-        # a repeat names the ticket's old commit: the branch may be well past it
-        tip = target.repo.head(target.ref) if res.already else None
-        # the run's head under the lock, so a slower writer never sets it back
-        store.finish_ticket(
-            run_id,
-            ticket_id,
-            final,
-            reason=final_reason,
-            commit=res.sha,
-            run_fields={"head": tip[0] if tip else res.sha},
-        )
+        final = record_commit(rt, target, run_id, planned, res)
     finally:
         lock.release()
+    return committed(ticket_id, final.value)
+
+
+def _commit_group(
+    rt: Runtime, target: CommitTarget, run_id: str, own: Planned, others: list[Planned]
+) -> dict[str, Any]:
+    """Commit ``own`` and ``others`` as one chain (under the lock); ``own``'s task result."""
+    members = [own, *others]
+    results = groupcommit.commit_chain(rt, target, members)
+    mine = committed(own.item.ticket_id, "")
+    for planned, res in zip(members, results, strict=True):
+        ticket_id = planned.item.ticket_id
+        if res.rerun:
+            if planned is own:
+                rt.store.rerun_ticket(run_id, ticket_id, res.conflicts)
+                log.info("ticket %s conflicts in %s: run again", ticket_id, res.conflicts)
+                mine = committed(ticket_id, RERUN)
+            continue  # another's conflict: its own task runs it again
+        final = record_commit(rt, target, run_id, planned, res)
+        if planned is own:
+            mine = committed(ticket_id, final.value)
+    log.info("group commit of %d tickets of run %s", len(members), run_id)
+    return mine
+
+
+def plan_commit(
+    info: RunInfo,
+    record: dict[str, str],
+    result: dict[str, Any],
+    stored_patch: bytes | None,
+    run_id: str,
+    ticket_id: str,
+) -> Planned | None:
+    """What an ``ok`` or ``failed`` outcome commits; None for a superseded outcome."""
+    patch: bytes | None = None
+    reason: str | None = None
+    kind = result.get("outcome")
+    if kind == "ok":
+        state = State.COMPLETED
+        if result.get("patch"):
+            patch = stored_patch
+            if patch is None:
+                state, reason = State.DEFERRED, "its patch is gone from Redis"
+    else:
+        state = State.DEFERRED
+        reason = str(result.get("reason") or "failed")
+        reason = f"{reason}{output_note(result)}"
+    reruns = int(record.get("conflict_reruns") or 0)
+    rerun = result.get("rerun") or 0
+    if not isinstance(rerun, int) or rerun < reruns:
+        return None
+    may_rerun = kind == "ok" and reruns < int(info.extra.get("conflict_retries") or 0)
+    title = record.get("title", "")
+    return Planned(ChainItem(ticket_id, title, run_id, patch, state, reason, may_rerun), reruns)
+
+
+def record_commit(
+    rt: Runtime, target: CommitTarget, run_id: str, planned: Planned, res: CommitResult
+) -> Phase:
+    """Record a committed ticket's final state in the run (after the branch moved)."""
+    ticket_id = planned.item.ticket_id
+    final = Phase(res.state.value if isinstance(res.state, State) else str(res.state))
+    final_reason = res.reason or planned.item.reason or ""
+    if res.conflicts:
+        final_reason = "merge conflict in: " + ", ".join(res.conflicts)
+        if planned.reruns:
+            reruns = planned.reruns
+            final_reason += f" (after {reruns} re-run{'s' if reruns != 1 else ''})"
+    # a repeat names the ticket's old commit: the branch may be well past it
+    tip = target.repo.head(target.ref) if res.already else None
+    # the run's head under the lock, so a slower writer never sets it back
+    rt.store.finish_ticket(
+        run_id,
+        ticket_id,
+        final,
+        reason=final_reason,
+        commit=res.sha,
+        run_fields={"head": tip[0] if tip else res.sha},
+    )
     log.info(
         "ticket %s %s at %s%s",
         ticket_id,
@@ -155,7 +225,7 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
         res.sha[:12],
         " (already committed)" if res.already else "",
     )
-    return committed(ticket_id, final.value)
+    return final
 
 
 def prepare_run(rt: Runtime, run_id: str) -> bool:

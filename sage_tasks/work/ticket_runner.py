@@ -18,18 +18,24 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sage_tasks.core.index import IndexDocument, Ticket
 from sage_tasks.errors import DependencyPending, PatchRejected, SageError
 from sage_tasks.gitops import Mirror, capture_patch
+from sage_tasks.store import liveness
 from sage_tasks.store.keys import check_ids
-from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, blocking_reason
+from sage_tasks.store.runstate import (
+    FINAL_PHASES,
+    Phase,
+    RunInfo,
+    RunStatus,
+    RunStore,
+    blocking_reason,
+)
+from sage_tasks.work import attempt as attempts
 from sage_tasks.work.executor import kill_orphans, run_command, ticket_env
 from sage_tasks.work.prompt import render_prompt
 from sage_tasks.work.runtime import Runtime
@@ -43,27 +49,6 @@ MAX_WORKER_DEATHS = 3
 def outcome(ticket_id: str, kind: str, **fields: Any) -> dict[str, Any]:
     """The JSON result ``run_ticket`` hands to ``commit_ticket``."""
     return {"ticket": ticket_id, "outcome": kind, **fields}
-
-
-@contextmanager
-def heartbeat(rt: Runtime, run_id: str, ticket_id: str) -> Iterator[None]:
-    """Refresh the ticket's heartbeat while its command runs."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(rt.settings.heartbeat_interval):
-            try:
-                rt.store.heartbeat(run_id, ticket_id)
-            except Exception:  # the supervisor tolerates a missed beat
-                log.warning("heartbeat of %s failed", ticket_id, exc_info=True)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{ticket_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=5)
 
 
 def blocked_by(rt: Runtime, run_id: str, deps: list[str]) -> str | None:
@@ -89,6 +74,10 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
         return outcome(ticket_id, "lost", reason="the run is gone from Redis")
     if not record:
         raise SageError(f"refused: ticket {ticket_id} is not part of run {run_id}")
+    if info.status == RunStatus.CANCELLED:
+        # queued work of a cancelled run is dropped unrun
+        liveness.mark_cancelled(store, run_id, ticket_id)
+        return outcome(ticket_id, "cancelled")
     record = _wait_while_running_elsewhere(rt, run_id, ticket_id, record)
     state = record.get("state", "")
     if state in FINAL_PHASES:
@@ -109,24 +98,48 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
         return result
     if state == Phase.RUNNING:
         end_orphaned_command(record, run_id, ticket_id)
-    store.start_ticket(
+    attempt_no = store.start_ticket(
         run_id, ticket_id, rt.hostname, deaths=deaths, pid=os.getpid(), space=process_space()
     )
+    if not attempt_no:  # final meanwhile
+        return outcome(ticket_id, "done", state=store.ticket(run_id, ticket_id).get("state", ""))
     conflicts = json.loads(record.get("conflict_paths") or "[]")
+    attempt = attempts.Attempt(
+        url=rt.settings.backend_url,
+        run_id=run_id,
+        ticket_id=ticket_id,
+        attempt_no=attempt_no,
+        interval=rt.settings.heartbeat_interval,
+    )
     try:
-        with heartbeat(rt, run_id, ticket_id):
-            result = _execute(rt, info, ticket_id, conflicts, record.get("ticket", ""))
+        with attempt, attempts.dies_with_runner(attempt):
+            result = _execute(rt, info, ticket_id, conflicts, record.get("ticket", ""), attempt)
     except BaseException:
         # not a worker death: the task retries, so the ticket waits in the queue again
         try:
-            store.requeue_ticket(run_id, ticket_id)
+            store.requeue_ticket(run_id, ticket_id, attempt_no=attempt_no)
         except Exception:  # Redis may be what failed; keep the original error
             log.warning("could not requeue ticket %s in the run record", ticket_id, exc_info=True)
         raise
+    if attempt.ended is not None:
+        return _fenced(store, run_id, ticket_id, attempt_no, attempt.ended)
     if conflicts:  # the commit queue tells a stale outcome from this re-run's
         result["rerun"] = int(record.get("conflict_reruns") or 0)
-    store.ran(run_id, ticket_id, result)
+    result["attempt_no"] = attempt_no
+    if not store.ran(run_id, ticket_id, result, attempt_no=attempt_no):
+        # another attempt took the ticket over while this one ran: its outcome is void
+        return outcome(ticket_id, "stale", attempt_no=attempt_no)
     return result
+
+
+def _fenced(
+    store: RunStore, run_id: str, ticket_id: str, attempt_no: int, why: liveness.Beat
+) -> dict[str, Any]:
+    """The outcome of an attempt that was stopped: nothing to commit."""
+    if why == liveness.Beat.CANCELLED:
+        liveness.mark_cancelled(store, run_id, ticket_id, attempt_no)
+        return outcome(ticket_id, "cancelled", attempt_no=attempt_no)
+    return outcome(ticket_id, "stale", attempt_no=attempt_no)
 
 
 def end_orphaned_command(record: dict[str, str], run_id: str, ticket_id: str) -> None:
@@ -183,7 +196,9 @@ def _wait_while_running_elsewhere(
     rt: Runtime, run_id: str, ticket_id: str, record: dict[str, str]
 ) -> dict[str, str]:
     """A duplicate delivery waits while another worker's copy is alive (fresh heartbeat)."""
-    stale_after = 3 * rt.settings.heartbeat_interval + 5
+    # a redelivery concludes sooner than the supervisor (three missed beats) and never later
+    settings = rt.settings
+    stale_after = min(settings.heartbeat_timeout, 3 * settings.heartbeat_interval + 5)
     while record.get("state") == Phase.RUNNING:
         beat = float(record.get("heartbeat") or 0)
         if time.time() - beat > stale_after or runner_is_gone(record):
@@ -191,6 +206,15 @@ def _wait_while_running_elsewhere(
         time.sleep(rt.settings.heartbeat_interval)
         record = rt.store.ticket(run_id, ticket_id)
     return record
+
+
+def _started(
+    rt: Runtime, run_id: str, ticket_id: str, pgid: int, fence: attempts.Attempt | None
+) -> None:
+    """The command runs as process group ``pgid``: recorded, and handed to its fence."""
+    if fence is not None:
+        fence.started(pgid)
+    rt.store.set_ticket(run_id, ticket_id, pgid=pgid)
 
 
 def _ticket_definition(
@@ -212,17 +236,23 @@ def _ticket_definition(
 
 
 def _execute(
-    rt: Runtime, info: RunInfo, ticket_id: str, conflicts: list[str], definition: str = ""
+    rt: Runtime,
+    info: RunInfo,
+    ticket_id: str,
+    conflicts: list[str],
+    definition: str = "",
+    fence: attempts.Attempt | None = None,
 ) -> dict[str, Any]:
     """Run the ticket's command (``conflicts``: paths its last patch conflicted in;
-    ``definition``: the ticket's JSON object as submitted, if the record has it)."""
+    ``definition``: the ticket's JSON object as submitted, if the record has it;
+    ``fence``: the attempt's fence, which stops the command and any retry of it)."""
     settings = rt.settings
     run_id = info.run_id
     mirror = Mirror(settings.workdir, info.repo_url)
     tries = 1
     last: dict[str, Any] = {}
     attempt = 0
-    while attempt < tries:
+    while attempt < tries and (fence is None or fence.ended is None):
         attempt += 1
         # the head the commit worker last recorded; a retry looks again
         if attempt > 1:
@@ -271,7 +301,7 @@ def _execute(
                     env=env,
                     timeout=timeout,
                     max_output_bytes=settings.max_output_bytes,
-                    on_start=lambda pgid: rt.store.set_ticket(run_id, ticket_id, pgid=pgid),
+                    on_start=lambda pgid: _started(rt, run_id, ticket_id, pgid, fence),
                     output_path=tmpdir / "output.log",
                 )
             base = {"duration_s": round(res.duration_s, 3), "attempt": attempt, "head": head}

@@ -9,22 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fleet import Fleet, bin_path, unique_queue, wait_until
+from tests.support.fleet import Fleet, bin_path, empty_fleet, unique_queue, wait_until
 from tests.support.gitrepo import make_repo
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import free_port
 from tests.support.runs import ticket
 
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    f = Fleet(tmp_path / "fleet", server)
-    try:
+    with empty_fleet(tmp_path) as f:
         yield f
-    finally:
-        f.stop()
-        server.stop(kill=True)
 
 
 def check(fleet: Fleet, *args: str, broker: str | None = None) -> tuple[int, dict[str, dict]]:
@@ -94,8 +88,62 @@ def test_an_unreachable_broker_and_an_unreadable_url_are_each_one_finding(
 ) -> None:
     repo = repo_with_tickets(tmp_path)
     broker = f"redis://:secret@127.0.0.1:{free_port()}/0"
-    code, checks = check(fleet, "--repo", str(repo), "--repo-url", str(tmp_path / "nowhere"),
-                         broker=broker)  # fmt: skip
+    url = f"git://127.0.0.1:{free_port()}/nowhere.git"
+    code, checks = check(fleet, "--repo", str(repo), "--repo-url", url, broker=broker)
     assert code == 3
     assert not checks["broker"]["ok"] and "secret" not in checks["broker"]["detail"]
     assert not checks["repository URL"]["ok"]
+
+
+def test_a_path_the_workers_read_the_repository_at_is_not_looked_up_on_this_host(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    repo = repo_with_tickets(tmp_path)
+    queue = unique_queue()
+    fleet.start_tickets("tickets", concurrency=1)
+    # the commit worker knows the repository by the name the workers use, as in a container
+    fleet.start(
+        "commit", "commit", "--repo", str(repo), "--repo-url", "/repo", "--commit-queue", queue
+    )
+    args = ["--repo", str(repo), "--repo-url", "/repo", "--commit-queue", queue]
+    assert wait_until(lambda: check(fleet, *args)[0] == 0, timeout=60, interval=1), fleet.logs()
+    _, checks = check(fleet, *args)
+    finding = checks["repository URL"]
+    assert finding["info"] and "/repo is a path on the workers' hosts" in finding["detail"]
+    for local_name in (str(tmp_path / "nowhere"), f"file://{tmp_path}/nowhere"):
+        _, checks = check(fleet, "--repo", str(repo), "--repo-url", local_name)
+        assert checks["repository URL"]["info"], local_name
+
+
+def test_heartbeat_and_visibility_settings_that_slow_or_race_recovery_are_warnings_not_failures(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    repo = repo_with_tickets(tmp_path)
+    queue = unique_queue()
+    fleet.start_tickets("tickets", concurrency=1)
+    fleet.start_commit(repo, queue)
+    args = ("--repo", str(repo), "--commit-queue", queue)
+    assert wait_until(lambda: check(fleet, *args)[0] == 0, timeout=60, interval=1), fleet.logs()
+    _, fine = check(fleet, *args)
+    assert fine["heartbeat timeout"]["ok"] and not fine["heartbeat timeout"]["warning"]
+    assert "visibility timeout" not in fine
+
+    risky = fleet.env(
+        SAGE_HEARTBEAT_INTERVAL="5",
+        SAGE_HEARTBEAT_TIMEOUT="400",
+        SAGE_TICKET_TIMEOUT="600",
+        SAGE_VISIBILITY_TIMEOUT="300",
+    )
+    proc = subprocess.run([bin_path("sage-submit"), "check", *args], capture_output=True,
+                          text=True, env=risky, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # warnings do not fail the check
+    line = next(ln for ln in proc.stdout.splitlines() if "visibility timeout:" in ln)
+    assert line.lstrip().startswith("warn") and "SAGE_VISIBILITY_TIMEOUT=300 s" in line
+
+    tight = fleet.env(SAGE_HEARTBEAT_INTERVAL="5", SAGE_HEARTBEAT_TIMEOUT="8")
+    proc = subprocess.run([bin_path("sage-submit"), "check", "--json", *args],
+                          capture_output=True, text=True, env=tight, timeout=60)  # fmt: skip
+    found = {c["what"]: c for c in json.loads(proc.stdout)["checks"]}
+    beat = found["heartbeat timeout"]
+    assert beat["warning"] and not beat["ok"] and "SAGE_HEARTBEAT_TIMEOUT=8 s" in beat["detail"]
+    assert proc.returncode == 0

@@ -281,6 +281,17 @@ def test_the_compose_file_has_redis_flower_a_commit_worker_and_scalable_ticket_w
             assert str(port).startswith("127.0.0.1:"), f"{port} is published on every address"
 
 
+def test_every_compose_service_has_a_healthcheck_and_each_worker_pings_its_own_node() -> None:
+    services = load_compose()["services"]
+    for name, svc in services.items():
+        assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+    for name in ["commit", "tickets"]:
+        test = " ".join(services[name]["healthcheck"]["test"])
+        assert "celery -A sage_tasks inspect ping" in test
+        assert f'-d "{name}@$$HOSTNAME"' in test  # its own node (sage-worker's default name)
+        assert "SAGE_VISIBILITY_TIMEOUT" in services[name]["environment"]
+
+
 def compose_binaries() -> list[list[str]]:
     found = []
     if shutil.which("docker-compose"):
@@ -332,6 +343,8 @@ def test_the_worker_image_installs_the_package_with_git_and_runs_as_a_user() -> 
         for name in src.split():
             if not name.endswith("*"):
                 assert (ROOT / name).exists(), f"COPY {name}: no such file"
+    entry_point = re.search(r"^ENTRYPOINT \[(.*)\]", text, re.M)
+    assert entry_point and json.loads(f"[{entry_point[1]}]")[:2] == ["/usr/bin/tini", "--"]
     entry = (ROOT / "workers/entrypoint.sh").read_text()
     assert 'exec sage-worker "$@"' in entry
     assert subprocess.run(["sh", "-n", str(ROOT / "workers/entrypoint.sh")]).returncode == 0

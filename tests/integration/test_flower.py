@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import celery
 import pytest
 
 from tests.support.fleet import Fleet, bin_path, unique_queue, wait_until
@@ -322,3 +324,48 @@ def test_make_flower_starts_flower_for_the_workers_broker_behind_the_environment
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
         server.stop(kill=True)
+
+
+def system_python_env(path: str) -> tuple[list[str], dict[str, str]]:
+    """Run ``sage-worker flower`` as a system Python would: the interpreter in one folder
+    (the base interpreter, no ``celery`` beside it), the package on ``PYTHONPATH``."""
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    assert not (base.parent / "celery").exists(), f"{base.parent} holds a celery script"
+    site = Path(celery.__file__).parents[1]  # the venv's site-packages
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(PATH=path, PYTHONPATH=f"{ROOT}:{site}", FLOWER_BASIC_AUTH=AUTH)
+    return [str(base), "-m", "sage_tasks.cli.worker", "flower"], env
+
+
+def test_flower_finds_celery_on_the_path_when_it_is_not_beside_the_interpreter(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    port = free_port()
+    cmd, env = system_python_env(f"{Path(sys.executable).parent}:/usr/bin:/bin")
+    env["SAGE_BROKER_URL"] = server.url
+    with (tmp_path / "flower.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [*cmd, f"--port={port}"], stdout=log, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        assert wait_until(lambda: get(port, "/", AUTH)[0] == 200, 60), (
+            tmp_path / "flower.log"
+        ).read_text()
+        assert get(port, "/")[0] == 401
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(15)
+        server.stop(kill=True)
+
+
+def test_flower_without_a_celery_script_anywhere_says_so_in_one_line() -> None:
+    system_path = "/usr/bin:/bin"  # git, but no celery
+    assert shutil.which("celery", path=system_path) is None
+    cmd, env = system_python_env(system_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "no 'celery' script beside" in lines[0] and "on PATH" in lines[0]

@@ -113,7 +113,11 @@ def test_status_follows_a_run_while_it_runs_and_after(fleet: Fleet, tmp_path: Pa
         assert shown.code == 0, shown.stderr
         assert f"run {run_id}: RUNNING" in shown.stdout
         assert "batch 1/2" in shown.stdout and "running: GATED" in shown.stdout
-        gated_line = next(ln for ln in shown.stdout.splitlines() if "GATED" in ln and HOST in ln)
+        # where it runs and how fresh its heartbeat is
+        assert re.search(rf"running: GATED \(on {re.escape(HOST)}, beat \d+s ago\)", shown.stdout)
+        gated_line = next(
+            ln for ln in shown.stdout.splitlines() if "GATED" in ln and HOST in ln and "│" in ln
+        )
         assert "RUNNING" in gated_line
         assert re.search(r"running \d+\.\ds", gated_line), gated_line
         assert "wall time" not in shown.stdout  # no metrics before the end

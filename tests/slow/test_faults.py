@@ -130,7 +130,7 @@ def test_a_killed_pool_process_has_its_ticket_redelivered_at_once_and_run_again(
 ) -> None:
     # heartbeats 5 s apart: a stale heartbeat would take 20 s, so a quick re-run
     # shows the redelivery saw the dead process, not an old heartbeat
-    fleet = lab.fleet(SAGE_HEARTBEAT_INTERVAL="5")
+    fleet = lab.fleet(SAGE_HEARTBEAT_INTERVAL="5", SAGE_HEARTBEAT_TIMEOUT="20")
     ids = ["K1", "K2", "K3"]
     tickets = [ticket("K1", traced("K1", lab.trace, first_sleep="60", sleep="0.2"))]
     tickets += [ticket(t, traced(t, lab.trace, sleep="0.5")) for t in ids[1:]]

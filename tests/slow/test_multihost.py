@@ -157,7 +157,10 @@ def test_a_host_cut_off_mid_ticket_has_them_finished_elsewhere_and_no_double_com
     multihost: Fleet,
 ) -> None:
     vt = 12.0
-    fleet = multihost(("w1", "w2", "w3"), visibility_timeout=vt, ticket_timeout=10)
+    silence = 5.0
+    fleet = multihost(
+        ("w1", "w2", "w3"), visibility_timeout=vt, ticket_timeout=10, heartbeat_timeout=silence
+    )
     first = [ticket(f"L{i:02d}", work(f"L{i:02d}", sleep=4)) for i in range(12)]
     second = []
     for i in range(6):
@@ -188,8 +191,8 @@ def test_a_host_cut_off_mid_ticket_has_them_finished_elsewhere_and_no_double_com
     record = rows(data)
     for tid in in_flight:
         assert host_of(record[tid]["host"]) in ("w2", "w3"), record[tid]
-    # nobody else took them before w1 was silent for the visibility timeout
-    assert ended_at - cut_at >= vt, (ended_at - cut_at, in_flight)
+    # nobody else took them before w1 was silent for the heartbeat timeout
+    assert ended_at - cut_at >= silence, (ended_at - cut_at, in_flight)
     order = check_commits(fleet.canonical, data["branch"], tickets)
 
     # w1 comes back: whatever it still held ends without a second commit

@@ -59,6 +59,7 @@ class Fleet:
                 "SAGE_VISIBILITY_TIMEOUT": "60",
                 "SAGE_TICKET_TIMEOUT": "30",
                 "SAGE_HEARTBEAT_INTERVAL": "1",
+                "SAGE_HEARTBEAT_TIMEOUT": "10",
                 "SAGE_SUPERVISOR_INTERVAL": "1",
                 "PYTHONUNBUFFERED": "1",
             }
@@ -158,6 +159,19 @@ class Fleet:
     def stop(self) -> None:
         for name in list(self.procs):
             self.kill(name, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def empty_fleet(root: Path, password: str | None = None) -> Iterator[Fleet]:
+    """A private redis-server and no worker yet; every process stopped after."""
+    server = RedisServer(root / "redis", password=password)
+    server.start()
+    fleet = Fleet(root / "fleet", server)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+        server.stop(kill=True)
 
 
 @contextlib.contextmanager

@@ -301,6 +301,27 @@ class Topology:
         """Plug ``host`` back in."""
         ip("-n", self.switch, "link", "set", self.hosts[host].port, "up")
 
+    def pids(self, host: str) -> list[int]:
+        """Every process running inside ``host``."""
+        return _ns_pids(self.hosts[host].ns)
+
+    def kill_host(self, host: str) -> list[int]:
+        """Kill ``host`` whole: every process inside it, frozen first (nobody forks or reaps
+        while we aim), then SIGKILLed. Returns the pids killed."""
+        pids = self.signal_host(host, signal.SIGSTOP)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return pids
+
+    def signal_host(self, host: str, sig: signal.Signals) -> list[int]:
+        """Send ``sig`` to every process inside ``host`` (SIGSTOP freezes it, SIGCONT thaws)."""
+        pids = self.pids(host)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        return pids
+
 
 def wait_for(
     predicate: Callable[[], Any],
@@ -375,6 +396,7 @@ class SageHosts:
         visibility_timeout: float = 12,
         ticket_timeout: float = 10,
         concurrency: int = 2,
+        heartbeat_timeout: float = 5,
     ):
         self.topo = topo
         self.root = root
@@ -391,6 +413,7 @@ class SageHosts:
             "SAGE_VISIBILITY_TIMEOUT": f"{visibility_timeout:g}",
             "SAGE_TICKET_TIMEOUT": f"{ticket_timeout:g}",
             "SAGE_HEARTBEAT_INTERVAL": "1",
+            "SAGE_HEARTBEAT_TIMEOUT": f"{heartbeat_timeout:g}",
             "SAGE_SUPERVISOR_INTERVAL": "1",
         }
         self.named: dict[str, subprocess.Popen[bytes]] = {}
@@ -533,7 +556,10 @@ class SageHosts:
     def _serves_main(self, host: str) -> bool:
         return "refs/heads/main" in self.ls_remote(host)
 
-    def start_commit_worker(self) -> None:
+    def start_commit_worker(self, *, with_url: bool = True) -> None:
+        """The hub's commit worker (``with_url`` False: started without the fleet's
+        ``--repo-url``, so it refuses the runs that name it)."""
+        url = ["--repo-url", self.repo_url] if with_url else []
         self.start_process(
             "commit",
             "hub",
@@ -542,11 +568,21 @@ class SageHosts:
                 "commit",
                 "--repo",
                 str(self.canonical),
-                "--repo-url",
-                self.repo_url,
+                *url,
                 "--hostname",
                 "commit@hub",
             ],
+        )
+
+    def cancel(
+        self, run_id: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """``sage-submit cancel [RUN]`` from the producer."""
+        return self.topo.run(
+            "producer",
+            [str(BIN / "sage-submit"), "cancel", *([run_id] if run_id else [])],
+            env=self.env("producer"),
+            timeout=timeout,
         )
 
     # -- worker hosts --------------------------------------------------------------------
@@ -611,9 +647,21 @@ class SageHosts:
         assert proc.returncode == 0, f"clone over git:// failed: {proc.stderr}"
         return dest
 
-    def submit(self, *args: str) -> Submission:
-        """Start ``sage-submit --wait --json`` from the producer's namespace, from its own clone."""
+    def submit(self, *args: str, branch: str | None = None) -> Submission:
+        """Start ``sage-submit --wait --json`` from the producer's namespace, from its own clone.
+
+        ``branch``: resume that branch (fetched into the clone, passed as ``--branch``).
+        """
         clone = self.producer_clone()
+        if branch is not None:
+            fetched = self.topo.run(
+                "producer",
+                ["git", "-C", str(clone), "fetch", "-q", "origin", f"+{branch}:{branch}"],
+                env=self.env("producer"),
+                timeout=60,
+            )
+            assert fetched.returncode == 0, f"fetching {branch} failed: {fetched.stderr}"
+            args = (*args, "--branch", branch)
         n = clone.name.rsplit("-", 1)[1]
         out = self.root / "logs" / f"submit-{n}.out"
         err = self.log_path(f"submit-{n}")
