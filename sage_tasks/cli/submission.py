@@ -86,7 +86,7 @@ def resolve(
     where = f"branch {branch_name}" if branch_sha else f"{base_ref} ({base_sha[:12]})"
     if data is None:
         raise IndexValidationError([Problem(f"no ticket index at {where}")], path=index_path)
-    if gitops.working_copy_differs(root, source_ref, index_path):
+    if gitops.working_copy_differs(root, source_ref, index_path, data):
         human.print(
             f"[yellow]warning:[/] {index_path} in the working copy differs from "
             f"{where}; the committed version is used",

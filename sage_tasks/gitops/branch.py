@@ -120,17 +120,22 @@ def read_index_at(repo: Path, ref: str, index_path: str) -> bytes | None:
     return proc.stdout
 
 
-def working_copy_differs(repo: Path, ref: str, index_path: str) -> bool:
+def working_copy_differs(
+    repo: Path, ref: str, index_path: str, committed: bytes | None = None
+) -> bool:
     """True when the index file on disk differs from the one at ``ref`` (for a warning).
 
-    Always False for a bare repository, which has no working copy.
+    ``committed``: the file's content at ``ref`` when the caller has read it
+    already (a 100,000-ticket index is megabytes through a pipe), else read
+    here. Always False for a bare repository, which has no working copy.
     """
     bare, git_dir = locate_repo(repo)
     if bare:
         return False
     top = run_git(repo, "rev-parse", "--show-toplevel", check=False).stdout.decode().strip()
     root = Path(top) if top else git_dir.parent
-    committed = read_index_at(repo, ref, index_path)
+    if committed is None:
+        committed = read_index_at(repo, ref, index_path)
     try:
         on_disk: bytes | None = (root / index_path).read_bytes()
     except FileNotFoundError:

@@ -96,6 +96,16 @@ def test_a_working_copy_edit_of_the_index_is_noticed(tmp_path: Path) -> None:
     assert not working_copy_differs(bare, "main", INDEX)
 
 
+def test_the_index_read_already_is_compared_with_the_working_copy(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {}, INDEX_DATA)
+    committed = read_index_at(repo, "main", INDEX)
+    assert committed is not None
+    assert not working_copy_differs(repo, "main", INDEX, committed)
+    assert working_copy_differs(repo, "main", INDEX, committed + b" ")
+    (repo / INDEX).write_text("{}\n")
+    assert working_copy_differs(repo, "main", INDEX, committed)
+
+
 def test_the_repository_root_is_found_from_inside_and_a_non_repo_is_refused(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"d/e.txt": "x\n"}, INDEX_DATA)
     assert repo_root(repo / "d") == repo.resolve()
