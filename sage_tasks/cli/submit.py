@@ -37,6 +37,16 @@ def _consoles(as_json: bool) -> tuple[Console, Console]:
     return human, out
 
 
+def _load_followers() -> None:
+    """Import what sends and follows a run before anything is sent or printed: a Ctrl-C
+    once the run is under way then meets :func:`wait_for`'s handler, not an import."""
+    import sage_tasks.cli.liveness_view
+    import sage_tasks.cli.local
+    import sage_tasks.store.broker
+    import sage_tasks.views.follow
+    import sage_tasks.views.report  # noqa: F401
+
+
 def wait_for(
     sub_settings: Settings,
     run_id: str,
@@ -270,6 +280,7 @@ def cli(
             title = f"{sub.repo} → {sub.branch} (dry run)"
             render_plan(sub.plan, human, title=title, show_all=show_all)
         return
+    _load_followers()
     if local:
         sys.exit(
             _run_local(
