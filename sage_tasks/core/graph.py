@@ -83,12 +83,12 @@ class TicketGraph:
     deps: list[list[int]] = field(default_factory=list)
     #: slot -> its ``paths`` globs, for the tickets that declare any
     paths: dict[int, list[str]] = field(default_factory=dict)
-    #: ``(v, d)`` -> the field an edge comes from, for the edges no ``dependencies`` names:
-    #: ``"blockedBy"`` (``v`` names ``d``) or ``"blocks"`` (``d`` names ``v``)
-    via: dict[tuple[int, int], str] = field(default_factory=dict)
-    #: slot -> the known ids its ``blockedBy`` names, for the tickets that name any
+    #: slot -> its own ``dependencies`` (known ids), for the tickets whose ``dep_names``
+    #: gained edges from ``blockedBy`` or others' ``blocks``
+    own_deps: dict[int, list[str]] = field(default_factory=dict)
+    #: slot -> the known ids its ``blockedBy`` names, for the tickets that have that list
     blocked_by: dict[int, list[str]] = field(default_factory=dict)
-    #: slot -> the known ids its ``blocks`` names, for the tickets that name any
+    #: slot -> the known ids its ``blocks`` names, for the tickets that have that list
     blocks: dict[int, list[str]] = field(default_factory=dict)
     #: slot -> its ``parent``'s slot, for the tickets whose parent is a known other ticket
     parents: dict[int, int] = field(default_factory=dict)
@@ -103,8 +103,13 @@ class TicketGraph:
         self.deps = [list(islice(flat, n)) for n in map(len, names)]
 
     def edge_field(self, v: int, d: int) -> str:
-        """The field the edge ``v -> d`` comes from (``"dependencies"`` when it names it)."""
-        return self.via.get((v, d), "dependencies")
+        """The field the edge ``v -> d`` comes from: ``"dependencies"`` when ``v``'s names
+        ``d``, else ``"blockedBy"`` (``v``'s names ``d``) or ``"blocks"`` (``d``'s names ``v``)."""
+        own = self.own_deps.get(v)
+        name = self.ids[d]
+        if own is None or name in own:
+            return "dependencies"
+        return "blockedBy" if name in self.blocked_by.get(v, ()) else "blocks"
 
     def has_run(self, v: int) -> bool:
         """True when ticket ``v`` has a non-blank ``run`` command."""

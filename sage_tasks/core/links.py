@@ -23,6 +23,7 @@ fields: it never writes them, nor "fixes" one side of a reciprocal pair.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,29 +53,29 @@ def merge_links(
 
     ``blocked_by`` and ``blocks`` map a slot to the ids its field names, all
     known and none its own. A ticket's own ``dependencies`` keep their order;
-    the new names follow, each once, and each edge no ``dependencies`` names
-    is recorded in ``graph.via`` with its field. Call before ``graph.link()``.
-    The index's lists are never changed: a ticket that gains edges gets a new list.
+    the new names follow. A ticket that gains edges gets a new list, its own
+    one is kept in ``graph.own_deps`` (the index's lists are never changed).
+    Call before ``graph.link()``.
     """
     graph.blocked_by = blocked_by
     graph.blocks = blocks
     if not blocked_by and not blocks:
         return
-    ids, index, names, via = graph.ids, graph.index, graph.dep_names, graph.via
-    added: dict[int, list[tuple[str, str]]] = {}
+    ids, index, names, own = graph.ids, graph.index, graph.dep_names, graph.own_deps
+    # an edge named twice stays twice here, as a dependency listed twice does: the graph
+    # algorithms do not mind, and everything that names edges names each once
     for v, named in blocked_by.items():
-        added.setdefault(v, []).extend((d, BLOCKED_BY) for d in named)
+        if named:
+            mine = own[v] = names[v]
+            names[v] = mine + named if mine else named
+    extra: defaultdict[int, list[str]] = defaultdict(list)
     for u, named in blocks.items():
         me = ids[u]
-        for w in named:
-            added.setdefault(index[w], []).append((me, BLOCKS))
-    for v, more in added.items():
-        merged = dict.fromkeys(names[v])
-        for d, origin in more:
-            if d not in merged:
-                merged[d] = None
-                via[(v, index[d])] = origin
-        names[v] = list(merged)
+        for w in map(index.__getitem__, named):
+            extra[w].append(me)
+    for w, more in extra.items():
+        mine = own.setdefault(w, names[w])
+        names[w] = names[w] + more
 
 
 def link_problem(field: str, value: object) -> str | None:
@@ -226,12 +227,12 @@ class LinkSummary:
 
 def summarize_links(graph: TicketGraph, version: object, items: list[Any]) -> LinkSummary:
     """Count the edges of ``graph`` per field (O(edges); for reports, not for planning)."""
-    total = sum(map(len, map(set, graph.deps)))
+    own = [graph.own_deps.get(v, names) for v, names in enumerate(graph.dep_names)]
     edges = {
-        DEPENDENCIES: total - len(graph.via),
+        DEPENDENCIES: sum(map(len, map(set, own))),
         BLOCKED_BY: sum(map(len, map(set, graph.blocked_by.values()))),
         BLOCKS: sum(map(len, map(set, graph.blocks.values()))),
-        "total": total,
+        "total": sum(map(len, map(set, graph.deps))),
     }
     informational = dict.fromkeys(INFORMATIONAL_FIELDS, 0)
     for item in items:

@@ -276,19 +276,21 @@ def _build(
 def _blocked_reasons(
     graph: TicketGraph, status: list[int], blocked: list[int], held: dict[int, int]
 ) -> dict[str, str]:
-    """Why each blocked ticket is: its DEFERRED ancestor, else its first held-back dependency."""
+    """Why each blocked ticket is: its DEFERRED ancestor, else a dependency that holds it.
+
+    The dependency named is a DEFERRED one when there is one, else a blocked
+    one, the smallest id first: the same whichever field names the edge.
+    """
     ids = graph.ids
     out: dict[str, str] = {}
     for v in blocked:
         if v in held:
             out[ids[v]] = parent_reason(graph, v, held[v])
             continue
-        for d in graph.deps[v]:
-            if status[d] == _SKIPPED:
-                out[ids[v]] = f"dependency {ids[d]} is DEFERRED and not retried"
-                break
-            if status[d] == _BLOCKED:
-                out[ids[v]] = f"dependency {ids[d]} is BLOCKED"
+        for code, what in ((_SKIPPED, "DEFERRED and not retried"), (_BLOCKED, "BLOCKED")):
+            names = [ids[d] for d in graph.deps[v] if status[d] == code]
+            if names:
+                out[ids[v]] = f"dependency {min(names)} is {what}"
                 break
     return out
 

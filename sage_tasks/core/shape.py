@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import chain, compress, repeat
+from operator import contains, is_not
 from typing import Any
 
 from sage_tasks.core.estimate import parse_estimate
@@ -185,18 +187,21 @@ def _fast_links(
     ids: list[str], index: dict[str, int], column: list[Any]
 ) -> dict[int, list[str]] | None:
     """Slot -> ids of a ``blockedBy``/``blocks`` column, or None unless all is well."""
-    if column.count(None) == len(column):
+    n = len(column)
+    if column.count(None) == n:
         return {}
-    found = {v: names for v, names in enumerate(column) if names is not None}
-    if not set(map(type, found.values())) <= {list}:
+    slots = list(compress(range(n), map(is_not, column, repeat(None))))
+    lists = list(map(column.__getitem__, slots))
+    if set(map(type, lists)) != {list}:
         return None
-    found = {v: names for v, names in found.items() if names}
-    flat = [name for names in found.values() for name in names]
-    if not set(map(type, flat)) <= _STRINGS or not all(map(index.__contains__, flat)):
+    named = list(chain.from_iterable(lists))
+    if not set(map(type, named)) <= _STRINGS:
         return None
-    if any(ids[v] in names for v, names in found.items()):
-        return None
-    return found
+    if not all(map(index.__contains__, named)) or any(
+        map(contains, lists, map(ids.__getitem__, slots))
+    ):
+        return None  # an unknown id, or a ticket naming itself: the slow path words it
+    return dict(zip(slots, lists, strict=True))
 
 
 def _seconds(value: object) -> float | None:
@@ -354,9 +359,8 @@ def _resolve(
         kept = [d for d in deps if _known(graph, me, DEPENDENCIES, d, semantic)]
         graph.dep_names.append(kept if len(kept) < len(deps) else deps)
         for names, out, key in ((bbs, blocked_by, BLOCKED_BY), (bls, blocks, BLOCKS)):
-            known = [d for d in names if _known(graph, me, key, d, semantic)]
-            if known:
-                out[v] = known
+            if names is not _EMPTY:  # a list in the index, maybe an empty one
+                out[v] = [d for d in names if _known(graph, me, key, d, semantic)]
     merge_links(graph, blocked_by, blocks)
     graph.link()
 

@@ -75,7 +75,7 @@ def cycle_problems(graph: TicketGraph, left: list[int]) -> list[Problem]:
 
 def _origins(graph: TicketGraph, cycle: list[int]) -> str:
     """`` (A -> B: 'blockedBy' of A; ...)`` for the steps no ``dependencies`` names."""
-    if not graph.via:
+    if not graph.own_deps:
         return ""
     names = graph.ids
     told = []
