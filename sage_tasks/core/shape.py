@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from itertools import chain, compress, repeat
+from itertools import compress, repeat
 from operator import contains, is_not
 from typing import Any
 
@@ -158,8 +158,8 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
         return None
     if _NONE in kinds:  # a missing or null list is an empty one
         dls = [_EMPTY if d is None else d for d in dls]
-    blocked_by = _fast_links(ids, index, bbs)
-    blocks = _fast_links(ids, index, bls)
+    blocked_by = _fast_links(ids, bbs)
+    blocks = _fast_links(ids, bls)
     if blocked_by is None or blocks is None:
         return None
     paths = {v: g for v, g in enumerate(globs) if g is not None}
@@ -183,9 +183,7 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
     return CheckedIndex(graph, warnings=read_informational(graph, rels, founds, parents))
 
 
-def _fast_links(
-    ids: list[str], index: dict[str, int], column: list[Any]
-) -> dict[int, list[str]] | None:
+def _fast_links(ids: list[str], column: list[Any]) -> dict[int, list[str]] | None:
     """Slot -> ids of a ``blockedBy``/``blocks`` column, or None unless all is well."""
     n = len(column)
     if column.count(None) == n:
@@ -194,13 +192,10 @@ def _fast_links(
     lists = list(map(column.__getitem__, slots))
     if set(map(type, lists)) != {list}:
         return None
-    named = list(chain.from_iterable(lists))
-    if not set(map(type, named)) <= _STRINGS:
-        return None
-    if not all(map(index.__contains__, named)) or any(
-        map(contains, lists, map(ids.__getitem__, slots))
-    ):
-        return None  # an unknown id, or a ticket naming itself: the slow path words it
+    if any(map(contains, lists, map(ids.__getitem__, slots))):
+        return None  # a ticket naming itself: the slow path words it
+    # an unknown id, or one that is not a string, raises KeyError (TypeError) when the
+    # graph is linked: the slow path words it too
     return dict(zip(slots, lists, strict=True))
 
 
