@@ -863,7 +863,7 @@ def main() -> None:
         parser.error(f"--command takes {', '.join(MODES)} or both, comma-separated")
 
     sys.path.insert(0, str(ROOT))
-    from sage_tasks.local import terminate_as_interrupt
+    from sage_tasks.cli.local import terminate_as_interrupt
     from tests.support.redis_server import RedisServer
 
     tmp = Path(tempfile.mkdtemp(prefix="sage-bench-e2e-"))

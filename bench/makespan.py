@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sage_tasks import keys  # noqa: E402
+from sage_tasks.store import keys  # noqa: E402
 from tests.support.fleet import Fleet, unique_queue  # noqa: E402
 from tests.support.gitrepo import index_bytes, make_repo  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402

@@ -96,11 +96,19 @@ class PatchRejected(GitError):
     """A patch is unsafe (writes outside the repository, into .git, via symlinks) or too big."""
 
 
+class RepositoryRefused(SageError):
+    """A commit task names a repository this commit worker was not started for."""
+
+
 # --- redis / lock / run state ------------------------------------------------
 
 
 class LockBusy(Retryable):
     """The repository's commit lock is held by another writer."""
+
+
+class DependencyPending(Retryable):
+    """A dependency has not been committed yet (only after a redelivery race)."""
 
 
 class BrokerUnavailable(SageError):
@@ -117,3 +125,12 @@ class RunLost(SageError):
 
 class UnknownRun(InputError):
     """No run with that id is known to the broker."""
+
+
+# --- the local fleet (--local) ------------------------------------------------
+
+
+class LocalError(SageError):
+    """The embedded Redis or a local worker could not start or died."""
+
+    exit_code = 3

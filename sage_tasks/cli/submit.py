@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
 
-from sage_tasks.broker import connect
 from sage_tasks.cli.common import ParallelType, handle_errors
+from sage_tasks.cli.local import local_fleet, local_hint, local_reader
+from sage_tasks.cli.submission import Submission, resolve, send
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH
-from sage_tasks.submission import Submission, resolve, send
+from sage_tasks.errors import BrokerUnavailable, ConfigError, UnknownRun
+from sage_tasks.store.broker import connect
+from sage_tasks.store.runstate import RunStore
+from sage_tasks.views.follow import follow, render_summary
+from sage_tasks.views.plan_view import render_plan
+from sage_tasks.views.report import write_report
+from sage_tasks.views.status_view import show_status
 
 
 def _consoles(as_json: bool) -> tuple[Console, Console]:
@@ -34,39 +44,80 @@ def wait_for(
     out: Console,
     as_json: bool,
     on_poll: Callable[[], None] | None = None,
+    report: Path | None = None,
 ) -> int:
-    """Follow a run to its end, print the summary; returns the exit code."""
-    from sage_tasks.cli.follow import follow, render_summary
-    from sage_tasks.runstate import RunStore
+    """Follow a run to its end, print the summary (and write its report); returns the exit code."""
 
     def store() -> RunStore:
         return RunStore(connect(sub_settings.backend_url), ttl=sub_settings.result_expires)
 
     summary = follow(store, run_id, console=human, on_poll=on_poll)
     render_summary(summary, human)
+    if report is not None:
+        write_report(store(), run_id, report)
+        human.print(f"report: {report}", highlight=False)
     if as_json:
         out.print_json(json.dumps(summary.to_json()))
     return summary.exit_code()
 
 
-def _run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) -> int:
-    """``--local``: the submission on a private Redis and workers of this machine."""
-    from sage_tasks.cli.plan_view import render_plan
-    from sage_tasks.local import local_fleet
-
+def _run_local(
+    sub: Submission,
+    *,
+    human: Console,
+    out: Console,
+    as_json: bool,
+    report: Path | None,
+    flower: int | None,
+) -> int:
+    """``--local``: the submission on the repository's private Redis and workers of this machine."""
     concurrency = sub.plan.parallel or os.cpu_count() or 1
     render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)")
-    with local_fleet(sub.repo, concurrency, sub.settings, human) as (fleet, settings):
+    with local_fleet(sub.repo, concurrency, sub.settings, human, flower=flower) as (
+        fleet,
+        settings,
+    ):
         sub.settings = settings
         send(sub)
+        fleet.remember(sub.run_id, time.time(), settings.result_expires)
         human.print(
             f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch} "
             f"(local: {concurrency} ticket slots)",
             highlight=False,
         )
-        return wait_for(
-            settings, sub.run_id, human=human, out=out, as_json=as_json, on_poll=fleet.check
+        code = wait_for(
+            settings,
+            sub.run_id,
+            human=human,
+            out=out,
+            as_json=as_json,
+            on_poll=fleet.check,
+            report=report,
         )
+    me = sys.argv[0] if sys.argv[0].endswith("sage-submit") else "sage-submit"
+    where = f"--local --repo {shlex.quote(str(sub.repo))}"
+    human.print(
+        "to see this run again:\n"
+        f"  {me} status {sub.run_id} {where}\n"
+        f"  {me} report {sub.run_id} --html run.html {where}",
+        highlight=False,
+    )
+    return code
+
+
+def _report_target(path: str | None) -> Path | None:
+    """``--report FILE``, checked before the run: its folder must exist or be creatable."""
+    if path is None:
+        return None
+    target = Path(path)
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--report: cannot create {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"--report: {folder} is not writable", path=str(folder))
+    return target
 
 
 @click.group(
@@ -90,7 +141,25 @@ def _run_local(sub: Submission, *, human: Console, out: Console, as_json: bool) 
 @click.option(
     "--local",
     is_flag=True,
-    help="Start a private Redis and workers on this machine, run, stop them.",
+    help="Run on this machine: the repository's private Redis (its history kept under "
+    "SAGE_WORKDIR) and workers, stopped at the end.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    help="Write the run's HTML report to FILE when it ends (with --local or --wait).",
+)
+@click.option(
+    "--flower",
+    "flower_port",
+    type=click.IntRange(0, 65535),
+    is_flag=False,
+    flag_value=0,
+    default=None,
+    metavar="[PORT]",
+    help="With --local: Flower on 127.0.0.1 (port 5555 or a free one) for the run, "
+    "its password printed once.",
 )
 @click.option(
     "--schedule",
@@ -125,6 +194,8 @@ def cli(
     wait: bool,
     as_json: bool,
     local: bool,
+    report_path: str | None,
+    flower_port: int | None,
     schedule: str,
     conflict_retries: int,
     broker: str | None,
@@ -132,9 +203,14 @@ def cli(
 ) -> None:
     """Validate a repository's ticket graph, plan it into batches and run it on Celery."""
     ctx.ensure_object(dict)
-    ctx.obj["broker"] = broker
+    ctx.obj.update(broker=broker, local=local, repo=repo)
     if ctx.invoked_subcommand is not None:
         return
+    if flower_port is not None and not local:
+        raise ConfigError("--flower needs --local (for a fleet: sage-worker flower)")
+    if report_path is not None and not (local or wait):
+        raise ConfigError("--report needs --local or --wait (the report is written at the end)")
+    report_to = None if dry_run else _report_target(report_path)
     settings = load_settings(broker_url=broker, commit_queue=commit_queue, executor=executor)
     human, out = _consoles(as_json)
     sub = resolve(
@@ -152,7 +228,6 @@ def cli(
     )
     sub.schedule = schedule
     sub.conflict_retries = conflict_retries
-    from sage_tasks.cli.plan_view import render_plan
 
     if dry_run:
         if as_json:
@@ -161,7 +236,11 @@ def cli(
             render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (dry run)")
         return
     if local:
-        sys.exit(_run_local(sub, human=human, out=out, as_json=as_json))
+        sys.exit(
+            _run_local(
+                sub, human=human, out=out, as_json=as_json, report=report_to, flower=flower_port
+            )
+        )
     connect(settings.backend_url)  # an unreachable broker is one line, before any output
     if not wait:
         # stdout carries only the run id (or its JSON), so RUN=$(sage-submit ...) works
@@ -175,28 +254,70 @@ def cli(
         else:
             click.echo(sub.run_id)
         return
-    sys.exit(wait_for(settings, sub.run_id, human=human, out=out, as_json=as_json))
+    sys.exit(
+        wait_for(settings, sub.run_id, human=human, out=out, as_json=as_json, report=report_to)
+    )
+
+
+@contextmanager
+def _run_store(
+    ctx: click.Context, *, broker: str | None, local: bool, repo: str | None, run_id: str | None
+) -> Iterator[RunStore]:
+    """The runs ``status`` and ``report`` read: the broker's, or (``--local``) the repository's.
+
+    A run the broker does not know (or a broker out of reach) that is a
+    ``--local`` run ends with the hint to add ``--local``, exit 2.
+    """
+    settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
+    repo = repo or ctx.obj.get("repo")
+    if local or ctx.obj.get("local"):
+        # GitPython is loaded only when --local names a repository
+        from sage_tasks.gitops import repo_root
+
+        with local_reader(settings, repo_root(Path(repo or "."))) as private:
+            yield RunStore(connect(private.backend_url), ttl=private.result_expires)
+        return
+    try:
+        yield RunStore(connect(settings.backend_url), ttl=settings.result_expires)
+    except (UnknownRun, BrokerUnavailable) as exc:
+        hint = local_hint(settings, run_id, repo)
+        if hint is None:
+            raise
+        raise UnknownRun(f"{str(exc).rstrip('.')}; {hint}") from None
+
+
+_LOCAL_READ = click.option(
+    "--local",
+    is_flag=True,
+    help="Read the repository's --local runs (its private Redis, started while reading).",
+)
+_LOCAL_REPO = click.option("--repo", help="With --local: the repository (path) [.].")
 
 
 @cli.command()
 @click.argument("run_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@_LOCAL_READ
+@_LOCAL_REPO
 @click.pass_context
 @handle_errors
-def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | None) -> None:
+def status(
+    ctx: click.Context,
+    run_id: str | None,
+    as_json: bool,
+    broker: str | None,
+    local: bool,
+    repo: str | None,
+) -> None:
     """The state of a run (default: the latest, below a list of the latest runs), ticket by ticket.
 
     Per ticket: state, host, attempts, duration (or how long it has been
     running), reason; while the run runs and after.
     """
-    from sage_tasks.cli.status_view import show_status
-    from sage_tasks.runstate import RunStore
-
-    settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
     human, out = _consoles(as_json)
-    store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
-    show_status(store, run_id, human=human, out=out, as_json=as_json)
+    with _run_store(ctx, broker=broker, local=local, repo=repo, run_id=run_id) as store:
+        show_status(store, run_id, human=human, out=out, as_json=as_json)
 
 
 @cli.command()
@@ -209,16 +330,21 @@ def status(ctx: click.Context, run_id: str | None, as_json: bool, broker: str | 
     help="Where to write the report.",
 )
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@_LOCAL_READ
+@_LOCAL_REPO
 @click.pass_context
 @handle_errors
-def report(ctx: click.Context, run_id: str, html_path: str, broker: str | None) -> None:
+def report(
+    ctx: click.Context,
+    run_id: str,
+    html_path: str,
+    broker: str | None,
+    local: bool,
+    repo: str | None,
+) -> None:
     """A self-contained HTML report of a run: timeline, critical path, graph, reasons."""
-    from sage_tasks.report import write_report
-    from sage_tasks.runstate import RunStore
-
-    settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
-    store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
-    write_report(store, run_id, Path(html_path))
+    with _run_store(ctx, broker=broker, local=local, repo=repo, run_id=run_id) as store:
+        write_report(store, run_id, Path(html_path))
     click.echo(html_path)
 
 
@@ -245,7 +371,8 @@ def check(
     as_json: bool,
 ) -> None:
     """Check the prerequisites of a run: broker, workers, repository, git, parallelism."""
-    from sage_tasks.check import run_checks
+    # loads Celery (to ask the workers): the other commands start without it
+    from sage_tasks.cli.check import run_checks
 
     settings = load_settings(
         broker_url=broker or ctx.obj.get("broker"), commit_queue=commit_queue, executor=executor

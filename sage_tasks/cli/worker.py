@@ -10,10 +10,14 @@ from pathlib import Path
 import click
 from celery import Celery
 
-from sage_tasks.broker import redact_url
+from sage_tasks.app.celery_app import make_app, verified_url
 from sage_tasks.cli.common import error, handle_errors
 from sage_tasks.config import load_settings
+from sage_tasks.core.urls import redact_url
+from sage_tasks.dispatch import supervisor
 from sage_tasks.errors import ConfigError
+from sage_tasks.gitops import prune_workdir, repo_root
+from sage_tasks.work.runtime import app_runtime
 
 
 def _worker_argv(*, queue: str, concurrency: int, hostname: str, loglevel: str) -> list[str]:
@@ -56,15 +60,11 @@ def cli() -> None:
 @handle_errors
 def tickets(concurrency: int | None, hostname: str, broker: str | None, loglevel: str) -> None:
     """A ticket worker: runs tickets in fresh worktrees and turns their changes into patches."""
-    from sage_tasks.celery_app import make_app
-    from sage_tasks.gitops import prune_workdir
-    from sage_tasks.tasks import runtime
-
     settings = load_settings(broker_url=broker)
     settings.workdir.mkdir(parents=True, exist_ok=True)
     prune_workdir(settings.workdir)
     app = make_app(settings)
-    runtime(app)
+    app_runtime(app)
     n = concurrency or os.cpu_count() or 1
     _run_worker(
         app,
@@ -96,15 +96,10 @@ def commit(
     loglevel: str,
 ) -> None:
     """The commit worker of one repository (always one slot), with the run supervisor."""
-    from sage_tasks import supervisor
-    from sage_tasks.celery_app import make_app
-    from sage_tasks.gitops import repo_root
-    from sage_tasks.tasks import runtime
-
     settings = load_settings(broker_url=broker, commit_queue=commit_queue)
     root = repo_root(Path(repo))
     app = make_app(settings)
-    rt = runtime(app)
+    rt = app_runtime(app)
     rt.serve(root, repo_urls)
     supervisor.install(app, rt)
     _run_worker(
@@ -123,8 +118,6 @@ def commit(
 @handle_errors
 def flower(port: int, address: str, no_auth: bool, broker: str | None) -> None:
     """Flower for the configured broker, behind basic auth (FLOWER_BASIC_AUTH=user:password)."""
-    from sage_tasks.celery_app import verified_url
-
     settings = load_settings(broker_url=broker)
     auth = os.environ.get("FLOWER_BASIC_AUTH", "")
     if not auth and not no_auth:

@@ -49,8 +49,14 @@ def parse_estimate(value: object) -> float:
     return total
 
 
-def format_duration(seconds: float) -> str:
-    """A short human duration: ``45s``, ``30m``, ``4h 30m``, ``2d 3h``."""
+def format_duration(seconds: float, *, tenths: bool = False) -> str:
+    """A short human duration: ``45s``, ``30m``, ``4h 30m``, ``2d 3h``.
+
+    With ``tenths``, under a minute keeps a tenth of a second (``4.2s``): what
+    a run's report shows of tickets that take less than a second.
+    """
+    if tenths and seconds < 60:
+        return f"{seconds:.1f}s"
     s = round(seconds)
     if s < 60:
         return f"{s}s"

@@ -8,7 +8,7 @@
 - :mod:`.safety` refuses patches that would write outside the tree.
 """
 
-from sage_tasks.broker import redact_url
+from sage_tasks.core.urls import redact_url
 from sage_tasks.gitops.branch import (
     PROTECTED_BRANCHES,
     BranchInfo,

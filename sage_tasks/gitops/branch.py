@@ -6,6 +6,8 @@ non-bare one neither the work tree nor ``.git/index`` is touched.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +29,23 @@ class BranchInfo:
     created: bool
 
 
-def check_branch_name(repo: Path, branch: str) -> None:
-    """Raise :class:`RepositoryError` unless ``branch`` is a valid branch name."""
-    proc = run_git(repo, "check-ref-format", "--branch", branch, check=False)
-    if (
-        proc.returncode != 0
-        or proc.stdout.decode("utf-8", "replace").strip() != branch
-        or branch == "HEAD"
-        or branch.startswith("-")
-    ):
+def check_branch_name(branch: str) -> None:
+    """Raise :class:`RepositoryError` unless ``branch`` is a valid branch name.
+
+    The one check of a branch name (submission, branch preparation, mirror
+    fetches, the commit target): git's own rules, asked outside any repository
+    so the answer depends on the name alone, and cached per name and process
+    so the commit path pays for it once.
+    """
+    if branch in ("", "@", "HEAD") or branch.startswith("-") or not _valid_branch(branch):
         raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
+
+
+@functools.lru_cache(maxsize=256)
+def _valid_branch(branch: str) -> bool:
+    """``git check-ref-format --branch``: accepted, and not expanded to another name."""
+    proc = run_git(Path(os.sep), "check-ref-format", "--branch", branch, check=False)
+    return proc.returncode == 0 and proc.stdout.decode("utf-8", "replace").strip() == branch
 
 
 def resolve_commit(repo: Path, ref: str) -> str | None:
@@ -81,7 +90,7 @@ def prepare_branch(repo: Path, branch: str, base: str | None, *, allow_main: boo
     locate_repo(repo)
     if branch in PROTECTED_BRANCHES and not allow_main:
         raise RepositoryError(f"refusing to write to {branch!r} without --allow-main", path=branch)
-    check_branch_name(repo, branch)
+    check_branch_name(branch)
     ref = f"refs/heads/{branch}"
     existing = resolve_commit(repo, ref)
     if existing is not None:

@@ -26,6 +26,7 @@ from types import TracebackType
 
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument, State, is_valid_ticket_id
 from sage_tasks.errors import GitError, PatchRejected, RepositoryError
+from sage_tasks.gitops.branch import check_branch_name
 from sage_tasks.gitops.diff import FileDiff, parse_patch
 from sage_tasks.gitops.history import find_ticket_commit, message
 from sage_tasks.gitops.process import first_line
@@ -33,10 +34,6 @@ from sage_tasks.gitops.replacement import replace_file_patch
 from sage_tasks.gitops.repository import Repository
 from sage_tasks.gitops.safety import check_files, normal_path, path_problem
 
-#: what ``git check-ref-format`` refuses in a branch name (checked here without a process)
-_BAD_BRANCH_RE = re.compile(
-    r"[\x00-\x20~^:?*\[\\\x7f]|\.\.|@\{|//|^[-/.]|/\.|[/.]$|\.lock(/|$)|^@$"
-)
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+@-]{0,127}$")
 
 _CONFLICT_RES = (
@@ -86,8 +83,7 @@ class CommitTarget:
         *,
         before_update_ref: Callable[[], None] | None = None,
     ) -> None:
-        if not branch or _BAD_BRANCH_RE.search(branch):
-            raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
+        check_branch_name(branch)
         index_path = normal_path(index_path)
         problem = path_problem(index_path)
         if problem:

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import itertools
 import os
@@ -58,8 +57,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sage_tasks.broker import redact_url
+from sage_tasks.core.urls import redact_url
 from sage_tasks.errors import GitError, RepositoryError
+from sage_tasks.gitops.branch import check_branch_name
 from sage_tasks.gitops.process import Helper, first_line, run_git
 
 #: a lock file without its worktree is left alone this long (its owner may be starting)
@@ -165,7 +165,7 @@ class Mirror:
 
     def fetch(self, branch: str) -> str:
         """Fetch ``refs/heads/<branch>`` from the URL into the mirror; return its head commit."""
-        _check_branch(branch)
+        check_branch_name(branch)
         self.workdir.mkdir(parents=True, exist_ok=True)
         ref = f"refs/heads/{branch}"
         # git's automatic gc after a fetch is one more process: let it run now and then
@@ -216,7 +216,7 @@ class Mirror:
         once every object arrived), and fetches otherwise. Now and then it
         fetches anyway: git's upkeep of the mirror runs then.
         """
-        _check_branch(branch)
+        check_branch_name(branch)
         if next(_resolves) % _MAINTENANCE_EVERY and (self.path / "HEAD").exists():
             ref = f"refs/heads/{branch}"
             if self._borrows():
@@ -453,19 +453,6 @@ def _commit_of(repo: Path, name: str) -> str | None:
         return None  # missing, or not a commit (an empty answer: the reader died)
     sha = parts[0].decode("ascii", "replace")
     return sha if _FULL_SHA_RE.match(sha) else None
-
-
-def _check_branch(branch: str) -> None:
-    """Raise :class:`RepositoryError` unless ``branch`` is a valid branch name."""
-    if branch.startswith("-") or not _valid_branch(branch):
-        raise RepositoryError(f"{branch!r} is not a valid branch name", path=branch)
-
-
-@functools.lru_cache(maxsize=256)
-def _valid_branch(branch: str) -> bool:
-    """``git check-ref-format`` of ``refs/heads/<branch>``, once per name and process."""
-    proc = run_git(Path(os.sep), "check-ref-format", f"refs/heads/{branch}", check=False)
-    return proc.returncode == 0
 
 
 def _admin_of(worktree: Path) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sage_tasks import keys
+from sage_tasks.store import keys
 from tests.support.fleet import Fleet, ticket_fleet, unique_queue
 from tests.support.gitrepo import make_repo
 from tests.support.runs import git, states, ticket, ticket_log, writes

@@ -27,7 +27,7 @@ import redis
 import yaml
 
 from sage_tasks.config import Settings
-from sage_tasks.executor import TICKET_ENV_VARS
+from sage_tasks.work.executor import TICKET_ENV_VARS
 from tests.support.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -350,7 +350,7 @@ def unit_settings(name: str) -> dict[str, list[str]]:
 
 
 def soft_shutdown_seconds() -> float:
-    from sage_tasks.celery_app import make_app
+    from sage_tasks.app.celery_app import make_app
 
     return float(make_app(Settings()).conf.worker_soft_shutdown_timeout or 0)
 

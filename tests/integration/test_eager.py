@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from sage_tasks import keys
-from sage_tasks.celery_app import TASK_COMMIT, make_app
+from sage_tasks.app.celery_app import make_app
 from sage_tasks.config import load_settings
+from sage_tasks.dispatch.names import TASK_COMMIT
+from sage_tasks.store import keys
 from tests.support.fleet import Fleet, graph_runner, ticket_fleet, unique_queue, wait_until
 from tests.support.gitrepo import make_repo
 from tests.support.redis_server import RedisServer
@@ -235,14 +236,14 @@ def test_the_supervisors_pass_sends_claimed_tickets_that_were_never_sent(
 
     No worker here: the sent chains wait in the ticket queue, where they are counted.
     """
-    from sage_tasks import eager
-    from sage_tasks.readiness import ReadySet
-    from sage_tasks.runstate import Phase
-    from sage_tasks.tasks import runtime
+    from sage_tasks.dispatch import eager
+    from sage_tasks.store.readiness import ReadySet
+    from sage_tasks.store.runstate import Phase
+    from sage_tasks.work.runtime import app_runtime
 
     settings = load_settings(broker_url=redis_server.url)
     app = make_app(settings)
-    rt = runtime(app)
+    rt = app_runtime(app)
     plan = {"batches": [["A", "D"], ["B", "C"]], "deps": {"B": ["A"], "C": ["A"]}}
     info = run_info(
         "repair1",

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from sage_tasks import eager, keys
-from sage_tasks.readiness import ReadySet
-from sage_tasks.runstate import Phase, RunStore
+from sage_tasks.dispatch import eager
+from sage_tasks.store import keys
+from sage_tasks.store.readiness import ReadySet
+from sage_tasks.store.runstate import Phase, RunStore
 from tests.support.redis_server import RedisServer
 
 

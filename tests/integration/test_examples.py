@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from itertools import combinations
@@ -376,6 +377,16 @@ def test_the_par_001_demo_runs_all_29_tickets_in_dependency_order(tmp_path: Path
     assert "wall time:" in proc.stdout
     repo, branch = Path(hint[1]), hint[2]
     assert len(subjects(repo, branch)) == 29
+    # the run stays readable: its report was written, and the printed command writes it again
+    report = re.search(r"^report:\s+(\S+\.html)", proc.stdout, re.M)
+    assert report and Path(report[1]).read_text().count('data-ticket="TASK-') >= 29, proc.stdout
+    again = re.search(r"^\s+(\S*sage-submit report .+)$", proc.stdout, re.M)
+    assert again, proc.stdout
+    made = subprocess.run(
+        shlex.split(again[1]), capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "run.html").read_text().count(branch.removeprefix("sage/run-")) >= 1
     tree = git(repo, "ls-tree", "-r", "--name-only", branch).splitlines()
     for t in load_index(PAR001 / "index.json"):
         assert set(t["files"]) <= set(tree), t["id"]

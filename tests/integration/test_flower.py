@@ -3,7 +3,6 @@ each task shows (ticket id, run id, worker, state, runtime, retries, queue), met
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -12,8 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ import pytest
 
 from tests.support.fleet import Fleet, bin_path, unique_queue, wait_until
 from tests.support.gitrepo import make_repo
+from tests.support.net import get, listening
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.tls import TlsRedisServer, make_certs
 
@@ -33,35 +31,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TICKETS_NODE = f"tickets@{socket.gethostname()}"
 #: a command that fails after writing far more output than Celery keeps of a task's arguments
 LOUD_FAILURE = "head -c 6000 /dev/zero | tr '\\0' x; exit 1"
-
-
-def get(port: int, path: str, auth: str | None = None) -> tuple[int | None, bytes]:
-    """Status and body of ``GET path`` (status None when nothing answers)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if auth is not None:
-        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            status: int = resp.status
-            return status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return None, b""
-
-
-def listening(port: int) -> list[str]:
-    """The local addresses of the sockets listening on TCP ``port`` (from /proc/net)."""
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            next(f)
-            for line in f:
-                fields = line.split()
-                address, hex_port = fields[1].split(":")
-                if int(hex_port, 16) == port and fields[3] == "0A":  # LISTEN
-                    found.append(address)
-    return found
 
 
 def ticket(tid: str, run: str) -> dict[str, Any]:

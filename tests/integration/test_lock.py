@@ -14,14 +14,14 @@ import pytest
 import redis
 
 from sage_tasks.errors import LockBusy, Retryable
-from sage_tasks.lock import CommitLock
+from sage_tasks.store.lock import CommitLock
 from tests.support.redis_server import RedisServer
 
 NAME = "sage:test:commit-lock"
 
 HOLDER_SCRIPT = """
 import sys, time, redis
-from sage_tasks.lock import CommitLock
+from sage_tasks.store.lock import CommitLock
 lock = CommitLock(redis.Redis.from_url(sys.argv[1]), sys.argv[2], lease=float(sys.argv[3]))
 lock.acquire(5)
 print("held", flush=True)

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from sage_tasks.cli.submit import cli
 from sage_tasks.errors import UnknownRun
-from sage_tasks.report import render_html, write_report
-from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
-from sage_tasks.summary import RunSummary, TicketRow
+from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore
+from sage_tasks.views.report import render_html, write_report
+from sage_tasks.views.summary import RunSummary, TicketRow
 from tests.support.redis_server import RedisServer
 
 RUN_ID = "r-20260101-report"

@@ -21,9 +21,10 @@ import redis
 from celery import Celery
 from kombu import Connection, Exchange, Producer, Queue
 
-from sage_tasks.celery_app import TASK_COMMIT, TASK_PREPARE, TASK_RUN, make_app
+from sage_tasks.app.celery_app import make_app
 from sage_tasks.config import load_settings
 from sage_tasks.core.index import State
+from sage_tasks.dispatch.names import TASK_COMMIT, TASK_PREPARE, TASK_RUN
 from sage_tasks.errors import PatchRejected
 from sage_tasks.gitops import CommitTarget, check_patch
 from sage_tasks.gitops.safety import link_problem, path_problem

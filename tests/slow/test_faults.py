@@ -24,10 +24,11 @@ from typing import Any
 
 import pytest
 
-from sage_tasks import committer, keys
 from sage_tasks.config import Settings
-from sage_tasks.runstate import RunInfo, RunStore
-from sage_tasks.runtime import Runtime
+from sage_tasks.store import keys
+from sage_tasks.store.runstate import RunInfo, RunStore
+from sage_tasks.work import committer
+from sage_tasks.work.runtime import Runtime
 from tests.support.faults import (
     Background,
     alive,
@@ -325,10 +326,10 @@ def test_two_commit_workers_on_one_queue_are_kept_apart_by_the_lock(lab: Lab) ->
 _PAUSED_WRITER = """
 import json, logging, os, signal, sys
 from pathlib import Path
-from sage_tasks import committer
+from sage_tasks.work import committer
 from sage_tasks.config import Settings
 from sage_tasks.errors import RefMoved
-from sage_tasks.runtime import Runtime
+from sage_tasks.work.runtime import Runtime
 
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
@@ -446,8 +447,9 @@ def _task_meta(client: Any, name: str, ticket_id: str) -> dict[str, Any]:
 
 
 def test_a_task_delivered_twice_commits_nothing_the_second_time(lab: Lab) -> None:
-    from sage_tasks.celery_app import TASK_COMMIT, make_app
-    from sage_tasks.producer import ticket_chain
+    from sage_tasks.app.celery_app import make_app
+    from sage_tasks.dispatch.names import TASK_COMMIT
+    from sage_tasks.dispatch.producer import ticket_chain
 
     fleet = lab.fleet()
     ids = ["D1", "D2", "D3"]

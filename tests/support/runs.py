@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sage_tasks.runstate import RunInfo
+from sage_tasks.store.runstate import RunInfo
 from tests.support.gitrepo import INDEX, git
 
 __all__ = [

@@ -53,3 +53,11 @@ def test_an_unreadable_estimate_is_a_value_error(text: object) -> None:
 )
 def test_durations_print_short(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.04, "0.0s"), (4.24, "4.2s"), (59.9, "59.9s"), (185, "3m 5s"), (3720, "1h 2m")],
+)
+def test_durations_with_tenths_keep_a_tenth_under_a_minute_only(seconds: float, text: str) -> None:
+    assert format_duration(seconds, tenths=True) == text

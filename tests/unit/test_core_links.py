@@ -16,7 +16,7 @@ from sage_tasks.core.index import IndexDocument, State, Ticket
 from sage_tasks.core.links import own_waits, warning_lines
 from sage_tasks.core.plan import Plan, build_plan
 from sage_tasks.errors import IndexValidationError, Problem
-from sage_tasks.prompt import render_prompt
+from sage_tasks.work.prompt import render_prompt
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sage-2.2" / "index.json"
 

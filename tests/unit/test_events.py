@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sage_tasks import events
-from sage_tasks.monitoring import ARGSREPR_MAX, commit_argsrepr
+from sage_tasks.app.monitoring import ARGSREPR_MAX, commit_argsrepr
+from sage_tasks.store import events
 
 
 def test_an_event_is_one_line_of_key_value_pairs_in_a_fixed_order() -> None:

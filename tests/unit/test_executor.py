@@ -13,7 +13,7 @@ from types import FrameType
 
 import pytest
 
-from sage_tasks.executor import ExecResult, run_command, ticket_env
+from sage_tasks.work.executor import ExecResult, run_command, ticket_env
 
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
@@ -278,7 +278,7 @@ def test_the_command_does_not_see_the_broker_password(
 
 
 def test_kill_orphans_ends_only_the_group_members_that_carry_the_tickets_marks() -> None:
-    from sage_tasks.executor import kill_orphans
+    from sage_tasks.work.executor import kill_orphans
 
     marks = {"SAGE_RUN_ID": "r1", "SAGE_TICKET_ID": "T1"}
     ours = subprocess.Popen(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sage_tasks.lanes import UNKNOWN_HOST, bars_of, batch_marks, lanes_of
-from sage_tasks.summary import TicketRow
+from sage_tasks.views.lanes import UNKNOWN_HOST, bars_of, batch_marks, lanes_of
+from sage_tasks.views.summary import TicketRow
 
 
 def row(

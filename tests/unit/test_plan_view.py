@@ -8,9 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-from sage_tasks.cli.plan_view import MAX_BATCHES, render_plan
 from sage_tasks.core.index import IndexDocument
 from sage_tasks.core.plan import Plan, build_plan
+from sage_tasks.views.plan_view import MAX_BATCHES, render_plan
 
 
 def t(tid: str, *deps: str, **fields: Any) -> dict[str, Any]:

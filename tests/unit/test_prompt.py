@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sage_tasks.prompt import render_prompt
+from sage_tasks.work.prompt import render_prompt
 
 FULL_TICKET: dict[str, Any] = {
     "id": "AUTH-001",

@@ -23,11 +23,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sage_tasks.core.estimate import format_duration
 from sage_tasks.core.files import write_atomic
 from sage_tasks.errors import ConfigError, UnknownRun
-from sage_tasks.lanes import Bar, BatchMark, bars_of, batch_marks, lanes_of
-from sage_tasks.runstate import Phase, RunStatus, RunStore
-from sage_tasks.summary import RunSummary, TicketRow, load_summary
+from sage_tasks.store.runstate import Phase, RunStatus, RunStore
+from sage_tasks.views.lanes import Bar, BatchMark, bars_of, batch_marks, lanes_of
+from sage_tasks.views.summary import RunSummary, TicketRow, load_summary
 
 #: CSS class per final state; any other state is drawn as "ot"
 _STATE_CLASS = {Phase.COMPLETED.value: "ok", Phase.DEFERRED.value: "df", Phase.BLOCKED.value: "bl"}
@@ -96,16 +97,13 @@ def _when(ts: float | None) -> str:
 
 
 def _secs(s: float | None) -> str:
-    """A duration for people: 4.2s, 3m 05s, 1h 02m."""
-    if s is None:
-        return "—"
-    if s < 60:
-        return f"{s:.1f}s"
-    m, sec = divmod(round(s), 60)
-    if m < 60:
-        return f"{m}m {sec:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h {m:02d}m"
+    """A duration for people (4.2s, 3m 5s, 1h 2m), or a dash when unknown."""
+    return "—" if s is None else format_duration(s, tenths=True)
+
+
+def _critical_ids(s: RunSummary, plan: dict[str, Any]) -> list[str]:
+    """The critical path's ticket ids: the stored plan's, else the summary's."""
+    return [str(t) for t in plan.get("critical_path") or s.critical_path]
 
 
 def _count(n: int, noun: str) -> str:
@@ -197,7 +195,7 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
     def x(t: float) -> float:
         return left + (t - t0) / total * width
 
-    path = [str(t) for t in plan.get("critical_path") or s.critical_path]
+    path = _critical_ids(s, plan)
     on_path = set(path)
     where: dict[str, tuple[Bar, float]] = {}  # ticket -> its bar and the middle of its lane
     body: list[str] = []
@@ -292,7 +290,7 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
 
 def _critical_path(s: RunSummary, plan: dict[str, Any]) -> str:
     head = '<section id="critical-path"><h2>Critical path</h2>'
-    path = [str(t) for t in plan.get("critical_path") or s.critical_path]
+    path = _critical_ids(s, plan)
     if not path:
         return head + '<p class="note">No ticket to run.</p></section>'
     rows = {r.id: r for r in s.rows}
@@ -357,7 +355,7 @@ def _graph(s: RunSummary, plan: dict[str, Any]) -> str:
             f'{mid:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"/>'
         )
 
-    path = [str(t) for t in plan.get("critical_path") or s.critical_path]
+    path = _critical_ids(s, plan)
     crit = {(a, b) for a, b in itertools.pairwise(path) if a in pos and b in pos}
     edges: list[str] = []
     skipped = 0

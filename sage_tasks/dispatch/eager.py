@@ -1,7 +1,7 @@
 """``--schedule eager``: each ticket is sent the moment its last dependency is committed.
 
 No batch barriers. The readiness of every ticket lives in Redis
-(:class:`~sage_tasks.readiness.ReadySet`): after the commit queue finishes a
+(:class:`~sage_tasks.store.readiness.ReadySet`): after the commit queue finishes a
 ticket, one Lua script drops its dependents' pending counts, moves those
 reaching zero to the ready set and claims the most urgent ready tickets up to
 ``--parallel`` in flight (never two whose ``paths`` overlap). Each claimed
@@ -22,10 +22,10 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-from sage_tasks.producer import ticket_chain
-from sage_tasks.readiness import ReadySet
-from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
-from sage_tasks.runtime import Runtime
+from sage_tasks.dispatch.producer import ticket_chain
+from sage_tasks.store.readiness import ReadySet
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
+from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

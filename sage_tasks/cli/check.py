@@ -12,8 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sage_tasks import gitops
+from sage_tasks.app.celery_app import make_app
 from sage_tasks.config import Settings
+from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
+from sage_tasks.core.links import warning_lines
+from sage_tasks.core.plan import build_plan
+from sage_tasks.core.urls import redact_url
 from sage_tasks.errors import SageError
+from sage_tasks.store.broker import connect
 
 #: the compare-and-swap ref update uses ``update-ref --stdin`` transactions (git 2.28)
 MIN_GIT = (2, 28)
@@ -54,8 +61,6 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 def check_workers(settings: Settings, report: CheckReport, timeout: float = 3.0) -> None:
     """Which workers consume which queues, asked over the broker's control channel."""
-    from sage_tasks.celery_app import make_app
-
     app = make_app(settings)
     try:
         replies = app.control.inspect(timeout=timeout).active_queues() or {}
@@ -96,12 +101,6 @@ def run_checks(
     settings: Settings, *, repo: str | None, repo_url: str | None, index: str | None, parallel: Any
 ) -> CheckReport:
     """Every check, each a finding; nothing is written anywhere."""
-    from sage_tasks import gitops
-    from sage_tasks.broker import connect, redact_url
-    from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
-    from sage_tasks.core.links import warning_lines
-    from sage_tasks.core.plan import build_plan
-
     report = CheckReport()
     try:
         connect(settings.broker_url, timeout=3)

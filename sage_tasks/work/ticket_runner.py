@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -26,38 +25,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sage_tasks.core.index import IndexDocument, Ticket, is_valid_ticket_id
-from sage_tasks.errors import PatchRejected, Retryable, SageError
-from sage_tasks.executor import kill_orphans, run_command, ticket_env
+from sage_tasks.core.index import IndexDocument, Ticket
+from sage_tasks.errors import DependencyPending, PatchRejected, SageError
 from sage_tasks.gitops import Mirror, capture_patch
-from sage_tasks.prompt import render_prompt
-from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, blocking_reason
-from sage_tasks.runtime import Runtime
+from sage_tasks.store.keys import check_ids
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, blocking_reason
+from sage_tasks.work.executor import kill_orphans, run_command, ticket_env
+from sage_tasks.work.prompt import render_prompt
+from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-#: run ids are ours (hex); anything else on the wire is refused
-RUN_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
 
 #: a ticket whose worker died this many times is DEFERRED ("worker lost")
 MAX_WORKER_DEATHS = 3
 
 
-class DependencyPending(Retryable):
-    """A dependency has not been committed yet (only after a redelivery race)."""
-
-
 def outcome(ticket_id: str, kind: str, **fields: Any) -> dict[str, Any]:
     """The JSON result ``run_ticket`` hands to ``commit_ticket``."""
     return {"ticket": ticket_id, "outcome": kind, **fields}
-
-
-def check_ids(run_id: object, ticket_id: object) -> None:
-    """Ids from a message are never trusted."""
-    if not isinstance(run_id, str) or RUN_ID_RE.fullmatch(run_id) is None:
-        raise SageError(f"refused: invalid run id {run_id!r}")
-    if not is_valid_ticket_id(ticket_id):
-        raise SageError(f"refused: invalid ticket id {ticket_id!r}")
 
 
 @contextmanager

@@ -1,29 +1,13 @@
-"""Reaching the broker: a checked connection, and URLs fit to print."""
+"""Reaching the broker: a connection checked before it is handed out."""
 
 from __future__ import annotations
-
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from sage_tasks.core.urls import redact_url
 from sage_tasks.errors import BrokerUnavailable
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced, for messages (broker and repository URLs)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
 
 
 def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:

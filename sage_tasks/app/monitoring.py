@@ -2,7 +2,7 @@
 
 Two Celery signal handlers, connected once per process by :func:`install`:
 
-- when a worker starts, its node name is handed to :mod:`sage_tasks.events`,
+- when a worker starts, its node name is handed to :mod:`sage_tasks.store.events`,
   so every ticket event line names the worker (pool processes inherit it);
 - when a task is published, the text Flower shows as its arguments
   (``argsrepr``) is made to name the run id and the ticket id whatever the
@@ -17,8 +17,8 @@ from typing import Any
 
 from celery.utils.saferepr import saferepr
 
-from sage_tasks import events
-from sage_tasks.celery_app import TASK_COMMIT
+from sage_tasks.dispatch.names import TASK_COMMIT
+from sage_tasks.store import events
 
 #: what Celery keeps of an ``argsrepr``
 ARGSREPR_MAX = 1024

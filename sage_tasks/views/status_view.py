@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sage_tasks.cli.follow import progress_line, render_summary
 from sage_tasks.errors import UnknownRun
-from sage_tasks.runstate import FINAL_PHASES, Phase, RunStore
-from sage_tasks.summary import RunSummary, load_summary
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunStore
+from sage_tasks.views.follow import progress_line, render_summary
+from sage_tasks.views.summary import RunSummary, load_summary
 
 #: how many runs ``status`` without a run id lists
 RECENT_RUNS = 10

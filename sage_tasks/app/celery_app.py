@@ -13,12 +13,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from celery import Celery
 
+from sage_tasks.app import compat, monitoring
+from sage_tasks.app.tasks import register_tasks
 from sage_tasks.config import Settings
-
-TASK_RUN = "sage.run_ticket"
-TASK_COMMIT = "sage.commit_ticket"
-TASK_BATCH_DONE = "sage.batch_done"
-TASK_PREPARE = "sage.prepare_run"
+from sage_tasks.dispatch.names import TASK_RUN
 
 
 def _ssl_options(url: str) -> dict[str, Any] | None:
@@ -45,8 +43,6 @@ def verified_url(url: str) -> str:
 
 def make_app(settings: Settings) -> Celery:
     """A configured Celery app with sage-tasks' tasks registered on it."""
-    from sage_tasks import compat, monitoring
-
     compat.install()
     monitoring.install()  # what Flower and the workers' logs show of each task
     app = Celery("sage_tasks", broker=settings.broker_url, backend=settings.backend_url)
@@ -92,7 +88,7 @@ def make_app(settings: Settings) -> Celery:
         task_send_sent_event=True,
         task_default_queue=settings.ticket_queue,
         task_routes={
-            "sage.run_ticket": {"queue": settings.ticket_queue},
+            TASK_RUN: {"queue": settings.ticket_queue},
         },
         worker_hijack_root_logger=False,
         broker_channel_error_retry=True,
@@ -107,8 +103,5 @@ def make_app(settings: Settings) -> Celery:
     if backend_ssl:
         app.conf.redis_backend_use_ssl = backend_ssl
     app.sage_settings = settings  # type: ignore[attr-defined]
-
-    from sage_tasks.tasks import register_tasks
-
     register_tasks(app)
     return app

@@ -17,9 +17,11 @@ from typing import Any
 from celery import Celery, chord, group
 from celery.canvas import Signature
 
-from sage_tasks.celery_app import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
-from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus, blocking_reason
-from sage_tasks.runtime import Runtime
+from sage_tasks.dispatch.names import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
+from sage_tasks.errors import RepositoryRefused
+from sage_tasks.store.keys import RUN_ID_RE
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus, blocking_reason
+from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +127,12 @@ def _send_group(app: Celery, rt: Runtime, info: RunInfo, index: int, ticket_ids:
 
 def finish_batch(app: Celery, rt: Runtime, run_id: str, index: int) -> bool:
     """The batch barrier: record the batch and send the next group (once per batch)."""
-    from sage_tasks.committer import RepositoryRefused
-    from sage_tasks.ticket_runner import RUN_ID_RE
-
     if RUN_ID_RE.fullmatch(str(run_id)) is None or index < 0:
         raise RepositoryRefused(f"refused: invalid batch {run_id!r}/{index!r}")
     info = rt.store.get(run_id)
     if info is None:
         return False
-    if not rt.serves(info.repo):
-        raise RepositoryRefused(f"refused: run {run_id} names repository {info.repo!r}")
+    rt.check_serves(info.repo, f"run {run_id}")
     # a ticket of the batch may still be on its way outside the chord (run again after a
     # conflict, or sent again by the supervisor): the batch ends when its tickets have,
     # and the supervisor finishes it then

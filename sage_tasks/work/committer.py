@@ -10,25 +10,22 @@ trailer check make a lost lock or a second delivery harmless.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from sage_tasks import keys
 from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected, SageError
-from sage_tasks.gitops import CommitTarget
-from sage_tasks.lock import CommitLock
-from sage_tasks.runstate import FINAL_PHASES, Phase
-from sage_tasks.runtime import Runtime
-from sage_tasks.ticket_runner import check_ids
+from sage_tasks.gitops import CommitTarget, prepare_branch
+from sage_tasks.store import keys
+from sage_tasks.store.keys import check_ids
+from sage_tasks.store.lock import CommitLock
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunStatus
+from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 #: how long the single commit slot waits for the lock before retrying later
 LOCK_WAIT_S = 2.0
-
-
-class RepositoryRefused(SageError):
-    """A commit task names a repository this commit worker was not started for."""
 
 
 #: ``commit_ticket``'s state for a conflicting ticket that runs again (``--conflict-retries``)
@@ -69,12 +66,7 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     info, record, stored_patch = store.snapshot(run_id, ticket_id, digest)
     if info is None:
         return committed(ticket_id, "LOST")
-    if not rt.serves(info.repo):
-        raise RepositoryRefused(
-            f"refused: ticket {ticket_id} of run {run_id} names repository {info.repo!r}, "
-            f"this commit worker serves {sorted(rt.repo_identities)}",
-            tickets=(ticket_id,),
-        )
+    rt.check_serves(info.repo, f"ticket {ticket_id} of run {run_id}", tickets=(ticket_id,))
     if not isinstance(result, dict) or result.get("ticket") != ticket_id:
         raise SageError(f"refused: malformed outcome for ticket {ticket_id}", tickets=(ticket_id,))
     if record.get("state") in FINAL_PHASES:
@@ -168,18 +160,11 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
 
 def prepare_run(rt: Runtime, run_id: str) -> bool:
     """Create (or resume) the run's branch; True when the run may send its first batch."""
-    from sage_tasks.gitops import prepare_branch
-    from sage_tasks.runstate import RunStatus
-
     store = rt.store
     info = store.get(run_id)
     if info is None or info.status != RunStatus.SUBMITTED:
         return False
-    if not rt.serves(info.repo):
-        raise RepositoryRefused(
-            f"refused: run {run_id} names repository {info.repo!r}, "
-            f"this commit worker serves {sorted(rt.repo_identities)}"
-        )
+    rt.check_serves(info.repo, f"run {run_id}")
     assert rt.repo_path is not None
     try:
         branch = prepare_branch(
@@ -190,7 +175,6 @@ def prepare_run(rt: Runtime, run_id: str) -> bool:
         return False
     if not store.claim_batch_done(run_id, -1):
         return False
-    import time
 
     store.update(
         run_id,

@@ -7,12 +7,27 @@ own (``celery-task-meta-*``, ``_kombu.*``, queue lists).
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import NamedTuple
+
+from sage_tasks.core.index import is_valid_ticket_id
+from sage_tasks.errors import SageError
 
 PREFIX = "sage"
 
 #: sorted set of run ids, scored by submission time (the latest run is the last)
 RUNS = f"{PREFIX}:runs"
+
+#: run ids are ours (hex); anything else on the wire is refused
+RUN_ID_RE = re.compile(r"[A-Za-z0-9]{1,64}")
+
+
+def check_ids(run_id: object, ticket_id: object) -> None:
+    """Ids from a message are never trusted: they go into key names and paths."""
+    if not isinstance(run_id, str) or RUN_ID_RE.fullmatch(run_id) is None:
+        raise SageError(f"refused: invalid run id {run_id!r}")
+    if not is_valid_ticket_id(ticket_id):
+        raise SageError(f"refused: invalid ticket id {ticket_id!r}")
 
 
 def repo_key(repo_identity: str) -> str:
@@ -79,7 +94,7 @@ def claim(run_id: str, name: str) -> str:
 
 
 class EagerKeys(NamedTuple):
-    """The keys of one run's eager schedule (see :mod:`sage_tasks.readiness`)."""
+    """The keys of one run's eager schedule (see :mod:`sage_tasks.store.readiness`)."""
 
     #: string set once, by the script that lays the others out
     init: str

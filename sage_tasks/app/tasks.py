@@ -17,10 +17,11 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from sage_tasks import committer, eager, producer, ticket_runner
-from sage_tasks.celery_app import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
-from sage_tasks.errors import GitError, Retryable, SageError
-from sage_tasks.runtime import Runtime
+from sage_tasks.dispatch import eager, producer
+from sage_tasks.dispatch.names import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
+from sage_tasks.errors import GitError, RepositoryRefused, Retryable, SageError
+from sage_tasks.work import committer, ticket_runner
+from sage_tasks.work.runtime import app_runtime
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +36,6 @@ def backoff(retries: int, *, base: float = 1.0, cap: float = 60.0) -> float:
     return random.uniform(base / 2, min(cap, base * 2**retries))
 
 
-def runtime(app: Celery) -> Runtime:
-    rt: Runtime | None = getattr(app, "sage_runtime", None)
-    if rt is None:
-        rt = Runtime(app.sage_settings)  # type: ignore[attr-defined]
-        rt.fault = rt.settings.fault
-        app.sage_runtime = rt  # type: ignore[attr-defined]
-    return rt
-
-
 def register_tasks(app: Celery) -> None:
     """Register sage-tasks' tasks on ``app``."""
 
@@ -55,7 +47,7 @@ def register_tasks(app: Celery) -> None:
         reject_on_worker_lost=True,
     )
     def run_ticket(self: Task[Any, Any], run_id: str, ticket_id: str) -> dict[str, Any]:
-        rt = runtime(app)
+        rt = app_runtime(app)
         if isinstance(self.request.hostname, str) and self.request.hostname:
             rt.hostname = self.request.hostname
         try:
@@ -77,7 +69,7 @@ def register_tasks(app: Celery) -> None:
     def commit_ticket(
         self: Task[Any, Any], result: Any, run_id: str, ticket_id: str
     ) -> dict[str, Any]:
-        rt = runtime(app)
+        rt = app_runtime(app)
         try:
             done = committer.commit_ticket(rt, result, run_id, ticket_id)
             info = rt.store.get(run_id)
@@ -97,7 +89,7 @@ def register_tasks(app: Celery) -> None:
                 countdown=backoff(self.request.retries, base=0.2, cap=10),
                 max_retries=MAX_COMMIT_RETRIES,
             ) from exc
-        except committer.RepositoryRefused as exc:
+        except RepositoryRefused as exc:
             log.error("%s", exc)
             raise
 
@@ -105,13 +97,13 @@ def register_tasks(app: Celery) -> None:
         shared=False, name=TASK_BATCH_DONE, bind=True, acks_late=True, reject_on_worker_lost=True
     )
     def batch_done(self: Task[Any, Any], run_id: str, index: int) -> bool:
-        return producer.finish_batch(app, runtime(app), run_id, int(index))
+        return producer.finish_batch(app, app_runtime(app), run_id, int(index))
 
     @app.task(
         shared=False, name=TASK_PREPARE, bind=True, acks_late=True, reject_on_worker_lost=True
     )
     def prepare_run(self: Task[Any, Any], run_id: str) -> bool:
-        rt = runtime(app)
+        rt = app_runtime(app)
         prepared = committer.prepare_run(rt, run_id)
         info = rt.store.get(run_id)
         if info is not None and eager.is_eager(info) and rt.serves(info.repo):

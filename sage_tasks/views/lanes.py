@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sage_tasks.summary import TicketRow
+from sage_tasks.views.summary import TicketRow
 
 UNKNOWN_HOST = "(unknown host)"
 _SLOT = re.compile(r"^(?P<host>.*)#(?P<index>\d+)$")

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
-from sage_tasks import keys
 from sage_tasks.config import Settings
+from sage_tasks.errors import RepositoryRefused
 from sage_tasks.gitops import Repository
-from sage_tasks.runstate import RunStore
+from sage_tasks.store import keys
+from sage_tasks.store.runstate import RunStore
+
+if TYPE_CHECKING:  # only named in a signature: this layer sends no Celery message
+    from celery import Celery
 
 
 @dataclass
@@ -83,6 +89,19 @@ class Runtime:
         except (OSError, RuntimeError):
             return False
 
+    def check_serves(self, repo: str, what: str, *, tickets: Sequence[str] = ()) -> None:
+        """Raise :class:`RepositoryRefused` unless this commit worker serves ``repo``.
+
+        ``what`` names the message's subject (``run <id>``, ``ticket <id> of run <id>``):
+        a commit worker writes only to the repository it was started for.
+        """
+        if not self.serves(repo):
+            raise RepositoryRefused(
+                f"refused: {what} names repository {repo!r}, "
+                f"this commit worker serves {sorted(self.repo_identities)}",
+                tickets=tickets,
+            )
+
     def inject(self, point: str) -> None:
         """A fault-injection point: with ``SAGE_FAULT=<point>`` the process dies here."""
         if self.fault == point:
@@ -94,3 +113,13 @@ class Runtime:
             keys.fault_once(point, token), 1, nx=True, ex=3600
         ):
             os._exit(137)
+
+
+def app_runtime(app: Celery) -> Runtime:
+    """The runtime of ``app``'s tasks in this process, made from the app's settings on first use."""
+    rt: Runtime | None = getattr(app, "sage_runtime", None)
+    if rt is None:
+        rt = Runtime(app.sage_settings)  # type: ignore[attr-defined]
+        rt.fault = rt.settings.fault
+        app.sage_runtime = rt  # type: ignore[attr-defined]
+    return rt

@@ -26,10 +26,11 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
-from sage_tasks import eager, events, producer
-from sage_tasks.celery_app import TASK_PREPARE
-from sage_tasks.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
-from sage_tasks.runtime import Runtime
+from sage_tasks.dispatch import eager, producer
+from sage_tasks.dispatch.names import TASK_PREPARE
+from sage_tasks.store import events
+from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus
+from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Workers write it as tickets move; ``sage-submit --wait`` and ``status`` read
 it; the supervisor uses it to find lost tickets and stalled batches. Every
-key name comes from :mod:`sage_tasks.keys`, and every key carries a TTL so a
+key name comes from :mod:`sage_tasks.store.keys`, and every key carries a TTL so a
 finished run leaves nothing behind forever.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from sage_tasks import events, keys
+from sage_tasks.store import events, keys
 
 
 class Phase(StrEnum):
@@ -82,7 +82,8 @@ class RunStatus(StrEnum):
     SUBMITTED = "SUBMITTED"
     RUNNING = "RUNNING"
     FINISHED = "FINISHED"
-    FAILED = "FAILED"  # could not start (e.g. the branch could not be prepared)
+    #: could not start (e.g. the branch could not be prepared), or its --local command ended first
+    FAILED = "FAILED"
 
 
 @dataclass
@@ -135,7 +136,8 @@ def _decode(data: Mapping[bytes, bytes]) -> dict[str, str]:
     return {k.decode(): v.decode(errors="replace") for k, v in data.items()}
 
 
-def _number(raw: bytes | None) -> float | None:
+def number(raw: str | bytes | None) -> float | None:
+    """A number stored in a record; None when missing or malformed (records are not trusted)."""
     try:
         return float(raw) if raw else None
     except ValueError:
@@ -432,7 +434,7 @@ class RunStore:
             run_id,
             ticket_id,
             state.value,
-            duration_s=_number(duration),
+            duration_s=number(duration),
             slot=slot.decode() if slot else None,
             commit=commit[:12] or None,
             reason=reason or None,

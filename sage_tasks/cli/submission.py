@@ -18,14 +18,13 @@ from typing import Any
 
 from rich.console import Console
 
-from sage_tasks.broker import connect
 from sage_tasks.config import Settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
 from sage_tasks.core.links import warning_lines
 from sage_tasks.core.plan import Plan, build_plan, eager_order
 from sage_tasks.errors import ConfigError, IndexValidationError, Problem
+from sage_tasks.store.broker import connect
 
-PROTECTED_BRANCHES = ("main", "master")
 #: a blocked ticket's reason when the plan does not say (a plan stored before it did)
 PLANNED_BLOCK = "depends on a DEFERRED ticket that is not retried"
 
@@ -80,6 +79,7 @@ def resolve(
     estimate: bool = False,
 ) -> Submission:
     """Read the index from the branch (or base), validate it and plan; exit 2 on bad input."""
+    # GitPython is loaded by the commands that read a repository, not by status or report
     from sage_tasks import gitops
 
     root = gitops.repo_root(Path(repo))
@@ -88,9 +88,9 @@ def resolve(
         raise ConfigError(f"--index must be a path inside the repository: {index_path!r}")
     run_id = new_run_id()
     branch_name = branch or f"sage/run-{run_id}"
-    if branch_name in PROTECTED_BRANCHES and not allow_main:
+    if branch_name in gitops.PROTECTED_BRANCHES and not allow_main:
         raise ConfigError(f"refusing to write to branch '{branch_name}' without --allow-main")
-    gitops.check_branch_name(root, branch_name)
+    gitops.check_branch_name(branch_name)
     base_ref = base or "HEAD"
     base_sha = gitops.resolve_ref(root, base_ref)
     branch_sha = gitops.branch_head(root, branch_name)
@@ -164,17 +164,18 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
 
 def send(sub: Submission, *, repo_identity: str | None = None) -> None:
     """Store the run in Redis and hand it to the repository's commit worker."""
-    from sage_tasks import producer
-    from sage_tasks.celery_app import make_app
-    from sage_tasks.runstate import RunInfo
-    from sage_tasks.tasks import runtime
+    # Celery is loaded only when a run is sent: a dry run or refused input answers without it
+    from sage_tasks.app.celery_app import make_app
+    from sage_tasks.dispatch import producer
+    from sage_tasks.store.runstate import RunInfo
+    from sage_tasks.work.runtime import app_runtime
 
     settings = sub.settings
     connect(settings.backend_url)
     if settings.broker_url != settings.backend_url:
         connect(settings.broker_url)
     app = make_app(settings)
-    rt = runtime(app)
+    rt = app_runtime(app)
     info = RunInfo(
         run_id=sub.run_id,
         repo=repo_identity or sub.repo_url,

@@ -14,7 +14,7 @@ fleet's logs follows a run, and ``grep 'ticket=AUTH-001 '`` one ticket.
 ticket's command.
 
 This module also knows where it runs: the worker's node name (handed to it
-by :mod:`sage_tasks.monitoring` when the worker starts) and the pool process
+by :mod:`sage_tasks.app.monitoring` when the worker starts) and the pool process
 index of a prefork child.
 """
 

@@ -26,7 +26,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sage_tasks import keys
+from sage_tasks.store import keys
 
 #: how long one caller may take to send a claimed ticket before another may
 SEND_LEASE_S = 30

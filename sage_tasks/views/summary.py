@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
+from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore, number
 
 
 @dataclass
@@ -142,13 +142,6 @@ class RunSummary:
         }
 
 
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
 def load_summary(store: RunStore, run_id: str) -> RunSummary | None:
     """The run's summary, or None when Redis does not know the run."""
     info = store.get(run_id)
@@ -169,12 +162,12 @@ def load_summary(store: RunStore, run_id: str) -> RunSummary | None:
                 state=rec.get("state", Phase.PENDING.value),
                 host=rec.get("host", ""),
                 attempts=int(rec.get("attempts") or 0),
-                duration_s=_float(rec.get("duration")),
+                duration_s=number(rec.get("duration")),
                 reason=rec.get("reason", ""),
                 commit=rec.get("commit", ""),
                 batch=int(batch) if batch and batch.lstrip("-").isdigit() else None,
-                started=_float(rec.get("started")),
-                ended=_float(rec.get("ended")),
+                started=number(rec.get("started")),
+                ended=number(rec.get("ended")),
                 slot=rec.get("slot", ""),
             )
         )

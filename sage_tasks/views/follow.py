@@ -13,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sage_tasks.errors import BrokerUnavailable, RunLost
-from sage_tasks.runstate import Phase, RunInfo, RunStatus, RunStore
-from sage_tasks.summary import RunSummary, load_summary
+from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore
+from sage_tasks.views.summary import RunSummary, load_summary
 
 #: how long ``--wait`` rides out an unreachable broker before giving up (exit 3)
 RECONNECT_WINDOW_S = 120.0

@@ -1,0 +1,1 @@
+"""The Celery application: its settings, the tasks registered on it, its signal handlers."""
