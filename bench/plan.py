@@ -1,6 +1,7 @@
 """Benchmark: load + validate + plan a large ticket index, against networkx and rustworkx.
 
     python bench/plan.py [--sizes 1000,10000,100000] [--rounds 3] [--repeat 2] [--in-order]
+                         [--schema 2.2]
 
 For each size a random DAG index (about ``--deps`` dependencies a ticket) is
 written to a temp file. Each contender then runs in its own fresh
@@ -16,6 +17,11 @@ best and the median wall time and the peak resident memory of a subprocess
 * ``rustworkx``: the same with ``PyDiGraph`` (stdlib ``json`` parse), and
   ``rustworkx+orjson`` with the parser sage-tasks uses;
 * ``json``/``orjson``: the parse alone, for scale.
+
+With ``--schema 2.2`` each edge is written at random as a ``dependencies``
+entry, a ``blockedBy`` entry or an entry in the other ticket's ``blocks``
+(Sage schema 2.2.0, where a ticket waits for the union), and empty lists are
+``null`` half the time; networkx and rustworkx then build the same union.
 
 sage-tasks pauses the cyclic garbage collector while it loads and plans (see
 ``gc_paused`` in ``sage_tasks/core/graph.py``); the other contenders run with
@@ -74,6 +80,25 @@ def make_index(n: int, mean_deps: float, seed: int = 7, shuffle: bool = True) ->
     return {"version": "1.0", "tickets": tickets}
 
 
+def split_links(raw: dict[str, Any], seed: int = 11) -> dict[str, Any]:
+    """The same graph in schema 2.2.0: each edge in one of the three fields, at random."""
+    rng = random.Random(seed)
+    by_id = {t["id"]: t for t in raw["tickets"]}
+    for t in raw["tickets"]:
+        own: list[str] = []
+        for d in t["dependencies"]:
+            place = rng.randrange(3)
+            if place == 0:
+                own.append(d)
+            elif place == 1:
+                t.setdefault("blockedBy", []).append(d)
+            else:
+                by_id[d].setdefault("blocks", []).append(t["id"])
+        t["dependencies"] = own if own or rng.random() < 0.5 else None
+    raw["version"] = "2.2.0"
+    return raw
+
+
 # -- contenders (each runs in its own subprocess) ------------------------------
 
 
@@ -94,12 +119,21 @@ def run_sage(path: str) -> object:
     return build_plan(load_index(path), has_executor=True)
 
 
+def _links(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """In schema 2.2.0, the (dependency, dependent) pairs ``blockedBy`` and ``blocks`` add."""
+    if raw.get("version") != "2.2.0":
+        return []
+    tickets = raw["tickets"]
+    pairs = [(d, t["id"]) for t in tickets for d in t.get("blockedBy") or ()]
+    return pairs + [(t["id"], b) for t in tickets for b in t.get("blocks") or ()]
+
+
 def _edges(raw: dict[str, Any]) -> tuple[list[str], list[tuple[int, int]]]:
     tickets = raw["tickets"]
     ids = [t["id"] for t in tickets]
     pos = {t: i for i, t in enumerate(ids)}
-    edges = [(pos[d], i) for i, t in enumerate(tickets) for d in t.get("dependencies", ())]
-    return ids, edges
+    edges = [(pos[d], i) for i, t in enumerate(tickets) for d in t.get("dependencies") or ()]
+    return ids, edges + [(pos[d], pos[t]) for d, t in _links(raw)]
 
 
 def run_networkx(path: str) -> object:
@@ -109,8 +143,10 @@ def run_networkx(path: str) -> object:
     g = nx.DiGraph()
     for t in raw["tickets"]:
         g.add_node(t["id"])
-        for d in t.get("dependencies", ()):
+        for d in t.get("dependencies") or ():
             g.add_edge(d, t["id"])
+    for d, tid in _links(raw):
+        g.add_edge(d, tid)
     if not nx.is_directed_acyclic_graph(g):
         raise SystemExit("cycle")
     return list(nx.topological_generations(g))
@@ -216,6 +252,12 @@ def main() -> None:
     parser.add_argument(
         "--in-order", action="store_true", help="list dependencies before dependents in the file"
     )
+    parser.add_argument(
+        "--schema",
+        choices=["1.0", "2.2"],
+        default="1.0",
+        help="2.2: edges split at random between dependencies, blockedBy and blocks",
+    )
     parser.add_argument("--child", nargs=2, metavar=("NAME", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -231,6 +273,8 @@ def main() -> None:
         for n in sizes:
             raw = make_index(n, args.deps, shuffle=not args.in_order)
             edges = sum(len(t["dependencies"]) for t in raw["tickets"])
+            if args.schema == "2.2":
+                raw = split_links(raw)
             path = str(Path(tmp) / f"index-{n}.json")
             Path(path).write_text(json.dumps(raw, indent=2) + "\n")
             del raw

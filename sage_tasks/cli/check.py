@@ -16,6 +16,7 @@ from sage_tasks import gitops
 from sage_tasks.app.celery_app import make_app
 from sage_tasks.config import Settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
+from sage_tasks.core.links import warning_lines
 from sage_tasks.core.plan import build_plan
 from sage_tasks.core.urls import redact_url
 from sage_tasks.errors import SageError
@@ -230,6 +231,9 @@ def run_checks(
         True,
         f"{plan.tickets} tickets, {plan.to_run} to run, {len(plan.batches)} batches",
     )
+    report.add("ticket links", True, doc.link_summary().describe(), info=True)
+    for line in warning_lines(doc.warnings):
+        report.add("ticket links", True, f"warning: {line}", info=True)
     stats = plan.stats
     report.add(
         "parallelism",

@@ -21,8 +21,21 @@ from rich.console import Console
 
 from sage_tasks.config import Settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
+from sage_tasks.core.links import warning_lines
 from sage_tasks.core.plan import Plan, build_plan, eager_order
 from sage_tasks.errors import ConfigError, IndexValidationError, Problem
+
+#: a blocked ticket's reason when the plan does not say (a plan stored before it did)
+PLANNED_BLOCK = "depends on a DEFERRED ticket that is not retried"
+
+
+def warn_links(doc: IndexDocument) -> None:
+    """Unknown ids (and odd shapes) in informational links, on stderr: the run goes on."""
+    if not doc.warnings:
+        return
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for line in warning_lines(doc.warnings):
+        err.print(f"sage: warning: {doc.source}: {line}", markup=False)
 
 
 def new_run_id() -> str:
@@ -93,6 +106,7 @@ def resolve(
             highlight=False,
         )
     doc = IndexDocument.loads(data, source=index_path)
+    warn_links(doc)
     plan = build_plan(
         doc,
         parallel=parallel,
@@ -100,6 +114,7 @@ def resolve(
         has_executor=bool(settings.executor),
         schedules=estimate,
     )
+    plan.links = doc.link_summary()
     url = repo_url or str(root)
     return Submission(
         settings=settings,
@@ -153,7 +168,7 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
         records[tid] = {
             "state": "BLOCKED",
             "title": _title(sub.doc.ticket_json(tid)),
-            "reason": "depends on a DEFERRED ticket that is not retried",
+            "reason": sub.plan.blocked_reasons.get(tid, PLANNED_BLOCK),
             "ended": str(time.time()),
             "attempts": "0",
         }

@@ -58,11 +58,14 @@ def wait_for(
     report: Path | None = None,
     show_all: bool = False,
     watch: bool = True,
+    detachable: bool = True,
 ) -> int:
     """Follow a run to its end, print the summary (and write its report); returns the exit code.
 
     ``watch``: warn while no worker consumes the run's queues. Ctrl-C asks
-    whether to cancel the run or only stop watching it (exit 130).
+    whether to cancel the run or only stop watching it (exit 130); a run that
+    cannot go on without this process (``detachable`` False: ``--local``, whose
+    workers stop with it) is not asked about: the interrupt goes on up.
     """
     from sage_tasks.cli import liveness_view
     from sage_tasks.store.broker import connect
@@ -80,6 +83,8 @@ def wait_for(
         with watcher.running() if watch else contextlib.nullcontext():
             summary = follow(store, run_id, console=human, on_poll=on_poll)
     except KeyboardInterrupt:
+        if not detachable:
+            raise
         if not liveness_view.ask_cancel(human, run_id):
             human.print(
                 f"stopped watching run {run_id}; it goes on "
@@ -135,6 +140,7 @@ def _run_local(
             report=report,
             show_all=show_all,
             watch=False,
+            detachable=False,
         )
     me = sys.argv[0] if sys.argv[0].endswith("sage-submit") else "sage-submit"
     where = f"--local --repo {shlex.quote(str(sub.repo))}"
@@ -393,19 +399,21 @@ def status(
 @cli.command()
 @click.argument("run_id", required=False)
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
+@_LOCAL_READ
+@_LOCAL_REPO
 @click.pass_context
 @handle_errors
-def cancel(ctx: click.Context, run_id: str | None, broker: str | None) -> None:
+def cancel(
+    ctx: click.Context, run_id: str | None, broker: str | None, local: bool, repo: str | None
+) -> None:
     """Stop a run (default: the latest): nothing more is sent or committed, running commands
     are killed on every host, a commit under way finishes; the same --branch resumes it."""
     from sage_tasks.cli import liveness_view
-    from sage_tasks.store.broker import connect
-    from sage_tasks.store.runstate import RunStore
 
     settings = load_settings(broker_url=broker or ctx.obj.get("broker"))
     human, _ = _consoles(False)
-    store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
-    liveness_view.cancel_run(store, run_id, settings, human)
+    with _run_store(ctx, broker=broker, local=local, repo=repo, run_id=run_id) as store:
+        liveness_view.cancel_run(store, run_id, settings, human)
 
 
 @cli.command()

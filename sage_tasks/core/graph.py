@@ -6,8 +6,12 @@ Keeping the graph as plain lists (rather than objects or a graph library)
 lets most of the work run inside C loops (``map``, ``dict``, ``zip``), which
 is what makes a 100k-ticket plan take well under a second.
 
-An edge ``v -> d`` means "ticket ``v`` depends on ticket ``d``"; a topological
-order therefore lists every dependency before its dependents.
+An edge ``v -> d`` means "ticket ``v`` waits for ticket ``d``"; a topological
+order therefore lists every dependency before its dependents. The edges are
+the union of what a ticket's ``dependencies`` and ``blockedBy`` name and of
+every ticket whose ``blocks`` names it (Sage schema 2.2.0, see
+:mod:`sage_tasks.core.links`): everything that plans, schedules, blocks or
+orders commits reads them from here, so no consumer sees one kind only.
 """
 
 from __future__ import annotations
@@ -70,13 +74,24 @@ class TicketGraph:
     runs: list[str | None] = field(default_factory=list)
     #: seconds, when the ticket has a readable estimate
     estimates: list[float | None] = field(default_factory=list)
-    #: each ticket's known dependencies as written: unknown ids dropped; an id may
-    #: repeat, and a self dependency stays when the fast check built the graph
+    #: each ticket's execution edges by name: its known ``dependencies`` as written
+    #: (unknown ids dropped; an id may repeat, and a self dependency stays when the
+    #: fast check built the graph), then what ``blockedBy`` and others' ``blocks``
+    #: add (each edge once)
     dep_names: list[list[str]] = field(default_factory=list)
     #: each ticket's dependencies as slots, in the order of ``dep_names``
     deps: list[list[int]] = field(default_factory=list)
     #: slot -> its ``paths`` globs, for the tickets that declare any
     paths: dict[int, list[str]] = field(default_factory=dict)
+    #: slot -> its own ``dependencies`` (known ids), for the tickets whose ``dep_names``
+    #: gained edges from ``blockedBy`` or others' ``blocks``
+    own_deps: dict[int, list[str]] = field(default_factory=dict)
+    #: slot -> the known ids its ``blockedBy`` names, for the tickets that have that list
+    blocked_by: dict[int, list[str]] = field(default_factory=dict)
+    #: slot -> the known ids its ``blocks`` names, for the tickets that have that list
+    blocks: dict[int, list[str]] = field(default_factory=dict)
+    #: slot -> its ``parent``'s slot, for the tickets whose parent is a known other ticket
+    parents: dict[int, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,6 +101,15 @@ class TicketGraph:
         names = self.dep_names
         flat = iter(list(map(self.index.__getitem__, chain.from_iterable(names))))
         self.deps = [list(islice(flat, n)) for n in map(len, names)]
+
+    def edge_field(self, v: int, d: int) -> str:
+        """The field the edge ``v -> d`` comes from: ``"dependencies"`` when ``v``'s names
+        ``d``, else ``"blockedBy"`` (``v``'s names ``d``) or ``"blocks"`` (``d``'s names ``v``)."""
+        own = self.own_deps.get(v)
+        name = self.ids[d]
+        if own is None or name in own:
+            return "dependencies"
+        return "blockedBy" if name in self.blocked_by.get(v, ()) else "blocks"
 
     def has_run(self, v: int) -> bool:
         """True when ticket ``v`` has a non-blank ``run`` command."""

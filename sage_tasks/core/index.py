@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sage_tasks.core.files import write_atomic
 from sage_tasks.core.graph import STATE_CODES, TicketGraph, gc_paused
+from sage_tasks.core.links import LinkSummary, summarize_links
 from sage_tasks.core.validate import ID_RE, CheckedIndex, check_tickets, graph_problems
 from sage_tasks.errors import IndexValidationError, Problem
 
@@ -50,21 +51,34 @@ class Priority(StrEnum):
 
 
 class Ticket(BaseModel):
-    """A typed view of one ticket; unknown fields are kept in ``model_extra``."""
+    """A typed view of one ticket; unknown fields are kept in ``model_extra``.
 
-    model_config = ConfigDict(extra="allow")
+    ``dependencies``, ``blocked_by`` and ``blocks`` are the ticket's own
+    execution edges as written (a ``null`` list is an empty one); what the
+    ticket waits for is their union with the tickets whose ``blocks`` name it,
+    which only the whole index knows: :meth:`IndexDocument.waits_for`.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     id: str
     title: str = ""
     state: State = State.UNPROCESSED
     priority: Priority = Priority.P2
     dependencies: list[str] = Field(default_factory=list)
+    blocked_by: list[str] = Field(default_factory=list, alias="blockedBy")
+    blocks: list[str] = Field(default_factory=list)
     run: str | None = None
     timeout: float | None = None
     retries: int = 0
     estimate: str | float | int | None = None
     #: globs of the files the ticket may touch; overlapping tickets never run at once
     paths: list[str] | None = None
+
+    @field_validator("dependencies", "blocked_by", "blocks", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        return [] if value is None else value
 
 
 def is_valid_ticket_id(value: object) -> bool:
@@ -176,6 +190,23 @@ class IndexDocument:
         """The ticket with that id, or None."""
         pos = self._position(ticket_id)
         return None if pos is None else self._view(pos)
+
+    def waits_for(self, ticket_id: str) -> list[str]:
+        """The ids ``ticket_id`` waits for: its ``dependencies`` and ``blockedBy``, and
+        every ticket whose ``blocks`` names it (each once)."""
+        pos = self._position(ticket_id)
+        if pos is None:
+            raise KeyError(ticket_id)
+        return list(dict.fromkeys(self.graph.dep_names[pos]))
+
+    @property
+    def warnings(self) -> list[Problem]:
+        """What is odd but not wrong: unknown ids in informational links (``relatedTo``, ...)."""
+        return self.checked.warnings
+
+    def link_summary(self) -> LinkSummary:
+        """The schema version and the execution edges per field (O(edges), for reports)."""
+        return summarize_links(self.graph, self.raw.get("version"), self.raw["tickets"])
 
     def ticket_json(self, ticket_id: str) -> dict[str, Any]:
         """The ticket's raw JSON object, all fields as the index has them."""

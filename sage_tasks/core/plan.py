@@ -6,7 +6,10 @@
    ones satisfy their dependents, DEFERRED ones are not re-run unless
    ``retry_deferred``. A ticket that depends, directly or through other
    tickets to run, on a DEFERRED ticket that is not re-run is *blocked*: in
-   no batch. Blocking never passes through a COMPLETED ticket.
+   no batch; so is a ticket whose ``parent`` is such a ticket (or is held
+   by its own parent), and what depends on it. Blocking never passes
+   through a COMPLETED ticket. "Depends" is every execution edge of the
+   graph: ``dependencies``, ``blockedBy`` and reverse ``blocks``.
 2. *Validation*: every problem of the index at once (see
    :mod:`sage_tasks.core.validate`), raised as :class:`IndexValidationError`.
 3. *Batches*: a ticket's level is one more than the deepest level among its
@@ -32,6 +35,7 @@ from typing import Any, Literal
 from sage_tasks.core.apart import first_fit, path_overlaps, serialized_pairs
 from sage_tasks.core.graph import COMPLETED, TicketGraph, gc_paused, topological_order
 from sage_tasks.core.index import IndexDocument
+from sage_tasks.core.links import LinkSummary, parent_holds, parent_reason
 from sage_tasks.core.schedule import (
     ScheduleEstimate,
     estimate_schedules,
@@ -84,6 +88,10 @@ class Plan:
     overlaps: dict[str, list[str]] = field(default_factory=dict)
     #: pairs of those that no dependency orders: where paths serialize work
     serialized: list[list[str]] = field(default_factory=list)
+    #: blocked ticket -> why (the dependency or parent that holds it back)
+    blocked_reasons: dict[str, str] = field(default_factory=dict)
+    #: the index's schema version and edges per field, when the submission looked
+    links: LinkSummary | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``--dry-run --json`` object; :meth:`from_json` reads it back."""
@@ -104,6 +112,8 @@ class Plan:
             "schedules": self.schedules.to_json() if self.schedules else None,
             "overlaps": self.overlaps,
             "serialized": self.serialized,
+            "blocked_reasons": self.blocked_reasons,
+            "schema": self.links.to_json() if self.links else None,
         }
 
     @classmethod
@@ -134,6 +144,8 @@ class Plan:
             else None,
             overlaps={k: list(v) for k, v in data.get("overlaps", {}).items()},
             serialized=[list(p) for p in data.get("serialized", [])],
+            blocked_reasons=dict(data.get("blocked_reasons") or {}),
+            links=LinkSummary.from_json(data["schema"]) if data.get("schema") else None,
         )
 
     @property
@@ -191,6 +203,9 @@ def _build(
         map((_RUN, _RUN, _DONE, _RUN if retry_deferred else _SKIPPED).__getitem__, states)
     )
     selected = [v for v, s in enumerate(status) if s == _RUN]
+    held = parent_holds(graph.parents, status, _RUN, _SKIPPED) if graph.parents else {}
+    for v in held:
+        status[v] = _BLOCKED
     weights = _weights(graph, selected)
     walk = _Walk(graph.deps, status, weights)
     if not walk.acyclic:
@@ -231,6 +246,7 @@ def _build(
     stats = compute_stats(groups, [len(b) for b in buckets], weights, estimated, size)
 
     levels = [list(map(ids.__getitem__, b)) for b in buckets]
+    blocked = list(compress(range(len(ids)), map(eq, status, repeat(_BLOCKED))))
     slots = size or stats.workers
     simulate = estimate and not steps_by_level(weights, apart, buckets, slots)
     run_deps = _int_deps(graph, status, run) if simulate or apart else []
@@ -247,7 +263,7 @@ def _build(
         levels=levels,
         critical_path=[ids[v] for v in path],
         critical_path_seconds=path_seconds,
-        blocked=list(compress(ids, map(eq, status, repeat(_BLOCKED)))),
+        blocked=[ids[v] for v in blocked],
         completed=list(compress(ids, map(eq, states, repeat(COMPLETED)))),
         tickets=len(ids),
         to_run=len(run),
@@ -258,7 +274,30 @@ def _build(
         schedules=schedules,
         overlaps={ids[v]: sorted(ids[o] for o in os) for v, os in sorted(apart.items())},
         serialized=serialized_pairs(graph, run_deps, apart),
+        blocked_reasons=_blocked_reasons(graph, status, blocked, held),
     )
+
+
+def _blocked_reasons(
+    graph: TicketGraph, status: list[int], blocked: list[int], held: dict[int, int]
+) -> dict[str, str]:
+    """Why each blocked ticket is: its DEFERRED ancestor, else a dependency that holds it.
+
+    The dependency named is a DEFERRED one when there is one, else a blocked
+    one, the smallest id first: the same whichever field names the edge.
+    """
+    ids = graph.ids
+    out: dict[str, str] = {}
+    for v in blocked:
+        if v in held:
+            out[ids[v]] = parent_reason(graph, v, held[v])
+            continue
+        for code, what in ((_SKIPPED, "DEFERRED and not retried"), (_BLOCKED, "BLOCKED")):
+            names = [ids[d] for d in graph.deps[v] if status[d] == code]
+            if names:
+                out[ids[v]] = f"dependency {min(names)} is {what}"
+                break
+    return out
 
 
 def _weights(graph: TicketGraph, tickets: list[int]) -> list[float] | None:

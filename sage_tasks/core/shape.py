@@ -1,4 +1,4 @@
-"""The per-ticket pass over an index: field shapes, ids, dependencies, estimates, paths.
+"""The per-ticket pass over an index: field shapes, ids, links, estimates, paths.
 
 It runs on every load, on indexes of 100k tickets, so it has two paths.
 The fast path pulls each field into a column in one loop and checks whole
@@ -14,16 +14,32 @@ Problems come in two kinds:
 * *semantic* problems (invalid or duplicate ids, unknown and self
   dependencies, unreadable estimates) are raised when the index is planned,
   with the cycles and the tickets without a command.
+
+Besides ``dependencies``, Sage schema 2.2.0's ``blockedBy`` and ``blocks``
+are execution edges, checked the same way (each problem names its field),
+and its informational links only give *warnings* (see
+:mod:`sage_tasks.core.links`). A ``null`` list is an empty one.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import contains, is_not
 from typing import Any
 
 from sage_tasks.core.estimate import parse_estimate
 from sage_tasks.core.graph import PRIORITY_CODES, STATE_CODES, TicketGraph
+from sage_tasks.core.links import (
+    BLOCKED_BY,
+    BLOCKS,
+    DEPENDENCIES,
+    link_problem,
+    merge_links,
+    read_informational,
+)
+from sage_tasks.core.links import show_value as _show
 from sage_tasks.core.paths import glob_problem
 from sage_tasks.errors import Problem
 
@@ -34,6 +50,7 @@ _IDS_RE = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,63}\n)*")
 _EMPTY: list[str] = []
 _NONE = type(None)
 _STRINGS = {str}
+_LISTS = {list, _NONE}
 _OPT_STR = {str, _NONE}
 _NUMBERS = {int, float, _NONE}
 _INTS = {int}
@@ -48,6 +65,8 @@ class CheckedIndex:
     graph: TicketGraph
     shape: list[Problem] = field(default_factory=list)
     semantic: list[Problem] = field(default_factory=list)
+    #: unknown ids and odd shapes in informational links: shown, never fatal
+    warnings: list[Problem] = field(default_factory=list)
 
 
 def check_tickets(items: list[Any]) -> CheckedIndex:
@@ -73,7 +92,19 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
     touts: list[Any] = []
     tries: list[Any] = []
     globs: list[Any] = []
+    bbs: list[Any] = []
+    bls: list[Any] = []
+    rels: list[Any] = []
+    founds: list[Any] = []
+    parents: list[Any] = []
     a_id, a_st, a_pr, a_dl = ids.append, sts.append, prs.append, dls.append
+    a_bb, a_bl, a_rel, a_fd, a_pa = (
+        bbs.append,
+        bls.append,
+        rels.append,
+        founds.append,
+        parents.append,
+    )
     a_run, a_est, a_ti, a_to, a_re = (
         runs.append,
         ests.append,
@@ -86,13 +117,18 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
         a_id(get("id"))
         a_st(get("state", "UNPROCESSED"))
         a_pr(get("priority", "P2"))
-        a_dl(get("dependencies", _EMPTY))
+        a_dl(get("dependencies"))
         a_run(get("run"))
         a_est(get("estimate"))
         a_ti(get("title", ""))
         a_to(get("timeout"))
         a_re(get("retries", 0))
         globs.append(get("paths"))
+        a_bb(get("blockedBy"))
+        a_bl(get("blocks"))
+        a_rel(get("relatedTo"))
+        a_fd(get("discoveredFrom"))
+        a_pa(get("parent"))
     n = len(ids)
     if n:
         if set(map(type, ids)) != _STRINGS:
@@ -117,7 +153,14 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
     seconds = {e: _seconds(e) for e in set(ests)}
     if -1.0 in seconds.values():
         return None
-    if not set(map(type, dls)) <= {list}:
+    kinds = set(map(type, dls))
+    if not kinds <= _LISTS:
+        return None
+    if _NONE in kinds:  # a missing or null list is an empty one
+        dls = [_EMPTY if d is None else d for d in dls]
+    blocked_by = _fast_links(ids, bbs)
+    blocks = _fast_links(ids, bls)
+    if blocked_by is None or blocks is None:
         return None
     paths = {v: g for v, g in enumerate(globs) if g is not None}
     if paths and any(_paths_problem(g) for g in paths.values()):
@@ -132,11 +175,28 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
         dep_names=dls,
         paths=paths,
     )
+    merge_links(graph, blocked_by, blocks)
     # raises KeyError for an unknown dependency (or one that is not a string); a
     # dependency listed twice stays twice (harmless), a self dependency shows up as
     # a cycle of one ticket, reported as such
     graph.link()
-    return CheckedIndex(graph)
+    return CheckedIndex(graph, warnings=read_informational(graph, rels, founds, parents))
+
+
+def _fast_links(ids: list[str], column: list[Any]) -> dict[int, list[str]] | None:
+    """Slot -> ids of a ``blockedBy``/``blocks`` column, or None unless all is well."""
+    n = len(column)
+    if column.count(None) == n:
+        return {}
+    slots = list(compress(range(n), map(is_not, column, repeat(None))))
+    lists = list(map(column.__getitem__, slots))
+    if set(map(type, lists)) != {list}:
+        return None
+    if any(map(contains, lists, map(ids.__getitem__, slots))):
+        return None  # a ticket naming itself: the slow path words it
+    # an unknown id, or one that is not a string, raises KeyError (TypeError) when the
+    # graph is linked: the slow path words it too
+    return dict(zip(slots, lists, strict=True))
 
 
 def _seconds(value: object) -> float | None:
@@ -159,23 +219,20 @@ def _paths_problem(globs: object) -> str | None:
     return None
 
 
-def _show(value: object) -> str:
-    """A value for a one-line message: quoted, escaped, shortened."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _slow(items: list[Any]) -> CheckedIndex:
     """One ticket at a time, wording every problem."""
     graph = TicketGraph()
     shape: list[Problem] = []
     semantic: list[Problem] = []
-    raw_deps: list[list[str]] = []
+    raw_links: list[tuple[list[str], list[str], list[str]]] = []
+    info: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
     for pos, item in enumerate(items):
         if type(item) is not dict:
             shape.append(Problem(f"tickets[{pos}]: is not an object but {type(item).__name__}"))
             _add_slot(graph, f"tickets[{pos}]")
-            raw_deps.append(_EMPTY)
+            raw_links.append((_EMPTY, _EMPTY, _EMPTY))
+            for column in info:
+                column.append(None)
             continue
         tid = item.get("id")
         ref: tuple[str, ...] = ()
@@ -203,9 +260,12 @@ def _slow(items: list[Any]) -> CheckedIndex:
             what = "no 'id'" if tid is None else f"'id' must be a string, got {_show(tid)}"
             shape.append(Problem(f"{name}: {what}"))
         _add_slot(graph, name)
-        raw_deps.append(_check_fields(item, graph, who, ref, shape, semantic))
-    _resolve(graph, raw_deps, semantic)
-    return CheckedIndex(graph, shape, semantic)
+        raw_links.append(_check_fields(item, graph, who, ref, shape, semantic))
+        for column, key in zip(info, ("relatedTo", "discoveredFrom", "parent"), strict=True):
+            column.append(item.get(key))
+    _resolve(graph, raw_links, semantic)
+    warnings = read_informational(graph, *info)
+    return CheckedIndex(graph, shape, semantic, warnings)
 
 
 def _add_slot(graph: TicketGraph, name: str) -> None:
@@ -223,8 +283,12 @@ def _check_fields(
     ref: tuple[str, ...],
     shape: list[Problem],
     semantic: list[Problem],
-) -> list[str]:
-    """Check one ticket's fields into its (last) slot; returns its dependency names."""
+) -> tuple[list[str], list[str], list[str]]:
+    """Check one ticket's fields into its (last) slot.
+
+    Returns the names its ``dependencies``, ``blockedBy`` and ``blocks`` hold
+    (empty for a field of the wrong shape, which is a problem).
+    """
 
     def bad(message: str) -> None:
         shape.append(Problem(f"{who}: {message}", ref))
@@ -267,25 +331,46 @@ def _check_fields(
             bad(problem)
         else:
             graph.paths[len(graph.ids) - 1] = globs
-    deps = item.get("dependencies", _EMPTY)
-    if type(deps) is list and all(type(d) is str for d in deps):
-        return deps
-    bad(f"'dependencies' must be a list of ticket ids, got {_show(deps)}")
-    return _EMPTY
+    lists: list[list[str]] = []
+    for key in (DEPENDENCIES, BLOCKED_BY, BLOCKS):
+        value = item.get(key)
+        problem = link_problem(key, value)
+        if problem:
+            bad(problem)
+        lists.append(value if value is not None and not problem else _EMPTY)
+    return lists[0], lists[1], lists[2]
 
 
-def _resolve(graph: TicketGraph, raw_deps: list[list[str]], semantic: list[Problem]) -> None:
-    """Keep the known dependencies; unknown and self ones become problems."""
-    index = graph.index
-    for v, names in enumerate(raw_deps):
+def _resolve(
+    graph: TicketGraph,
+    raw_links: list[tuple[list[str], list[str], list[str]]],
+    semantic: list[Problem],
+) -> None:
+    """Keep the known links; unknown and self ones become problems naming their field."""
+    blocked_by: dict[int, list[str]] = {}
+    blocks: dict[int, list[str]] = {}
+    for v, (deps, bbs, bls) in enumerate(raw_links):
         me = graph.ids[v]
-        kept: list[str] = []
-        for d in names:
-            if d == me:
-                semantic.append(Problem(f"ticket {me}: depends on itself", (me,)))
-            elif d not in index:
-                semantic.append(Problem(f"ticket {me}: unknown dependency {_show(d)}", (me,)))
-            else:
-                kept.append(d)
-        graph.dep_names.append(kept if len(kept) < len(names) else names)
+        kept = [d for d in deps if _known(graph, me, DEPENDENCIES, d, semantic)]
+        graph.dep_names.append(kept if len(kept) < len(deps) else deps)
+        for names, out, key in ((bbs, blocked_by, BLOCKED_BY), (bls, blocks, BLOCKS)):
+            if names is not _EMPTY:  # a list in the index, maybe an empty one
+                out[v] = [d for d in names if _known(graph, me, key, d, semantic)]
+    merge_links(graph, blocked_by, blocks)
     graph.link()
+
+
+def _known(graph: TicketGraph, me: str, key: str, name: str, semantic: list[Problem]) -> bool:
+    """True when ``name`` in ticket ``me``'s ``key`` is another known ticket; else a problem."""
+    if name == me:
+        what = "depends on itself" if key == DEPENDENCIES else f"'{key}' names itself"
+    elif name not in graph.index:
+        what = (
+            f"unknown dependency {_show(name)}"
+            if key == DEPENDENCIES
+            else f"'{key}' names unknown ticket {_show(name)}"
+        )
+    else:
+        return True
+    semantic.append(Problem(f"ticket {me}: {what}", (me,)))
+    return False

@@ -3,7 +3,9 @@
 The per-ticket checks (shapes, ids, dependencies, estimates) are in
 :mod:`sage_tasks.core.shape`; this module adds what needs the whole graph or
 the run: cycles, printed as paths (``cycle: A -> B -> C -> A``, each ticket
-depending on the next), and tickets to run that have no command.
+waiting for the next), and tickets to run that have no command. A cycle may
+run through any mix of edge kinds; a step that no ``dependencies`` names is
+told after the path (``A -> B: 'blockedBy' of A``, ``B -> C: 'blocks' of C``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from sage_tasks.core.graph import (
     strongly_connected_components,
     topological_order,
 )
+from sage_tasks.core.links import BLOCKED_BY, BLOCKS
 from sage_tasks.core.shape import ID_PATTERN, ID_RE, CheckedIndex, check_tickets
 from sage_tasks.errors import Problem
 
@@ -54,7 +57,8 @@ def cycle_problems(graph: TicketGraph, left: list[int]) -> list[Problem]:
         cycles, rest = cycles_covering(deps, comp, names, limit)
         for cycle in cycles:
             path = [names[v] for v in cycle]
-            problems.append(Problem("cycle: " + " -> ".join([*path, path[0]]), tuple(path)))
+            text = "cycle: " + " -> ".join([*path, path[0]]) + _origins(graph, cycle)
+            problems.append(Problem(text, tuple(path)))
         if rest:
             shown = ", ".join(names[v] for v in rest[:_NAMED_IN_SUMMARY])
             more = len(rest) - _NAMED_IN_SUMMARY
@@ -67,6 +71,21 @@ def cycle_problems(graph: TicketGraph, left: list[int]) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _origins(graph: TicketGraph, cycle: list[int]) -> str:
+    """`` (A -> B: 'blockedBy' of A; ...)`` for the steps no ``dependencies`` names."""
+    if not graph.own_deps:
+        return ""
+    names = graph.ids
+    told = []
+    for v, d in zip(cycle, [*cycle[1:], cycle[0]], strict=True):
+        origin = graph.edge_field(v, d)
+        if origin == BLOCKED_BY:
+            told.append(f"{names[v]} -> {names[d]}: '{origin}' of {names[v]}")
+        elif origin == BLOCKS:
+            told.append(f"{names[v]} -> {names[d]}: '{origin}' of {names[d]}")
+    return f" ({'; '.join(told)})" if told else ""
 
 
 def graph_problems(checked: CheckedIndex) -> list[Problem]:

@@ -146,6 +146,10 @@ class ReadySet:
     def released(self) -> set[str]:
         return {m.decode() for m in self.r.smembers(self.k.released)}
 
+    def released_count(self) -> int:
+        """How many outcomes have been released (one SCARD)."""
+        return int(self.r.scard(self.k.released))
+
     def inflight(self) -> set[str]:
         return {m.decode() for m in self.r.smembers(self.k.inflight)}
 

@@ -83,7 +83,7 @@ def _ticket_table(rows: list[TicketRow], title: Text, console: Console, now: flo
     table.add_column("attempts", justify="right")
     table.add_column("duration", justify="right")
     table.add_column("reason", overflow="fold")
-    colour = {"COMPLETED": "green", "DEFERRED": "yellow", "BLOCKED": "red"}
+    colour = {"COMPLETED": "green", "DEFERRED": "yellow", "BLOCKED": "red", "CANCELLED": "yellow"}
     for r in rows:
         c = colour.get(r.state, "white")
         # hosts and reasons (executor output) are text, never markup
@@ -142,7 +142,9 @@ def notable_rows(rows: list[TicketRow]) -> tuple[list[TicketRow], int]:
 
 
 #: states a bounded table lists (COMPLETED and PENDING tickets are counted, not listed)
-_NOTABLE = frozenset({Phase.RUNNING, Phase.RAN, Phase.DEFERRED, Phase.BLOCKED, Phase.QUEUED})
+_NOTABLE = frozenset(
+    {Phase.RUNNING, Phase.RAN, Phase.DEFERRED, Phase.BLOCKED, Phase.QUEUED, Phase.CANCELLED}
+)
 #: characters a plain line never carries (a reason is executor output)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: batches shown at each end of a large run's batch list

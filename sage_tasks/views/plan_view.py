@@ -63,6 +63,8 @@ def render_plan(plan: Plan, console: Console, *, title: str, show_all: bool = Fa
     if plan.blocked:
         counts.append(f"{len(plan.blocked)} blocked")
     _line(console, "Tickets", ", ".join(counts))
+    if plan.links is not None:
+        _line(console, "Index", plan.links.describe())
     console.print()
 
     if not plan.batches:
@@ -95,18 +97,27 @@ def render_plan(plan: Plan, console: Console, *, title: str, show_all: bool = Fa
             length += f", about {format_duration(plan.critical_path_seconds)}"
         _line(console, "Critical path", f"({length}) " + " -> ".join(path))
     if plan.blocked:
-        _line(
-            console,
-            "Blocked",
-            f"{len(plan.blocked)}: {_ids(plan.blocked, 20)} "
-            "(they depend on a DEFERRED ticket that is not re-run)",
-            style="yellow",
-        )
+        _line(console, "Blocked", blocked_line(plan), style="yellow")
     if plan.deferred:
         _line(console, "Deferred", f"{len(plan.deferred)}: {_ids(plan.deferred, 20)}", "yellow")
     if plan.serialized:
         _line(console, "Paths", serialized_line(plan), "yellow")
     _render_stats(plan, console)
+
+
+def blocked_line(plan: Plan) -> str:
+    """The tickets blocked from the start, each with why when the plan says."""
+    if not plan.blocked_reasons:
+        return (
+            f"{len(plan.blocked)}: {_ids(plan.blocked, 20)} "
+            "(they depend on a DEFERRED ticket that is not re-run)"
+        )
+    shown = [
+        f"{t} ({plan.blocked_reasons[t]})" if t in plan.blocked_reasons else t
+        for t in plan.blocked[:MAX_IDS]
+    ]
+    more = len(plan.blocked) - len(shown)
+    return f"{len(plan.blocked)}: {', '.join(shown)}" + (f", ... ({more} more)" if more else "")
 
 
 def serialized_line(plan: Plan) -> str:

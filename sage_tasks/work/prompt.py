@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from sage_tasks.core.index import DEFAULT_INDEX_PATH
+from sage_tasks.core.links import own_waits
 
 #: Fields that get their own place in the prompt, or that only sage-tasks uses.
 _SHOWN_OR_INTERNAL = frozenset(
@@ -25,6 +26,7 @@ _SHOWN_OR_INTERNAL = frozenset(
         "docs",
         "acceptance_criteria",
         "dependencies",
+        "blockedBy",
         "git",
         "state",
         "run",
@@ -84,7 +86,7 @@ def render_prompt(
     _section(lines, "Description", _block(ticket.get("description")))
     _section(lines, "Documentation to read", _block(ticket.get("docs")))
     _section(lines, "Acceptance criteria", _block(ticket.get("acceptance_criteria")))
-    _section(lines, "Dependencies", _dependencies(ticket.get("dependencies")))
+    _section(lines, "Dependencies", _dependencies(_waits_for(ticket)))
     _section(
         lines, "Git hints (context only: sage-tasks makes the commit)", _block(ticket.get("git"))
     )
@@ -113,6 +115,15 @@ def _instructions(index_path: str) -> list[str]:
 def _section(lines: list[str], heading: str, body: list[str]) -> None:
     if body:
         lines += [f"## {heading}", "", *body, ""]
+
+
+def _waits_for(ticket: Mapping[str, Any]) -> Any:
+    """What the ticket waits for: ``dependencies`` and ``blockedBy`` (each id once) when both
+    are lists of ids or missing, else ``dependencies`` as it is (shown, whatever its shape)."""
+    deps, blocked_by = ticket.get("dependencies"), ticket.get("blockedBy")
+    if blocked_by is None or not all(v is None or type(v) is list for v in (deps, blocked_by)):
+        return deps
+    return own_waits(dict(ticket))
 
 
 def _dependencies(value: Any) -> list[str]:

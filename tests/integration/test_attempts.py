@@ -73,3 +73,15 @@ def test_a_cancelled_run_refuses_every_beat_and_a_final_ticket_says_so(
     assert info.error == "cancelled by me@here"
     assert "run1" not in store.active("/nowhere")
     assert client.ttl(keys.cancelled("run1")) > 0
+
+
+def test_a_ticket_finished_after_its_run_was_cancelled_still_leaves_only_expiring_keys(
+    redis_server: RedisServer,
+) -> None:
+    store = store_with_ticket(redis_server)
+    client = redis_server.client()
+    liveness.cancel(store, "run1", "/repo", by="someone@host")
+    # a commit under way when the cancel came finishes after it
+    store.finish_ticket("run1", "T", Phase.COMPLETED, commit="c0ffee")
+    for key in (keys.final("run1"), keys.counts("run1"), keys.cancelled("run1")):
+        assert 0 < client.ttl(key) <= 3600, key

@@ -262,26 +262,32 @@ def test_a_later_local_run_reuses_the_data_so_status_lists_both_runs(finished: F
 # -- interrupted, killed, concurrent ----------------------------------------------------
 
 
-def test_ctrl_c_stops_every_process_and_the_run_is_kept_as_failed(tmp_path: Path) -> None:
-    p = place(tmp_path)
-    repo = make_repo(tmp_path / "repo", {}, index(ticket("SLOW", "sleep 60")))
-    proc = submit_local(repo, p.env)
+def wait_for_sleep_60(p: Place, proc: subprocess.Popen[str]) -> None:
+    """Wait until a local run's ``sleep 60`` ticket command runs."""
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:  # wait until the ticket's command runs
+    while time.monotonic() < deadline:
         if any(
             b"sleep\x0060" in Path(f"/proc/{pid}/cmdline").read_bytes()
             for pid in processes_mentioning(str(p.tmp))
             if Path(f"/proc/{pid}").exists()
         ):
-            break
+            return
         time.sleep(0.2)
-    else:
-        proc.kill()
-        raise AssertionError("the ticket never started")
+    proc.kill()
+    raise AssertionError("the ticket never started")
+
+
+def test_ctrl_c_stops_every_process_and_the_run_is_kept_as_failed(tmp_path: Path) -> None:
+    p = place(tmp_path)
+    repo = make_repo(tmp_path / "repo", {}, index(ticket("SLOW", "sleep 60")))
+    proc = submit_local(repo, p.env)
+    wait_for_sleep_60(p, proc)
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    # its workers stop with it: the run does not go on, and nobody is told it does
+    assert "it goes on" not in err
     p.assert_nothing_left()
     data = status_json(p, repo)
     assert data["status"] == "FAILED"
@@ -457,4 +463,24 @@ def test_local_falls_back_to_the_packaged_redis_server_when_the_system_has_none(
     assert json.loads(out)["completed"] == ["A"]
     status = sage(env, "status", "--local", "--repo", str(repo), "--json")
     assert status.returncode == 0, status.stderr
+    p.assert_nothing_left()
+
+
+def test_cancel_local_from_another_terminal_stops_the_local_run_which_exits_4(
+    tmp_path: Path,
+) -> None:
+    p = place(tmp_path)
+    repo = make_repo(tmp_path / "repo", {}, index(ticket("SLOW", "sleep 60")))
+    proc = submit_local(repo, p.env)
+    wait_for_sleep_60(p, proc)
+    done = sage(p.env, "cancel", "--local", "--repo", str(repo))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "CANCELLED" in done.stdout
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 4, err
+    assert json.loads(out)["completed"] == []
+    p.assert_nothing_left()
+    data = status_json(p, repo)
+    assert data["status"] == "CANCELLED"
+    assert data["tickets"][0]["state"] != "COMPLETED"
     p.assert_nothing_left()
