@@ -52,7 +52,7 @@ def register_tasks(app: Celery) -> None:
         if isinstance(self.request.hostname, str) and self.request.hostname:
             rt.hostname = self.request.hostname
         try:
-            return ticket_runner.run_ticket(rt, run_id, ticket_id)
+            return ticket_runner.run_ticket(rt, run_id, ticket_id).to_json()
         except (
             Retryable,
             GitError,
@@ -64,7 +64,7 @@ def register_tasks(app: Celery) -> None:
             return _retry_or_give_up(self, exc, ticket_id)
         except SageError as exc:
             log.error("%s", exc)
-            return ticket_runner.outcome(ticket_id, "failed", reason=str(exc))
+            return ticket_runner.failed(ticket_id, str(exc)).to_json()
 
     @app.task(shared=False, name=TASK_COMMIT, bind=True, acks_late=True, reject_on_worker_lost=True)
     def commit_ticket(
@@ -138,6 +138,5 @@ def _retry_or_give_up(task: Task[Any, Any], exc: Exception, ticket_id: str) -> d
     if retries < MAX_INFRA_RETRIES:
         log.warning("ticket %s: %s; retry %d", ticket_id, exc, retries + 1)
         raise task.retry(exc=exc, countdown=backoff(retries), max_retries=MAX_INFRA_RETRIES)
-    return ticket_runner.outcome(
-        ticket_id, "failed", reason=f"infrastructure error after {retries} retries: {exc}"
-    )
+    reason = f"infrastructure error after {retries} retries: {exc}"
+    return ticket_runner.failed(ticket_id, reason).to_json()

@@ -17,6 +17,7 @@ from typing import Any
 from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected, SageError
 from sage_tasks.gitops import ChainItem, CommitResult, CommitTarget, prepare_branch
+from sage_tasks.model.outcome import MalformedOutcome, Outcome, OutcomeKind
 from sage_tasks.store import keys, liveness
 from sage_tasks.store.keys import check_ids
 from sage_tasks.store.lock import CommitLock
@@ -44,15 +45,15 @@ def committed(ticket_id: str, state: str) -> dict[str, Any]:
 REASON_OUTPUT_CHARS = 1500
 
 
-def output_note(result: dict[str, Any]) -> str:
+def output_note(result: Outcome) -> str:
     """``; output ends (last N of M bytes): ...`` for a failed command's output tail."""
-    output = str(result.get("output") or "").strip()
+    output = (result.output or "").strip()
     if not output:
         return ""
     shown = output[-REASON_OUTPUT_CHARS:]
     if len(shown) < len(output) and "\n" in shown:
         shown = shown.split("\n", 1)[1]  # start at a line
-    total = int(result.get("output_bytes") or 0)
+    total = result.output_bytes or 0
     size = len(shown.encode())
     if total > size:
         return f"; output ends (last {size} of {total} bytes): {shown}"
@@ -63,30 +64,31 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     """Commit one ticket's outcome to the run's branch (at most once)."""
     check_ids(run_id, ticket_id)
     store = rt.store
-    digest = ""
-    if isinstance(result, dict) and result.get("outcome") == "ok":
-        digest = str(result.get("patch") or "")
+    try:
+        outcome: Outcome | None = Outcome.from_json(result)
+    except MalformedOutcome:
+        outcome = None
+    digest = (outcome.patch or "") if outcome and outcome.kind == OutcomeKind.OK else ""
     info, record, stored_patch = store.snapshot(run_id, ticket_id, digest)
     if info is None:
         return committed(ticket_id, "LOST")
     rt.check_serves(info.repo, f"ticket {ticket_id} of run {run_id}", tickets=(ticket_id,))
-    if not isinstance(result, dict) or result.get("ticket") != ticket_id:
+    if outcome is None or outcome.ticket != ticket_id:
         raise SageError(f"refused: malformed outcome for ticket {ticket_id}", tickets=(ticket_id,))
     if record.get("state") in FINAL_PHASES:
         return committed(ticket_id, record["state"])
-    kind = result.get("outcome")
-    if kind == "done":
-        return committed(ticket_id, str(result.get("state", "")))
-    if kind == "lost":
+    if outcome.kind == OutcomeKind.DONE:
+        return committed(ticket_id, outcome.state or "")
+    if outcome.kind == OutcomeKind.LOST:
         return committed(ticket_id, "LOST")
-    void = liveness.void_outcome(result, record)
+    void = liveness.void_outcome(outcome, record)
     if void:
         return committed(ticket_id, void)
-    if kind == "blocked":
-        store.finish_ticket(run_id, ticket_id, Phase.BLOCKED, reason=str(result.get("reason", "")))
+    if outcome.kind == OutcomeKind.BLOCKED:
+        store.finish_ticket(run_id, ticket_id, Phase.BLOCKED, reason=outcome.reason or "")
         return committed(ticket_id, Phase.BLOCKED.value)
 
-    planned = plan_commit(info, record, result, stored_patch, run_id, ticket_id)
+    planned = plan_commit(info, record, outcome, stored_patch, run_id, ticket_id)
     if planned is None:
         # a late copy of an outcome the ticket has since been re-run for
         return committed(ticket_id, "SUPERSEDED")
@@ -167,7 +169,7 @@ def _commit_group(
 def plan_commit(
     info: RunInfo,
     record: dict[str, str],
-    result: dict[str, Any],
+    result: Outcome,
     stored_patch: bytes | None,
     run_id: str,
     ticket_id: str,
@@ -175,22 +177,22 @@ def plan_commit(
     """What an ``ok`` or ``failed`` outcome commits; None for a superseded outcome."""
     patch: bytes | None = None
     reason: str | None = None
-    kind = result.get("outcome")
-    if kind == "ok":
+    if result.kind == OutcomeKind.OK:
         state = State.COMPLETED
-        if result.get("patch"):
+        if result.patch:
             patch = stored_patch
             if patch is None:
                 state, reason = State.DEFERRED, "its patch is gone from Redis"
     else:
         state = State.DEFERRED
-        reason = str(result.get("reason") or "failed")
+        reason = result.reason or "failed"
         reason = f"{reason}{output_note(result)}"
     reruns = int(record.get("conflict_reruns") or 0)
-    rerun = result.get("rerun") or 0
-    if not isinstance(rerun, int) or rerun < reruns:
+    if (result.rerun or 0) < reruns:
         return None
-    may_rerun = kind == "ok" and reruns < int(info.extra.get("conflict_retries") or 0)
+    may_rerun = result.kind == OutcomeKind.OK and reruns < int(
+        info.extra.get("conflict_retries") or 0
+    )
     title = record.get("title", "")
     return Planned(ChainItem(ticket_id, title, run_id, patch, state, reason, may_rerun), reruns)
 
