@@ -22,6 +22,7 @@ from sage_tasks.cli.submission import Submission, resolve, send
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH
 from sage_tasks.errors import BrokerUnavailable, ConfigError, UnknownRun
+from sage_tasks.model.run import Schedule
 from sage_tasks.store.broker import connect
 from sage_tasks.store.runstate import RunStore
 from sage_tasks.views.follow import follow, render_summary
@@ -190,8 +191,8 @@ def _report_target(path: str | None) -> Path | None:
 )
 @click.option(
     "--schedule",
-    type=click.Choice(["levels", "eager"]),
-    default="levels",
+    type=click.Choice([s.value for s in Schedule]),
+    default=Schedule.LEVELS.value,
     show_default=True,
     help="One chord per batch, or each ticket as soon as it can.",
 )

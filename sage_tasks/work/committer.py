@@ -190,9 +190,7 @@ def plan_commit(
     reruns = int(record.get("conflict_reruns") or 0)
     if (result.rerun or 0) < reruns:
         return None
-    may_rerun = result.kind == OutcomeKind.OK and reruns < int(
-        info.extra.get("conflict_retries") or 0
-    )
+    may_rerun = result.kind == OutcomeKind.OK and reruns < int(info.options.conflict_retries)
     title = record.get("title", "")
     return Planned(ChainItem(ticket_id, title, run_id, patch, state, reason, may_rerun), reruns)
 
@@ -240,7 +238,7 @@ def prepare_run(rt: Runtime, run_id: str) -> bool:
     assert rt.repo_path is not None
     try:
         branch = prepare_branch(
-            rt.repo_path, info.branch, info.base, allow_main=bool(info.extra.get("allow_main"))
+            rt.repo_path, info.branch, info.base, allow_main=info.options.allow_main
         )
     except SageError as exc:
         store.finish(run_id, info.repo, status=RunStatus.FAILED, error=str(exc))
