@@ -63,31 +63,20 @@ def output_note(result: Outcome) -> str:
 def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict[str, Any]:
     """Commit one ticket's outcome to the run's branch (at most once)."""
     check_ids(run_id, ticket_id)
-    store = rt.store
     try:
         outcome: Outcome | None = Outcome.from_json(result)
     except MalformedOutcome:
         outcome = None
     digest = (outcome.patch or "") if outcome and outcome.kind == OutcomeKind.OK else ""
-    info, record, stored_patch = store.snapshot(run_id, ticket_id, digest)
+    info, record, stored_patch = rt.store.snapshot(run_id, ticket_id, digest)
     if info is None:
         return committed(ticket_id, "LOST")
     rt.check_serves(info.repo, f"ticket {ticket_id} of run {run_id}", tickets=(ticket_id,))
     if outcome is None or outcome.ticket != ticket_id:
         raise SageError(f"refused: malformed outcome for ticket {ticket_id}", tickets=(ticket_id,))
-    if record.get("state") in FINAL_PHASES:
-        return committed(ticket_id, record["state"])
-    if outcome.kind == OutcomeKind.DONE:
-        return committed(ticket_id, outcome.state or "")
-    if outcome.kind == OutcomeKind.LOST:
-        return committed(ticket_id, "LOST")
-    void = liveness.void_outcome(outcome, record)
-    if void:
-        return committed(ticket_id, void)
-    if outcome.kind == OutcomeKind.BLOCKED:
-        store.finish_ticket(run_id, ticket_id, Phase.BLOCKED, reason=outcome.reason or "")
-        return committed(ticket_id, Phase.BLOCKED.value)
-
+    settled = _settled(rt, run_id, record, outcome)
+    if settled is not None:
+        return committed(ticket_id, settled)
     planned = plan_commit(info, record, outcome, stored_patch, run_id, ticket_id)
     if planned is None:
         # a late copy of an outcome the ticket has since been re-run for
@@ -96,51 +85,74 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     lock = CommitLock(rt.redis, keys.commit_lock(info.repo), lease=rt.settings.lock_lease)
     lock.acquire(blocking_timeout=LOCK_WAIT_S)
     try:
-        if liveness.is_cancelled(store, run_id):
+        if liveness.is_cancelled(rt.store, run_id):
             # cancelled before this commit began: only a commit already under way finishes
             return committed(ticket_id, Phase.CANCELLED.value)
         rt.inject("commit-locked")
-        now = store.ticket(run_id, ticket_id).get("state", "")
+        now = rt.store.ticket(run_id, ticket_id).get("state", "")
         if now in FINAL_PHASES:
             # written meanwhile, in another task's chain
             return committed(ticket_id, now)
         others = groupcommit.gather(rt, info, run_id, ticket_id, plan_commit)
         if others:
             return _commit_group(rt, target, run_id, planned, others)
-        item = planned.item
-        hook = lambda: rt.inject("before-update-ref")  # noqa: E731
-        try:
-            res = target.commit(
-                ticket_id,
-                item.title,
-                run_id,
-                item.patch,
-                item.state,
-                item.reason,
-                before_update_ref=hook,
-                rerun_on_conflict=item.rerun_on_conflict,
-            )
-            if res.rerun:
-                store.rerun_ticket(run_id, ticket_id, res.conflicts)
-                log.info("ticket %s conflicts in %s: run again", ticket_id, res.conflicts)
-                return committed(ticket_id, RERUN)
-        except PatchRejected as exc:
-            # an unsafe or oversize patch is the ticket's failure, not the queue's
-            res = target.commit(
-                ticket_id,
-                item.title,
-                run_id,
-                None,
-                State.DEFERRED,
-                str(exc),
-                before_update_ref=hook,
-            )
-            res = replace(res, reason=str(exc))
-        # the branch has moved, the run's record does not know it yet
-        rt.inject("after-update-ref")
-        final = record_commit(rt, target, run_id, planned, res)
+        return _commit_one(rt, target, run_id, planned)
     finally:
         lock.release()
+
+
+def _settled(rt: Runtime, run_id: str, record: dict[str, str], outcome: Outcome) -> str | None:
+    """The ticket's state when its outcome commits nothing (None: it asks for a commit).
+
+    A final ticket stays as it is; ``done``, ``lost`` and a void outcome
+    (stopped, or of an attempt since taken over) write nothing; ``blocked``
+    is recorded without a commit.
+    """
+    if record.get("state") in FINAL_PHASES:
+        return record["state"]
+    if outcome.kind == OutcomeKind.DONE:
+        return outcome.state or ""
+    if outcome.kind == OutcomeKind.LOST:
+        return "LOST"
+    void = liveness.void_outcome(outcome, record)
+    if void:
+        return void
+    if outcome.kind == OutcomeKind.BLOCKED:
+        reason = outcome.reason or ""
+        rt.store.finish_ticket(run_id, outcome.ticket, Phase.BLOCKED, reason=reason)
+        return Phase.BLOCKED.value
+    return None
+
+
+def _commit_one(rt: Runtime, target: CommitTarget, run_id: str, planned: Planned) -> dict[str, Any]:
+    """Commit one ticket's outcome alone (under the lock); its task result."""
+    item = planned.item
+    ticket_id = item.ticket_id
+    hook = lambda: rt.inject("before-update-ref")  # noqa: E731
+    try:
+        res = target.commit(
+            ticket_id,
+            item.title,
+            run_id,
+            item.patch,
+            item.state,
+            item.reason,
+            before_update_ref=hook,
+            rerun_on_conflict=item.rerun_on_conflict,
+        )
+        if res.rerun:
+            rt.store.rerun_ticket(run_id, ticket_id, res.conflicts)
+            log.info("ticket %s conflicts in %s: run again", ticket_id, res.conflicts)
+            return committed(ticket_id, RERUN)
+    except PatchRejected as exc:
+        # an unsafe or oversize patch is the ticket's failure, not the queue's
+        res = target.commit(
+            ticket_id, item.title, run_id, None, State.DEFERRED, str(exc), before_update_ref=hook
+        )
+        res = replace(res, reason=str(exc))
+    # the branch has moved, the run's record does not know it yet
+    rt.inject("after-update-ref")
+    final = record_commit(rt, target, run_id, planned, res)
     return committed(ticket_id, final.value)
 
 

@@ -81,6 +81,23 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> Outcome:
         liveness.mark_cancelled(store, run_id, ticket_id)
         return Outcome(ticket_id, OutcomeKind.CANCELLED)
     record = _wait_while_running_elsewhere(rt, run_id, ticket_id, record)
+    settled = _without_running(rt, run_id, ticket_id, record)
+    if settled is not None:
+        return settled
+    return _attempt(rt, info, ticket_id, record)
+
+
+def _deaths(record: dict[str, str]) -> int:
+    """How often the ticket's worker died, counting the run this delivery follows:
+    a ticket found RUNNING (with a stale heartbeat) follows a dead worker."""
+    running = record.get("state", "") == Phase.RUNNING
+    return int(record.get("deaths", "0") or 0) + (1 if running else 0)
+
+
+def _without_running(
+    rt: Runtime, run_id: str, ticket_id: str, record: dict[str, str]
+) -> Outcome | None:
+    """The outcome of a delivery that must not run the command (None: run it)."""
     state = record.get("state", "")
     if state in FINAL_PHASES:
         return Outcome(ticket_id, OutcomeKind.DONE, state=state)
@@ -91,16 +108,26 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> Outcome:
     reason = blocked_by(rt, run_id, deps)
     if reason is not None:
         return Outcome(ticket_id, OutcomeKind.BLOCKED, reason=reason)
-    # a delivery that finds the ticket RUNNING with a stale heartbeat follows a dead worker
-    deaths = int(record.get("deaths", "0") or 0) + (1 if state == Phase.RUNNING else 0)
+    deaths = _deaths(record)
     if deaths >= MAX_WORKER_DEATHS:
         lost = failed(ticket_id, f"worker lost: its worker died {deaths} times")
-        store.ran(run_id, ticket_id, lost.to_json())
+        rt.store.ran(run_id, ticket_id, lost.to_json())
         return lost
-    if state == Phase.RUNNING:
+    return None
+
+
+def _attempt(rt: Runtime, info: RunInfo, ticket_id: str, record: dict[str, str]) -> Outcome:
+    """Start a new attempt of the ticket, run it under its fence, record its outcome."""
+    store, run_id = rt.store, info.run_id
+    if record.get("state", "") == Phase.RUNNING:
         end_orphaned_command(record, run_id, ticket_id)
     attempt_no = store.start_ticket(
-        run_id, ticket_id, rt.hostname, deaths=deaths, pid=os.getpid(), space=process_space()
+        run_id,
+        ticket_id,
+        rt.hostname,
+        deaths=_deaths(record),
+        pid=os.getpid(),
+        space=process_space(),
     )
     if not attempt_no:  # final meanwhile
         now = store.ticket(run_id, ticket_id).get("state", "")
@@ -237,6 +264,17 @@ def _ticket_definition(
     return None if ticket is None else (ticket, doc.ticket_json(ticket_id))
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every try of one ticket's command shares."""
+
+    rt: Runtime
+    ticket_id: str
+    conflicts: list[str]  # paths its last patch conflicted in
+    definition: str  # the ticket's JSON object as submitted ('' when the record lacks it)
+    fence: attempts.Attempt | None  # stops the command and any retry of it
+
+
 def _execute(
     rt: Runtime,
     info: RunInfo,
@@ -245,12 +283,12 @@ def _execute(
     definition: str = "",
     fence: attempts.Attempt | None = None,
 ) -> Outcome:
-    """Run the ticket's command (``conflicts``: paths its last patch conflicted in;
-    ``definition``: the ticket's JSON object as submitted, if the record has it;
-    ``fence``: the attempt's fence, which stops the command and any retry of it)."""
-    settings = rt.settings
-    run_id = info.run_id
-    mirror = Mirror(settings.workdir, info.repo_url)
+    """Run the ticket's command, again on failure while its ``retries`` allow
+    (``conflicts``: paths its last patch conflicted in; ``definition``: the
+    ticket's JSON object as submitted, if the record has it; ``fence``: the
+    attempt's fence, which stops the command and any retry of it)."""
+    job = _Job(rt, ticket_id, conflicts, definition, fence)
+    mirror = Mirror(rt.settings.workdir, info.repo_url)
     tries = 1
     last: Outcome | None = None
     attempt = 0
@@ -258,75 +296,97 @@ def _execute(
         attempt += 1
         # the head the commit worker last recorded; a retry looks again
         if attempt > 1:
-            info = rt.store.get(run_id) or info
-        head = mirror.resolve(info.branch, info.head)
-        with mirror.worktree(head) as worktree:
-            found = _ticket_definition(definition, worktree / info.index_path, info, ticket_id)
-            if found is None:
-                return failed(ticket_id, f"ticket {ticket_id} is not in the index at {head[:12]}")
-            ticket, ticket_json = found
-            tries = 1 + max(0, ticket.retries)
-            command = ticket.run or info.executor
-            if not command:
-                return failed(ticket_id, "ticket has no command and the run no executor")
-            timeout = float(ticket.timeout or info.ticket_timeout)
-            # a copy that stalled (a fetch across a cut link) may wake after another
-            # worker finished the ticket: it must not run the command again
-            if not rt.store.count_attempt(run_id, ticket_id):
-                state = rt.store.ticket(run_id, ticket_id).get("state", "")
-                return Outcome(ticket_id, OutcomeKind.DONE, state=state)
-            with tempfile.TemporaryDirectory(prefix="sage-ticket-") as tmp:
-                tmpdir = Path(tmp)
-                ticket_file = tmpdir / "ticket.json"
-                ticket_file.write_text(json.dumps(ticket_json, indent=2, ensure_ascii=False))
-                prompt_file = tmpdir / "prompt.md"
-                prompt_file.write_text(
-                    render_prompt(ticket_json, run_id=info.run_id, conflicts=conflicts)
-                )
-                env = ticket_env(
-                    os.environ,
-                    ticket_id=ticket_id,
-                    run_id=info.run_id,
-                    ticket_file=ticket_file,
-                    prompt_file=prompt_file,
-                    conflicts=conflicts,
-                )
-                res = run_command(
-                    command,
-                    cwd=worktree,
-                    env=env,
-                    timeout=timeout,
-                    max_output_bytes=settings.max_output_bytes,
-                    on_start=lambda pgid: _started(rt, run_id, ticket_id, pgid, fence),
-                    output_path=tmpdir / "output.log",
-                )
-            ran = _Ran(ticket_id, res, attempt, head)
-            if res.timed_out:
-                last = ran.failed(f"timed out after {timeout:g} s")
-                continue
-            if res.exit_code != 0:
-                last = ran.failed(f"exit code {res.exit_code}")
-                continue
-            try:
-                patch = capture_patch(
-                    worktree,
-                    head,
-                    exclude=[info.index_path],
-                    max_bytes=settings.max_patch_bytes,
-                    git_dir=mirror.git_dir(worktree),
-                )
-            except PatchRejected as exc:
-                return ran.failed(str(exc))
-            digest = ""
-            if patch.data:
-                digest = hashlib.sha256(patch.data).hexdigest()
-                rt.store.put_patch(info.run_id, digest, patch.data)
-            return ran.ok(digest, len(patch.paths))
+            info = rt.store.get(info.run_id) or info
+        last, tries, again = _try_once(job, info, mirror, attempt)
+        if not again:
+            return last
     if last is None:  # the fence ended the attempt before its command ran
         return Outcome(ticket_id, OutcomeKind.STALE)
     if tries > 1:
         last.reason = f"{last.reason} (after {tries} attempts)"
     return last
+
+
+def _try_once(job: _Job, info: RunInfo, mirror: Mirror, attempt: int) -> tuple[Outcome, int, bool]:
+    """One try at the branch's head: its outcome, how many tries the ticket allows, and
+    whether the outcome is one a further try may change (the command failed)."""
+    ticket_id, store = job.ticket_id, job.rt.store
+    head = mirror.resolve(info.branch, info.head)
+    with mirror.worktree(head) as worktree:
+        found = _ticket_definition(job.definition, worktree / info.index_path, info, ticket_id)
+        if found is None:
+            return (
+                failed(ticket_id, f"ticket {ticket_id} is not in the index at {head[:12]}"),
+                1,
+                False,
+            )
+        ticket, ticket_json = found
+        tries = 1 + max(0, ticket.retries)
+        command = ticket.run or info.executor
+        if not command:
+            return failed(ticket_id, "ticket has no command and the run no executor"), tries, False
+        timeout = float(ticket.timeout or info.ticket_timeout)
+        # a copy that stalled (a fetch across a cut link) may wake after another
+        # worker finished the ticket: it must not run the command again
+        if not store.count_attempt(info.run_id, ticket_id):
+            state = store.ticket(info.run_id, ticket_id).get("state", "")
+            return Outcome(ticket_id, OutcomeKind.DONE, state=state), tries, False
+        res = _run(job, info, ticket_json, command, worktree, timeout)
+        ran = _Ran(ticket_id, res, attempt, head)
+        if res.timed_out:
+            return ran.failed(f"timed out after {timeout:g} s"), tries, True
+        if res.exit_code != 0:
+            return ran.failed(f"exit code {res.exit_code}"), tries, True
+        try:
+            patch = capture_patch(
+                worktree,
+                head,
+                exclude=[info.index_path],
+                max_bytes=job.rt.settings.max_patch_bytes,
+                git_dir=mirror.git_dir(worktree),
+            )
+        except PatchRejected as exc:
+            return ran.failed(str(exc)), tries, False
+        digest = ""
+        if patch.data:
+            digest = hashlib.sha256(patch.data).hexdigest()
+            store.put_patch(info.run_id, digest, patch.data)
+        return ran.ok(digest, len(patch.paths)), tries, False
+
+
+def _run(
+    job: _Job,
+    info: RunInfo,
+    ticket_json: dict[str, Any],
+    command: str,
+    worktree: Path,
+    timeout: float,
+) -> ExecResult:
+    """Run ``command`` in ``worktree`` with the ticket's files and environment."""
+    run_id, ticket_id = info.run_id, job.ticket_id
+    with tempfile.TemporaryDirectory(prefix="sage-ticket-") as tmp:
+        tmpdir = Path(tmp)
+        ticket_file = tmpdir / "ticket.json"
+        ticket_file.write_text(json.dumps(ticket_json, indent=2, ensure_ascii=False))
+        prompt_file = tmpdir / "prompt.md"
+        prompt_file.write_text(render_prompt(ticket_json, run_id=run_id, conflicts=job.conflicts))
+        env = ticket_env(
+            os.environ,
+            ticket_id=ticket_id,
+            run_id=run_id,
+            ticket_file=ticket_file,
+            prompt_file=prompt_file,
+            conflicts=job.conflicts,
+        )
+        return run_command(
+            command,
+            cwd=worktree,
+            env=env,
+            timeout=timeout,
+            max_output_bytes=job.rt.settings.max_output_bytes,
+            on_start=lambda pgid: _started(job.rt, run_id, ticket_id, pgid, job.fence),
+            output_path=tmpdir / "output.log",
+        )
 
 
 @dataclass(frozen=True)
