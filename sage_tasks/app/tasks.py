@@ -48,40 +48,14 @@ def register_tasks(app: Celery) -> None:
         reject_on_worker_lost=True,
     )
     def run_ticket(self: Task[Any, Any], run_id: str, ticket_id: str) -> dict[str, Any]:
-        rt = app_runtime(app)
-        if isinstance(self.request.hostname, str) and self.request.hostname:
-            rt.hostname = self.request.hostname
-        try:
-            return ticket_runner.run_ticket(rt, run_id, ticket_id)
-        except (
-            Retryable,
-            GitError,
-            OSError,
-            ConnectionError,
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-        ) as exc:
-            return _retry_or_give_up(self, exc, ticket_id)
-        except SageError as exc:
-            log.error("%s", exc)
-            return ticket_runner.outcome(ticket_id, "failed", reason=str(exc))
+        return _run_ticket(app, self, run_id, ticket_id)
 
     @app.task(shared=False, name=TASK_COMMIT, bind=True, acks_late=True, reject_on_worker_lost=True)
     def commit_ticket(
         self: Task[Any, Any], result: Any, run_id: str, ticket_id: str
     ) -> dict[str, Any]:
-        rt = app_runtime(app)
         try:
-            done = committer.commit_ticket(rt, result, run_id, ticket_id)
-            info = rt.store.get(run_id)
-            if done.get("state") == committer.RERUN and info is not None:
-                rt.inject_once("after-rerun", f"{run_id}/{ticket_id}")
-                # in this task's place (its chord's header, in level mode): run, commit, again
-                raise self.replace(producer.ticket_chain(app, run_id, ticket_id, info.commit_queue))
-            if info is not None and eager.is_eager(info):
-                # again on a redelivery: what a dead delivery claimed is sent now
-                eager.release(app, rt, run_id, ticket_id)
-            return done
+            return _commit_ticket(app, self, result, run_id, ticket_id)
         except Retryable as exc:
             if self.request.retries >= MAX_COMMIT_RETRIES:
                 raise
@@ -120,6 +94,48 @@ def register_tasks(app: Celery) -> None:
         return prepared
 
 
+#: what a ticket's task retries with backoff: the infrastructure, not the ticket
+_INFRA_ERRORS = (
+    Retryable,
+    GitError,
+    OSError,
+    ConnectionError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def _run_ticket(app: Celery, task: Task[Any, Any], run_id: str, ticket_id: str) -> dict[str, Any]:
+    """``sage.run_ticket``: the ticket's outcome as wire JSON (infrastructure errors retried)."""
+    rt = app_runtime(app)
+    if isinstance(task.request.hostname, str) and task.request.hostname:
+        rt.hostname = task.request.hostname
+    try:
+        return ticket_runner.run_ticket(rt, run_id, ticket_id).to_json()
+    except _INFRA_ERRORS as exc:
+        return _retry_or_give_up(task, exc, ticket_id)
+    except SageError as exc:
+        log.error("%s", exc)
+        return ticket_runner.failed(ticket_id, str(exc)).to_json()
+
+
+def _commit_ticket(
+    app: Celery, task: Task[Any, Any], result: Any, run_id: str, ticket_id: str
+) -> dict[str, Any]:
+    """``sage.commit_ticket``: commit, then run again on a conflict or release what waits."""
+    rt = app_runtime(app)
+    done = committer.commit_ticket(rt, result, run_id, ticket_id)
+    info = rt.store.get(run_id)
+    if done.get("state") == committer.RERUN and info is not None:
+        rt.inject_once("after-rerun", f"{run_id}/{ticket_id}")
+        # in this task's place (its chord's header, in level mode): run, commit, again
+        raise task.replace(producer.ticket_chain(app, run_id, ticket_id, info.commit_queue))
+    if info is not None and eager.is_eager(info):
+        # again on a redelivery: what a dead delivery claimed is sent now
+        eager.release(app, rt, run_id, ticket_id)
+    return done
+
+
 def _refuse_run(rt: Runtime, run_id: str, exc: Exception, node: object) -> None:
     """End a run this commit worker refuses to start, in its own words: ``--wait`` exits 3.
 
@@ -138,6 +154,5 @@ def _retry_or_give_up(task: Task[Any, Any], exc: Exception, ticket_id: str) -> d
     if retries < MAX_INFRA_RETRIES:
         log.warning("ticket %s: %s; retry %d", ticket_id, exc, retries + 1)
         raise task.retry(exc=exc, countdown=backoff(retries), max_retries=MAX_INFRA_RETRIES)
-    return ticket_runner.outcome(
-        ticket_id, "failed", reason=f"infrastructure error after {retries} retries: {exc}"
-    )
+    reason = f"infrastructure error after {retries} retries: {exc}"
+    return ticket_runner.failed(ticket_id, reason).to_json()

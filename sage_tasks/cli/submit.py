@@ -20,6 +20,7 @@ from sage_tasks.cli.submission import Submission, resolve, send
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH
 from sage_tasks.errors import BrokerUnavailable, ConfigError, UnknownRun
+from sage_tasks.model.run import Schedule
 from sage_tasks.views.output import write_json
 from sage_tasks.views.plan_view import render_plan
 
@@ -212,8 +213,8 @@ def _report_target(path: str | None) -> Path | None:
 )
 @click.option(
     "--schedule",
-    type=click.Choice(["levels", "eager"]),
-    default="levels",
+    type=click.Choice([s.value for s in Schedule]),
+    default=Schedule.LEVELS.value,
     show_default=True,
     help="One chord per batch, or each ticket as soon as it can.",
 )

@@ -29,11 +29,9 @@ from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-SCHEDULE_EAGER = "eager"
-
 
 def is_eager(info: RunInfo) -> bool:
-    return info.extra.get("schedule") == SCHEDULE_EAGER
+    return info.options.eager
 
 
 def _ready_set(rt: Runtime, run_id: str) -> ReadySet:
@@ -46,11 +44,11 @@ def in_flight(rt: Runtime, run_id: str) -> list[str]:
 
 
 def _cap(info: RunInfo) -> int:
-    return int(info.extra.get("cap") or 0)
+    return info.options.cap
 
 
 def _has_overlaps(info: RunInfo) -> bool:
-    return bool(info.extra.get("overlaps"))
+    return info.options.overlaps
 
 
 def start(app: Celery, rt: Runtime, run_id: str) -> None:
@@ -166,7 +164,7 @@ def _send(app: Celery, rt: Runtime, ready: ReadySet, info: RunInfo, tid: str) ->
 
 def _maybe_finish(rt: Runtime, info: RunInfo) -> None:
     store = rt.store
-    planned = int(info.extra.get("planned") or 0)
+    planned = info.options.planned
     if store.final_count(info.run_id) >= planned and store.claim(info.run_id, "finished"):
         store.finish(info.run_id, info.repo, status=RunStatus.FINISHED)
         log.info("run %s finished", info.run_id)

@@ -60,6 +60,15 @@ def capture_patch(
     else:
         _check_git_file(worktree, git_dir)
         where = ("--git-dir", str(git_dir), "--work-tree", str(worktree))
+    _stage(worktree, where, env)
+    data, size = _diff(worktree, where, env, base_sha, exclude, max_bytes)
+    if size > max_bytes:
+        raise PatchRejected(f"patch is {size} bytes, over the limit of {max_bytes}")
+    return Patch(data=data, paths=check_patch(data), size=size)
+
+
+def _stage(worktree: Path, where: tuple[str, ...], env: dict[str, str]) -> None:
+    """``git add -A`` in ``worktree``; a path git refuses is the ticket's unsafe patch."""
     staged = run_git(
         worktree,
         "-c",
@@ -72,18 +81,31 @@ def capture_patch(
         env=env,
         check=False,
     )
-    if staged.returncode != 0:
-        refused = _INVALID_PATH_RE.search(staged.stderr.decode("utf-8", "replace"))
-        if refused:
-            # e.g. sub/.GIT/hooks/...: the command's work cannot travel, whatever else it did
-            raise PatchRejected(
-                f"unsafe patch: the command wrote {refused.group(1)!r}, a path git refuses",
-                path=refused.group(1),
-            )
-        raise GitError(
-            f"staging the worktree failed in {worktree}: {first_line(staged.stderr)}",
-            path=str(worktree),
+    if staged.returncode == 0:
+        return
+    refused = _INVALID_PATH_RE.search(staged.stderr.decode("utf-8", "replace"))
+    if refused:
+        # e.g. sub/.GIT/hooks/...: the command's work cannot travel, whatever else it did
+        raise PatchRejected(
+            f"unsafe patch: the command wrote {refused.group(1)!r}, a path git refuses",
+            path=refused.group(1),
         )
+    raise GitError(
+        f"staging the worktree failed in {worktree}: {first_line(staged.stderr)}",
+        path=str(worktree),
+    )
+
+
+def _diff(
+    worktree: Path,
+    where: tuple[str, ...],
+    env: dict[str, str],
+    base_sha: str,
+    exclude: list[str],
+    max_bytes: int,
+) -> tuple[bytes, int]:
+    """The staged changes against ``base_sha`` as a binary patch, and its size in bytes;
+    over ``max_bytes`` only the size is kept (the patch is read to its end, never held)."""
     pathspec = [f":(exclude,literal){p}" for p in exclude]
     cmd = [
         "git",
@@ -120,10 +142,7 @@ def capture_patch(
         code = proc.wait()
     if code != 0:
         raise GitError(f"diffing the worktree {worktree} failed: {first_line(stderr)}")
-    if size > max_bytes:
-        raise PatchRejected(f"patch is {size} bytes, over the limit of {max_bytes}")
-    data = b"".join(chunks)
-    return Patch(data=data, paths=check_patch(data), size=size)
+    return b"".join(chunks), size
 
 
 def _check_checkout(worktree: Path, base_sha: str, env: dict[str, str]) -> None:

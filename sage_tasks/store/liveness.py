@@ -26,6 +26,7 @@ import time
 from enum import StrEnum
 from typing import Any
 
+from sage_tasks.model.outcome import Outcome, OutcomeKind
 from sage_tasks.store import events, keys
 from sage_tasks.store.runstate import Phase, RunStatus, RunStore
 
@@ -98,19 +99,18 @@ def take_over(store: RunStore, run_id: str, ticket_id: str, timeout: float, now:
     return bool(found)
 
 
-def void_outcome(result: dict[str, Any], record: dict[str, str]) -> str:
+def void_outcome(result: Outcome, record: dict[str, str]) -> str:
     """Why an outcome must not be committed ('' when it may be).
 
     An attempt that was stopped says so (``stale``, ``cancelled``); an
     outcome of an attempt that is no longer the ticket's current one (the
     late copy of a ticket taken over after its heartbeat timed out) is void.
     """
-    kind = result.get("outcome")
-    if kind == "cancelled":
+    if result.kind == OutcomeKind.CANCELLED:
         return Phase.CANCELLED.value
-    if kind == "stale":
+    if result.kind == OutcomeKind.STALE:
         return "SUPERSEDED"
-    attempt_no = result.get("attempt_no")
+    attempt_no = result.attempt_no
     if attempt_no is not None and str(attempt_no) != record.get("attempt_no", ""):
         return "SUPERSEDED"
     return ""

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import redis
 
+from sage_tasks.model.run import RunOptions
 from sage_tasks.store import events, keys
 
 
@@ -167,7 +168,13 @@ class RunInfo:
     ended: float = 0.0
     error: str = ""
     submitted_by: str = ""
+    #: the run's options as stored; read them through :attr:`options`
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def options(self) -> RunOptions:
+        """The run's options, each with its one default."""
+        return RunOptions.read(self.extra, to_run=self.to_run)
 
     def to_hash(self) -> dict[str, str]:
         """Field -> string, as stored in the run's Redis hash."""

@@ -36,7 +36,7 @@ def progress_line(
             f"waiting for the commit worker on queue '{info.commit_queue}' "
             "(sage-worker commit --repo PATH)"
         )
-    if info.extra.get("schedule") == "eager":
+    if info.options.eager:
         where = "eager schedule"
     else:
         where = f"batch {info.batch + 1 if info.batch >= 0 else 0}/{info.batches}"
@@ -230,7 +230,7 @@ def follow(
                     "expired); submit again with the same --branch to resume it"
                 )
             done = sum(counts.values())
-            total = max(int(info.extra.get("planned", info.to_run)), done)
+            total = max(info.options.planned, done)
             hosts = running_where(store, run_id, running[:6])
             line = progress_line(info, counts, running, total, hosts)
             progress.update(

@@ -50,7 +50,7 @@ def recent_runs(store: RunStore, count: int = RECENT_RUNS) -> list[RunLine]:
         info = store.get(run_id)
         if info is None:
             continue
-        planned = int(info.extra.get("planned", info.to_run))
+        planned = info.options.planned
         done = store.final_count(run_id)
         lines.append(RunLine(run_id, info.status, info.branch, info.created, done, planned))
     return lines
@@ -78,7 +78,7 @@ def status_json(summary: RunSummary, now: float, runs: list[RunLine] | None) -> 
     data["tickets"] = Stream(tickets())
     # the batch being run, 0-based like each ticket's "batch" (None: eager, or not started)
     data["current_batch"] = summary.info.batch if summary.info.batch >= 0 else None
-    data["schedule"] = summary.info.extra.get("schedule", "levels")
+    data["schedule"] = summary.info.options.schedule.value
     data["running"] = sorted(elapsed)
     if runs is not None:
         data["runs"] = [r.to_json() for r in runs]
@@ -102,7 +102,7 @@ def render_status(
     info = summary.info
     counts = Counter(r.state for r in summary.rows if r.state in FINAL_PHASES)
     running = [r.id for r in summary.rows if r.state == Phase.RUNNING]
-    total = max(int(info.extra.get("planned", info.to_run)), sum(counts.values()))
+    total = max(info.options.planned, sum(counts.values()))
     console.print(f"run {info.run_id}: {info.status}", highlight=False)
     if not summary.finished:
         where = {

@@ -17,6 +17,7 @@ from typing import Any
 from sage_tasks.core.index import State
 from sage_tasks.errors import PatchRejected, SageError
 from sage_tasks.gitops import ChainItem, CommitResult, CommitTarget, prepare_branch
+from sage_tasks.model.outcome import MalformedOutcome, Outcome, OutcomeKind
 from sage_tasks.store import keys, liveness
 from sage_tasks.store.keys import check_ids
 from sage_tasks.store.lock import CommitLock
@@ -44,15 +45,15 @@ def committed(ticket_id: str, state: str) -> dict[str, Any]:
 REASON_OUTPUT_CHARS = 1500
 
 
-def output_note(result: dict[str, Any]) -> str:
+def output_note(result: Outcome) -> str:
     """``; output ends (last N of M bytes): ...`` for a failed command's output tail."""
-    output = str(result.get("output") or "").strip()
+    output = (result.output or "").strip()
     if not output:
         return ""
     shown = output[-REASON_OUTPUT_CHARS:]
     if len(shown) < len(output) and "\n" in shown:
         shown = shown.split("\n", 1)[1]  # start at a line
-    total = int(result.get("output_bytes") or 0)
+    total = result.output_bytes or 0
     size = len(shown.encode())
     if total > size:
         return f"; output ends (last {size} of {total} bytes): {shown}"
@@ -62,31 +63,21 @@ def output_note(result: dict[str, Any]) -> str:
 def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict[str, Any]:
     """Commit one ticket's outcome to the run's branch (at most once)."""
     check_ids(run_id, ticket_id)
-    store = rt.store
-    digest = ""
-    if isinstance(result, dict) and result.get("outcome") == "ok":
-        digest = str(result.get("patch") or "")
-    info, record, stored_patch = store.snapshot(run_id, ticket_id, digest)
+    try:
+        outcome: Outcome | None = Outcome.from_json(result)
+    except MalformedOutcome:
+        outcome = None
+    digest = (outcome.patch or "") if outcome and outcome.kind == OutcomeKind.OK else ""
+    info, record, stored_patch = rt.store.snapshot(run_id, ticket_id, digest)
     if info is None:
         return committed(ticket_id, "LOST")
     rt.check_serves(info.repo, f"ticket {ticket_id} of run {run_id}", tickets=(ticket_id,))
-    if not isinstance(result, dict) or result.get("ticket") != ticket_id:
+    if outcome is None or outcome.ticket != ticket_id:
         raise SageError(f"refused: malformed outcome for ticket {ticket_id}", tickets=(ticket_id,))
-    if record.get("state") in FINAL_PHASES:
-        return committed(ticket_id, record["state"])
-    kind = result.get("outcome")
-    if kind == "done":
-        return committed(ticket_id, str(result.get("state", "")))
-    if kind == "lost":
-        return committed(ticket_id, "LOST")
-    void = liveness.void_outcome(result, record)
-    if void:
-        return committed(ticket_id, void)
-    if kind == "blocked":
-        store.finish_ticket(run_id, ticket_id, Phase.BLOCKED, reason=str(result.get("reason", "")))
-        return committed(ticket_id, Phase.BLOCKED.value)
-
-    planned = plan_commit(info, record, result, stored_patch, run_id, ticket_id)
+    settled = _settled(rt, run_id, record, outcome)
+    if settled is not None:
+        return committed(ticket_id, settled)
+    planned = plan_commit(info, record, outcome, stored_patch, run_id, ticket_id)
     if planned is None:
         # a late copy of an outcome the ticket has since been re-run for
         return committed(ticket_id, "SUPERSEDED")
@@ -94,52 +85,75 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     lock = CommitLock(rt.redis, keys.commit_lock(info.repo), lease=rt.settings.lock_lease)
     lock.acquire(blocking_timeout=LOCK_WAIT_S)
     try:
-        if liveness.is_cancelled(store, run_id):
+        if liveness.is_cancelled(rt.store, run_id):
             # cancelled before this commit began: only a commit already under way finishes
             liveness.mark_cancelled(store, run_id, ticket_id)
             return committed(ticket_id, Phase.CANCELLED.value)
         rt.inject("commit-locked")
-        now = store.ticket(run_id, ticket_id).get("state", "")
+        now = rt.store.ticket(run_id, ticket_id).get("state", "")
         if now in FINAL_PHASES:
             # written meanwhile, in another task's chain
             return committed(ticket_id, now)
         others = groupcommit.gather(rt, info, run_id, ticket_id, plan_commit)
         if others:
             return _commit_group(rt, target, run_id, planned, others)
-        item = planned.item
-        hook = lambda: rt.inject("before-update-ref")  # noqa: E731
-        try:
-            res = target.commit(
-                ticket_id,
-                item.title,
-                run_id,
-                item.patch,
-                item.state,
-                item.reason,
-                before_update_ref=hook,
-                rerun_on_conflict=item.rerun_on_conflict,
-            )
-            if res.rerun:
-                store.rerun_ticket(run_id, ticket_id, res.conflicts)
-                log.info("ticket %s conflicts in %s: run again", ticket_id, res.conflicts)
-                return committed(ticket_id, RERUN)
-        except PatchRejected as exc:
-            # an unsafe or oversize patch is the ticket's failure, not the queue's
-            res = target.commit(
-                ticket_id,
-                item.title,
-                run_id,
-                None,
-                State.DEFERRED,
-                str(exc),
-                before_update_ref=hook,
-            )
-            res = replace(res, reason=str(exc))
-        # the branch has moved, the run's record does not know it yet
-        rt.inject("after-update-ref")
-        final = record_commit(rt, target, run_id, planned, res)
+        return _commit_one(rt, target, run_id, planned)
     finally:
         lock.release()
+
+
+def _settled(rt: Runtime, run_id: str, record: dict[str, str], outcome: Outcome) -> str | None:
+    """The ticket's state when its outcome commits nothing (None: it asks for a commit).
+
+    A final ticket stays as it is; ``done``, ``lost`` and a void outcome
+    (stopped, or of an attempt since taken over) write nothing; ``blocked``
+    is recorded without a commit.
+    """
+    if record.get("state") in FINAL_PHASES:
+        return record["state"]
+    if outcome.kind == OutcomeKind.DONE:
+        return outcome.state or ""
+    if outcome.kind == OutcomeKind.LOST:
+        return "LOST"
+    void = liveness.void_outcome(outcome, record)
+    if void:
+        return void
+    if outcome.kind == OutcomeKind.BLOCKED:
+        reason = outcome.reason or ""
+        rt.store.finish_ticket(run_id, outcome.ticket, Phase.BLOCKED, reason=reason)
+        return Phase.BLOCKED.value
+    return None
+
+
+def _commit_one(rt: Runtime, target: CommitTarget, run_id: str, planned: Planned) -> dict[str, Any]:
+    """Commit one ticket's outcome alone (under the lock); its task result."""
+    item = planned.item
+    ticket_id = item.ticket_id
+    hook = lambda: rt.inject("before-update-ref")  # noqa: E731
+    try:
+        res = target.commit(
+            ticket_id,
+            item.title,
+            run_id,
+            item.patch,
+            item.state,
+            item.reason,
+            before_update_ref=hook,
+            rerun_on_conflict=item.rerun_on_conflict,
+        )
+        if res.rerun:
+            rt.store.rerun_ticket(run_id, ticket_id, res.conflicts)
+            log.info("ticket %s conflicts in %s: run again", ticket_id, res.conflicts)
+            return committed(ticket_id, RERUN)
+    except PatchRejected as exc:
+        # an unsafe or oversize patch is the ticket's failure, not the queue's
+        res = target.commit(
+            ticket_id, item.title, run_id, None, State.DEFERRED, str(exc), before_update_ref=hook
+        )
+        res = replace(res, reason=str(exc))
+    # the branch has moved, the run's record does not know it yet
+    rt.inject("after-update-ref")
+    final = record_commit(rt, target, run_id, planned, res)
     return committed(ticket_id, final.value)
 
 
@@ -168,7 +182,7 @@ def _commit_group(
 def plan_commit(
     info: RunInfo,
     record: dict[str, str],
-    result: dict[str, Any],
+    result: Outcome,
     stored_patch: bytes | None,
     run_id: str,
     ticket_id: str,
@@ -176,22 +190,20 @@ def plan_commit(
     """What an ``ok`` or ``failed`` outcome commits; None for a superseded outcome."""
     patch: bytes | None = None
     reason: str | None = None
-    kind = result.get("outcome")
-    if kind == "ok":
+    if result.kind == OutcomeKind.OK:
         state = State.COMPLETED
-        if result.get("patch"):
+        if result.patch:
             patch = stored_patch
             if patch is None:
                 state, reason = State.DEFERRED, "its patch is gone from Redis"
     else:
         state = State.DEFERRED
-        reason = str(result.get("reason") or "failed")
+        reason = result.reason or "failed"
         reason = f"{reason}{output_note(result)}"
     reruns = int(record.get("conflict_reruns") or 0)
-    rerun = result.get("rerun") or 0
-    if not isinstance(rerun, int) or rerun < reruns:
+    if (result.rerun or 0) < reruns:
         return None
-    may_rerun = kind == "ok" and reruns < int(info.extra.get("conflict_retries") or 0)
+    may_rerun = result.kind == OutcomeKind.OK and reruns < int(info.options.conflict_retries)
     title = record.get("title", "")
     return Planned(ChainItem(ticket_id, title, run_id, patch, state, reason, may_rerun), reruns)
 
@@ -239,7 +251,7 @@ def prepare_run(rt: Runtime, run_id: str) -> bool:
     assert rt.repo_path is not None
     try:
         branch = prepare_branch(
-            rt.repo_path, info.branch, info.base, allow_main=bool(info.extra.get("allow_main"))
+            rt.repo_path, info.branch, info.base, allow_main=info.options.allow_main
         )
     except SageError as exc:
         store.finish(run_id, info.repo, status=RunStatus.FAILED, error=str(exc))

@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sage_tasks.gitops import ChainItem, CommitResult, CommitTarget
+from sage_tasks.model.outcome import Outcome, OutcomeKind
 from sage_tasks.store.runstate import Phase, RunInfo
 from sage_tasks.work.runtime import Runtime
 
@@ -39,9 +39,7 @@ class Planned:
 
 
 #: turns a ticket's run record, outcome and patch into what it commits (None: superseded)
-Plan = Callable[
-    [RunInfo, dict[str, str], dict[str, Any], "bytes | None", str, str], "Planned | None"
-]
+Plan = Callable[[RunInfo, dict[str, str], Outcome, "bytes | None", str, str], "Planned | None"]
 
 
 def gather(rt: Runtime, info: RunInfo, run_id: str, own: str, plan: Plan) -> list[Planned]:
@@ -64,14 +62,14 @@ def _waiting(rt: Runtime, info: RunInfo, run_id: str, ticket_id: str, plan: Plan
     if record.get("state") != Phase.RAN.value or not record.get("result"):
         return None
     try:
-        result: Any = json.loads(record["result"])
-    except ValueError:
+        result = Outcome.from_json(json.loads(record["result"]))
+    except ValueError:  # not JSON, or not an outcome
         return None
-    if not isinstance(result, dict) or result.get("ticket") != ticket_id:
+    if result.ticket != ticket_id:
         return None
-    if result.get("outcome") not in ("ok", "failed"):
+    if result.kind not in (OutcomeKind.OK, OutcomeKind.FAILED):
         return None  # done, lost or blocked: its own task records those
-    digest = str(result.get("patch") or "") if result.get("outcome") == "ok" else ""
+    digest = (result.patch or "") if result.kind == OutcomeKind.OK else ""
     patch = rt.store.snapshot(run_id, ticket_id, digest)[2] if digest else None
     return plan(info, record, result, patch, run_id, ticket_id)
 

@@ -19,12 +19,14 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sage_tasks.core.index import IndexDocument, Ticket
 from sage_tasks.errors import DependencyPending, PatchRejected, SageError
 from sage_tasks.gitops import Mirror, capture_patch
+from sage_tasks.model.outcome import Outcome, OutcomeKind
 from sage_tasks.store import liveness
 from sage_tasks.store.keys import check_ids
 from sage_tasks.store.runstate import (
@@ -36,7 +38,7 @@ from sage_tasks.store.runstate import (
     blocking_reason,
 )
 from sage_tasks.work import attempt as attempts
-from sage_tasks.work.executor import kill_orphans, run_command, ticket_env
+from sage_tasks.work.executor import ExecResult, kill_orphans, run_command, ticket_env
 from sage_tasks.work.prompt import render_prompt
 from sage_tasks.work.runtime import Runtime
 
@@ -46,9 +48,9 @@ log = logging.getLogger(__name__)
 MAX_WORKER_DEATHS = 3
 
 
-def outcome(ticket_id: str, kind: str, **fields: Any) -> dict[str, Any]:
-    """The JSON result ``run_ticket`` hands to ``commit_ticket``."""
-    return {"ticket": ticket_id, "outcome": kind, **fields}
+def failed(ticket_id: str, reason: str) -> Outcome:
+    """A ``failed`` outcome: the commit queue records the ticket DEFERRED with ``reason``."""
+    return Outcome(ticket_id, OutcomeKind.FAILED, reason=reason)
 
 
 def blocked_by(rt: Runtime, run_id: str, deps: list[str]) -> str | None:
@@ -65,44 +67,71 @@ def blocked_by(rt: Runtime, run_id: str, deps: list[str]) -> str | None:
     return None
 
 
-def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
+def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> Outcome:
     """Execute one ticket of a run and return its outcome for the commit queue."""
     check_ids(run_id, ticket_id)
     store = rt.store
     info, record, _ = store.snapshot(run_id, ticket_id)
     if info is None:
-        return outcome(ticket_id, "lost", reason="the run is gone from Redis")
+        return Outcome(ticket_id, OutcomeKind.LOST, reason="the run is gone from Redis")
     if not record:
         raise SageError(f"refused: ticket {ticket_id} is not part of run {run_id}")
     if info.status == RunStatus.CANCELLED:
         # queued work of a cancelled run is dropped unrun
         liveness.mark_cancelled(store, run_id, ticket_id)
-        return outcome(ticket_id, "cancelled")
+        return Outcome(ticket_id, OutcomeKind.CANCELLED)
     record = _wait_while_running_elsewhere(rt, run_id, ticket_id, record)
+    settled = _without_running(rt, run_id, ticket_id, record)
+    if settled is not None:
+        return settled
+    return _attempt(rt, info, ticket_id, record)
+
+
+def _deaths(record: dict[str, str]) -> int:
+    """How often the ticket's worker died, counting the run this delivery follows:
+    a ticket found RUNNING (with a stale heartbeat) follows a dead worker."""
+    running = record.get("state", "") == Phase.RUNNING
+    return int(record.get("deaths", "0") or 0) + (1 if running else 0)
+
+
+def _without_running(
+    rt: Runtime, run_id: str, ticket_id: str, record: dict[str, str]
+) -> Outcome | None:
+    """The outcome of a delivery that must not run the command (None: run it)."""
     state = record.get("state", "")
     if state in FINAL_PHASES:
-        return outcome(ticket_id, "done", state=state)
+        return Outcome(ticket_id, OutcomeKind.DONE, state=state)
     if state == Phase.RAN and record.get("result"):
         # a second delivery after the command already ran: hand on the same result
-        result: dict[str, Any] = json.loads(record["result"])
-        return result
+        return Outcome.from_json(json.loads(record["result"]))
     deps = json.loads(record.get("deps", "[]"))
     reason = blocked_by(rt, run_id, deps)
     if reason is not None:
-        return outcome(ticket_id, "blocked", reason=reason)
-    # a delivery that finds the ticket RUNNING with a stale heartbeat follows a dead worker
-    deaths = int(record.get("deaths", "0") or 0) + (1 if state == Phase.RUNNING else 0)
+        return Outcome(ticket_id, OutcomeKind.BLOCKED, reason=reason)
+    deaths = _deaths(record)
     if deaths >= MAX_WORKER_DEATHS:
-        result = outcome(ticket_id, "failed", reason=f"worker lost: its worker died {deaths} times")
-        store.ran(run_id, ticket_id, result)
-        return result
-    if state == Phase.RUNNING:
+        lost = failed(ticket_id, f"worker lost: its worker died {deaths} times")
+        rt.store.ran(run_id, ticket_id, lost.to_json())
+        return lost
+    return None
+
+
+def _attempt(rt: Runtime, info: RunInfo, ticket_id: str, record: dict[str, str]) -> Outcome:
+    """Start a new attempt of the ticket, run it under its fence, record its outcome."""
+    store, run_id = rt.store, info.run_id
+    if record.get("state", "") == Phase.RUNNING:
         end_orphaned_command(record, run_id, ticket_id)
     attempt_no = store.start_ticket(
-        run_id, ticket_id, rt.hostname, deaths=deaths, pid=os.getpid(), space=process_space()
+        run_id,
+        ticket_id,
+        rt.hostname,
+        deaths=_deaths(record),
+        pid=os.getpid(),
+        space=process_space(),
     )
     if not attempt_no:  # final meanwhile
-        return outcome(ticket_id, "done", state=store.ticket(run_id, ticket_id).get("state", ""))
+        now = store.ticket(run_id, ticket_id).get("state", "")
+        return Outcome(ticket_id, OutcomeKind.DONE, state=now)
     conflicts = json.loads(record.get("conflict_paths") or "[]")
     attempt = attempts.Attempt(
         url=rt.settings.backend_url,
@@ -124,22 +153,22 @@ def run_ticket(rt: Runtime, run_id: str, ticket_id: str) -> dict[str, Any]:
     if attempt.ended is not None:
         return _fenced(store, run_id, ticket_id, attempt_no, attempt.ended)
     if conflicts:  # the commit queue tells a stale outcome from this re-run's
-        result["rerun"] = int(record.get("conflict_reruns") or 0)
-    result["attempt_no"] = attempt_no
-    if not store.ran(run_id, ticket_id, result, attempt_no=attempt_no):
+        result.rerun = int(record.get("conflict_reruns") or 0)
+    result.attempt_no = attempt_no
+    if not store.ran(run_id, ticket_id, result.to_json(), attempt_no=attempt_no):
         # another attempt took the ticket over while this one ran: its outcome is void
-        return outcome(ticket_id, "stale", attempt_no=attempt_no)
+        return Outcome(ticket_id, OutcomeKind.STALE, attempt_no=attempt_no)
     return result
 
 
 def _fenced(
     store: RunStore, run_id: str, ticket_id: str, attempt_no: int, why: liveness.Beat
-) -> dict[str, Any]:
+) -> Outcome:
     """The outcome of an attempt that was stopped: nothing to commit."""
     if why == liveness.Beat.CANCELLED:
         liveness.mark_cancelled(store, run_id, ticket_id, attempt_no)
-        return outcome(ticket_id, "cancelled", attempt_no=attempt_no)
-    return outcome(ticket_id, "stale", attempt_no=attempt_no)
+        return Outcome(ticket_id, OutcomeKind.CANCELLED, attempt_no=attempt_no)
+    return Outcome(ticket_id, OutcomeKind.STALE, attempt_no=attempt_no)
 
 
 def end_orphaned_command(record: dict[str, str], run_id: str, ticket_id: str) -> None:
@@ -235,6 +264,17 @@ def _ticket_definition(
     return None if ticket is None else (ticket, doc.ticket_json(ticket_id))
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every try of one ticket's command shares."""
+
+    rt: Runtime
+    ticket_id: str
+    conflicts: list[str]  # paths its last patch conflicted in
+    definition: str  # the ticket's JSON object as submitted ('' when the record lacks it)
+    fence: attempts.Attempt | None  # stops the command and any retry of it
+
+
 def _execute(
     rt: Runtime,
     info: RunInfo,
@@ -242,111 +282,140 @@ def _execute(
     conflicts: list[str],
     definition: str = "",
     fence: attempts.Attempt | None = None,
-) -> dict[str, Any]:
-    """Run the ticket's command (``conflicts``: paths its last patch conflicted in;
-    ``definition``: the ticket's JSON object as submitted, if the record has it;
-    ``fence``: the attempt's fence, which stops the command and any retry of it)."""
-    settings = rt.settings
-    run_id = info.run_id
-    mirror = Mirror(settings.workdir, info.repo_url)
+) -> Outcome:
+    """Run the ticket's command, again on failure while its ``retries`` allow
+    (``conflicts``: paths its last patch conflicted in; ``definition``: the
+    ticket's JSON object as submitted, if the record has it; ``fence``: the
+    attempt's fence, which stops the command and any retry of it)."""
+    job = _Job(rt, ticket_id, conflicts, definition, fence)
+    mirror = Mirror(rt.settings.workdir, info.repo_url)
     tries = 1
-    last: dict[str, Any] = {}
+    last: Outcome | None = None
     attempt = 0
     while attempt < tries and (fence is None or fence.ended is None):
         attempt += 1
         # the head the commit worker last recorded; a retry looks again
         if attempt > 1:
-            info = rt.store.get(run_id) or info
-        head = mirror.resolve(info.branch, info.head)
-        with mirror.worktree(head) as worktree:
-            found = _ticket_definition(definition, worktree / info.index_path, info, ticket_id)
-            if found is None:
-                return outcome(
-                    ticket_id,
-                    "failed",
-                    reason=f"ticket {ticket_id} is not in the index at {head[:12]}",
-                )
-            ticket, ticket_json = found
-            tries = 1 + max(0, ticket.retries)
-            command = ticket.run or info.executor
-            if not command:
-                return outcome(
-                    ticket_id, "failed", reason="ticket has no command and the run no executor"
-                )
-            timeout = float(ticket.timeout or info.ticket_timeout)
-            # a copy that stalled (a fetch across a cut link) may wake after another
-            # worker finished the ticket: it must not run the command again
-            if not rt.store.count_attempt(run_id, ticket_id):
-                state = rt.store.ticket(run_id, ticket_id).get("state", "")
-                return outcome(ticket_id, "done", state=state)
-            with tempfile.TemporaryDirectory(prefix="sage-ticket-") as tmp:
-                tmpdir = Path(tmp)
-                ticket_file = tmpdir / "ticket.json"
-                ticket_file.write_text(json.dumps(ticket_json, indent=2, ensure_ascii=False))
-                prompt_file = tmpdir / "prompt.md"
-                prompt_file.write_text(
-                    render_prompt(ticket_json, run_id=info.run_id, conflicts=conflicts)
-                )
-                env = ticket_env(
-                    os.environ,
-                    ticket_id=ticket_id,
-                    run_id=info.run_id,
-                    ticket_file=ticket_file,
-                    prompt_file=prompt_file,
-                    conflicts=conflicts,
-                )
-                res = run_command(
-                    command,
-                    cwd=worktree,
-                    env=env,
-                    timeout=timeout,
-                    max_output_bytes=settings.max_output_bytes,
-                    on_start=lambda pgid: _started(rt, run_id, ticket_id, pgid, fence),
-                    output_path=tmpdir / "output.log",
-                )
-            base = {"duration_s": round(res.duration_s, 3), "attempt": attempt, "head": head}
-            if res.timed_out:
-                last = outcome(
-                    ticket_id,
-                    "failed",
-                    reason=f"timed out after {timeout:g} s",
-                    output=res.output_tail,
-                    output_bytes=res.output_bytes,
-                    **base,
-                )
-                continue
-            if res.exit_code != 0:
-                last = outcome(
-                    ticket_id,
-                    "failed",
-                    reason=f"exit code {res.exit_code}",
-                    output=res.output_tail,
-                    output_bytes=res.output_bytes,
-                    **base,
-                )
-                continue
-            try:
-                patch = capture_patch(
-                    worktree,
-                    head,
-                    exclude=[info.index_path],
-                    max_bytes=settings.max_patch_bytes,
-                    git_dir=mirror.git_dir(worktree),
-                )
-            except PatchRejected as exc:
-                return outcome(
-                    ticket_id,
-                    "failed",
-                    reason=str(exc),
-                    output=res.output_tail,
-                    output_bytes=res.output_bytes,
-                    **base,
-                )
-            digest = ""
-            if patch.data:
-                digest = hashlib.sha256(patch.data).hexdigest()
-                rt.store.put_patch(info.run_id, digest, patch.data)
-            return outcome(ticket_id, "ok", patch=digest, files=len(patch.paths), **base)
-    if last and tries > 1:
-        last["reason"] = f"{last['reason']} (after {tries} attempts)"
+            info = rt.store.get(info.run_id) or info
+        last, tries, again = _try_once(job, info, mirror, attempt)
+        if not again:
+            return last
+    if last is None:  # the fence ended the attempt before its command ran
+        return Outcome(ticket_id, OutcomeKind.STALE)
+    if tries > 1:
+        last.reason = f"{last.reason} (after {tries} attempts)"
     return last
+
+
+def _try_once(job: _Job, info: RunInfo, mirror: Mirror, attempt: int) -> tuple[Outcome, int, bool]:
+    """One try at the branch's head: its outcome, how many tries the ticket allows, and
+    whether the outcome is one a further try may change (the command failed)."""
+    ticket_id, store = job.ticket_id, job.rt.store
+    head = mirror.resolve(info.branch, info.head)
+    with mirror.worktree(head) as worktree:
+        found = _ticket_definition(job.definition, worktree / info.index_path, info, ticket_id)
+        if found is None:
+            return (
+                failed(ticket_id, f"ticket {ticket_id} is not in the index at {head[:12]}"),
+                1,
+                False,
+            )
+        ticket, ticket_json = found
+        tries = 1 + max(0, ticket.retries)
+        command = ticket.run or info.executor
+        if not command:
+            return failed(ticket_id, "ticket has no command and the run no executor"), tries, False
+        timeout = float(ticket.timeout or info.ticket_timeout)
+        # a copy that stalled (a fetch across a cut link) may wake after another
+        # worker finished the ticket: it must not run the command again
+        if not store.count_attempt(info.run_id, ticket_id):
+            state = store.ticket(info.run_id, ticket_id).get("state", "")
+            return Outcome(ticket_id, OutcomeKind.DONE, state=state), tries, False
+        res = _run(job, info, ticket_json, command, worktree, timeout)
+        ran = _Ran(ticket_id, res, attempt, head)
+        if res.timed_out:
+            return ran.failed(f"timed out after {timeout:g} s"), tries, True
+        if res.exit_code != 0:
+            return ran.failed(f"exit code {res.exit_code}"), tries, True
+        try:
+            patch = capture_patch(
+                worktree,
+                head,
+                exclude=[info.index_path],
+                max_bytes=job.rt.settings.max_patch_bytes,
+                git_dir=mirror.git_dir(worktree),
+            )
+        except PatchRejected as exc:
+            return ran.failed(str(exc)), tries, False
+        digest = ""
+        if patch.data:
+            digest = hashlib.sha256(patch.data).hexdigest()
+            store.put_patch(info.run_id, digest, patch.data)
+        return ran.ok(digest, len(patch.paths)), tries, False
+
+
+def _run(
+    job: _Job,
+    info: RunInfo,
+    ticket_json: dict[str, Any],
+    command: str,
+    worktree: Path,
+    timeout: float,
+) -> ExecResult:
+    """Run ``command`` in ``worktree`` with the ticket's files and environment."""
+    run_id, ticket_id = info.run_id, job.ticket_id
+    with tempfile.TemporaryDirectory(prefix="sage-ticket-") as tmp:
+        tmpdir = Path(tmp)
+        ticket_file = tmpdir / "ticket.json"
+        ticket_file.write_text(json.dumps(ticket_json, indent=2, ensure_ascii=False))
+        prompt_file = tmpdir / "prompt.md"
+        prompt_file.write_text(render_prompt(ticket_json, run_id=run_id, conflicts=job.conflicts))
+        env = ticket_env(
+            os.environ,
+            ticket_id=ticket_id,
+            run_id=run_id,
+            ticket_file=ticket_file,
+            prompt_file=prompt_file,
+            conflicts=job.conflicts,
+        )
+        return run_command(
+            command,
+            cwd=worktree,
+            env=env,
+            timeout=timeout,
+            max_output_bytes=job.rt.settings.max_output_bytes,
+            on_start=lambda pgid: _started(job.rt, run_id, ticket_id, pgid, job.fence),
+            output_path=tmpdir / "output.log",
+        )
+
+
+@dataclass(frozen=True)
+class _Ran:
+    """One try of a ticket's command, and the outcomes it can end in."""
+
+    ticket_id: str
+    res: ExecResult
+    attempt: int
+    head: str
+
+    def _outcome(self, kind: OutcomeKind) -> Outcome:
+        duration = round(self.res.duration_s, 3)
+        return Outcome(
+            self.ticket_id, kind, duration_s=duration, attempt=self.attempt, head=self.head
+        )
+
+    def failed(self, reason: str) -> Outcome:
+        """``failed`` with ``reason`` and the tail of the command's output."""
+        out = self._outcome(OutcomeKind.FAILED)
+        out.reason, out.output, out.output_bytes = (
+            reason,
+            self.res.output_tail,
+            self.res.output_bytes,
+        )
+        return out
+
+    def ok(self, digest: str, files: int) -> Outcome:
+        """``ok``: the patch (its digest, '' when empty) and how many files it touches."""
+        out = self._outcome(OutcomeKind.OK)
+        out.patch, out.files = digest, files
+        return out

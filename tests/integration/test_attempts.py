@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from sage_tasks.model.outcome import Outcome
 from sage_tasks.store import keys, liveness
 from sage_tasks.store.runstate import Phase, RunStatus, RunStore
 from tests.support.redis_server import RedisServer
@@ -51,9 +52,9 @@ def test_a_silent_attempt_is_taken_over_once_and_its_late_beats_and_outcome_are_
     assert not store.ran("run1", "T", {"outcome": "ok"}, attempt_no=attempt)
     store.requeue_ticket("run1", "T", attempt_no=attempt)
     assert store.start_ticket("run1", "T", "w2@b") == attempt + 1
-    result = {"ticket": "T", "outcome": "ok", "attempt_no": attempt}
+    result = Outcome.from_json({"ticket": "T", "outcome": "ok", "attempt_no": attempt})
     assert liveness.void_outcome(result, store.ticket("run1", "T")) == "SUPERSEDED"
-    result["attempt_no"] = attempt + 1
+    result.attempt_no = attempt + 1
     assert liveness.void_outcome(result, store.ticket("run1", "T")) == ""
 
 

@@ -22,13 +22,16 @@ PACKAGE = Path(sage_tasks.__file__).parent
 ALLOWED: dict[str, frozenset[str]] = {
     "base": frozenset(),
     "core": frozenset({"base"}),
+    "model": frozenset({"base", "core"}),
     "gitops": frozenset({"base", "core"}),
-    "store": frozenset({"base", "core"}),
-    "work": frozenset({"base", "core", "gitops", "store"}),
-    "dispatch": frozenset({"base", "core", "gitops", "store", "work"}),
-    "app": frozenset({"base", "core", "gitops", "store", "work", "dispatch"}),
-    "views": frozenset({"base", "core", "store"}),
-    "cli": frozenset({"base", "core", "gitops", "store", "work", "dispatch", "app", "views"}),
+    "store": frozenset({"base", "core", "model"}),
+    "work": frozenset({"base", "core", "model", "gitops", "store"}),
+    "dispatch": frozenset({"base", "core", "model", "gitops", "store", "work"}),
+    "app": frozenset({"base", "core", "model", "gitops", "store", "work", "dispatch"}),
+    "views": frozenset({"base", "core", "model", "store"}),
+    "cli": frozenset(
+        {"base", "core", "model", "gitops", "store", "work", "dispatch", "app", "views"}
+    ),
 }
 BASE_MODULES = frozenset({"sage_tasks", "sage_tasks.config", "sage_tasks.errors"})
 #: the package root may also reach the app layer: ``celery -A sage_tasks`` asks it for the app
