@@ -87,7 +87,7 @@ def commit_ticket(rt: Runtime, result: Any, run_id: str, ticket_id: str) -> dict
     try:
         if liveness.is_cancelled(rt.store, run_id):
             # cancelled before this commit began: only a commit already under way finishes
-            liveness.mark_cancelled(store, run_id, ticket_id)
+            liveness.mark_cancelled(rt.store, run_id, ticket_id)
             return committed(ticket_id, Phase.CANCELLED.value)
         rt.inject("commit-locked")
         now = rt.store.ticket(run_id, ticket_id).get("state", "")
