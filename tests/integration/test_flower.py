@@ -117,7 +117,7 @@ def test_the_tasks_of_a_real_run_show_their_ticket_id_and_run_id_in_their_argume
                 seen[task["name"]] = task["args"]
         return {"sage.run_ticket", "sage.commit_ticket"} <= set(seen)
 
-    assert wait_until(shown, 20), seen
+    assert wait_until(shown, 60), seen
     assert seen["sage.run_ticket"] == repr((run_id, "FLW-1"))
 
 
@@ -136,7 +136,7 @@ def tasks_of(monitored: Monitored, ticket_id: str) -> dict[str, dict[str, Any]]:
                 found[task["name"]] = task
         return {"sage.run_ticket", "sage.commit_ticket"} <= set(found)
 
-    assert wait_until(complete, 20), found
+    assert wait_until(complete, 60), found
     return found
 
 
