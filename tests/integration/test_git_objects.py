@@ -154,8 +154,14 @@ def test_a_shared_repository_gets_its_objects_from_git_with_the_group_s_permissi
     repo = make_repo(tmp_path / "repo", FILES, INDEX_DOC, bare=True)
     git(repo, "config", "core.sharedRepository", "group")
     git(repo, "branch", "run", "main")
+    # Pack what the set-up wrote (with the default umask) and drop its loose
+    # object folders, so every folder the commit needs is one git makes now.
+    git(repo, "repack", "-adq")
+    git(repo, "prune-packed")
+    assert not [d for d in (repo / "objects").iterdir() if len(d.name) == 2]
     with CommitTarget(repo, "run") as target:
         res = target.commit("A", "t", "r1", None, State.COMPLETED)
     obj_dir = repo / "objects" / res.sha[:2]
+    assert obj_dir.is_dir(), "the commit object was expected loose"
     assert obj_dir.stat().st_mode & 0o070 == 0o070, oct(obj_dir.stat().st_mode)
     git(repo, "fsck", "--strict", "--no-dangling")
