@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     commit_queue: str = "commit"
     ticket_queue: str = "tickets"
     workdir: Path = Field(default_factory=default_workdir)
+    #: a ticket worker that starts takes over the worktrees a stopped one put aside in
+    #: ``workdir`` (reset in full before their first ticket) instead of removing them
+    keep_worktrees: bool = False
     executor: str | None = None
     #: how long a lease on the commit lock lasts; extended while a commit runs
     lock_lease: float = Field(default=30.0, gt=0)

@@ -138,7 +138,7 @@ def default_app() -> Celery:
             raise SystemExit(2)
         if settings.ticket_queue in queues:
             settings.workdir.mkdir(parents=True, exist_ok=True)
-            prune_workdir(settings.workdir)
+            prune_workdir(settings.workdir, keep_idle=settings.keep_worktrees)
 
     signals.celeryd_after_setup.connect(check_queues, weak=False)
     return app

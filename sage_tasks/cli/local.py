@@ -10,6 +10,11 @@ not end is marked FAILED and its queued work dropped, so the next run on the
 repository starts clean. One ``--local`` run at a time uses a repository's
 folder: a second one waits for the first to end.
 
+The ticket worker's mirror and worktrees stay in that folder (``work/``) from
+one run to the next: the next run's worker takes over the worktrees the last
+one used (each reset in full before its first ticket) instead of writing a
+big repository's files again, and what no run used is removed at the end.
+
 :func:`local_reader` starts the same Redis (no workers) for ``status`` and
 ``report``, only for as long as they read it.
 """
@@ -99,11 +104,17 @@ class LocalFleet:
     def url(self) -> str:
         return self.server.url
 
+    @property
+    def workdir(self) -> Path:
+        """The ticket worker's mirror and worktrees: kept from one run to the next."""
+        return self.home / "work"
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["SAGE_BROKER_URL"] = self.url
         env.pop("SAGE_RESULT_BACKEND", None)
-        env["SAGE_WORKDIR"] = str(self.root / "work")
+        env["SAGE_WORKDIR"] = str(self.workdir)
+        env["SAGE_KEEP_WORKTREES"] = "1"
         env["PYTHONUNBUFFERED"] = "1"
         env[MARKER] = str(self.home)
         return env
@@ -328,7 +339,7 @@ def _local_settings(settings: Settings, server: Server) -> Settings:
 
 @contextmanager
 def _run_folder(home: Path) -> Iterator[Path]:
-    """The run's folder for worker logs and worktrees, after clearing what a killed run left."""
+    """The run's folder for worker logs, after clearing what a killed run left."""
     terminate(_leftovers(home), 10.0)
     root = home / "run"
     shutil.rmtree(root, ignore_errors=True)
@@ -351,6 +362,25 @@ def _settle_killed(settings: Settings, repo: Path, human: Console) -> None:
             "left by a killed sage-submit",
             highlight=False,
         )
+
+
+def _keep_used_worktrees(workdir: Path, since: float) -> None:
+    """Keep for the next run the worktrees this run's ticket worker used, nothing else.
+
+    A later run's worker adopts them (reset in full, then reused ticket after
+    ticket), so a big repository is not written again for every run; what
+    an earlier run with more slots left, or a ticket that died, is removed.
+    """
+    # deferred: the git layer loads only once a run ends
+    from sage_tasks.errors import GitError
+    from sage_tasks.gitops import prune_workdir
+
+    with suppress(OSError, GitError):
+        prune_workdir(workdir, keep_idle=True, used_since=since - _CLOCK_SLACK_S)
+
+
+#: file times come from a coarser clock than ``time.time()``
+_CLOCK_SLACK_S = 1.0
 
 
 @contextmanager
@@ -384,7 +414,9 @@ def local_fleet(
             local = _local_settings(settings, server)
             _settle_killed(local, repo, human)
             fleet = LocalFleet(root, home, server, human)
+            started = time.time()
             try:
+                fleet.workdir.mkdir(mode=0o700, exist_ok=True)
                 fleet.start_workers(repo, concurrency)
                 if port is not None:
                     access = fleet.start_flower(port)
@@ -398,6 +430,7 @@ def local_fleet(
                 fleet.stop()
                 with suppress(Exception):  # the Redis may be what died
                     settle(local, str(repo), "its sage-submit --local stopped before the run ended")
+                _keep_used_worktrees(fleet.workdir, started)
 
 
 @contextmanager

@@ -62,7 +62,7 @@ def tickets(concurrency: int | None, hostname: str, broker: str | None, loglevel
     """A ticket worker: runs tickets in fresh worktrees and turns their changes into patches."""
     settings = load_settings(broker_url=broker)
     settings.workdir.mkdir(parents=True, exist_ok=True)
-    prune_workdir(settings.workdir)
+    prune_workdir(settings.workdir, keep_idle=settings.keep_worktrees)
     app = make_app(settings)
     app_runtime(app)
     n = concurrency or os.cpu_count() or 1

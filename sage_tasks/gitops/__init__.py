@@ -21,7 +21,8 @@ from sage_tasks.gitops.branch import (
 )
 from sage_tasks.gitops.commit import ChainItem, CommitResult, CommitTarget
 from sage_tasks.gitops.history import TicketCommit, ticket_commits
-from sage_tasks.gitops.mirror import Mirror, prune_workdir
+from sage_tasks.gitops.leftovers import prune_workdir
+from sage_tasks.gitops.mirror import Mirror
 from sage_tasks.gitops.patch import Patch, capture_patch
 from sage_tasks.gitops.probe import git_version, url_readable
 from sage_tasks.gitops.repository import Repository, repo_root

@@ -45,58 +45,45 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
+import logging
 import os
 import re
 import secrets
 import shutil
-import stat
-import struct
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from sage_tasks.core.urls import redact_url
 from sage_tasks.errors import GitError, RepositoryError
 from sage_tasks.gitops.branch import check_branch_name
+from sage_tasks.gitops.leftovers import prune_key, try_lock
 from sage_tasks.gitops.process import Helper, first_line, run_git
-from sage_tasks.gitops.removal import REMOVERS, remove_tree
+from sage_tasks.gitops.removal import remove_tree
+from sage_tasks.gitops.worktree import (
+    Broken,
+    IndexStamp,
+    admin_of,
+    full_reset,
+    index_stamp,
+    known_reset,
+    plain_index,
+    tidy_admin,
+    write_file,
+)
 
-#: a lock file without its worktree is left alone this long (its owner may be starting)
-_YOUNG_LOCK_SECONDS = 60.0
 _SHA_RE = re.compile(r"^[0-9a-f]{4,64}$")
 _FULL_SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 #: git runs ``maintenance run --auto`` (gc) after one fetch in this many; it is a process
 _MAINTENANCE_EVERY = 64
-#: what a worktree's git directory holds right after a checkout; anything else is removed
-_ADMIN_FILES = frozenset({"HEAD", "commondir", "gitdir", "index"})
-#: settings for resetting a worktree that a command may have changed in the shared config
-_RESET_CONFIG = (
-    "-c",
-    "core.autocrlf=false",
-    "-c",
-    "core.sparseCheckout=false",
-    "-c",
-    "core.untrackedCache=false",
-    "-c",
-    "core.trustctime=true",
-    "-c",
-    "core.checkStat=default",
-    # a big checkout (a new worktree) writes its files from several processes: the
-    # disk, not the CPU, is what a 50,000-file checkout waits for
-    "-c",
-    f"checkout.workers={REMOVERS}",
-)
 _fetches = itertools.count()
 #: a run of heads resolved without a fetch still fetches now and then (git's upkeep runs then)
 _resolves = itertools.count(1)
 #: (repository path, inode) -> a ``git cat-file --batch-check`` reading refs and objects there
 _readers: dict[tuple[str, int], Helper] = {}
 
-
-class _Broken(Exception):
-    """A kept worktree that must not be reused."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,6 +96,8 @@ class _Slot:
     busy: bool = True
     #: ``$GIT_DIR/worktrees/<id>`` as git made it (read before any command ran)
     admin: Path | None = None
+    #: the index a patch capture left, when it saw every file (see :meth:`Mirror.captured`)
+    captured: IndexStamp | None = None
 
 
 #: (workdir, mirror key) -> the worktrees this process keeps for that mirror
@@ -133,8 +122,13 @@ os.register_at_fork(after_in_child=_forget_slots_after_fork)
 class Mirror:
     """One cached bare mirror of ``repo_url`` under ``workdir`` (see the module docs)."""
 
-    def __init__(self, workdir: Path, repo_url: str, *, fetch_timeout: float = 600.0) -> None:
+    def __init__(
+        self, workdir: Path, repo_url: str, *, fetch_timeout: float = 600.0, adopt: bool = False
+    ) -> None:
         self.workdir = workdir
+        #: take over a kept worktree another process left (see the module docs) before
+        #: making a new one
+        self.adopt = adopt
         self.url = _absolute(repo_url)
         #: a fetch that takes longer (a dead network) fails instead of hanging the ticket
         self.fetch_timeout = fetch_timeout
@@ -164,7 +158,7 @@ class Mirror:
         for key, value in (("core.autocrlf", "false"), ("core.logAllRefUpdates", "false")):
             run_git(tmp, "config", key, value)
         if borrowed := self._source_objects():
-            _write(tmp / "objects" / "info" / "alternates", f"{borrowed}\n")
+            write_file(tmp / "objects" / "info" / "alternates", f"{borrowed}\n")
         shutil.rmtree(self.path, ignore_errors=True)
         os.rename(tmp, self.path)
 
@@ -289,6 +283,20 @@ class Mirror:
                     return slot.admin
         return None
 
+    def captured(self, worktree: Path) -> None:
+        """Note that a patch capture just staged everything in ``worktree`` (one of ours,
+        in use) and that nothing of the ticket's command is left running.
+
+        The index then equals the files (ignored ones aside): unless something
+        writes that index meanwhile, the next ticket's reset checks out only
+        the paths where it differs from the next head (see :mod:`.worktree`).
+        """
+        with _slots_guard:
+            for slot in _slots.get(self._slot_key, []):
+                if slot.busy and slot.admin is not None and self.worktrees / slot.name == worktree:
+                    slot.captured = index_stamp(slot.admin)
+                    return
+
     def close(self) -> None:
         """Remove the worktrees this process keeps for this mirror (those not in use)."""
         with _slots_guard:
@@ -301,7 +309,7 @@ class Mirror:
     def prune(self) -> int:
         """Remove worktrees of this mirror left by crashed workers; return how many."""
         with self._locked():
-            return _prune_key(self.workdir, self.key)
+            return prune_key(self.workdir, self.key)
 
     # -- the kept worktree ----------------------------------------------------------------
 
@@ -310,7 +318,7 @@ class Mirror:
         return (str(self.workdir), self.key)
 
     def _ready(self, sha: str) -> _Slot:
-        """This process's kept worktree reset to ``sha``, or a new one."""
+        """This process's kept worktree reset to ``sha``, or an adopted one, or a new one."""
         slot = None
         with _slots_guard:
             for candidate in _slots.get(self._slot_key, []):
@@ -318,16 +326,55 @@ class Mirror:
                     candidate.busy = True
                     slot = candidate
                     break
+        if slot is None and self.adopt:
+            slot = self._adopt()
         if slot is not None:
             try:
                 self._reuse(slot, sha)
                 return slot
-            except (OSError, GitError, _Broken):
+            except (OSError, GitError, Broken):
                 self._discard(slot)
             except BaseException:
                 self._discard(slot)
                 raise
         return self._create(sha)
+
+    def _adopt(self) -> _Slot | None:
+        """An idle worktree of this mirror that no live process holds, now this one's.
+
+        Its lock decides who takes it (a live owner holds it; two processes
+        adopting at once cannot both get it). Its ``.git`` file must name a
+        git directory of this mirror that names it back, as :meth:`_park`
+        left them; whatever the last command did in it, :meth:`_reuse` resets
+        it in full (an adopted worktree has no capture of this process).
+        """
+        try:
+            names = sorted(e.name for e in os.scandir(self.idle) if e.is_dir(follow_symlinks=False))
+        except OSError:
+            return None
+        for name in names:
+            if not name.startswith(f"{self.key}-"):
+                continue
+            fd = try_lock(self.idle / f"{name}.lock")
+            if fd is None:
+                continue
+            path = self.idle / name
+            try:
+                admin = admin_of(path)
+                back = (admin / "gitdir").read_bytes()
+                if (
+                    admin.parent == self._admin_root()
+                    and back == f"{path.resolve()}/.git\n".encode()
+                ):
+                    os.utime(fd)  # used now: a trim of the unused ones keeps it
+                    slot = _Slot(name=name, lock_fd=fd, pid=os.getpid(), admin=admin)
+                    with _slots_guard:
+                        _slots.setdefault(self._slot_key, []).append(slot)
+                    return slot
+            except (OSError, Broken):
+                pass
+            os.close(fd)  # not one to take: prune removes it
+        return None
 
     def _create(self, sha: str) -> _Slot:
         self.worktrees.mkdir(parents=True, exist_ok=True)
@@ -352,8 +399,8 @@ class Mirror:
                     sha,
                     what=f"creating a worktree at {sha[:12]}",
                 )
-            slot.admin = _admin_of(path)
-            self._reset(slot, sha, clean=False)
+            slot.admin = admin_of(path)
+            full_reset(path, slot.admin, sha, clean=False)
         except BaseException:
             self._discard(slot)
             raise
@@ -361,36 +408,33 @@ class Mirror:
 
     def _reuse(self, slot: _Slot, sha: str) -> None:
         """Bring the kept worktree back and reset it to ``sha``; raise if it looks wrong."""
+        captured, slot.captured = slot.captured, None
         if slot.admin is None:
-            raise _Broken("no git directory")
+            raise Broken("no git directory")
         path = self.worktrees / slot.name
         # under the lock: a fetch or worktree add reads every worktree's git directory
         with self._locked(shared=True):
             os.rename(self.idle / slot.name, path)
-            _write(slot.admin / "gitdir", f"{path.resolve()}/.git\n")
-            if _admin_of(path) != slot.admin:
-                raise _Broken(".git file changed")
-            _tidy_admin(slot.admin)
-        if not _plain_index(slot.admin / "index"):
-            raise _Broken("index flags")
-        self._reset(slot, sha, clean=True)
+            write_file(slot.admin / "gitdir", f"{path.resolve()}/.git\n")
+            if admin_of(path) != slot.admin:
+                raise Broken(".git file changed")
+            tidy_admin(slot.admin)
+        if not plain_index(slot.admin / "index"):
+            raise Broken("index flags")
+        self._reset(slot, sha, captured=captured)
 
-    def _reset(self, slot: _Slot, sha: str, *, clean: bool) -> None:
+    def _reset(self, slot: _Slot, sha: str, *, captured: IndexStamp | None) -> None:
+        """Reset the worktree to ``sha``: only the paths that differ when the last
+        ticket's capture left the index (``captured``) untouched, else in full."""
+        assert slot.admin is not None
         path = self.worktrees / slot.name
-        where = ("--git-dir", str(slot.admin), "--work-tree", str(path))
-        run_git(
-            path,
-            *_RESET_CONFIG,
-            *where,
-            "checkout",
-            "--quiet",
-            "--force",
-            "--detach",
-            sha,
-            what=f"checking out {sha[:12]}",
-        )
-        if clean:
-            run_git(path, *_RESET_CONFIG, *where, "clean", "-ffdxq", what="cleaning a worktree")
+        if captured is not None and _FULL_SHA_RE.match(sha) and index_stamp(slot.admin) == captured:
+            try:
+                if known_reset(path, slot.admin, sha):
+                    return
+            except (GitError, Broken) as exc:
+                log.warning("worktree %s: %s; checking it out in full", slot.name, exc)
+        full_reset(path, slot.admin, sha, clean=True)
 
     def _admin_root(self) -> Path:
         """Where git keeps this mirror's worktree directories (as git names them)."""
@@ -401,14 +445,14 @@ class Mirror:
         idle = self.idle / slot.name
         try:
             if slot.admin is None:
-                raise _Broken("no git directory")
+                raise Broken("no git directory")
             with self._locked(shared=True):
                 os.rename(self.worktrees / slot.name, idle)
-                _write(slot.admin / "gitdir", f"{idle.resolve()}/.git\n")
+                write_file(slot.admin / "gitdir", f"{idle.resolve()}/.git\n")
                 if _FULL_SHA_RE.match(sha):
                     # detached again, whatever the command checked out: no branch stays in use
-                    _write(slot.admin / "HEAD", f"{sha}\n")
-        except (OSError, _Broken):
+                    write_file(slot.admin / "HEAD", f"{sha}\n")
+        except (OSError, Broken):
             self._discard(slot)
             return
         with _slots_guard:
@@ -460,75 +504,6 @@ def _commit_of(repo: Path, name: str) -> str | None:
     return sha if _FULL_SHA_RE.match(sha) else None
 
 
-def _admin_of(worktree: Path) -> Path:
-    """The git directory a worktree's ``.git`` file names (it must be a plain file)."""
-    dot_git = worktree / ".git"
-    if not stat.S_ISREG(os.lstat(dot_git).st_mode):
-        raise _Broken(".git is not a file")
-    text = dot_git.read_bytes().decode("utf-8", "surrogateescape")
-    if not text.startswith("gitdir: ") or not text.endswith("\n") or text.count("\n") != 1:
-        raise _Broken(".git file")
-    return Path(text[len("gitdir: ") : -1])
-
-
-def _tidy_admin(admin: Path) -> None:
-    """Put a worktree's git directory back to what a checkout leaves.
-
-    A command's merge, rebase, bisect or sparse-checkout state, its per-worktree
-    config, reflog and locks all go; the files git needs must be plain files.
-    """
-    for entry in os.scandir(admin):
-        if entry.name in _ADMIN_FILES:
-            if not entry.is_file(follow_symlinks=False):
-                raise _Broken(f"{entry.name} is not a file")
-        else:
-            _rmtree(Path(entry.path))
-    if (admin / "commondir").read_bytes() != b"../..\n":
-        raise _Broken("commondir changed")
-
-
-def _plain_index(index: Path) -> bool:
-    """True when no entry of git's index has a flag we never set.
-
-    ``git checkout --force`` keeps assume-unchanged and skip-worktree bits
-    (and a skip-worktree file's content), so an index with any such flag, or
-    in a format other than the plain version 2, is not reused. A missing
-    index is fine: the checkout writes every file.
-    """
-    try:
-        data = index.read_bytes()
-    except FileNotFoundError:
-        return True
-    if len(data) < 12 or data[:4] != b"DIRC":
-        return False
-    version, count = struct.unpack_from(">II", data, 4)
-    if version != 2:
-        return False
-    offset, size, unpack = 12, len(data), struct.unpack_from
-    try:
-        for _ in range(count):
-            (flags,) = unpack(">H", data, offset + 60)
-            if flags & 0xC000:  # assume-valid, extended (skip-worktree, intent-to-add)
-                return False
-            length = flags & 0x0FFF
-            if length == 0x0FFF:
-                length = data.index(b"\0", offset + 62) - offset - 62
-            offset += (62 + length + 8) & ~7
-            if offset > size:
-                return False
-    except (struct.error, ValueError):
-        return False
-    return True
-
-
-def _write(path: Path, text: str) -> None:
-    """Replace ``path`` with a new file holding ``text`` (never through a symlink)."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 def _is_url(url: str) -> bool:
     """True for a URL or scp-style ``host:path``, False for a local path."""
     return "://" in url or re.match(r"^[^/]+:", url) is not None
@@ -539,86 +514,6 @@ def _absolute(url: str) -> str:
     if _is_url(url):
         return url
     return str(Path(url).absolute())
-
-
-def prune_workdir(workdir: Path) -> int:
-    """Remove every crashed worker's leftovers in ``workdir`` (all mirrors); return how many.
-
-    Called when a ticket worker starts: it does not know the URLs yet.
-    """
-    mirrors = workdir / "mirrors"
-    keys: set[str] = set()
-    for base in (mirrors, workdir / "worktrees", workdir / "idle"):
-        if base.is_dir():
-            keys.update(e.name[:16] for e in base.iterdir() if re.match(r"^[0-9a-f]{16}", e.name))
-    removed = 0
-    for key in sorted(keys):
-        lock_file = mirrors / f"{key}.lock"
-        mirrors.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_file, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            removed += _prune_key(workdir, key)
-        finally:
-            os.close(fd)
-    return removed
-
-
-def _prune_key(workdir: Path, key: str) -> int:
-    """Prune one mirror's stale worktrees (caller holds the mirror's exclusive lock)."""
-    mirror = workdir / "mirrors" / key
-    for tmp in mirror.parent.glob(f"{key}.tmp-*"):
-        _rmtree(tmp)
-    trees, idle = workdir / "worktrees", workdir / "idle"
-    names: set[str] = set()
-    for base in (trees, idle):
-        if base.is_dir():
-            names.update(
-                e.name.removesuffix(".lock") for e in base.iterdir() if e.name.startswith(key + "-")
-            )
-    removed = 0
-    for name in sorted(names):
-        dirs = [d for d in (trees / name, idle / name) if d.exists() or d.is_symlink()]
-        # the lock lives in idle/ (before: beside the worktree)
-        lock = next(
-            (p for p in (idle / f"{name}.lock", trees / f"{name}.lock") if p.exists()), None
-        )
-
-        def remove(dirs: list[Path] = dirs) -> None:
-            for d in dirs:
-                _rmtree(d)
-
-        if lock is None:
-            if dirs:
-                remove()
-                removed += 1
-        elif not dirs:
-            _drop_stale_lock(lock, lambda: None, young_ok=True)
-        elif _drop_stale_lock(lock, remove, young_ok=False):
-            removed += 1
-    if (mirror / "HEAD").exists():
-        run_git(mirror, "worktree", "prune", check=False)
-    return removed
-
-
-def _drop_stale_lock(lock: Path, cleanup: Callable[[], None], *, young_ok: bool) -> bool:
-    """If nobody holds ``lock``, run ``cleanup`` and delete it; True if it was stale."""
-    try:
-        fd = os.open(lock, os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        if young_ok and time.time() - os.fstat(fd).st_mtime < _YOUNG_LOCK_SECONDS:
-            return False
-        cleanup()
-        lock.unlink(missing_ok=True)
-        return True
-    finally:
-        os.close(fd)
 
 
 def _rmtree(path: Path) -> None:

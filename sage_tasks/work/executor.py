@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -279,21 +279,38 @@ def kill_orphans(pgid: int, marks: Mapping[str, str]) -> int:
     makes sure a recycled group id never takes an unrelated process with it.
     Returns how many processes were killed.
     """
-    wanted = [f"{k}={v}".encode() for k, v in marks.items()]
     killed = 0
+    for pid in _marked(marks, pgid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+def survivors(marks: Mapping[str, str]) -> list[int]:
+    """The processes, in any group, whose environment holds every ``marks`` pair.
+
+    After a command ends, its process group is gone; what is left is a
+    process that left the group (``setsid``, a daemon) and may still write
+    in the worktree. Only processes this user may read are seen.
+    """
+    return list(_marked(marks, None))
+
+
+def _marked(marks: Mapping[str, str], pgid: int | None) -> Iterator[int]:
+    """Pids whose environment holds every ``marks`` pair (only group ``pgid`` if given)."""
+    wanted = [f"{k}={v}".encode() for k, v in marks.items()]
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) != pgid:  # fields after the name: state, ppid, pgrp, ...
-                continue
+            if pgid is not None:
+                stat = (entry / "stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                if int(fields[2]) != pgid:  # fields after the name: state, ppid, pgrp, ...
+                    continue
             environ = (entry / "environ").read_bytes().split(b"\0")
         except (OSError, ValueError, IndexError):
             continue
-        if all(w in environ for w in wanted):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
-    return killed
+        if all(w in environ for w in wanted) and int(entry.name) != os.getpid():
+            yield int(entry.name)

@@ -38,7 +38,13 @@ from sage_tasks.store.runstate import (
     blocking_reason,
 )
 from sage_tasks.work import attempt as attempts
-from sage_tasks.work.executor import ExecResult, kill_orphans, run_command, ticket_env
+from sage_tasks.work.executor import (
+    ExecResult,
+    kill_orphans,
+    run_command,
+    survivors,
+    ticket_env,
+)
 from sage_tasks.work.prompt import render_prompt
 from sage_tasks.work.runtime import Runtime
 
@@ -288,7 +294,7 @@ def _execute(
     ticket's JSON object as submitted, if the record has it; ``fence``: the
     attempt's fence, which stops the command and any retry of it)."""
     job = _Job(rt, ticket_id, conflicts, definition, fence)
-    mirror = Mirror(rt.settings.workdir, info.repo_url)
+    mirror = Mirror(rt.settings.workdir, info.repo_url, adopt=rt.settings.keep_worktrees)
     tries = 1
     last: Outcome | None = None
     attempt = 0
@@ -337,6 +343,9 @@ def _try_once(job: _Job, info: RunInfo, mirror: Mirror, attempt: int) -> tuple[O
             return ran.failed(f"timed out after {timeout:g} s"), tries, True
         if res.exit_code != 0:
             return ran.failed(f"exit code {res.exit_code}"), tries, True
+        # a process of the command that left its group may still write: then the next
+        # ticket's reset looks at every file again
+        alone = not survivors({"SAGE_RUN_ID": info.run_id, "SAGE_TICKET_ID": ticket_id})
         try:
             patch = capture_patch(
                 worktree,
@@ -347,6 +356,8 @@ def _try_once(job: _Job, info: RunInfo, mirror: Mirror, attempt: int) -> tuple[O
             )
         except PatchRejected as exc:
             return ran.failed(str(exc)), tries, False
+        if alone:
+            mirror.captured(worktree)
         digest = ""
         if patch.data:
             digest = hashlib.sha256(patch.data).hexdigest()

@@ -1,0 +1,219 @@
+"""A kept worktree between two tickets: what is checked, and how it becomes a clean checkout.
+
+A ticket worker keeps its worktrees (see :mod:`.mirror`) and brings each back
+to a clean checkout of the next ticket's head before the command runs. Two
+ways, the same result (nothing of an earlier ticket survives: untracked,
+ignored, modified, staged, deleted or re-moded files, empty folders):
+
+* :func:`full_reset`: ``git checkout --force --detach <head>`` and ``git clean
+  -ffdx``. Each reads the metadata of every file and folder of the tree
+  (50,000 ``lstat`` calls and the whole index written again on a
+  50,000-file tree), whatever the worktree held.
+* :func:`known_reset`, right after a patch capture that saw every file
+  (:func:`~sage_tasks.gitops.patch.capture_patch` stages everything with
+  ``git add -A``, so the index then equals the worktree, ignored files
+  aside), provided the index is the one the capture wrote: the paths where
+  that index differs from the head (``git diff-index --cached``: the
+  ticket's own changes and what the branch gained meanwhile) are checked out
+  from the head, ``git clean -ffdx`` removes what is not in the index
+  (ignored files, empty folders, what the checkout dropped from the index),
+  and the index is checked to be the head's tree. No file outside those
+  paths is looked at.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import subprocess
+from pathlib import Path
+
+from sage_tasks.gitops.process import run_git
+from sage_tasks.gitops.removal import REMOVERS, remove_tree
+
+#: what a worktree's git directory holds right after a checkout; anything else is removed
+ADMIN_FILES = frozenset({"HEAD", "commondir", "gitdir", "index"})
+#: a reset touching more paths than this checks the whole tree out instead (git matches
+#: each index entry against every path given: a long list costs more than a full checkout)
+KNOWN_RESET_MAX_PATHS = 128
+#: settings for resetting a worktree that a command may have changed in the shared config
+RESET_CONFIG = (
+    "-c",
+    "core.autocrlf=false",
+    "-c",
+    "core.sparseCheckout=false",
+    "-c",
+    "core.untrackedCache=false",
+    "-c",
+    "core.trustctime=true",
+    "-c",
+    "core.checkStat=default",
+    # a big checkout (a new worktree) writes its files from several processes: the
+    # disk, not the CPU, is what a 50,000-file checkout waits for
+    "-c",
+    f"checkout.workers={REMOVERS}",
+)
+
+#: the identity of an index file: inode, size, modification and change times (ns)
+IndexStamp = tuple[int, int, int, int]
+
+
+class Broken(Exception):
+    """A kept worktree that must not be reused."""
+
+
+def admin_of(worktree: Path) -> Path:
+    """The git directory a worktree's ``.git`` file names (it must be a plain file)."""
+    dot_git = worktree / ".git"
+    if not stat.S_ISREG(os.lstat(dot_git).st_mode):
+        raise Broken(".git is not a file")
+    text = dot_git.read_bytes().decode("utf-8", "surrogateescape")
+    if not text.startswith("gitdir: ") or not text.endswith("\n") or text.count("\n") != 1:
+        raise Broken(".git file")
+    return Path(text[len("gitdir: ") : -1])
+
+
+def tidy_admin(admin: Path) -> None:
+    """Put a worktree's git directory back to what a checkout leaves.
+
+    A command's merge, rebase, bisect or sparse-checkout state, its per-worktree
+    config, reflog and locks all go; the files git needs must be plain files.
+    """
+    for entry in os.scandir(admin):
+        if entry.name in ADMIN_FILES:
+            if not entry.is_file(follow_symlinks=False):
+                raise Broken(f"{entry.name} is not a file")
+        else:
+            remove_tree(Path(entry.path))
+    if (admin / "commondir").read_bytes() != b"../..\n":
+        raise Broken("commondir changed")
+
+
+def plain_index(index: Path) -> bool:
+    """True when no entry of git's index has a flag we never set.
+
+    ``git checkout --force`` keeps assume-unchanged and skip-worktree bits
+    (and a skip-worktree file's content), so an index with any such flag, or
+    in a format other than the plain version 2, is not reused. A missing
+    index is fine: the checkout writes every file.
+    """
+    try:
+        data = index.read_bytes()
+    except FileNotFoundError:
+        return True
+    if len(data) < 12 or data[:4] != b"DIRC":
+        return False
+    version, count = struct.unpack_from(">II", data, 4)
+    if version != 2:
+        return False
+    offset, size, unpack = 12, len(data), struct.unpack_from
+    try:
+        for _ in range(count):
+            (flags,) = unpack(">H", data, offset + 60)
+            if flags & 0xC000:  # assume-valid, extended (skip-worktree, intent-to-add)
+                return False
+            length = flags & 0x0FFF
+            if length == 0x0FFF:
+                length = data.index(b"\0", offset + 62) - offset - 62
+            offset += (62 + length + 8) & ~7
+            if offset > size:
+                return False
+    except (struct.error, ValueError):
+        return False
+    return True
+
+
+def index_stamp(admin: Path) -> IndexStamp | None:
+    """The identity of the worktree's index file now (None: there is none)."""
+    try:
+        st = os.lstat(admin / "index")
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def write_file(path: Path, text: str) -> None:
+    """Replace ``path`` with a new file holding ``text`` (never through a symlink)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _git(
+    path: Path, admin: Path, *args: str, what: str, input: bytes | None = None, check: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    """``git <args>`` on the worktree ``path`` whose git directory is ``admin``."""
+    where = ("--git-dir", str(admin), "--work-tree", str(path))
+    return run_git(path, *RESET_CONFIG, *where, *args, input=input, check=check, what=what)
+
+
+def full_reset(path: Path, admin: Path, sha: str, *, clean: bool) -> None:
+    """Check ``sha`` out in ``path`` over whatever is there (and, with ``clean``, remove
+    everything git does not track): every file of the tree is looked at."""
+    _git(path, admin, "checkout", "-q", "--force", "--detach", sha, what=f"checking out {sha[:12]}")
+    if clean:
+        _git(path, admin, "clean", "-ffdxq", what="cleaning a worktree")
+
+
+def known_reset(path: Path, admin: Path, sha: str) -> bool:
+    """Bring a worktree whose index equals its files (see the module docs) to ``sha``,
+    touching only the paths where the index differs from it.
+
+    ``sha`` is a full commit id. Returns False, having changed nothing, when
+    more than :data:`KNOWN_RESET_MAX_PATHS` paths differ (a full reset is
+    cheaper then); raises :class:`GitError` when git fails and :class:`Broken`
+    when the index does not end as the commit's tree.
+    """
+    listed = _git(
+        path,
+        admin,
+        "diff-index",
+        "--cached",
+        "-z",
+        "--name-only",
+        "--no-renames",
+        sha,
+        what=f"listing the paths that differ from {sha[:12]}",
+    ).stdout
+    paths = [p for p in listed.split(b"\0") if p]
+    if len(paths) > KNOWN_RESET_MAX_PATHS:
+        return False
+    if paths:
+        # a path below another listed one (a file that became a folder, or the
+        # reverse) is covered by it; naming both makes git refuse the second
+        _git(
+            path,
+            admin,
+            "--literal-pathspecs",
+            "checkout",
+            "--quiet",
+            "--no-overlay",
+            sha,
+            "--pathspec-from-file=-",
+            "--pathspec-file-nul",
+            input=b"\0".join(outermost(paths)) + b"\0",
+            what=f"checking out the changed paths of {sha[:12]}",
+        )
+    write_file(admin / "HEAD", f"{sha}\n")
+    _git(path, admin, "clean", "-ffdxq", what="cleaning a worktree")
+    differs = _git(
+        path, admin, "diff-index", "--cached", "--quiet", sha, what="checking", check=False
+    )
+    if differs.returncode != 0:
+        raise Broken(f"the index is not {sha[:12]}'s tree after resetting the changed paths")
+    return True
+
+
+def outermost(paths: list[bytes]) -> list[bytes]:
+    """``paths`` without those below another of them (``a/b`` goes when ``a`` is there)."""
+    listed = set(paths)
+    kept = []
+    for p in paths:
+        parts = p.split(b"/")
+        if not any(b"/".join(parts[:i]) in listed for i in range(1, len(parts))):
+            kept.append(p)
+    return kept
