@@ -211,22 +211,25 @@ class LocalFleet:
         """Note the run as one of the repository's local runs (see ``status --local``)."""
         remember_run(self.home, run_id, created, ttl)
 
-    def stop_one(self, name: str, grace: float = 10.0) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # pool children and ticket commands too
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop Flower and the workers, all at once (each takes about a second to shut down)."""
+        self._stop(["flower", "tickets", "commit"], grace)
 
-    def stop(self) -> None:
-        for name in ("flower", "tickets", "commit"):
-            self.stop_one(name)
+    def _stop(self, names: list[str], grace: float) -> None:
+        """SIGTERM each process group, wait ``grace`` seconds for all, SIGKILL what is left."""
+        procs = [p for p in (self.procs.pop(name, None) for name in names) if p is not None]
+        for proc in procs:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+        for proc in procs:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # pool children and ticket commands too
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
 
 
 def _sage_worker() -> list[str]:

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 # What talks to the broker (redis-py, the run store, the views of a run, --local's
 # fleet) is imported by the commands that use it: a dry run loads none of it.
 
+#: how often ``--local`` looks at its run once every ticket left is under way (seconds)
+LOCAL_LAST_WAVE_POLL_S = 0.05
+
 
 def _consoles(as_json: bool) -> tuple[Console, Console]:
     """(human output, machine output): with --json the person reads stderr."""
@@ -60,6 +63,7 @@ def wait_for(
     show_all: bool = False,
     watch: bool = True,
     detachable: bool = True,
+    last_wave_poll_s: float | None = None,
 ) -> int:
     """Follow a run to its end, print the summary (and write its report); returns the exit code.
 
@@ -82,7 +86,9 @@ def wait_for(
     )
     try:
         with watcher.running() if watch else contextlib.nullcontext():
-            summary = follow(store, run_id, console=human, on_poll=on_poll)
+            summary = follow(
+                store, run_id, console=human, on_poll=on_poll, last_wave_poll_s=last_wave_poll_s
+            )
     except KeyboardInterrupt:
         if not detachable:
             raise
@@ -142,6 +148,8 @@ def _run_local(
             show_all=show_all,
             watch=False,
             detachable=False,
+            # the workers stop once the run ends: see its end soon after it comes
+            last_wave_poll_s=LOCAL_LAST_WAVE_POLL_S,
         )
     me = sys.argv[0] if sys.argv[0].endswith("sage-submit") else "sage-submit"
     where = f"--local --repo {shlex.quote(str(sub.repo))}"

@@ -189,8 +189,13 @@ def follow(
     show: bool = True,
     poll_s: float = 0.5,
     on_poll: Callable[[], None] | None = None,
+    last_wave_poll_s: float | None = None,
 ) -> RunSummary:
-    """Poll the run until it ends; raises :class:`RunLost` when its record disappears."""
+    """Poll the run until it ends; raises :class:`RunLost` when its record disappears.
+
+    ``last_wave_poll_s``: how often to poll once every ticket left is running or
+    ended (the run's end is then one ticket away); default ``poll_s``.
+    """
     store = store_factory()
     failing_since: float | None = None
     last_line = ""
@@ -241,7 +246,10 @@ def follow(
             last_line = line
             if summary is not None and summary.finished:
                 return summary
-            time.sleep(poll_s)
+            wait = poll_s
+            if last_wave_poll_s is not None and total - done <= len(running):
+                wait = min(poll_s, last_wave_poll_s)
+            time.sleep(wait)
 
 
 #: tickets a person's ticket table lists in full; above it (without ``--all``) the table
