@@ -151,6 +151,7 @@ def _run_local(
             # the workers stop once the run ends: see its end soon after it comes
             last_wave_poll_s=LOCAL_LAST_WAVE_POLL_S,
         )
+        fleet.finished = code in (0, 1)  # the run FINISHED (with or without deferrals)
     me = sys.argv[0] if sys.argv[0].endswith("sage-submit") else "sage-submit"
     where = f"--local --repo {shlex.quote(str(sub.repo))}"
     human.print(
