@@ -58,6 +58,7 @@ from pathlib import Path
 from sage_tasks.core.urls import redact_url
 from sage_tasks.errors import GitError, RepositoryError
 from sage_tasks.gitops.branch import check_branch_name
+from sage_tasks.gitops.folders import Folders, changed, survey
 from sage_tasks.gitops.leftovers import prune_key, try_lock
 from sage_tasks.gitops.process import Helper, first_line, run_git
 from sage_tasks.gitops.removal import remove_tree
@@ -98,6 +99,8 @@ class _Slot:
     admin: Path | None = None
     #: the index a patch capture left, when it saw every file (see :meth:`Mirror.captured`)
     captured: IndexStamp | None = None
+    #: its folders right after its last reset (see :mod:`.folders`)
+    folders: Folders | None = None
 
 
 #: (workdir, mirror key) -> the worktrees this process keeps for that mirror
@@ -297,6 +300,15 @@ class Mirror:
                     slot.captured = index_stamp(slot.admin)
                     return
 
+    def may_hold_untracked(self, worktree: Path) -> bool:
+        """False when no folder of ``worktree`` (one of ours, in use) got a new entry since
+        its reset: then it holds no untracked file (see :mod:`.folders`)."""
+        with _slots_guard:
+            for slot in _slots.get(self._slot_key, []):
+                if slot.busy and self.worktrees / slot.name == worktree:
+                    return changed(worktree, slot.folders) != []
+        return True
+
     def close(self) -> None:
         """Remove the worktrees this process keeps for this mirror (those not in use)."""
         with _slots_guard:
@@ -401,6 +413,7 @@ class Mirror:
                 )
             slot.admin = admin_of(path)
             full_reset(path, slot.admin, sha, clean=False)
+            slot.folders = survey(path, slot.admin, sha)
         except BaseException:
             self._discard(slot)
             raise
@@ -425,16 +438,24 @@ class Mirror:
 
     def _reset(self, slot: _Slot, sha: str, *, captured: IndexStamp | None) -> None:
         """Reset the worktree to ``sha``: only the paths that differ when the last
-        ticket's capture left the index (``captured``) untouched, else in full."""
-        assert slot.admin is not None
+        ticket's capture left the index (``captured``) untouched, else in full; then
+        note its folders for the next look (see :mod:`.folders`)."""
+        admin, folders, slot.folders = slot.admin, slot.folders, None
+        assert admin is not None
         path = self.worktrees / slot.name
-        if captured is not None and _FULL_SHA_RE.match(sha) and index_stamp(slot.admin) == captured:
+        if captured is not None and _FULL_SHA_RE.match(sha) and index_stamp(admin) == captured:
             try:
-                if known_reset(path, slot.admin, sha):
+                added = changed(path, folders)
+                touched = known_reset(path, admin, sha, added=added)
+                if touched is not None:
+                    slot.folders = survey(
+                        path, admin, sha, before=folders, touched=touched, added=added
+                    )
                     return
             except (GitError, Broken) as exc:
                 log.warning("worktree %s: %s; checking it out in full", slot.name, exc)
-        full_reset(path, slot.admin, sha, clean=True)
+        full_reset(path, admin, sha, clean=True)
+        slot.folders = survey(path, admin, sha)
 
     def _admin_root(self) -> Path:
         """Where git keeps this mirror's worktree directories (as git names them)."""

@@ -38,6 +38,7 @@ def capture_patch(
     exclude: list[str],
     max_bytes: int,
     git_dir: Path | None = None,
+    untracked: bool = True,
 ) -> Patch:
     """Stage everything in ``worktree`` and diff it against ``base_sha``.
 
@@ -51,6 +52,9 @@ def capture_patch(
     directory (a linked worktree checked out at ``base_sha``): the worktree's
     ``.git`` file must still name it (checked without running git), and git
     is pointed at it explicitly rather than finding it through ``.git``.
+    ``untracked`` False: the caller knows that no file appeared since a clean
+    checkout (see :meth:`~sage_tasks.gitops.Mirror.may_hold_untracked`), so
+    only tracked files are looked at (``git add -u``, not ``-A``).
     """
     # git must find the worktree's own repository, never one above it
     env = {"GIT_CEILING_DIRECTORIES": str(worktree.absolute().parent)}
@@ -60,15 +64,16 @@ def capture_patch(
     else:
         _check_git_file(worktree, git_dir)
         where = ("--git-dir", str(git_dir), "--work-tree", str(worktree))
-    _stage(worktree, where, env)
+    _stage(worktree, where, env, untracked)
     data, size = _diff(worktree, where, env, base_sha, exclude, max_bytes)
     if size > max_bytes:
         raise PatchRejected(f"patch is {size} bytes, over the limit of {max_bytes}")
     return Patch(data=data, paths=check_patch(data), size=size)
 
 
-def _stage(worktree: Path, where: tuple[str, ...], env: dict[str, str]) -> None:
-    """``git add -A`` in ``worktree``; a path git refuses is the ticket's unsafe patch."""
+def _stage(worktree: Path, where: tuple[str, ...], env: dict[str, str], untracked: bool) -> None:
+    """``git add -A`` (``-u``: tracked files only) in ``worktree``; a path git refuses is
+    the ticket's unsafe patch."""
     staged = run_git(
         worktree,
         "-c",
@@ -77,7 +82,7 @@ def _stage(worktree: Path, where: tuple[str, ...], env: dict[str, str]) -> None:
         "core.untrackedCache=false",
         *where,
         "add",
-        "-A",
+        "-A" if untracked else "-u",
         env=env,
         check=False,
     )

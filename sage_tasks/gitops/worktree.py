@@ -159,14 +159,17 @@ def full_reset(path: Path, admin: Path, sha: str, *, clean: bool) -> None:
         _git(path, admin, "clean", "-ffdxq", what="cleaning a worktree")
 
 
-def known_reset(path: Path, admin: Path, sha: str) -> bool:
+def known_reset(path: Path, admin: Path, sha: str, *, added: list[str] | None) -> list[str] | None:
     """Bring a worktree whose index equals its files (see the module docs) to ``sha``,
     touching only the paths where the index differs from it.
 
-    ``sha`` is a full commit id. Returns False, having changed nothing, when
-    more than :data:`KNOWN_RESET_MAX_PATHS` paths differ (a full reset is
-    cheaper then); raises :class:`GitError` when git fails and :class:`Broken`
-    when the index does not end as the commit's tree.
+    ``sha`` is a full commit id. ``added``: the folders (and root entries)
+    where something may have been added since the last reset (see
+    :mod:`.folders`; None: anywhere): only they are cleaned. Returns the
+    paths it checked out, or None, having changed nothing, when more than
+    :data:`KNOWN_RESET_MAX_PATHS` paths differ (a full reset is cheaper
+    then); raises :class:`GitError` when git fails and :class:`Broken` when
+    the index does not end as the commit's tree.
     """
     listed = _git(
         path,
@@ -181,7 +184,7 @@ def known_reset(path: Path, admin: Path, sha: str) -> bool:
     ).stdout
     paths = [p for p in listed.split(b"\0") if p]
     if len(paths) > KNOWN_RESET_MAX_PATHS:
-        return False
+        return None
     if paths:
         # a path below another listed one (a file that became a folder, or the
         # reverse) is covered by it; naming both makes git refuse the second
@@ -199,13 +202,25 @@ def known_reset(path: Path, admin: Path, sha: str) -> bool:
             what=f"checking out the changed paths of {sha[:12]}",
         )
     write_file(admin / "HEAD", f"{sha}\n")
-    _git(path, admin, "clean", "-ffdxq", what="cleaning a worktree")
+    if added is None or len(added) > KNOWN_RESET_MAX_PATHS:
+        _git(path, admin, "clean", "-ffdxq", what="cleaning a worktree")
+    elif added:
+        _git(
+            path,
+            admin,
+            "--literal-pathspecs",
+            "clean",
+            "-ffdxq",
+            "--",
+            *added,
+            what="cleaning the changed folders of a worktree",
+        )
     differs = _git(
         path, admin, "diff-index", "--cached", "--quiet", sha, what="checking", check=False
     )
     if differs.returncode != 0:
         raise Broken(f"the index is not {sha[:12]}'s tree after resetting the changed paths")
-    return True
+    return [p.decode("utf-8", "surrogateescape") for p in paths]
 
 
 def outermost(paths: list[bytes]) -> list[bytes]:

@@ -353,6 +353,7 @@ def _try_once(job: _Job, info: RunInfo, mirror: Mirror, attempt: int) -> tuple[O
                 exclude=[info.index_path],
                 max_bytes=job.rt.settings.max_patch_bytes,
                 git_dir=mirror.git_dir(worktree),
+                untracked=mirror.may_hold_untracked(worktree),
             )
         except PatchRejected as exc:
             return ran.failed(str(exc)), tries, False
