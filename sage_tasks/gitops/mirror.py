@@ -357,36 +357,37 @@ class Mirror:
         Its lock decides who takes it (a live owner holds it; two processes
         adopting at once cannot both get it). Its ``.git`` file must name a
         git directory of this mirror that names it back, as :meth:`_park`
-        left them; whatever the last command did in it, :meth:`_reuse` resets
-        it in full (an adopted worktree has no capture of this process).
+        left them, or it is removed; whatever the last command did in it,
+        :meth:`_reuse` resets it in full (an adopted worktree has no capture
+        of this process).
         """
         try:
             names = sorted(e.name for e in os.scandir(self.idle) if e.is_dir(follow_symlinks=False))
         except OSError:
             return None
         for name in names:
-            if not name.startswith(f"{self.key}-"):
-                continue
-            fd = try_lock(self.idle / f"{name}.lock")
+            fd = try_lock(self.idle / f"{name}.lock") if name.startswith(f"{self.key}-") else None
             if fd is None:
                 continue
-            path = self.idle / name
-            try:
-                admin = admin_of(path)
-                back = (admin / "gitdir").read_bytes()
-                if (
-                    admin.parent == self._admin_root()
-                    and back == f"{path.resolve()}/.git\n".encode()
-                ):
-                    os.utime(fd)  # used now: a trim of the unused ones keeps it
-                    slot = _Slot(name=name, lock_fd=fd, pid=os.getpid(), admin=admin)
-                    with _slots_guard:
-                        _slots.setdefault(self._slot_key, []).append(slot)
-                    return slot
-            except (OSError, Broken):
-                pass
-            os.close(fd)  # not one to take: prune removes it
+            slot = _Slot(name=name, lock_fd=fd, pid=os.getpid())
+            with _slots_guard:
+                _slots.setdefault(self._slot_key, []).append(slot)
+            if self._owns(name):
+                slot.admin = admin_of(self.idle / name)
+                os.utime(fd)  # used now: a trim of the unused ones keeps it
+                return slot
+            self._discard(slot)  # its git directory is not known: prune tidies git's side
         return None
+
+    def _owns(self, name: str) -> bool:
+        """True when the idle worktree ``name`` and its git directory name each other."""
+        path = self.idle / name
+        try:
+            admin = admin_of(path)
+            back = (admin / "gitdir").read_bytes()
+        except (OSError, Broken):
+            return False
+        return admin.parent == self._admin_root() and back == f"{path.resolve()}/.git\n".encode()
 
     def _create(self, sha: str) -> _Slot:
         self.worktrees.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ ignored, modified, staged, deleted or re-moded files, empty folders):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import struct
@@ -204,23 +205,50 @@ def known_reset(path: Path, admin: Path, sha: str, *, added: list[str] | None) -
     write_file(admin / "HEAD", f"{sha}\n")
     if added is None or len(added) > KNOWN_RESET_MAX_PATHS:
         _git(path, admin, "clean", "-ffdxq", what="cleaning a worktree")
-    elif added:
-        _git(
-            path,
-            admin,
-            "--literal-pathspecs",
-            "clean",
-            "-ffdxq",
-            "--",
-            *added,
-            what="cleaning the changed folders of a worktree",
-        )
+    elif added or paths:
+        if added:
+            _git(
+                path,
+                admin,
+                "--literal-pathspecs",
+                "clean",
+                "-ffdxq",
+                "--",
+                *added,
+                what="cleaning the changed folders of a worktree",
+            )
+        touched = [p.decode("utf-8", "surrogateescape") for p in paths]
+        _remove_empty_folders(path, added + touched, keep=set(touched))
     differs = _git(
         path, admin, "diff-index", "--cached", "--quiet", sha, what="checking", check=False
     )
     if differs.returncode != 0:
         raise Broken(f"the index is not {sha[:12]}'s tree after resetting the changed paths")
     return [p.decode("utf-8", "surrogateescape") for p in paths]
+
+
+def _remove_empty_folders(path: Path, below: list[str], *, keep: set[str]) -> None:
+    """Remove the folders of ``path`` left empty above (and at) the paths in ``below``,
+    deepest first, as ``git clean -d`` would: a checkout or a clean there may have
+    emptied them. A folder at a path in ``keep`` (an index entry, such as a submodule's
+    empty folder) stays."""
+    folders: set[str] = set()
+    for p in below:
+        parts = p.split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    for folder in sorted(folders - keep, key=lambda f: f.count("/"), reverse=True):
+        target = path / folder
+        if stat.S_ISDIR(_lmode(target)):
+            with contextlib.suppress(OSError):  # not empty: something tracked is in it
+                os.rmdir(target)
+
+
+def _lmode(path: Path) -> int:
+    """``path``'s mode, not following a link (0 when it is not there)."""
+    try:
+        return os.lstat(path).st_mode
+    except OSError:
+        return 0
 
 
 def outermost(paths: list[bytes]) -> list[bytes]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import stat
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from sage_tasks.errors import PatchRejected
 from sage_tasks.gitops import Mirror, capture_patch, prune_workdir
 from tests.support.gitrepo import INDEX, checkout, commit_files, git, make_repo
+from tests.support.worktrees import admin_dirs, assert_clean_checkout, sh, worktrees_of
 
 FILES: dict[str, str | bytes] = {
     "a.txt": "a\n",
@@ -41,49 +41,6 @@ def mirror(tmp_path: Path, origin: Path) -> Mirror:
     m.close()
 
 
-def worktrees_of(mirror: Mirror) -> list[str]:
-    out = git(mirror.path, "worktree", "list", "--porcelain")
-    return [ln.split(" ", 1)[1] for ln in out.splitlines() if ln.startswith("worktree ")][1:]
-
-
-def admin_dirs(mirror: Mirror) -> list[str]:
-    root = mirror.path / "worktrees"
-    return sorted(os.listdir(root)) if root.is_dir() else []
-
-
-def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
-    """Every path under ``root`` but ``.git``: its kind and mode, and a file's bytes."""
-    seen: dict[str, tuple[str, bytes]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        if rel == ".":
-            dirnames[:] = [d for d in dirnames if d != ".git"]
-            filenames = [f for f in filenames if f != ".git"]
-        for name in dirnames + filenames:
-            path = Path(dirpath) / name
-            key = os.path.normpath(os.path.join(rel, name))
-            st = os.lstat(path)
-            if stat.S_ISDIR(st.st_mode):
-                seen[key] = ("dir", b"")
-            elif stat.S_ISLNK(st.st_mode):
-                seen[key] = ("link", os.readlink(path).encode())
-            else:
-                exe = "x" if st.st_mode & 0o100 else "-"
-                seen[key] = (f"file{exe}{stat.S_IMODE(st.st_mode):o}", path.read_bytes())
-    return seen
-
-
-def assert_clean_checkout(path: Path, head: str, fresh: Path) -> None:
-    """``path`` is exactly a clean detached checkout of ``head`` (as ``fresh`` is)."""
-    assert snapshot(path) == snapshot(fresh)
-    assert git(path, "rev-parse", "HEAD").strip() == head
-    assert git(path, "symbolic-ref", "-q", "HEAD", check=False) == ""
-    assert git(path, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
-    assert {ln[:2] for ln in git(path, "ls-files", "-v").splitlines()} == {"H "}
-    assert git(path, "diff", "--cached", "--name-only", head) == ""
-    assert git(path, "stash", "list") == ""
-
-
 @pytest.fixture
 def fresh(tmp_path: Path, origin: Path) -> Callable[[str], Path]:
     """A fresh clone of ``origin`` at a commit, for comparison."""
@@ -95,14 +52,6 @@ def fresh(tmp_path: Path, origin: Path) -> Callable[[str], Path]:
         return dest
 
     return make
-
-
-def sh(path: Path, script: str) -> None:
-    """Run ``script`` in ``path`` as a ticket's command would."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e", GIT_COMMITTER_NAME="t")
-    env.update(GIT_COMMITTER_EMAIL="t@e")
-    subprocess.run(["/bin/sh", "-ec", script], cwd=path, env=env, check=True)
 
 
 MESS = """

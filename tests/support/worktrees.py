@@ -1,0 +1,110 @@
+"""A ticket worker's worktrees seen from outside: what they hold, what git ran in them."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+from sage_tasks.gitops import Mirror
+from tests.support.gitrepo import git
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
+    """Every path under ``root`` but ``.git``: its kind and mode, and a file's bytes."""
+    seen: dict[str, tuple[str, bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel == ".":
+            dirnames[:] = [d for d in dirnames if d != ".git"]
+            filenames = [f for f in filenames if f != ".git"]
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            key = os.path.normpath(os.path.join(rel, name))
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                seen[key] = ("dir", b"")
+            elif stat.S_ISLNK(st.st_mode):
+                seen[key] = ("link", os.readlink(path).encode())
+            else:
+                exe = "x" if st.st_mode & 0o100 else "-"
+                seen[key] = (f"file{exe}{stat.S_IMODE(st.st_mode):o}", path.read_bytes())
+    return seen
+
+
+def assert_clean_checkout(path: Path, head: str, fresh: Path) -> None:
+    """``path`` is exactly a clean detached checkout of ``head`` (as ``fresh`` is)."""
+    assert snapshot(path) == snapshot(fresh)
+    assert git(path, "rev-parse", "HEAD").strip() == head
+    assert git(path, "symbolic-ref", "-q", "HEAD", check=False) == ""
+    assert git(path, "status", "--porcelain", "--ignored", "--untracked-files=all") == ""
+    assert {ln[:2] for ln in git(path, "ls-files", "-v").splitlines()} == {"H "}
+    assert git(path, "diff", "--cached", "--name-only", head) == ""
+    assert git(path, "stash", "list") == ""
+
+
+def sh(path: Path, script: str) -> None:
+    """Run ``script`` in ``path`` as a ticket's command would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e", GIT_COMMITTER_NAME="t")
+    env.update(GIT_COMMITTER_EMAIL="t@e")
+    subprocess.run(["/bin/sh", "-ec", script], cwd=path, env=env, check=True)
+
+
+def worktrees_of(mirror: Mirror) -> list[str]:
+    """The worktrees git knows for ``mirror`` (its own bare directory left out)."""
+    out = git(mirror.path, "worktree", "list", "--porcelain")
+    return [ln.split(" ", 1)[1] for ln in out.splitlines() if ln.startswith("worktree ")][1:]
+
+
+def admin_dirs(mirror: Mirror) -> list[str]:
+    """The names of ``mirror``'s per-worktree git directories."""
+    root = mirror.path / "worktrees"
+    return sorted(os.listdir(root)) if root.is_dir() else []
+
+
+class GitTrace:
+    """The git commands this process (and its children) start, from git's own trace.
+
+    ``GIT_TRACE2_EVENT`` names a file every git process appends its events
+    to; :meth:`commands` reads the command lines of those started since the
+    last :meth:`mark`, without the ``-c`` settings and ``--git-dir`` and
+    ``--work-tree`` options sage-tasks puts first.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen = 0
+
+    def mark(self) -> None:
+        """Forget the commands so far."""
+        self._seen = self._size()
+
+    def _size(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def commands(self) -> list[str]:
+        """``"checkout --force ..."``-like lines of the git commands started since the mark."""
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self._seen)
+            lines = f.read().splitlines()
+        found = []
+        for line in lines:
+            event = json.loads(line)
+            if event.get("event") == "start":
+                found.append(" ".join(_without_options(event["argv"][1:])))
+        return found
+
+
+def _without_options(argv: list[str]) -> list[str]:
+    """``argv`` without the global options that come before git's sub-command."""
+    rest = list(argv)
+    while rest and rest[0].startswith("-"):
+        option = rest.pop(0)
+        if option in ("-c", "--git-dir", "--work-tree", "-C") and rest:
+            rest.pop(0)
+    return rest
