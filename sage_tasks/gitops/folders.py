@@ -70,7 +70,8 @@ def survey(
         else:
             names = _now_there(path, before, touched, added)
         root_names = frozenset(os.listdir(path))
-        stamps = {name: _stamp(path / name) for name in names}
+        root = os.fspath(path)
+        stamps = {name: _stamp(f"{root}/{name}") for name in names}
         stamps = {name: s for name, s in stamps.items() if s is not None}
         # read after the folders: a folder older than this "now" shows any later change
         now = _now(path)
@@ -114,7 +115,7 @@ def _now_there(path: Path, before: Folders, touched: list[str], added: list[str]
     todo = list(added)
     while todo:  # what the command added and the clean kept: folders git now tracks
         folder = todo.pop()
-        if _stamp(path / folder) is None:
+        if _stamp(os.fspath(path / folder)) is None:
             continue  # gone, or no folder (never followed through a link)
         names.add(folder)
         try:
@@ -136,13 +137,14 @@ def changed(path: Path, folders: Folders | None) -> list[str] | None:
     except OSError:
         return None
     found = sorted(n for n in root_names if n not in folders.root_names)
+    root = os.fspath(path)
     for name, was in folders.stamps.items():
-        if was is None or _stamp(path / name) != was:
+        if was is None or _stamp(f"{root}/{name}") != was:
             found.append(name)
     return found
 
 
-def _stamp(folder: Path) -> Stamp:
+def _stamp(folder: str) -> Stamp:
     """A folder's inode, modification and change times (ns); None when it is no folder."""
     try:
         st = os.lstat(folder)
