@@ -6,6 +6,14 @@ it when that process dies: a lock nobody holds marks a leftover, whatever
 pids say. A leftover in ``worktrees/`` died during a ticket and is removed; one
 in ``idle/`` was put aside between two tickets and is removed too, unless
 the caller keeps idle worktrees for adoption (``SAGE_KEEP_WORKTREES``).
+
+A command can also change its mirror through the worktree (``git config``
+writes the mirror's shared config; ``info/exclude`` and ``info/attributes``
+are shared too), and that changes what git does in every later worktree of
+the mirror. A copy of those files as the mirror was made is kept in it
+(``sage-pristine``, which git ignores); a worker that keeps worktrees puts them back
+when it starts, so what one run's commands did there never reaches the next
+run's patches.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +31,63 @@ from sage_tasks.gitops.removal import remove_tree
 
 #: a lock file without its worktree is left alone this long (its owner may be starting)
 _YOUNG_LOCK_SECONDS = 60.0
+#: a mirror's files that change what git does in all of its worktrees
+_SETTINGS = ("config", "info", "objects/info/alternates")
+#: where in a mirror the copy of its settings as made is kept
+PRISTINE = "sage-pristine"
+
+
+def keep_pristine(mirror: Path) -> None:
+    """Copy ``mirror``'s settings (just made) aside, for :func:`restore_pristine`."""
+    pristine = mirror / PRISTINE
+    remove_tree(pristine)
+    for name in _SETTINGS:
+        source = mirror / name
+        if source.is_dir():
+            shutil.copytree(source, pristine / name, symlinks=True)
+        elif source.is_file():
+            (pristine / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, pristine / name)
+
+
+def restore_pristine(mirror: Path) -> bool:
+    """Put ``mirror``'s settings back as :func:`keep_pristine` saw them (a mirror made
+    before such a copy was kept is left as it is); True if something was changed."""
+    pristine = mirror / PRISTINE
+    if not pristine.is_dir():
+        return False
+    changed = False
+    for name in _SETTINGS:
+        if _contents(mirror / name) == _contents(pristine / name):
+            continue
+        changed = True
+        remove_tree(mirror / name)
+        if (pristine / name).is_dir():
+            shutil.copytree(pristine / name, mirror / name, symlinks=True)
+        elif (pristine / name).is_file():
+            shutil.copyfile(pristine / name, mirror / name)
+    return changed
+
+
+def _contents(path: Path) -> dict[str, bytes | None]:
+    """Every file under ``path`` (or ``path`` itself) with its bytes; links and other
+    kinds as None, so that they differ from any file."""
+    if path.is_symlink():
+        return {"": None}
+    if not path.exists():
+        return {}
+    if path.is_file():
+        return {"": path.read_bytes()}
+    found: dict[str, bytes | None] = {}
+    for folder, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = Path(folder) / name
+            rel = os.path.relpath(full, path)
+            if full.is_symlink() or not (full.is_file() or full.is_dir()):
+                found[rel] = None
+            elif full.is_file():
+                found[rel] = full.read_bytes()
+    return found
 
 
 def prune_workdir(workdir: Path, *, keep_idle: bool = False, used_since: float = 0.0) -> int:
@@ -57,6 +123,8 @@ def prune_key(workdir: Path, key: str, *, keep_idle: bool = False, used_since: f
     mirror = workdir / "mirrors" / key
     for tmp in mirror.parent.glob(f"{key}.tmp-*"):
         remove_tree(tmp)
+    if keep_idle and (mirror / "HEAD").exists():
+        restore_pristine(mirror)
     trees, idle = workdir / "worktrees", workdir / "idle"
     names: set[str] = set()
     for base in (trees, idle):

@@ -17,14 +17,22 @@ mirror fetches only when the head the run's record names is not the one its
 last fetch brought (the first ticket of a batch on a host, not its siblings).
 
 A worker process keeps one detached worktree per mirror and reuses it: each
-ticket starts with ``git checkout --force --detach <head>`` and ``git clean
--ffdx`` in it, so a checkout costs what changed since the last ticket, not
-the size of the tree, and the command still sees a clean checkout of the
-head: nothing left over (untracked, ignored, modified, staged, deleted or
-re-moded files). Before that, everything a command could have changed
-outside its files is checked or put back, and a worktree that looks wrong in
-any way (its ``.git`` file or git directory altered, an index with flags such
-as skip-worktree, a reset that fails) is thrown away and made afresh.
+ticket starts with a reset of it to the ticket's head (see :mod:`.worktree`:
+after a ticket whose patch was captured (:meth:`Mirror.captured`), only the
+paths that differ from the head are checked out and only the folders that
+got new entries (see :mod:`.folders`) cleaned; otherwise ``git checkout
+--force --detach <head>`` and ``git clean -ffdx``), and the command sees a
+clean checkout of the head: nothing left over (untracked, ignored, modified,
+staged, deleted or re-moded files, empty folders). Before that, everything a
+command could have changed outside its files is checked or put back, and a
+worktree that looks wrong in any way (its ``.git`` file or git directory
+altered, an index with flags such as skip-worktree, a reset that fails) is
+thrown away and made afresh.
+
+With ``adopt`` (``SAGE_KEEP_WORKTREES``), a process that has no worktree of
+its own takes over one another process put aside in ``idle/`` and no longer
+holds (it stopped), before making a new one: the next worker of a host, or
+the next ``--local`` run, does not write a big tree's files again.
 
 Several worker processes on one host share a mirror. git's own worktree
 bookkeeping (``$GIT_DIR/worktrees/<id>``) is not safe against itself: one
@@ -59,7 +67,7 @@ from sage_tasks.core.urls import redact_url
 from sage_tasks.errors import GitError, RepositoryError
 from sage_tasks.gitops.branch import check_branch_name
 from sage_tasks.gitops.folders import Folders, changed, survey
-from sage_tasks.gitops.leftovers import prune_key, try_lock
+from sage_tasks.gitops.leftovers import keep_pristine, prune_key, try_lock
 from sage_tasks.gitops.process import Helper, first_line, run_git
 from sage_tasks.gitops.removal import remove_tree
 from sage_tasks.gitops.worktree import (
@@ -162,6 +170,7 @@ class Mirror:
             run_git(tmp, "config", key, value)
         if borrowed := self._source_objects():
             write_file(tmp / "objects" / "info" / "alternates", f"{borrowed}\n")
+        keep_pristine(tmp)
         shutil.rmtree(self.path, ignore_errors=True)
         os.rename(tmp, self.path)
 

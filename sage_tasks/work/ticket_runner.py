@@ -3,7 +3,9 @@
 The worktree is a clean checkout of the branch head when the ticket starts:
 each worker process keeps one per repository and resets it (checkout, clean,
 per-worktree git state cleared) before every ticket, or replaces it when
-anything about it looks wrong; nothing of an earlier ticket survives.
+anything about it looks wrong; nothing of an earlier ticket survives. After
+a capture that staged everything, and with no process of the command left,
+the next reset need only touch what differs (see :mod:`sage_tasks.gitops.worktree`).
 
 A failing command is an outcome (``failed``), never an exception: the commit
 queue turns it into a DEFERRED commit, so one bad ticket never stalls a run.

@@ -19,9 +19,15 @@ from typing import Any
 
 import pytest
 
-from sage_tasks.gitops import Mirror, prune_workdir
-from tests.support.gitrepo import checkout, commit_files, make_repo
-from tests.support.worktrees import GitTrace, admin_dirs, assert_clean_checkout, worktrees_of
+from sage_tasks.gitops import Mirror, capture_patch, prune_workdir
+from tests.support.gitrepo import INDEX, checkout, commit_files, make_repo
+from tests.support.worktrees import (
+    GitTrace,
+    admin_dirs,
+    assert_clean_checkout,
+    sh,
+    worktrees_of,
+)
 
 FILES: dict[str, str | bytes] = {"a.txt": "a\n", "sub/f.txt": "f\n", ".gitignore": "*.log\n"}
 
@@ -206,3 +212,32 @@ def test_a_worktree_left_mid_ticket_is_not_adopted(
     with adopter.worktree(head) as path:
         assert path.name != died
         assert_clean_checkout(path, head, fresh(head))
+
+
+def test_what_a_command_changed_in_the_shared_mirror_is_put_back_for_the_next_process(
+    workdir: Path, origin: Path, tmp_path: Path
+) -> None:
+    """``git config`` in a worktree writes the mirror's config; ``info/exclude`` is the
+    mirror's too: a keep-mode worker that starts puts both back as the mirror was made."""
+    m = Mirror(workdir, str(origin))
+    head = m.fetch("main")
+    made = {name: (m.path / name).read_bytes() for name in ("config", "info/exclude")}
+    with m.worktree(head) as path:
+        sh(
+            path,
+            "git config core.filemode false && git config core.autocrlf true"
+            ' && echo "secret*" >> "$(git rev-parse --git-path info/exclude)"'
+            ' && echo "*.txt -diff" > "$(git rev-parse --git-common-dir)/info/attributes"',
+        )
+    m.close()
+    assert (m.path / "config").read_bytes() != made["config"]
+    prune_workdir(workdir, keep_idle=True)
+    assert {name: (m.path / name).read_bytes() for name in made} == made
+    assert not (m.path / "info" / "attributes").exists()
+    # and the capture in the next worktree sees a mode change and a "secret" file again
+    adopter = Mirror(workdir, str(origin), adopt=True)
+    with adopter.worktree(head) as path:
+        sh(path, "chmod +x a.txt && echo s > secret.txt")
+        patch = capture_patch(path, head, exclude=[INDEX], max_bytes=1 << 20)
+    assert sorted(patch.paths) == ["a.txt", "secret.txt"]
+    adopter.close()
