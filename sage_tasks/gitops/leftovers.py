@@ -132,31 +132,36 @@ def prune_key(workdir: Path, key: str, *, keep_idle: bool = False, used_since: f
             names.update(
                 e.name.removesuffix(".lock") for e in base.iterdir() if e.name.startswith(key + "-")
             )
-    removed = 0
-    for name in sorted(names):
-        dirs = [d for d in (trees / name, idle / name) if d.exists() or d.is_symlink()]
-        # the lock lives in idle/ (before: beside the worktree)
-        lock = next(
-            (p for p in (idle / f"{name}.lock", trees / f"{name}.lock") if p.exists()), None
-        )
-
-        def remove(dirs: list[Path] = dirs) -> None:
-            for d in dirs:
-                remove_tree(d)
-
-        if lock is None:
-            if dirs:
-                remove()
-                removed += 1
-        elif keep_idle and dirs == [idle / name] and _used_since(lock, used_since):
-            continue
-        elif not dirs:
-            _drop_stale_lock(lock, lambda: None, young_ok=True)
-        elif _drop_stale_lock(lock, remove, young_ok=False):
-            removed += 1
+    kept = used_since if keep_idle else None
+    removed = sum(_prune_worktree(trees, idle, name, kept) for name in sorted(names))
     if (mirror / "HEAD").exists():
         run_git(mirror, "worktree", "prune", check=False)
     return removed
+
+
+def _prune_worktree(trees: Path, idle: Path, name: str, kept: float | None) -> bool:
+    """Remove the worktree ``name`` if no live process holds it; True if it was removed.
+
+    ``kept`` (a time): one put aside between two tickets and taken since then
+    is kept for adoption instead.
+    """
+    dirs = [d for d in (trees / name, idle / name) if d.exists() or d.is_symlink()]
+    # the lock lives in idle/ (before: beside the worktree)
+    lock = next((p for p in (idle / f"{name}.lock", trees / f"{name}.lock") if p.exists()), None)
+
+    def remove() -> None:
+        for d in dirs:
+            remove_tree(d)
+
+    if lock is None:
+        remove()
+        return bool(dirs)
+    if kept is not None and dirs == [idle / name] and _used_since(lock, kept):
+        return False
+    if not dirs:
+        _drop_stale_lock(lock, lambda: None, young_ok=True)
+        return False
+    return _drop_stale_lock(lock, remove, young_ok=False)
 
 
 def _used_since(lock: Path, since: float) -> bool:

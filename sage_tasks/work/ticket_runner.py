@@ -27,7 +27,7 @@ from typing import Any
 
 from sage_tasks.core.index import IndexDocument, Ticket
 from sage_tasks.errors import DependencyPending, PatchRejected, SageError
-from sage_tasks.gitops import Mirror, capture_patch
+from sage_tasks.gitops import Mirror, Patch, capture_patch
 from sage_tasks.model.outcome import Outcome, OutcomeKind
 from sage_tasks.store import liveness
 from sage_tasks.store.keys import check_ids
@@ -345,27 +345,33 @@ def _try_once(job: _Job, info: RunInfo, mirror: Mirror, attempt: int) -> tuple[O
             return ran.failed(f"timed out after {timeout:g} s"), tries, True
         if res.exit_code != 0:
             return ran.failed(f"exit code {res.exit_code}"), tries, True
-        # a process of the command that left its group may still write: then the next
-        # ticket's reset looks at every file again
-        alone = not survivors({"SAGE_RUN_ID": info.run_id, "SAGE_TICKET_ID": ticket_id})
         try:
-            patch = capture_patch(
-                worktree,
-                head,
-                exclude=[info.index_path],
-                max_bytes=job.rt.settings.max_patch_bytes,
-                git_dir=mirror.git_dir(worktree),
-                untracked=mirror.may_hold_untracked(worktree),
-            )
+            patch = _capture(job, info, mirror, worktree, head)
         except PatchRejected as exc:
             return ran.failed(str(exc)), tries, False
-        if alone:
-            mirror.captured(worktree)
         digest = ""
         if patch.data:
             digest = hashlib.sha256(patch.data).hexdigest()
             store.put_patch(info.run_id, digest, patch.data)
         return ran.ok(digest, len(patch.paths)), tries, False
+
+
+def _capture(job: _Job, info: RunInfo, mirror: Mirror, worktree: Path, head: str) -> Patch:
+    """The ticket's patch; the mirror is told when its next reset may be a short one."""
+    # a process of the command that left its group may still write: then the next
+    # ticket's reset looks at every file again
+    alone = not survivors({"SAGE_RUN_ID": info.run_id, "SAGE_TICKET_ID": job.ticket_id})
+    patch = capture_patch(
+        worktree,
+        head,
+        exclude=[info.index_path],
+        max_bytes=job.rt.settings.max_patch_bytes,
+        git_dir=mirror.git_dir(worktree),
+        untracked=mirror.may_hold_untracked(worktree),
+    )
+    if alone:
+        mirror.captured(worktree)
+    return patch
 
 
 def _run(
