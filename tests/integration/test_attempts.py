@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from sage_tasks.model.outcome import Outcome
 from sage_tasks.store import keys, liveness
 from sage_tasks.store.runstate import Phase, RunStatus, RunStore
+from tests.support.builders import run_info
 from tests.support.redis_server import RedisServer
-from tests.support.runs import run_info
 
 
-def store_with_ticket(server: RedisServer, tid: str = "T") -> RunStore:
-    store = RunStore(server.client(), ttl=3600)
+@pytest.fixture(autouse=True)
+def run1(store: RunStore) -> None:
+    """Every test here starts with run ``run1`` RUNNING, its one ticket ``T`` queued."""
     info = run_info("run1", status=RunStatus.RUNNING.value)
-    store.create(info, '{"batches": [["T"]]}', {tid: {"state": Phase.QUEUED.value}})
-    return store
+    store.create(info, '{"batches": [["T"]]}', {"T": {"state": Phase.QUEUED.value}})
 
 
 def test_each_start_is_a_new_attempt_and_only_the_current_one_beats_and_reports(
-    redis_server: RedisServer,
+    store: RunStore, redis_server: RedisServer
 ) -> None:
-    store = store_with_ticket(redis_server)
     client = redis_server.client()
     first = store.start_ticket("run1", "T", "w1@a")
     second = store.start_ticket("run1", "T", "w2@b")
@@ -35,9 +36,8 @@ def test_each_start_is_a_new_attempt_and_only_the_current_one_beats_and_reports(
 
 
 def test_a_silent_attempt_is_taken_over_once_and_its_late_beats_and_outcome_are_refused(
-    redis_server: RedisServer,
+    store: RunStore, redis_server: RedisServer
 ) -> None:
-    store = store_with_ticket(redis_server)
     client = redis_server.client()
     attempt = store.start_ticket("run1", "T", "w1@a")
     now = time.time()
@@ -59,9 +59,8 @@ def test_a_silent_attempt_is_taken_over_once_and_its_late_beats_and_outcome_are_
 
 
 def test_a_cancelled_run_refuses_every_beat_and_a_final_ticket_says_so(
-    redis_server: RedisServer,
+    store: RunStore, redis_server: RedisServer
 ) -> None:
-    store = store_with_ticket(redis_server)
     client = redis_server.client()
     attempt = store.start_ticket("run1", "T", "w1@a")
     store.finish_ticket("run1", "T", Phase.COMPLETED, commit="abc")
@@ -77,9 +76,8 @@ def test_a_cancelled_run_refuses_every_beat_and_a_final_ticket_says_so(
 
 
 def test_a_ticket_finished_after_its_run_was_cancelled_still_leaves_only_expiring_keys(
-    redis_server: RedisServer,
+    store: RunStore, redis_server: RedisServer
 ) -> None:
-    store = store_with_ticket(redis_server)
     client = redis_server.client()
     liveness.cancel(store, "run1", "/repo", by="someone@host")
     # a commit under way when the cancel came finishes after it

@@ -1,0 +1,81 @@
+"""Building what tests feed sage-tasks and read back: tickets, indexes, run records, and
+what ``sage-submit`` answered."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sage_tasks.store.runstate import RunInfo
+from tests.support.gitrepo import INDEX
+
+
+def ticket(
+    tid: str, run: str = "true", deps: list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """One ticket as the index holds it: UNPROCESSED at P2, titled ``ticket <tid>``, unless
+    ``extra`` says otherwise (``title``, ``state``, ``priority``, ``timeout``, ...)."""
+    return {
+        "id": tid,
+        "title": f"ticket {tid}",
+        "state": "UNPROCESSED",
+        "priority": "P2",
+        "dependencies": deps or [],
+        "run": run,
+        **extra,
+    }
+
+
+def index(*tickets: dict[str, Any]) -> dict[str, Any]:
+    """A ticket index holding ``tickets``."""
+    return {"version": "1.0", "tickets": list(tickets)}
+
+
+def writes(tid: str, needs: list[str] | None = None) -> str:
+    """A command that fails unless each dependency's file is present, then writes its own."""
+    checks = "".join(f"test -f out/{d}.txt && " for d in (needs or []))
+    return f"{checks}mkdir -p out && echo {tid} > out/{tid}.txt"
+
+
+def run_info(run_id: str, **fields: Any) -> RunInfo:
+    """A run's record for tests that write one directly; ``fields`` override the defaults
+    (``to_run`` defaults to ``tickets``)."""
+    values: dict[str, Any] = {
+        "run_id": run_id,
+        "repo": "/nowhere",
+        "repo_url": "/nowhere",
+        "branch": f"sage/run-{run_id}",
+        "base": "main",
+        "index_path": INDEX,
+        "commit_queue": "commit",
+        "executor": None,
+        "ticket_timeout": 600.0,
+        "batches": 1,
+        "tickets": 0,
+        "created": 0.0,
+        **fields,
+    }
+    values.setdefault("to_run", values["tickets"])
+    return RunInfo(**values)
+
+
+@dataclass
+class Submitted:
+    """What ``sage-submit`` did: exit code, parsed JSON (when any), and its output."""
+
+    code: int
+    data: dict[str, Any] | None
+    stdout: str
+    stderr: str
+
+    @classmethod
+    def parse(cls, code: int, stdout: str, stderr: str, *, json_out: bool) -> Submitted:
+        """``json_out``: the command was asked for ``--json``; ``data`` is its output parsed
+        (None when there is none, or it is not JSON)."""
+        data = None
+        if json_out and stdout.strip():
+            with contextlib.suppress(json.JSONDecodeError):
+                data = json.loads(stdout)
+        return cls(code, data, stdout, stderr)
