@@ -14,6 +14,7 @@ stop, replace or count the workers.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,8 @@ class FleetOptions:
         mark = node.get_closest_marker("fleet")
         return cls(**mark.kwargs) if mark is not None else cls()
 
-    def fleet(self, root: Path) -> Any:
-        """:func:`private_fleet` with these options (a context manager)."""
+    def fleet(self, root: Path) -> AbstractContextManager[Fleet]:
+        """:func:`private_fleet` with these options."""
         return private_fleet(root, concurrency=self.concurrency, password=self.password, **self.env)
 
 

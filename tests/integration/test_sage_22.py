@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.support.builders import writes
+from tests.support.builders import story, upstream_index, writes
 from tests.support.fleet import Fleet
 from tests.support.gitrepo import git, make_repo
 from tests.support.procs import bin_path
@@ -215,28 +215,23 @@ def test_a_local_run_commits_every_ticket_after_all_it_waits_for_and_keeps_every
 def test_an_eager_run_orders_by_every_edge_and_status_and_report_say_why_tickets_wait(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    def story(tid: str, run: str, **links: Any) -> dict[str, Any]:
-        return {"id": tid, "title": f"Story {tid}", "type": "story", "state": "UNPROCESSED",
-                "run": run, **links}  # fmt: skip
-
     tickets = [
-        story("CORE-001", writes("CORE-001"), blocks=["CORE-002", "CORE-003"], blockedBy=None),
-        story("CORE-002", writes("CORE-002", ["CORE-001"]), dependencies=None),
-        story("CORE-003", writes("CORE-003", ["CORE-001"]), blockedBy=["CORE-001"]),
+        story("CORE-001", run=writes("CORE-001"), blocks=["CORE-002", "CORE-003"], blockedBy=None),
+        story("CORE-002", run=writes("CORE-002", ["CORE-001"]), dependencies=None),
+        story("CORE-003", run=writes("CORE-003", ["CORE-001"]), blockedBy=["CORE-001"]),
         story(
             "CORE-004",
-            writes("CORE-004", ["CORE-002", "CORE-003"]),
+            run=writes("CORE-004", ["CORE-002", "CORE-003"]),
             blockedBy=["CORE-002"],
             dependencies=["CORE-003"],
         ),
-        story("FAIL-001", "echo broken >&2; exit 4", blocks=["NEXT-001"]),
-        story("NEXT-001", writes("NEXT-001"), relatedTo=["CORE-004"]),
-        story("AFTER-001", writes("AFTER-001"), blockedBy=["NEXT-001"]),
+        story("FAIL-001", run="echo broken >&2; exit 4", blocks=["NEXT-001"]),
+        story("NEXT-001", run=writes("NEXT-001"), relatedTo=["CORE-004"]),
+        story("AFTER-001", run=writes("AFTER-001"), blockedBy=["NEXT-001"]),
         {"id": "EPIC-001", "type": "epic", "state": "DEFERRED", "run": "true"},
-        story("CHILD-001", writes("CHILD-001"), parent="EPIC-001"),
+        story("CHILD-001", run=writes("CHILD-001"), parent="EPIC-001"),
     ]
-    index = {"version": "2.2.0", "workflow_mode": "TICKET_BASED", "tickets": tickets}
-    repo = make_repo(tmp_path / "repo", {}, index)
+    repo = make_repo(tmp_path / "repo", {}, upstream_index(*tickets))
     with fleet.serving(repo) as (queue, _):
         res = fleet.submit(repo, "--wait", "--json", "--schedule", "eager", queue=queue)
         assert res.code == 1 and res.data is not None, res.stderr + fleet.logs()

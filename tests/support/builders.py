@@ -33,6 +33,17 @@ def index(*tickets: dict[str, Any]) -> dict[str, Any]:
     return {"version": "1.0", "tickets": list(tickets)}
 
 
+def upstream_index(*tickets: dict[str, Any], **top: Any) -> dict[str, Any]:
+    """An index as upstream Sage-Dev writes it today: schema 2.2.0, ticket-based workflow."""
+    return {"version": "2.2.0", "workflow_mode": "TICKET_BASED", **top, "tickets": list(tickets)}
+
+
+def story(tid: str, state: str = "UNPROCESSED", **fields: Any) -> dict[str, Any]:
+    """A story as an upstream (schema 2.2.0) index holds it; ``fields`` add its links, its
+    ``run`` and the rest."""
+    return {"id": tid, "state": state, "type": "story", "title": f"Story {tid}", **fields}
+
+
 def writes(tid: str, needs: list[str] | None = None) -> str:
     """A command that fails unless each dependency's file is present, then writes its own."""
     checks = "".join(f"test -f out/{d}.txt && " for d in (needs or []))
