@@ -77,15 +77,20 @@ def wait_for(
 # -- single processes ------------------------------------------------------------------
 
 
-def pid_exists(pid: int) -> bool:
-    """Whether ``pid`` names a process, ours or not (a zombie counts)."""
+def _reaches(send: Callable[[int, int], None], target: int) -> bool:
+    """Whether signal 0 finds ``target`` (one that is not ours is there all the same)."""
     try:
-        os.kill(pid, 0)
+        send(target, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
     return True
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether ``pid`` names a process, ours or not (a zombie counts)."""
+    return _reaches(os.kill, pid)
 
 
 def _stat_tail(pid: int) -> list[str] | None:
@@ -140,11 +145,7 @@ def signal_all(pids: Iterable[int], sig: signal.Signals) -> list[int]:
 
 def group_alive(pgid: int) -> bool:
     """Whether any process is left in the process group ``pgid``."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return _reaches(os.killpg, pgid)
 
 
 def record_group(tid: str, marks: Path, who: str) -> str:
