@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from sage_tasks.store import keys, liveness
-from sage_tasks.store.runstate import Phase, RunStatus, RunStore
+from sage_tasks.store.runstate import Phase, RunStore
 from sage_tasks.work.committer import ticket_title
 from tests.support.fleet import Fleet, Submitted, ticket_fleet, unique_queue, wait_until
 from tests.support.gitrepo import git, make_repo
 from tests.support.redis_server import RedisServer
-from tests.support.runs import run_info, ticket, writes
+from tests.support.runs import run_with_ticket, ticket, writes
 
 #: longer than the 64 bytes a listpack value may have, by default
 LONG_TITLE = "Validate the JWT of every request — signature, expiry, audience, issuer — ✓"
@@ -143,23 +143,17 @@ def test_the_report_shows_the_deferred_reason(run: Run, tmp_path: Path) -> None:
 
 
 def stored(server: RedisServer, ttl: int = 3600) -> RunStore:
-    store = RunStore(server.client(), ttl=ttl)
-    info = run_info("run1", status=RunStatus.RUNNING.value)
     definition = json.dumps({"id": "T", "title": LONG_TITLE, "run": "true"})
-    store.create(info, '{"batches": [["T"]]}', {"T": {"state": "QUEUED", "ticket": definition}})
-    return store
+    return run_with_ticket(server.client(), ttl=ttl, ticket=definition)
 
 
-def test_a_result_is_written_only_by_the_current_attempt_and_dropped_for_a_rerun(
+def test_the_long_values_read_back_in_place_and_a_rerun_drops_the_result(
     redis_server: RedisServer,
 ) -> None:
     store = stored(redis_server)
     client = redis_server.client()
-    first = store.start_ticket("run1", "T", "w1@a")
-    second = store.start_ticket("run1", "T", "w2@b")
-    assert not store.ran("run1", "T", {"ticket": "T", "outcome": "ok"}, attempt_no=first)
-    assert client.hget(keys.results("run1"), "T") is None
-    assert store.ran("run1", "T", {"ticket": "T", "outcome": "ok"}, attempt_no=second)
+    attempt = store.start_ticket("run1", "T", "w1@a")
+    assert store.ran("run1", "T", {"ticket": "T", "outcome": "ok"}, attempt_no=attempt)
     record = store.record("run1", "T")
     assert record["state"] == Phase.RAN
     assert json.loads(record["result"]) == {"ticket": "T", "outcome": "ok"}

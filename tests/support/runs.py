@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sage_tasks.store.runstate import RunInfo
+from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore
 from tests.support.gitrepo import INDEX, git
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "git",
     "index_at",
     "run_info",
+    "run_with_ticket",
     "states",
     "ticket",
     "ticket_log",
@@ -41,6 +42,15 @@ def run_info(run_id: str, **fields: Any) -> RunInfo:
         **fields,
     }
     return RunInfo(**values)
+
+
+def run_with_ticket(client: Any, *, ttl: int = 3600, **fields: str) -> RunStore:
+    """A store on ``client`` holding the RUNNING run ``run1`` of one QUEUED ticket ``T``
+    (``fields``: more of the ticket's first record)."""
+    store = RunStore(client, ttl=ttl)
+    info = run_info("run1", status=RunStatus.RUNNING.value)
+    store.create(info, '{"batches": [["T"]]}', {"T": {"state": Phase.QUEUED.value, **fields}})
+    return store
 
 
 def ticket(tid: str, run: str, deps: list[str] | None = None, **extra: Any) -> dict[str, Any]:
