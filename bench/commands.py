@@ -387,6 +387,41 @@ def main() -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+class _Timer:
+    """Commands timed as processes, each paired with a networkx run just before it."""
+
+    def __init__(self, pool: Any, env: dict[str, str], baseline: list[str], rounds: int):
+        self.pool, self.env, self.baseline, self.rounds = pool, env, baseline, rounds
+        self.nx_runs: list[Timing] = []
+        #: each row's networkx time: the best of the runs just before each of its own
+        self.beside: dict[str, float] = {}
+        self.adjacent = 0.0  # the networkx time of the command timed last
+        self.rows: list[tuple[str, Timing, str]] = []
+
+    def networkx(self) -> Timing:
+        self.nx_runs.append(self.pool.apply(timed, (self.baseline, self.env)))
+        return self.nx_runs[-1]
+
+    def best(self, argv: list[str], ok: tuple[int, ...] = (0,), rounds: int = 0) -> Timing:
+        """The best of ``rounds`` (default: the bench's) runs of ``argv``, each right after
+        a networkx run."""
+        pairs = [
+            (self.networkx(), self.pool.apply(timed, (argv, self.env, ok)))
+            for _ in range(rounds or self.rounds)
+        ]
+        self.adjacent = min(nx.seconds for nx, _ in pairs)
+        return min((t for _, t in pairs), key=lambda t: t.seconds)
+
+    def row(self, name: str, timing: Timing, note: str = "") -> None:
+        self.rows.append((name, timing, note))
+        self.beside[name] = self.adjacent
+        ratio = timing.seconds / self.adjacent
+        print(
+            f"  {name:<22} {timing.seconds:7.2f} s {ratio:6.2f}x {timing.peak_mb:6.0f} MB "
+            f"(networkx {self.adjacent:.2f} s) {note}"
+        )
+
+
 def bench(args: argparse.Namespace, only: set[str], tmp: Path, server: Redis, pool: Any) -> None:
     raw = make_index(args.tickets, args.levels)
     edges = sum(len(t["dependencies"]) for t in raw["tickets"])
@@ -400,33 +435,8 @@ def bench(args: argparse.Namespace, only: set[str], tmp: Path, server: Redis, po
     me = [sys.executable, __file__, "--child"]
     print(f"{args.tickets} tickets, {edges} dependencies, {args.levels} levels")
 
-    baseline = [*me, "networkx", index]
-    nx_runs: list[Timing] = []
-
-    def networkx() -> Timing:
-        nx_runs.append(pool.apply(timed, (baseline, env)))
-        return nx_runs[-1]
-
-    #: each row's networkx time: the best of the runs just before each of its own
-    beside: dict[str, float] = {}
-    adjacent = [0.0]  # the networkx time of the command timed last
-
-    def best(argv: list[str], ok: tuple[int, ...] = (0,), rounds: int = args.rounds) -> Timing:
-        """The best of ``rounds`` runs of ``argv``, each right after a networkx run."""
-        pairs = [(networkx(), pool.apply(timed, (argv, env, ok))) for _ in range(rounds)]
-        adjacent[0] = min(nx.seconds for nx, _ in pairs)
-        return min((t for _, t in pairs), key=lambda t: t.seconds)
-
-    rows: list[tuple[str, Timing, str]] = []
-
-    def row(name: str, timing: Timing, note: str = "") -> None:
-        rows.append((name, timing, note))
-        beside[name] = adjacent[0]
-        ratio = timing.seconds / beside[name]
-        print(
-            f"  {name:<22} {timing.seconds:7.2f} s {ratio:6.2f}x {timing.peak_mb:6.0f} MB "
-            f"(networkx {beside[name]:.2f} s) {note}"
-        )
+    timer = _Timer(pool, env, [*me, "networkx", index], args.rounds)
+    best, row, rows, beside = timer.best, timer.row, timer.rows, timer.beside
 
     def want(name: str) -> bool:
         return not only or name in only
@@ -464,11 +474,19 @@ def bench(args: argparse.Namespace, only: set[str], tmp: Path, server: Redis, po
         t = best([*submit, "report", run_id, "--html", str(page)])
         row("report --html", t, f"({page.stat().st_size / MB:.1f} MB page)")
     if want("--local start"):
-        adjacent[0] = networkx().seconds
+        timer.adjacent = timer.networkx().seconds
         t = local_start([*submit, "--local"], env)
         row("--local start", t, "(until the run is submitted)")
 
     print()
+    _table(rows, beside, timer.nx_runs)
+    _redis_size(server, run_id, args.tickets, stored, finished)
+
+
+def _table(
+    rows: list[tuple[str, Timing, str]], beside: dict[str, float], nx_runs: list[Timing]
+) -> None:
+    """Every command's time against its own networkx runs, and the goal it meets."""
     base = min(nx_runs, key=lambda t: t.seconds)
     print(
         f"{'command':<22} {'seconds':>8} {'networkx s':>10} {'x networkx':>11} {'peak MB':>8}  goal"
@@ -484,7 +502,10 @@ def bench(args: argparse.Namespace, only: set[str], tmp: Path, server: Redis, po
             f"{name:<22} {t.seconds:8.2f} {beside[name]:10.2f} {ratio:11.2f} {t.peak_mb:8.0f}  "
             f"<= {goal}x, < {MEMORY_GOAL_MB} MB: {'met' if met else 'MISSED'}"
         )
-    n = args.tickets
+
+
+def _redis_size(server: Redis, run_id: str, n: int, stored: int, finished: int) -> None:
+    """The run's size in Redis as submitted and finished, then under the deploy config."""
     met = max(stored, finished) / MB < REDIS_GOAL_MB
     print(
         f"run in Redis (default settings): {stored / MB:.0f} MB submitted "
