@@ -46,12 +46,14 @@ FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED})
 #: hash a hash table, twice the memory. :meth:`RunStore.record` reads them back in place.
 APART: dict[str, Callable[[str], str]] = {"ticket": keys.definitions, "result": keys.results}
 
-#: HSET the ticket's fields unless it is already final; then join the running set (counting
+#: HSET the ticket's fields unless it is already final, or gone (a late worker must not bring
+#: back, without a TTL, the record of a run that expired); then join the running set (counting
 #: a delivery; ARGV[3] is the TTL of the sets and of the run's results) or leave it. ARGV[4]
 #: fences by attempt: '' none, '+' starts a new attempt (returns its number), a number
 #: writes only while that attempt is the ticket's current one and still runs it (not taken
 #: away by the supervisor). ARGV[5], unless '', is the ticket's result (KEYS[3]: the run's)
 _SET_UNLESS_FINAL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 0 end
 local result = 1
@@ -555,9 +557,6 @@ class RunStore:
         stalled while another worker finished it must not run it again).
         """
         return int(self.r.eval(_COUNT_UNLESS_FINAL, 1, keys.ticket(run_id, ticket_id)))
-
-    def heartbeat(self, run_id: str, ticket_id: str) -> None:
-        self.r.hset(keys.ticket(run_id, ticket_id), "heartbeat", str(time.time()))
 
     def ran(
         self, run_id: str, ticket_id: str, result: Mapping[str, Any], *, attempt_no: int = 0

@@ -199,3 +199,18 @@ def test_cancel_and_expiry_take_the_runs_definitions_and_results_with_it(
         assert 0 < client.ttl(key) <= 2, key
     assert wait_until(lambda: client.exists(*apart) == 0, timeout=10)
     assert not list(client.scan_iter("sage:run:run1*"))
+
+
+def test_a_late_worker_does_not_bring_back_a_run_that_expired(
+    redis_server: RedisServer,
+) -> None:
+    store = stored(redis_server, ttl=60)
+    client = redis_server.client()
+    attempt = store.start_ticket("run1", "T", "w1@a")
+    for key in client.scan_iter("sage:run:run1*"):
+        client.delete(key)  # the run's TTL ran out while its worker was cut off
+    assert not store.ran("run1", "T", {"ticket": "T", "outcome": "ok"}, attempt_no=attempt)
+    assert not store.ran("run1", "T", {"ticket": "T", "outcome": "ok"})  # unfenced too
+    assert not store.start_ticket("run1", "T", "w2@b")
+    store.requeue_ticket("run1", "T")
+    assert not list(client.scan_iter("sage:run:run1*"))
