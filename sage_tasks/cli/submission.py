@@ -141,12 +141,6 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _title(raw: dict[str, Any]) -> str:
-    """A ticket's title from its raw JSON (the index was validated: it is text, or absent)."""
-    title = raw.get("title")
-    return title if isinstance(title, str) else ""
-
-
 def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
     """Each planned ticket's first record in the run."""
     records: dict[str, dict[str, str]] = {}
@@ -158,7 +152,8 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
             raw = sub.doc.ticket_json(tid)
             records[tid] = {
                 "state": "PENDING",
-                "title": _title(raw),
+                # the title too is in there: a value past 64 bytes would cost the ticket's hash
+                # its compact encoding (see sage_tasks.store.runstate.APART)
                 "ticket": _dumps(raw),
                 "rank": str(rank.get(tid, 0)),
                 "deps": _dumps(sub.plan.deps.get(tid, [])),
@@ -168,7 +163,6 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
     for tid in sub.plan.blocked:
         records[tid] = {
             "state": "BLOCKED",
-            "title": _title(sub.doc.ticket_json(tid)),
             "reason": sub.plan.blocked_reasons.get(tid, PLANNED_BLOCK),
             "ended": str(time.time()),
             "attempts": "0",

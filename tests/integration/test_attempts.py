@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from sage_tasks.model.outcome import Outcome
 from sage_tasks.store import keys, liveness
-from sage_tasks.store.runstate import Phase, RunStatus, RunStore
-from tests.support.builders import run_info
+from sage_tasks.store.runstate import Phase, RunStatus
+from tests.support.builders import run_with_ticket
 from tests.support.redis_server import RedisServer
 
 
-@pytest.fixture(autouse=True)
-def run1(store: RunStore) -> None:
-    """Every test here starts with run ``run1`` RUNNING, its one ticket ``T`` queued."""
-    info = run_info("run1", status=RunStatus.RUNNING.value)
-    store.create(info, '{"batches": [["T"]]}', {"T": {"state": Phase.QUEUED.value}})
-
-
 def test_each_start_is_a_new_attempt_and_only_the_current_one_beats_and_reports(
-    store: RunStore, redis_server: RedisServer
+    redis_server: RedisServer,
 ) -> None:
+    store = run_with_ticket(redis_server.client())
     client = redis_server.client()
     first = store.start_ticket("run1", "T", "w1@a")
     second = store.start_ticket("run1", "T", "w2@b")
@@ -31,13 +23,16 @@ def test_each_start_is_a_new_attempt_and_only_the_current_one_beats_and_reports(
     assert liveness.beat(client, "run1", "T", second) == liveness.Beat.OK
     assert not store.ran("run1", "T", {"outcome": "ok"}, attempt_no=first)
     assert store.ticket("run1", "T")["state"] == Phase.RUNNING
+    assert client.hget(keys.results("run1"), "T") is None  # the fence keeps the result out
     assert store.ran("run1", "T", {"outcome": "ok"}, attempt_no=second)
     assert store.ticket("run1", "T")["state"] == Phase.RAN
+    assert store.record("run1", "T")["result"] == '{"outcome": "ok"}'
 
 
 def test_a_silent_attempt_is_taken_over_once_and_its_late_beats_and_outcome_are_refused(
-    store: RunStore, redis_server: RedisServer
+    redis_server: RedisServer,
 ) -> None:
+    store = run_with_ticket(redis_server.client())
     client = redis_server.client()
     attempt = store.start_ticket("run1", "T", "w1@a")
     now = time.time()
@@ -59,8 +54,9 @@ def test_a_silent_attempt_is_taken_over_once_and_its_late_beats_and_outcome_are_
 
 
 def test_a_cancelled_run_refuses_every_beat_and_a_final_ticket_says_so(
-    store: RunStore, redis_server: RedisServer
+    redis_server: RedisServer,
 ) -> None:
+    store = run_with_ticket(redis_server.client())
     client = redis_server.client()
     attempt = store.start_ticket("run1", "T", "w1@a")
     store.finish_ticket("run1", "T", Phase.COMPLETED, commit="abc")
@@ -76,8 +72,9 @@ def test_a_cancelled_run_refuses_every_beat_and_a_final_ticket_says_so(
 
 
 def test_a_ticket_finished_after_its_run_was_cancelled_still_leaves_only_expiring_keys(
-    store: RunStore, redis_server: RedisServer
+    redis_server: RedisServer,
 ) -> None:
+    store = run_with_ticket(redis_server.client())
     client = redis_server.client()
     liveness.cancel(store, "run1", "/repo", by="someone@host")
     # a commit under way when the cancel came finishes after it

@@ -114,7 +114,7 @@ def test_a_duplicate_commit_delivery_sends_no_dependent_twice(
             return client.hget(keys.ticket(run_id, "B"), "state") == b"RUNNING"
 
         assert wait_until(b_running, timeout=60), fleet.logs()
-        result = json.loads(client.hget(keys.ticket(run_id, "A"), "result") or b"{}")
+        result = json.loads(client.hget(keys.results(run_id), "A") or b"{}")
         app = make_app(load_settings(broker_url=fleet.redis.url))
         again = app.send_task(TASK_COMMIT, args=(result, run_id, "A"), queue=queue)
         assert again.get(timeout=60) == {"ticket": "A", "state": "COMPLETED"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from sage_tasks.store import keys
 from tests.support.builders import ticket, writes
 from tests.support.fleet import Fleet, unique_queue
 from tests.support.gitrepo import make_repo
@@ -34,6 +35,9 @@ def test_every_key_of_a_finished_run_expires_but_kombus_queue_bindings(
     client = fleet.redis.client()
     during = {k.decode() for k in client.scan_iter("*")}
     assert any(k.startswith("sage:run:") for k in during)
+    run_id = res.data["run_id"] if res.data else ""
+    # a ticket's long values, kept apart from its hash, go with the run
+    assert {keys.definitions(run_id), keys.results(run_id)} <= during
     assert any(k.startswith("celery-task-meta-") for k in during)
     forever = [k for k in during if client.ttl(k) == -1 and not k.startswith("_kombu.")]
     assert forever == [], forever

@@ -1,5 +1,5 @@
-"""Building what tests feed sage-tasks and read back: tickets, indexes, run records, and
-what ``sage-submit`` answered."""
+"""Building what tests feed sage-tasks and read back: tickets, indexes, run records (and a
+store holding one), and what ``sage-submit`` answered."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sage_tasks.store.runstate import RunInfo
+from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore
 from tests.support.gitrepo import INDEX
 
 
@@ -70,6 +70,15 @@ def run_info(run_id: str, **fields: Any) -> RunInfo:
     }
     values.setdefault("to_run", values["tickets"])
     return RunInfo(**values)
+
+
+def run_with_ticket(client: Any, *, ttl: int = 3600, **fields: str) -> RunStore:
+    """A store on ``client`` holding the RUNNING run ``run1`` of one QUEUED ticket ``T``
+    (``fields``: more of the ticket's first record)."""
+    store = RunStore(client, ttl=ttl)
+    info = run_info("run1", status=RunStatus.RUNNING.value)
+    store.create(info, '{"batches": [["T"]]}', {"T": {"state": Phase.QUEUED.value, **fields}})
+    return store
 
 
 @dataclass
