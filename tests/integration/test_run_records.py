@@ -44,7 +44,7 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def run(shared_fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Run:
+def records(shared_fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Run:
     root = tmp_path_factory.mktemp("records")
     tickets = [
         # its definition reaches its command whole: it copies its ticket file into its patch
@@ -69,52 +69,54 @@ def run(shared_fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Run:
     return Run(shared_fleet, repo, queue, run_id, {t["id"]: t for t in tickets}, submitted)
 
 
-def status(run: Run) -> Submitted:
-    res = run.fleet.submit(run.repo, "status", run.run_id, "--json", queue=run.queue)
+def status(records: Run) -> Submitted:
+    res = records.fleet.submit(
+        records.repo, "status", records.run_id, "--json", queue=records.queue
+    )
     assert res.code == 0 and res.data is not None, res.stderr
     return res
 
 
-def test_the_redis_of_these_tests_has_the_default_listpack_limits(run: Run) -> None:
-    config = run.fleet.redis.client().config_get("hash-max-listpack-*")
+def test_the_redis_of_these_tests_has_the_default_listpack_limits(records: Run) -> None:
+    config = records.fleet.redis.client().config_get("hash-max-listpack-*")
     assert config == {"hash-max-listpack-value": "64", "hash-max-listpack-entries": "512"}
 
 
-def test_every_ticket_hash_of_a_submitted_run_is_a_listpack(run: Run) -> None:
-    assert run.submitted == dict.fromkeys("ABCD", "listpack")
+def test_every_ticket_hash_of_a_submitted_run_is_a_listpack(records: Run) -> None:
+    assert records.submitted == dict.fromkeys("ABCD", "listpack")
 
 
-def test_finished_tickets_keep_listpack_hashes_and_their_long_values_apart(run: Run) -> None:
-    client: Any = run.fleet.redis.client()  # redis-py types replies as "value or awaitable"
+def test_finished_tickets_keep_listpack_hashes_and_their_long_values_apart(records: Run) -> None:
+    client: Any = records.fleet.redis.client()  # redis-py types replies as "value or awaitable"
     # C's DEFERRED reason carries its output's tail: past 64 bytes, its hash is a table
     for tid in "ABD":
-        assert encoding(client, keys.ticket(run.run_id, tid)) == "listpack", tid
+        assert encoding(client, keys.ticket(records.run_id, tid)) == "listpack", tid
     for tid in "ABCD":
-        fields = client.hkeys(keys.ticket(run.run_id, tid))
+        fields = client.hkeys(keys.ticket(records.run_id, tid))
         assert not {b"ticket", b"result", b"title"} & set(fields), (tid, fields)
-    definitions = client.hgetall(keys.definitions(run.run_id))
+    definitions = client.hgetall(keys.definitions(records.run_id))
     assert {k.decode(): json.loads(v) for k, v in definitions.items()} == {
-        tid: run.tickets[tid] for tid in "ABCD"
+        tid: records.tickets[tid] for tid in "ABCD"
     }
     results = {
-        k.decode(): json.loads(v) for k, v in client.hgetall(keys.results(run.run_id)).items()
+        k.decode(): json.loads(v) for k, v in client.hgetall(keys.results(records.run_id)).items()
     }
     assert sorted(results) == ["A", "B", "C"]  # D was BLOCKED: its command never ran
     assert results["A"]["outcome"] == "ok" and results["A"]["ticket"] == "A"
     assert results["C"]["outcome"] == "failed" and OUTPUT in results["C"]["output"]
 
 
-def test_the_definition_reaches_the_command_and_the_title_the_commit(run: Run) -> None:
-    branch = f"sage/run-{run.run_id}"
-    shown = json.loads(git(run.repo, "show", f"{branch}:out/A.json"))
-    assert shown == run.tickets["A"]
-    subjects = git(run.repo, "log", "--format=%s", branch).splitlines()
+def test_the_definition_reaches_the_command_and_the_title_the_commit(records: Run) -> None:
+    branch = f"sage/run-{records.run_id}"
+    shown = json.loads(git(records.repo, "show", f"{branch}:out/A.json"))
+    assert shown == records.tickets["A"]
+    subjects = git(records.repo, "log", "--format=%s", branch).splitlines()
     assert f"A: {LONG_TITLE}" in subjects
     assert "C: ticket C" in subjects
 
 
-def test_status_json_shows_states_reasons_and_commits_as_the_tickets_ended(run: Run) -> None:
-    data = status(run).data
+def test_status_json_shows_states_reasons_and_commits_as_the_tickets_ended(records: Run) -> None:
+    data = status(records).data
     assert data is not None
     rows = {t["id"]: t for t in data["tickets"]}
     assert {t: r["state"] for t, r in rows.items()} == {
@@ -126,14 +128,16 @@ def test_status_json_shows_states_reasons_and_commits_as_the_tickets_ended(run: 
     assert data["deferred"]["C"].startswith("exit code 3") and OUTPUT in data["deferred"]["C"]
     assert rows["C"]["reason"] == data["deferred"]["C"]
     assert rows["D"]["reason"] == "dependency C is DEFERRED"
-    head = git(run.repo, "rev-parse", f"sage/run-{run.run_id}").strip()
+    head = git(records.repo, "rev-parse", f"sage/run-{records.run_id}").strip()
     assert data["head"] == head
     assert all(len(rows[t]["commit"]) == 40 and rows[t]["attempts"] == 1 for t in "ABC")
 
 
-def test_the_report_shows_the_deferred_reason(run: Run, tmp_path: Path) -> None:
+def test_the_report_shows_the_deferred_reason(records: Run, tmp_path: Path) -> None:
     page = tmp_path / "report.html"
-    res = run.fleet.submit(run.repo, "report", run.run_id, "--html", str(page), queue=run.queue)
+    res = records.fleet.submit(
+        records.repo, "report", records.run_id, "--html", str(page), queue=records.queue
+    )
     assert res.code == 0, res.stderr
     assert OUTPUT in page.read_text()
 
