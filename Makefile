@@ -50,7 +50,7 @@ test-slow: install system-deps
 lint: install
 	$(BIN)/ruff check sage_tasks tests bench workers
 	$(BIN)/ruff format --check sage_tasks tests bench examples
-	$(BIN)/mypy sage_tasks
+	$(BIN)/mypy sage_tasks tests
 
 demo: install redis-server
 	$(BIN)/python examples/par-001/demo.py

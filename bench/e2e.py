@@ -784,7 +784,21 @@ def report(ctx: Context, plumbing: list[float], raws: list[RawResult],
         + f"; {PLUMBING_COMMITS} commits each, 4 git calls a commit, "
         f"{PLUMBING_ROUNDS} rounds before and after the rest)"
     )
-    met_all, correct = True, True
+    met_all = _targets(n, raw_s, plumb, sages)
+    for label, r in zip(("before", "after"), raws, strict=False):
+        print(f"broker, raw chords {label}: largest message {r.largest}, "
+              f"peak used_memory {human_bytes(r.peak_memory)} (sampled)")  # fmt: skip
+    correct = all([_details(s) for s in sages])
+    if ctx.notes:
+        print("\nraw chord worker logs:")
+        for line in ctx.notes:
+            print(f"  {line}")
+    return correct, met_all
+
+
+def _targets(n: int, raw_s: float, plumb: float, sages: list[SageResult]) -> bool:
+    """Each mode's rate against raw chords and plumbing; whether the target mode meets it."""
+    met_all = True
     for s in sages:
         rate = n / s.duration_s
         share = rate / plumb
@@ -799,39 +813,35 @@ def report(ctx: Context, plumbing: list[float], raws: list[RawResult],
         met = share >= TARGET_SHARE
         met_all &= met
         print(f"  target: >= {TARGET_SHARE:.0%} of raw plumbing -> {'met' if met else 'MISSED'}")
-    for label, r in zip(("before", "after"), raws, strict=False):
-        print(f"broker, raw chords {label}: largest message {r.largest}, "
-              f"peak used_memory {human_bytes(r.peak_memory)} (sampled)")  # fmt: skip
-    for s in sages:
-        print(f"\n== sage-tasks, {s.mode} ==")
-        print(f"broker peak memory: used_memory_peak_human {s.peak_info}; "
-              f"sampled max used_memory {human_bytes(s.peak_sampled)}")  # fmt: skip
-        print(f"largest message: {s.largest}; deepest queues: {s.max_depth} messages")
-        no_ttl = sum(s.keys.no_ttl.values())
-        print(f"keys left: {s.keys.total} (DBSIZE), {no_ttl} without TTL"
-              + (": " + ", ".join(f"{k} ({c})" for k, c in sorted(s.keys.no_ttl.items()))
-                 if no_ttl else ""))  # fmt: skip
-        print("  by shape: " + ", ".join(f"{k} ({c})" for k, c in sorted(s.keys.shapes.items())))
-        findings = s.keys.findings()
-        if findings:
-            print(f"  FINDING: sage-tasks or Celery result keys without TTL: {', '.join(findings)}")
-        for line in s.timing:
-            print(line)
-        print("worker logs: " + ("clean" if not s.logs else ""))
-        for line in s.logs:
-            print(f"  {line}")
-        if s.problems:
-            correct = False
-            print("correctness: FAILED")
-            for p in s.problems:
-                print(f"  {p}")
-        else:
-            print(f"correctness: {s.ok_line}")
-    if ctx.notes:
-        print("\nraw chord worker logs:")
-        for line in ctx.notes:
-            print(f"  {line}")
-    return correct, met_all
+    return met_all
+
+
+def _details(s: SageResult) -> bool:
+    """One mode's broker, keys, timing, logs and correctness; whether it was correct."""
+    print(f"\n== sage-tasks, {s.mode} ==")
+    print(f"broker peak memory: used_memory_peak_human {s.peak_info}; "
+          f"sampled max used_memory {human_bytes(s.peak_sampled)}")  # fmt: skip
+    print(f"largest message: {s.largest}; deepest queues: {s.max_depth} messages")
+    no_ttl = sum(s.keys.no_ttl.values())
+    print(f"keys left: {s.keys.total} (DBSIZE), {no_ttl} without TTL"
+          + (": " + ", ".join(f"{k} ({c})" for k, c in sorted(s.keys.no_ttl.items()))
+             if no_ttl else ""))  # fmt: skip
+    print("  by shape: " + ", ".join(f"{k} ({c})" for k, c in sorted(s.keys.shapes.items())))
+    findings = s.keys.findings()
+    if findings:
+        print(f"  FINDING: sage-tasks or Celery result keys without TTL: {', '.join(findings)}")
+    for line in s.timing:
+        print(line)
+    print("worker logs: " + ("clean" if not s.logs else ""))
+    for line in s.logs:
+        print(f"  {line}")
+    if s.problems:
+        print("correctness: FAILED")
+        for p in s.problems:
+            print(f"  {p}")
+        return False
+    print(f"correctness: {s.ok_line}")
+    return True
 
 
 def main() -> None:

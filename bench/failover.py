@@ -36,11 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sage_tasks.config import DEFAULT_TICKET_TIMEOUT, VISIBILITY_SLACK  # noqa: E402
+from tests.support.builders import ticket, writes  # noqa: E402
 from tests.support.faults import Background, kill_host  # noqa: E402
-from tests.support.fleet import Fleet, unique_queue, wait_until  # noqa: E402
+from tests.support.fleet import Fleet, unique_queue  # noqa: E402
 from tests.support.gitrepo import make_repo  # noqa: E402
+from tests.support.procs import wait_until  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
-from tests.support.runs import ticket, writes  # noqa: E402
 
 #: longest a measurement may take before the benchmark gives up
 GIVE_UP_S = 600

@@ -38,9 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from sage_tasks.store import keys  # noqa: E402
 from tests.support.fleet import Fleet, unique_queue  # noqa: E402
-from tests.support.gitrepo import index_bytes, make_repo  # noqa: E402
+from tests.support.gitrepo import git, index_bytes, make_repo  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
-from tests.support.runs import git  # noqa: E402
 
 SHAPES = ("wide", "deep", "layered-skewed")
 TARGET = 1.15

@@ -55,7 +55,7 @@ from sage_tasks.cli.local_redis import (
     run_lock,
     terminate,
 )
-from sage_tasks.config import Settings, load_settings
+from sage_tasks.config import Settings
 from sage_tasks.errors import ConfigError, LocalError, SageError, UnknownRun
 from sage_tasks.store.broker import connect
 from sage_tasks.store.runstate import RunStatus, RunStore
@@ -340,14 +340,8 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 
 def _local_settings(settings: Settings, server: Server) -> Settings:
-    return load_settings(
-        broker_url=server.url,
-        commit_queue=settings.commit_queue,
-        executor=settings.executor,
-        ticket_timeout=settings.ticket_timeout,
-        result_ttl=settings.result_ttl,
-        workdir=settings.workdir,
-    )
+    """The run's settings with the embedded Redis as broker and result backend."""
+    return settings.model_copy(update={"broker_url": server.url, "result_backend": None})
 
 
 @contextmanager

@@ -71,7 +71,7 @@ save ""
 maxmemory-policy noeviction
 loglevel warning
 daemonize no
-# a ticket's record (a hash with a few values past 64 bytes) stays compact (deploy/redis.conf)
+# a ticket's hash stays compact even with a value past 64 bytes (see deploy/redis.conf)
 hash-max-ziplist-value 1024
 """
 

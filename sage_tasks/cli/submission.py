@@ -24,6 +24,7 @@ from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
 from sage_tasks.core.links import warning_lines
 from sage_tasks.core.plan import Plan, build_plan, eager_order
 from sage_tasks.errors import ConfigError, IndexValidationError, Problem
+from sage_tasks.model.run import RunOptions, Schedule
 
 #: a blocked ticket's reason when the plan does not say (a plan stored before it did)
 PLANNED_BLOCK = "depends on a DEFERRED ticket that is not retried"
@@ -59,7 +60,7 @@ class Submission:
     allow_main: bool
     retry_deferred: bool
     parallel: Any
-    schedule: str = "levels"
+    schedule: Schedule = Schedule.LEVELS
     #: times a ticket whose patch conflicts is run again on the new head before DEFERRED
     conflict_retries: int = 0
 
@@ -140,16 +141,10 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def _title(raw: dict[str, Any]) -> str:
-    """A ticket's title from its raw JSON (the index was validated: it is text, or absent)."""
-    title = raw.get("title")
-    return title if isinstance(title, str) else ""
-
-
 def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
     """Each planned ticket's first record in the run."""
     records: dict[str, dict[str, str]] = {}
-    eager = sub.schedule == "eager"
+    eager = sub.schedule == Schedule.EAGER
     rank = {t: n for n, t in enumerate(eager_order(sub.doc, sub.plan))} if eager else {}
     for index, batch in enumerate(sub.plan.batches):
         for tid in batch:
@@ -157,7 +152,8 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
             raw = sub.doc.ticket_json(tid)
             records[tid] = {
                 "state": "PENDING",
-                "title": _title(raw),
+                # the title too is in there: a value past 64 bytes would cost the ticket's hash
+                # its compact encoding (see sage_tasks.store.runstate.APART)
                 "ticket": _dumps(raw),
                 "rank": str(rank.get(tid, 0)),
                 "deps": _dumps(sub.plan.deps.get(tid, [])),
@@ -167,7 +163,6 @@ def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
     for tid in sub.plan.blocked:
         records[tid] = {
             "state": "BLOCKED",
-            "title": _title(sub.doc.ticket_json(tid)),
             "reason": sub.plan.blocked_reasons.get(tid, PLANNED_BLOCK),
             "ended": str(time.time()),
             "attempts": "0",
@@ -205,16 +200,14 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
         to_run=sub.plan.to_run,
         created=time.time(),
         submitted_by=socket.gethostname(),
-        extra={
-            "allow_main": sub.allow_main,
-            "retry_deferred": sub.retry_deferred,
-            "schedule": sub.schedule,
-            "planned": sub.plan.to_run + len(sub.plan.blocked),
-            # eager: at most this many tickets in flight (0: no cap)
-            "cap": sub.plan.parallel or 0,
-            # eager: some tickets' paths overlap (its release script checks them)
-            "overlaps": bool(sub.plan.overlaps),
-            "conflict_retries": sub.conflict_retries,
-        },
+        extra=RunOptions(
+            planned=sub.plan.to_run + len(sub.plan.blocked),
+            schedule=sub.schedule,
+            allow_main=sub.allow_main,
+            retry_deferred=sub.retry_deferred,
+            cap=sub.plan.parallel or 0,
+            overlaps=bool(sub.plan.overlaps),
+            conflict_retries=sub.conflict_retries,
+        ).to_json(),
     )
     producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))

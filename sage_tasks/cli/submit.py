@@ -286,7 +286,7 @@ def cli(
         human=human,
         estimate=dry_run,
     )
-    sub.schedule = schedule
+    sub.schedule = Schedule(schedule)
     sub.conflict_retries = conflict_retries
 
     if dry_run:

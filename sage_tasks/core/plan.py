@@ -331,55 +331,78 @@ class _Walk:
         mixed: list[int] = []
         acyclic = True
         for root in range(n):
-            if mark[root]:
-                continue
-            mark[root] = 1
-            stack = [(root, iter(deps[root]))]
-            while stack:
-                v, todo = stack[-1]
-                lv, hv = level[v], heavy[v]
-                for d in todo:
-                    m = mark[d]
-                    if m == 2:
-                        s = status[d]
-                        if s == _RUN:
-                            if level[d] > lv:
-                                lv = level[d]
-                            if heavy[d] > hv:
-                                hv = heavy[d]
-                        elif s == _DONE:
-                            mixed.append(v)
-                        elif status[v] == _RUN:
-                            status[v] = _BLOCKED
-                    elif m == 0:  # open it; come back to ``v`` when it is finished
-                        level[v], heavy[v] = lv, hv
-                        mark[d] = 1
-                        stack.append((d, iter(deps[d])))
-                        break
-                    else:
-                        acyclic = False
-                else:
-                    stack.pop()
-                    mark[v] = 2
-                    lv += 1
-                    hv += w[v]
-                    level[v], heavy[v] = lv, hv
-                    if stack:  # the parent consumed ``v`` before opening it: pull it now
-                        p = stack[-1][0]
-                        s = status[v]
-                        if s == _RUN:
-                            if lv > level[p]:
-                                level[p] = lv
-                            if hv > heavy[p]:
-                                heavy[p] = hv
-                        elif s == _DONE:
-                            mixed.append(p)
-                        elif status[p] == _RUN:
-                            status[p] = _BLOCKED
+            if not mark[root]:
+                acyclic &= _walk_from(root, deps, status, mark, level, heavy, w, mixed)
         self.level = level
         self.heavy: list[float] | None = heavy if weights is not None else None
         self.mixed = mixed
         self.acyclic = acyclic
+
+
+def _walk_from(
+    root: int,
+    deps: list[list[int]],
+    status: list[int],
+    mark: list[int],
+    level: list[int],
+    heavy: list[float],
+    w: list[float],
+    mixed: list[int],
+) -> bool:
+    """One depth-first tree of :class:`_Walk` from ``root``; False when it met a cycle.
+
+    The per-edge pull stays inline (it runs once per dependency, the hot
+    loop); finishing a ticket, once per ticket, is :func:`_finish`.
+    """
+    acyclic = True
+    mark[root] = 1
+    stack = [(root, iter(deps[root]))]
+    while stack:
+        v, todo = stack[-1]
+        lv, hv = level[v], heavy[v]
+        for d in todo:
+            m = mark[d]
+            if m == 2:
+                s = status[d]
+                if s == _RUN:
+                    if level[d] > lv:
+                        lv = level[d]
+                    if heavy[d] > hv:
+                        hv = heavy[d]
+                elif s == _DONE:
+                    mixed.append(v)
+                elif status[v] == _RUN:
+                    status[v] = _BLOCKED
+            elif m == 0:  # open it; come back to ``v`` when it is finished
+                level[v], heavy[v] = lv, hv
+                mark[d] = 1
+                stack.append((d, iter(deps[d])))
+                break
+            else:
+                acyclic = False
+        else:
+            stack.pop()
+            mark[v] = 2
+            level[v], heavy[v] = lv + 1, hv + w[v]
+            if stack:  # the parent consumed ``v`` before opening it: pull it now
+                _finish(stack[-1][0], v, status, level, heavy, mixed)
+    return acyclic
+
+
+def _finish(
+    p: int, v: int, status: list[int], level: list[int], heavy: list[float], mixed: list[int]
+) -> None:
+    """Parent ``p`` pulls from its just-finished dependency ``v`` (as the inline pull does)."""
+    s = status[v]
+    if s == _RUN:
+        if level[v] > level[p]:
+            level[p] = level[v]
+        if heavy[v] > heavy[p]:
+            heavy[p] = heavy[v]
+    elif s == _DONE:
+        mixed.append(p)
+    elif status[p] == _RUN:
+        status[p] = _BLOCKED
 
 
 def _heavy(

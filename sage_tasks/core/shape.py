@@ -24,6 +24,7 @@ and its informational links only give *warnings* (see
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from operator import contains, is_not
@@ -82,86 +83,29 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
     """The whole check in column operations, or None at the first anomaly."""
     if items and set(map(type, items)) != {dict}:
         return None
-    ids: list[Any] = []
-    sts: list[Any] = []
-    prs: list[Any] = []
-    dls: list[Any] = []
-    runs: list[Any] = []
-    ests: list[Any] = []
-    titles: list[Any] = []
-    touts: list[Any] = []
-    tries: list[Any] = []
-    globs: list[Any] = []
-    bbs: list[Any] = []
-    bls: list[Any] = []
-    rels: list[Any] = []
-    founds: list[Any] = []
-    parents: list[Any] = []
-    a_id, a_st, a_pr, a_dl = ids.append, sts.append, prs.append, dls.append
-    a_bb, a_bl, a_rel, a_fd, a_pa = (
-        bbs.append,
-        bls.append,
-        rels.append,
-        founds.append,
-        parents.append,
-    )
-    a_run, a_est, a_ti, a_to, a_re = (
-        runs.append,
-        ests.append,
-        titles.append,
-        touts.append,
-        tries.append,
-    )
-    for item in items:
-        get = item.get
-        a_id(get("id"))
-        a_st(get("state", "UNPROCESSED"))
-        a_pr(get("priority", "P2"))
-        a_dl(get("dependencies"))
-        a_run(get("run"))
-        a_est(get("estimate"))
-        a_ti(get("title", ""))
-        a_to(get("timeout"))
-        a_re(get("retries", 0))
-        globs.append(get("paths"))
-        a_bb(get("blockedBy"))
-        a_bl(get("blocks"))
-        a_rel(get("relatedTo"))
-        a_fd(get("discoveredFrom"))
-        a_pa(get("parent"))
+    ids = _column(items, "id")
+    if not _ids_ok(ids):
+        return None
     n = len(ids)
-    if n:
-        if set(map(type, ids)) != _STRINGS:
-            return None
-        joined = "\n".join(ids)
-        # one regex over all ids; the count makes sure no id hides a newline
-        if joined.count("\n") != n - 1 or _IDS_RE.fullmatch(joined + "\n") is None:
-            return None
     index = dict(zip(ids, range(n), strict=True))
-    states = list(map(STATE_CODES.__getitem__, sts))
-    prios = list(map(PRIORITY_CODES.__getitem__, prs))
-    if len(index) != n or not set(map(type, runs)) <= _OPT_STR:
-        return None
-    if not set(map(type, titles)) <= _STRINGS or not set(map(type, touts)) <= _NUMBERS:
-        return None
-    if not set(map(type, tries)) <= _INTS or min(tries, default=0) < 0:
-        return None
-    if min((t for t in touts if t is not None), default=1) <= 0:
-        return None
-    if not set(map(type, ests)) <= _ESTIMATES:
+    states = list(map(STATE_CODES.__getitem__, _column(items, "state", "UNPROCESSED")))
+    prios = list(map(PRIORITY_CODES.__getitem__, _column(items, "priority", "P2")))
+    runs = _column(items, "run")
+    ests = _column(items, "estimate")
+    if len(index) != n or not _scalars_ok(items, runs, ests):
         return None
     seconds = {e: _seconds(e) for e in set(ests)}
-    if -1.0 in seconds.values():
-        return None
+    dls = _column(items, "dependencies")
     kinds = set(map(type, dls))
-    if not kinds <= _LISTS:
+    if -1.0 in seconds.values() or not kinds <= _LISTS:
         return None
     if _NONE in kinds:  # a missing or null list is an empty one
         dls = [_EMPTY if d is None else d for d in dls]
-    blocked_by = _fast_links(ids, bbs)
-    blocks = _fast_links(ids, bls)
+    blocked_by = _fast_links(ids, _column(items, "blockedBy"))
+    blocks = _fast_links(ids, _column(items, "blocks"))
     if blocked_by is None or blocks is None:
         return None
+    globs = _column(items, "paths")
     paths = {v: g for v, g in enumerate(globs) if g is not None}
     if paths and any(_paths_problem(g) for g in paths.values()):
         return None
@@ -180,7 +124,39 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
     # dependency listed twice stays twice (harmless), a self dependency shows up as
     # a cycle of one ticket, reported as such
     graph.link()
-    return CheckedIndex(graph, warnings=read_informational(graph, rels, founds, parents))
+    info = (_column(items, key) for key in ("relatedTo", "discoveredFrom", "parent"))
+    return CheckedIndex(graph, warnings=read_informational(graph, *info))
+
+
+def _column(items: list[dict[str, Any]], key: str, default: Any = None) -> list[Any]:
+    """``item.get(key, default)`` of every ticket (all known to be plain dicts)."""
+    return list(map(dict.get, items, repeat(key), repeat(default)))
+
+
+def _ids_ok(ids: list[Any]) -> bool:
+    """All ids strings of the id pattern (uniqueness is checked by the caller)."""
+    if not ids:
+        return True
+    if set(map(type, ids)) != _STRINGS:
+        return False
+    joined = "\n".join(ids)
+    # one regex over all ids; the count makes sure no id hides a newline
+    return joined.count("\n") == len(ids) - 1 and _IDS_RE.fullmatch(joined + "\n") is not None
+
+
+def _scalars_ok(items: list[dict[str, Any]], runs: list[Any], ests: list[Any]) -> bool:
+    """``run``, ``title``, ``timeout``, ``retries`` and the estimates' types are all sound."""
+    touts = _column(items, "timeout")
+    tries = _column(items, "retries", 0)
+    return (
+        set(map(type, runs)) <= _OPT_STR
+        and set(map(type, _column(items, "title", ""))) <= _STRINGS
+        and set(map(type, touts)) <= _NUMBERS
+        and set(map(type, tries)) <= _INTS
+        and min(tries, default=0) >= 0
+        and min((t for t in touts if t is not None), default=1) > 0
+        and set(map(type, ests)) <= _ESTIMATES
+    )
 
 
 def _fast_links(ids: list[str], column: list[Any]) -> dict[int, list[str]] | None:
@@ -293,6 +269,32 @@ def _check_fields(
     def bad(message: str) -> None:
         shape.append(Problem(f"{who}: {message}", ref))
 
+    _check_scalars(item, graph, bad)
+    est = item.get("estimate")
+    if est is not None:
+        try:
+            graph.estimates[-1] = parse_estimate(est)
+        except ValueError:
+            semantic.append(Problem(f"{who}: cannot read estimate {_show(est)}", ref))
+    globs = item.get("paths")
+    if globs is not None:
+        problem = _paths_problem(globs)
+        if problem:
+            bad(problem)
+        else:
+            graph.paths[len(graph.ids) - 1] = globs
+    lists: list[list[str]] = []
+    for key in (DEPENDENCIES, BLOCKED_BY, BLOCKS):
+        value = item.get(key)
+        problem = link_problem(key, value)
+        if problem:
+            bad(problem)
+        lists.append(value if value is not None and not problem else _EMPTY)
+    return lists[0], lists[1], lists[2]
+
+
+def _check_scalars(item: dict[str, Any], graph: TicketGraph, bad: Callable[[str], None]) -> None:
+    """``state``, ``priority``, ``run``, ``title``, ``timeout`` and ``retries`` of one ticket."""
     state = item.get("state", "UNPROCESSED")
     code = STATE_CODES.get(state) if type(state) is str else None
     if code is None:
@@ -318,27 +320,6 @@ def _check_fields(
     retries = item.get("retries", 0)
     if type(retries) is not int or retries < 0:
         bad(f"'retries' must be a whole number >= 0, got {_show(retries)}")
-    est = item.get("estimate")
-    if est is not None:
-        try:
-            graph.estimates[-1] = parse_estimate(est)
-        except ValueError:
-            semantic.append(Problem(f"{who}: cannot read estimate {_show(est)}", ref))
-    globs = item.get("paths")
-    if globs is not None:
-        problem = _paths_problem(globs)
-        if problem:
-            bad(problem)
-        else:
-            graph.paths[len(graph.ids) - 1] = globs
-    lists: list[list[str]] = []
-    for key in (DEPENDENCIES, BLOCKED_BY, BLOCKS):
-        value = item.get(key)
-        problem = link_problem(key, value)
-        if problem:
-            bad(problem)
-        lists.append(value if value is not None and not problem else _EMPTY)
-    return lists[0], lists[1], lists[2]
 
 
 def _resolve(

@@ -202,19 +202,27 @@ class Supervisor:
                 self._resend(info, tid, state, f"silent for {now - beat:.0f} s", now)
         elif state == Phase.RAN:
             ran = float(rec.get("ran") or 0)
-            if now - ran > vt and rec.get("result"):
-                log.warning(
-                    "run %s: ticket %s waited %.0f s for its commit; sending it again",
-                    run_id,
-                    tid,
-                    now - ran,
-                )
-                store.set_ticket(run_id, tid, ran=now)
-                events.ticket_event(
-                    run_id, tid, state, event="resent", reason=f"waited {now - ran:.0f} s"
-                )
-                result: dict[str, Any] = json.loads(rec["result"])
-                producer.commit_only(self.app, result, run_id, tid, info.commit_queue).apply_async()
+            if now - ran > vt:
+                self._commit_again(info, tid, now - ran, now)
+
+    def _commit_again(self, info: RunInfo, tid: str, waited: float, now: float) -> None:
+        """Send a ran ticket's stored outcome to the commit queue again (its commit is lost)."""
+        store, run_id = self.rt.store, info.run_id
+        raw = store.record(run_id, tid).get("result")  # read only now: results are long
+        if not raw:
+            return
+        log.warning(
+            "run %s: ticket %s waited %.0f s for its commit; sending it again",
+            run_id,
+            tid,
+            waited,
+        )
+        store.set_ticket(run_id, tid, ran=now)
+        events.ticket_event(
+            run_id, tid, Phase.RAN.value, event="resent", reason=f"waited {waited:.0f} s"
+        )
+        result: dict[str, Any] = json.loads(raw)
+        producer.commit_only(self.app, result, run_id, tid, info.commit_queue).apply_async()
 
     def check_lost_messages(
         self, info: RunInfo, records: dict[str, dict[str, str]], now: float

@@ -41,8 +41,24 @@ def run(run_id: str) -> str:
 
 
 def ticket(run_id: str, ticket_id: str) -> str:
-    """Hash: one ticket's record in a run (state, attempts, host, times, reason, commit)."""
+    """Hash: one ticket's record in a run (state, attempts, host, times, reason, commit).
+
+    Only short values: Redis keeps a hash whose values are all at most 64 bytes
+    (``hash-max-listpack-value``) as one compact listpack, and turns it into a
+    hash table, about twice the memory, at the first longer one. A ticket's two
+    long values live in the run's :func:`definitions` and :func:`results`.
+    """
     return f"{PREFIX}:run:{run_id}:t:{ticket_id}"
+
+
+def definitions(run_id: str) -> str:
+    """Hash: ticket id -> the ticket's JSON object as submitted (what its worker runs)."""
+    return f"{PREFIX}:run:{run_id}:definitions"
+
+
+def results(run_id: str) -> str:
+    """Hash: ticket id -> the outcome of its command (JSON), from when it ran."""
+    return f"{PREFIX}:run:{run_id}:results"
 
 
 def final(run_id: str) -> str:

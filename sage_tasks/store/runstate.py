@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -40,11 +40,20 @@ class Phase(StrEnum):
 FINAL_PHASES = frozenset({Phase.COMPLETED, Phase.DEFERRED, Phase.BLOCKED})
 
 
-#: HSET the ticket's fields unless it is already final; then join the running set (counting
-#: a delivery; ARGV[3] is the set's TTL) or leave it. ARGV[4] fences by attempt: '' none,
-#: '+' starts a new attempt (returns its number), a number writes only while that attempt
-#: is the ticket's current one and still runs it (not taken away by the supervisor)
+#: a ticket's fields kept apart from its hash, each in one hash of the run (ticket id ->
+#: value): the ticket's definition and its command's outcome pass the 64 bytes up to which
+#: Redis (by default) keeps a hash a listpack, and one such value would make every ticket's
+#: hash a hash table, twice the memory. :meth:`RunStore.record` reads them back in place.
+APART: dict[str, Callable[[str], str]] = {"ticket": keys.definitions, "result": keys.results}
+
+#: HSET the ticket's fields unless it is already final, or gone (a late worker must not bring
+#: back, without a TTL, the record of a run that expired); then join the running set (counting
+#: a delivery; ARGV[3] is the TTL of the sets and of the run's results) or leave it. ARGV[4]
+#: fences by attempt: '' none, '+' starts a new attempt (returns its number), a number
+#: writes only while that attempt is the ticket's current one and still runs it (not taken
+#: away by the supervisor). ARGV[5], unless '', is the ticket's result (KEYS[3]: the run's)
 _SET_UNLESS_FINAL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'COMPLETED' or state == 'DEFERRED' or state == 'BLOCKED' then return 0 end
 local result = 1
@@ -54,7 +63,11 @@ elseif ARGV[4] ~= '' then
   local current = redis.call('HGET', KEYS[1], 'attempt_no') or '0'
   if current ~= ARGV[4] or state ~= 'RUNNING' then return 0 end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
 if ARGV[2] == '1' then
   redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
   redis.call('SADD', KEYS[2], ARGV[1])
@@ -224,15 +237,15 @@ class RunStore:
         """Store a new run: its record, its plan and a record per ticket.
 
         The tickets' records go first, by script a few thousand at a time
-        (each chunk one JSON argument); the run's record, which makes the
-        run visible, goes last, in one transaction with its indexes.
+        (each chunk one JSON argument), their :data:`APART` fields into the
+        run's hashes of them; the run's record, which makes the run visible,
+        goes last, in one transaction with its indexes.
         """
         ids = list(tickets)
         for start in range(0, len(ids), SCRIPT_CHUNK):
-            chunk = ids[start : start + SCRIPT_CHUNK]
-            rows = [[x for kv in tickets[t].items() for x in kv] for t in chunk]
-            names = [keys.ticket(info.run_id, t) for t in chunk]
-            self.r.eval(_HSET_JSON, len(names), *names, self.ttl, orjson.dumps(rows))
+            self._create_tickets(
+                info.run_id, {t: tickets[t] for t in ids[start : start + SCRIPT_CHUNK]}
+            )
         pipe = self.r.pipeline(transaction=True)
         key = keys.run(info.run_id)
         pipe.hset(key, mapping={**info.to_hash(), "plan": plan_json})
@@ -250,6 +263,27 @@ class RunStore:
         pipe.expire(keys.active_runs(info.repo), self.ttl)
         pipe.execute()
 
+    def _create_tickets(self, run_id: str, tickets: Mapping[str, Mapping[str, str]]) -> None:
+        """Store some tickets' first records (one round trip)."""
+        rows: list[list[str]] = []
+        apart: dict[str, dict[str, str]] = {name: {} for name in APART}
+        for tid, fields in tickets.items():
+            row: list[str] = []
+            for name, value in fields.items():
+                if name in apart:
+                    apart[name][tid] = value
+                else:
+                    row += (name, value)
+            rows.append(row)
+        names = [keys.ticket(run_id, t) for t in tickets]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.eval(_HSET_JSON, len(names), *names, self.ttl, orjson.dumps(rows))
+        for name, values in apart.items():
+            if values:
+                pipe.hset(APART[name](run_id), mapping=values)
+                pipe.expire(APART[name](run_id), self.ttl)
+        pipe.execute()
+
     def get(self, run_id: str) -> RunInfo | None:
         """The run's record, or None when Redis does not know it (anymore)."""
         return _run_info(self.r.hmget(keys.run(run_id), _RUN_FIELDS))
@@ -257,15 +291,16 @@ class RunStore:
     def snapshot(
         self, run_id: str, ticket_id: str, digest: str = ""
     ) -> tuple[RunInfo | None, dict[str, str], bytes | None]:
-        """The run's record, the ticket's and its patch (if ``digest``), in one round trip."""
-        pipe = self.r.pipeline(transaction=False)
+        """The run's record, the ticket's (as :meth:`record` reads it) and its patch (if
+        ``digest``), in one round trip."""
+        pipe = self.r.pipeline(transaction=True)
         pipe.hmget(keys.run(run_id), _RUN_FIELDS)
-        pipe.hgetall(keys.ticket(run_id, ticket_id))
         if digest:
             pipe.get(keys.patch(run_id, digest))
+        _read_record(pipe, run_id, ticket_id)
         found = pipe.execute()
-        patch = bytes(found[2]) if digest and found[2] is not None else None
-        return _run_info(found[0]), _decode(found[1]), patch
+        patch = bytes(found[1]) if digest and found[1] is not None else None
+        return _run_info(found[0]), _record(found[2:] if digest else found[1:]), patch
 
     def waiting(self, run_id: str) -> list[str]:
         """The tickets whose outcome waits for the commit queue (some may be final by now)."""
@@ -339,8 +374,15 @@ class RunStore:
     # -- tickets -----------------------------------------------------------------
 
     def ticket(self, run_id: str, ticket_id: str) -> dict[str, str]:
-        """One ticket's record (empty when unknown)."""
+        """One ticket's hash: its record but the :data:`APART` fields (empty when unknown)."""
         return _decode(self.r.hgetall(keys.ticket(run_id, ticket_id)))
+
+    def record(self, run_id: str, ticket_id: str) -> dict[str, str]:
+        """One ticket's whole record: its hash and, where set, its definition (``ticket``)
+        and result (``result``), read at one moment in one round trip (empty when unknown)."""
+        pipe = self.r.pipeline(transaction=True)
+        _read_record(pipe, run_id, ticket_id)
+        return _record(pipe.execute())
 
     def tickets(self, run_id: str, ticket_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         """Several tickets' records in one round trip."""
@@ -471,8 +513,10 @@ class RunStore:
         *,
         running: bool,
         fence: str = "",
+        result: str = "",
     ) -> int:
-        """HSET ``fields`` atomically unless the ticket is final; 0 when nothing was written.
+        """HSET ``fields`` (and ``result``, if any) atomically unless the ticket is final;
+        0 when nothing was written.
 
         A worker cut off from Redis may have writes in flight that arrive when
         its link comes back, long after another worker finished the ticket:
@@ -480,12 +524,10 @@ class RunStore:
         '+' starts a new attempt (the result is its number); an attempt's number
         writes only while it is the current attempt.
         """
-        args = [ticket_id, "1" if running else "0", str(self.ttl), fence]
+        args = [ticket_id, "1" if running else "0", str(self.ttl), fence, result]
         args += [x for kv in fields.items() for x in kv]
-        done = self.r.eval(
-            _SET_UNLESS_FINAL, 2, keys.ticket(run_id, ticket_id), keys.running(run_id), *args
-        )
-        return int(done)
+        names = (keys.ticket(run_id, ticket_id), keys.running(run_id), keys.results(run_id))
+        return int(self.r.eval(_SET_UNLESS_FINAL, len(names), *names, *args))
 
     def rerun_ticket(self, run_id: str, ticket_id: str, conflicts: list[str]) -> int:
         """The ticket's patch conflicted: it waits to run again, on the new head.
@@ -496,7 +538,7 @@ class RunStore:
         key = keys.ticket(run_id, ticket_id)
         pipe = self.r.pipeline(transaction=True)
         pipe.hincrby(key, "conflict_reruns", 1)
-        pipe.hdel(key, "result")
+        pipe.hdel(keys.results(run_id), ticket_id)
         pipe.srem(keys.waiting(run_id), ticket_id)
         pipe.hset(
             key,
@@ -516,9 +558,6 @@ class RunStore:
         """
         return int(self.r.eval(_COUNT_UNLESS_FINAL, 1, keys.ticket(run_id, ticket_id)))
 
-    def heartbeat(self, run_id: str, ticket_id: str) -> None:
-        self.r.hset(keys.ticket(run_id, ticket_id), "heartbeat", str(time.time()))
-
     def ran(
         self, run_id: str, ticket_id: str, result: Mapping[str, Any], *, attempt_no: int = 0
     ) -> bool:
@@ -531,11 +570,15 @@ class RunStore:
         fields = {
             "state": Phase.RAN.value,
             "ran": str(time.time()),
-            "result": json.dumps(dict(result)),
             "duration": str(result.get("duration_s", 0.0)),
         }
         fence = str(attempt_no) if attempt_no else ""
-        done = bool(self._set_unless_final(run_id, ticket_id, fields, running=False, fence=fence))
+        outcome = json.dumps(dict(result))
+        done = bool(
+            self._set_unless_final(
+                run_id, ticket_id, fields, running=False, fence=fence, result=outcome
+            )
+        )
         if done:
             pipe = self.r.pipeline(transaction=False)
             pipe.sadd(keys.waiting(run_id), ticket_id)
@@ -629,6 +672,23 @@ class RunStore:
 
 
 _RUN_FIELDS = list(RunInfo.__dataclass_fields__)
+
+
+def _read_record(pipe: Any, run_id: str, ticket_id: str) -> None:
+    """Queue the reads of a ticket's whole record on ``pipe`` (see :func:`_record`)."""
+    pipe.hgetall(keys.ticket(run_id, ticket_id))
+    for key in APART.values():
+        pipe.hget(key(run_id), ticket_id)
+
+
+def _record(replies: list[Any]) -> dict[str, str]:
+    """A ticket's whole record from the replies :func:`_read_record` queued."""
+    record = _decode(replies[0])
+    if record:  # a ticket the run does not know has no record, whatever else is left
+        for name, raw in zip(APART, replies[1:], strict=True):
+            if raw is not None:
+                record[name] = raw.decode(errors="replace")
+    return record
 
 
 def _run_info(values: list[bytes | None]) -> RunInfo | None:

@@ -55,47 +55,14 @@ def render_plan(plan: Plan, console: Console, *, title: str, show_all: bool = Fa
     """
     console.print(Rule(Text(title, style="bold")))
     console.print(Text(mode_line(plan), style="bold cyan"), soft_wrap=True)
-    counts = [f"{plan.tickets} in the index", f"{plan.to_run} to run"]
-    if plan.completed:
-        counts.append(f"{len(plan.completed)} completed")
-    if plan.deferred:
-        counts.append(f"{len(plan.deferred)} deferred (not re-run)")
-    if plan.blocked:
-        counts.append(f"{len(plan.blocked)} blocked")
-    _line(console, "Tickets", ", ".join(counts))
+    _line(console, "Tickets", _counts_line(plan))
     if plan.links is not None:
         _line(console, "Index", plan.links.describe())
     console.print()
-
-    if not plan.batches:
-        console.print(Text("Nothing to run.", style="yellow"))
-    shown: list[int] | range = range(len(plan.batches))
-    cut = len(plan.batches) > MAX_BATCHES and not show_all
-    if cut:
-        head = MAX_BATCHES - _TAIL_BATCHES
-        shown = [*range(head), *range(len(plan.batches) - _TAIL_BATCHES, len(plan.batches))]
-    width = len(str(len(plan.batches)))
-    for n in shown:
-        if cut and n == len(plan.batches) - _TAIL_BATCHES:
-            hidden = len(plan.batches) - MAX_BATCHES
-            console.print(Text(f"  ... {hidden} more batches ...", style="dim"))
-        batch = plan.batches[n]
-        text = Text(f"Batch {n + 1:>{width}}", style="bold")
-        text.append(f"  level {plan.batch_levels[n]:<{width}}  ", style="dim")
-        text.append(f"{len(batch):>4} ticket{'s' if len(batch) != 1 else ' '}  ")
-        text.append(_ids(batch, len(batch) if show_all else MAX_IDS))
-        console.print(text, soft_wrap=True)
+    _render_batches(plan, console, show_all)
     console.print()
-
     if plan.critical_path:
-        path = plan.critical_path
-        if len(path) > MAX_PATH and not show_all:
-            half = MAX_PATH // 2
-            path = [*path[:half], f"... {len(path) - MAX_PATH} more ...", *path[-half:]]
-        length = f"{len(plan.critical_path)} tickets"
-        if plan.critical_path_seconds is not None:
-            length += f", about {format_duration(plan.critical_path_seconds)}"
-        _line(console, "Critical path", f"({length}) " + " -> ".join(path))
+        _line(console, "Critical path", _path_line(plan, show_all))
     if plan.blocked:
         _line(console, "Blocked", blocked_line(plan), style="yellow")
     if plan.deferred:
@@ -103,6 +70,51 @@ def render_plan(plan: Plan, console: Console, *, title: str, show_all: bool = Fa
     if plan.serialized:
         _line(console, "Paths", serialized_line(plan), "yellow")
     _render_stats(plan, console)
+
+
+def _counts_line(plan: Plan) -> str:
+    counts = [f"{plan.tickets} in the index", f"{plan.to_run} to run"]
+    if plan.completed:
+        counts.append(f"{len(plan.completed)} completed")
+    if plan.deferred:
+        counts.append(f"{len(plan.deferred)} deferred (not re-run)")
+    if plan.blocked:
+        counts.append(f"{len(plan.blocked)} blocked")
+    return ", ".join(counts)
+
+
+def _render_batches(plan: Plan, console: Console, show_all: bool) -> None:
+    """One line per batch; past ``MAX_BATCHES`` only the first and last ones."""
+    total = len(plan.batches)
+    if not total:
+        console.print(Text("Nothing to run.", style="yellow"))
+    shown: list[int] | range = range(total)
+    cut = total > MAX_BATCHES and not show_all
+    if cut:
+        shown = [*range(MAX_BATCHES - _TAIL_BATCHES), *range(total - _TAIL_BATCHES, total)]
+    width = len(str(total))
+    for n in shown:
+        if cut and n == total - _TAIL_BATCHES:
+            hidden = total - MAX_BATCHES
+            console.print(Text(f"  ... {hidden} more batches ...", style="dim"))
+        batch = plan.batches[n]
+        text = Text(f"Batch {n + 1:>{width}}", style="bold")
+        text.append(f"  level {plan.batch_levels[n]:<{width}}  ", style="dim")
+        text.append(f"{len(batch):>4} ticket{'s' if len(batch) != 1 else ' '}  ")
+        text.append(_ids(batch, len(batch) if show_all else MAX_IDS))
+        console.print(text, soft_wrap=True)
+
+
+def _path_line(plan: Plan, show_all: bool) -> str:
+    """The critical path with its length; a long one cut in the middle unless ``show_all``."""
+    path = plan.critical_path
+    if len(path) > MAX_PATH and not show_all:
+        half = MAX_PATH // 2
+        path = [*path[:half], f"... {len(path) - MAX_PATH} more ...", *path[-half:]]
+    length = f"{len(plan.critical_path)} tickets"
+    if plan.critical_path_seconds is not None:
+        length += f", about {format_duration(plan.critical_path_seconds)}"
+    return f"({length}) " + " -> ".join(path)
 
 
 def blocked_line(plan: Plan) -> str:

@@ -19,6 +19,7 @@ import itertools
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,19 @@ def _metrics(s: RunSummary, plan: dict[str, Any]) -> str:
     return f'<section id="metrics"><h2>Metrics</h2><div class="cards">{body}</div></section>'
 
 
+@dataclass(frozen=True, slots=True)
+class _Scale:
+    """Seconds of the run to x pixels of the timeline."""
+
+    t0: float
+    total: float
+    left: float = 200.0
+    width: float = 960.0
+
+    def x(self, t: float) -> float:
+        return self.left + (t - self.t0) / self.total * self.width
+
+
 def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> str:
     head = '<section id="timeline"><h2>Timeline</h2>'
     bars = bars_of(s.rows)
@@ -189,14 +203,9 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
     lanes = lanes_of(bars)
     times = [t for b in bars for t in (b.start, b.end)]
     times += [t for m in marks for t in (m.start, m.end) if t is not None]
-    t0 = min(times)
-    total = max(max(times) - t0, 1e-3)
+    scale = _Scale(min(times), max(max(times) - min(times), 1e-3))
     rh = max(6.0, min(24.0, 2400 / len(lanes)))
-    left, width, top = 200.0, 960.0, 30.0
-
-    def x(t: float) -> float:
-        return left + (t - t0) / total * width
-
+    top = 30.0
     path = _critical_ids(s, plan)
     on_path = set(path)
     large = is_large(s)
@@ -212,47 +221,81 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
                 f"{_count(count, 'ticket')}</text>"
             )
             y += 16
-        if rh >= 11:
-            body.append(
-                f'<text class="tick" x="{left - 6:.0f}" y="{y + rh * 0.7:.1f}" '
-                f'text-anchor="end">{_e(_clip(lane.label, 28))}</text>'
-            )
-        body.append(
-            f'<line class="lane" x1="{left}" y1="{y + rh:.1f}" x2="{left + width}" '
-            f'y2="{y + rh:.1f}"/>'
-        )
-        for bar, count, state_cls in _lane_bars(lane, large, total / width, on_path):
-            row = bar.row
-            x1, x2 = x(bar.start), max(x(bar.end), x(bar.start) + 1.0)
-            cls = f"bar {state_cls}" + (" cp" if row.id in on_path else "")
-            batch = f", batch {row.batch + 1}" if row.batch is not None and row.batch >= 0 else ""
-            where_ran = row.slot or lane.host
-            tip = f"{row.id}: {row.state}, {_secs(bar.end - bar.start)} on {where_ran}{batch}"
-            ticket = f' data-ticket="{_e(row.id)}"'
-            if count > 1:  # a large run's neighbouring bars, drawn as one span
-                tip = f"{count} tickets from {row.id}, {_secs(bar.end - bar.start)} on {where_ran}"
-                ticket = f' data-tickets="{count}"'
-            body.append(
-                f'<rect class="{cls}"{ticket} x="{x1:.1f}" '
-                f'y="{y + rh * 0.12:.1f}" width="{x2 - x1:.1f}" height="{rh * 0.76:.1f}">'
-                f"<title>{_e(tip)}</title></rect>"
-            )
-            if count == 1 and rh >= 14 and x2 - x1 >= 7 * min(len(row.id), 16) + 8:
-                body.append(
-                    f'<text class="in" x="{x1 + 4:.1f}" y="{y + rh * 0.68:.1f}">'
-                    f"{_e(_clip(row.id, 16))}</text>"
-                )
-            where[row.id] = (bar, y + rh / 2)
+        body += _lane_svg(lane, scale, y, rh, large, on_path, where)
         y += rh
+    x = scale.x
     links = [
         f'<path class="cpl" d="M{x(a.end):.1f},{ya:.1f} L{x(b.start):.1f},{yb:.1f}"/>'
         for (a, ya), (b, yb) in itertools.pairwise(where[t] for t in path if t in where)
     ]
+    grid = _timeline_grid(scale, marks, top, y)
+    w, h = scale.left + scale.width + 20, y + 22
+    svg = (
+        f'<svg width="{w:.0f}" height="{h:.0f}" viewBox="0 0 {w:.0f} {h:.0f}" role="img" '
+        f'aria-label="timeline">{"".join(grid)}{"".join(body)}{"".join(links)}</svg>'
+    )
+    note = _timeline_note(s, len(bars), lanes, bool(marks), large)
+    return f'{head}{_legend()}<p class="note">{note}</p><div class="scroll">{svg}</div></section>'
+
+
+def _lane_svg(
+    lane: Lane,
+    scale: _Scale,
+    y: float,
+    rh: float,
+    large: bool,
+    on_path: set[str],
+    where: dict[str, tuple[Bar, float]],
+) -> list[str]:
+    """One worker slot's lane at height ``y``: its label, its line and its bars.
+
+    Each bar drawn is noted in ``where`` (its ticket -> the bar and its lane's middle).
+    """
+    x, left = scale.x, scale.left
+    out: list[str] = []
+    if rh >= 11:
+        out.append(
+            f'<text class="tick" x="{left - 6:.0f}" y="{y + rh * 0.7:.1f}" '
+            f'text-anchor="end">{_e(_clip(lane.label, 28))}</text>'
+        )
+    out.append(
+        f'<line class="lane" x1="{left}" y1="{y + rh:.1f}" x2="{left + scale.width}" '
+        f'y2="{y + rh:.1f}"/>'
+    )
+    for bar, count, state_cls in _lane_bars(lane, large, scale.total / scale.width, on_path):
+        row = bar.row
+        x1, x2 = x(bar.start), max(x(bar.end), x(bar.start) + 1.0)
+        cls = f"bar {state_cls}" + (" cp" if row.id in on_path else "")
+        batch = f", batch {row.batch + 1}" if row.batch is not None and row.batch >= 0 else ""
+        where_ran = row.slot or lane.host
+        tip = f"{row.id}: {row.state}, {_secs(bar.end - bar.start)} on {where_ran}{batch}"
+        ticket = f' data-ticket="{_e(row.id)}"'
+        if count > 1:  # a large run's neighbouring bars, drawn as one span
+            tip = f"{count} tickets from {row.id}, {_secs(bar.end - bar.start)} on {where_ran}"
+            ticket = f' data-tickets="{count}"'
+        out.append(
+            f'<rect class="{cls}"{ticket} x="{x1:.1f}" '
+            f'y="{y + rh * 0.12:.1f}" width="{x2 - x1:.1f}" height="{rh * 0.76:.1f}">'
+            f"<title>{_e(tip)}</title></rect>"
+        )
+        if count == 1 and rh >= 14 and x2 - x1 >= 7 * min(len(row.id), 16) + 8:
+            out.append(
+                f'<text class="in" x="{x1 + 4:.1f}" y="{y + rh * 0.68:.1f}">'
+                f"{_e(_clip(row.id, 16))}</text>"
+            )
+        where[row.id] = (bar, y + rh / 2)
+    return out
+
+
+def _timeline_grid(scale: _Scale, marks: list[BatchMark], top: float, bottom: float) -> list[str]:
+    """The time ticks and the batches' start and end lines."""
+    x = scale.x
     grid: list[str] = []
-    for t in _ticks(total):
+    for t in _ticks(scale.total):
+        tx = x(scale.t0 + t)
         grid.append(
-            f'<line class="grid" x1="{x(t0 + t):.1f}" y1="{top}" x2="{x(t0 + t):.1f}" '
-            f'y2="{y:.1f}"/><text class="tick" x="{x(t0 + t):.1f}" y="{y + 14:.1f}" '
+            f'<line class="grid" x1="{tx:.1f}" y1="{top}" x2="{tx:.1f}" '
+            f'y2="{bottom:.1f}"/><text class="tick" x="{tx:.1f}" y="{bottom + 14:.1f}" '
             f'text-anchor="middle">{_secs(t)}</text>'
         )
     last = -1e9
@@ -261,40 +304,39 @@ def _timeline(s: RunSummary, plan: dict[str, Any], marks: list[BatchMark]) -> st
             ex = x(mark.end)
             grid.append(
                 f'<line class="batch end" x1="{ex:.1f}" y1="{top - 6}" x2="{ex:.1f}" '
-                f'y2="{y:.1f}"><title>batch {mark.number} ends</title></line>'
+                f'y2="{bottom:.1f}"><title>batch {mark.number} ends</title></line>'
             )
         if mark.start is not None:
             bx = x(mark.start)
             grid.append(
                 f'<line class="batch" x1="{bx:.1f}" y1="{top - 14}" x2="{bx:.1f}" '
-                f'y2="{y:.1f}"><title>batch {mark.number} starts</title></line>'
+                f'y2="{bottom:.1f}"><title>batch {mark.number} starts</title></line>'
             )
             if bx - last >= 30:
                 grid.append(
                     f'<text class="tick" x="{bx + 2:.1f}" y="{top - 16}">b{mark.number}</text>'
                 )
                 last = bx
-    w, h = left + width + 20, y + 22
-    svg = (
-        f'<svg width="{w:.0f}" height="{h:.0f}" viewBox="0 0 {w:.0f} {h:.0f}" role="img" '
-        f'aria-label="timeline">{"".join(grid)}{"".join(body)}{"".join(links)}</svg>'
-    )
-    merged = " Bars less than a pixel apart on a lane are drawn as one span."
-    note_merged = merged if large else ""
-    idle = len(s.rows) - len(bars)
+    return grid
+
+
+def _timeline_note(s: RunSummary, ran: int, lanes: list[Lane], marked: bool, large: bool) -> str:
+    idle = len(s.rows) - ran
     hosts = len({lane.host for lane in lanes})
     note = (
-        f"{_count(len(bars), 'ticket')} ran on {_count(len(lanes), 'worker slot')} of "
+        f"{_count(ran, 'ticket')} ran on {_count(len(lanes), 'worker slot')} of "
         f"{_count(hosts, 'host')}{f' ({idle} never ran)' if idle else ''}. One lane per "
         "worker slot (node name and pool process index); blue outlines and links: the "
         "critical path; "
     )
     note += (
         "dashed lines: batch starts, dotted: batch ends."
-        if marks
+        if marked
         else "no batch boundaries (eager schedule, or no batch was recorded)."
-    ) + note_merged
-    return f'{head}{_legend()}<p class="note">{note}</p><div class="scroll">{svg}</div></section>'
+    )
+    if large:
+        note += " Bars less than a pixel apart on a lane are drawn as one span."
+    return note
 
 
 def _lane_bars(
@@ -330,17 +372,37 @@ def _critical_path(s: RunSummary, plan: dict[str, Any]) -> str:
     return f'{head}{total}<ol class="cp">{"".join(items)}</ol></section>'
 
 
-def _graph(s: RunSummary, plan: dict[str, Any]) -> str:
-    head = '<section id="graph"><h2>Graph</h2>'
-    if is_large(s):
-        return batch_graph(s, plan, _e, _legend(), head)
-    levels = [[str(t) for t in lv] for lv in plan.get("levels") or s.batches]
-    columns = [(f"level {n}", lv) for n, lv in enumerate(levels, 1) if lv]
-    blocked = [str(t) for t in plan.get("blocked", [])]
-    if blocked:
-        columns.append(("blocked", blocked))
-    if not columns:
-        return head + '<p class="note">No ticket in the plan.</p></section>'
+@dataclass(slots=True)
+class _GraphLayout:
+    """Where each node of the plan's graph goes: one column per level (wrapped when tall)."""
+
+    pos: dict[str, tuple[float, float]]
+    heads: list[str]  # the columns' titles, as SVG
+    columns: int  # drawn columns, wrapped ones included
+    step: float  # pixels between columns
+    pitch: float  # pixels between rows
+    tallest: int  # rows of the tallest column
+    node_w: float
+    labelled: bool
+
+    @property
+    def node_h(self) -> float:
+        return self.pitch * 0.7
+
+    def edge(self, a: str, b: str, cls: str) -> str:
+        (xa, ya), (xb, yb) = self.pos[a], self.pos[b]
+        x1, y1, x2, y2 = xa + self.node_w, ya + self.node_h / 2, xb, yb + self.node_h / 2
+        mid = (x1 + x2) / 2
+        return (
+            f'<path class="{cls}" d="M{x1:.1f},{y1:.1f} C{mid:.1f},{y1:.1f} '
+            f'{mid:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"/>'
+        )
+
+
+_GRAPH_TOP = 30.0
+
+
+def _graph_layout(columns: list[tuple[str, list[str]]]) -> _GraphLayout:
     tallest = min(_ROWS_PER_COLUMN, max(len(ids) for _, ids in columns))
     subcols = sum(-(-len(ids) // _ROWS_PER_COLUMN) for _, ids in columns)
     pitch = max(4.0, min(26.0, 1800 / tallest))
@@ -351,7 +413,6 @@ def _graph(s: RunSummary, plan: dict[str, Any]) -> str:
         pitch = min(pitch, 12.0)
         step = max(6.0, min(48.0, 2400 / subcols))
         node_w = step * 0.45
-    node_h, top = pitch * 0.7, 30.0
     pos: dict[str, tuple[float, float]] = {}
     heads: list[str] = []
     col, last_end = 0, -1e9
@@ -363,50 +424,31 @@ def _graph(s: RunSummary, plan: dict[str, Any]) -> str:
             last_end = cx + 7 * len(text)
         for i, tid in enumerate(ids):
             sub, k = divmod(i, _ROWS_PER_COLUMN)
-            pos[tid] = (cx + sub * step, top + k * pitch)
+            pos[tid] = (cx + sub * step, _GRAPH_TOP + k * pitch)
         col += -(-len(ids) // _ROWS_PER_COLUMN)
+    return _GraphLayout(pos, heads, col, step, pitch, tallest, node_w, labelled)
 
-    def edge(a: str, b: str, cls: str) -> str:
-        (xa, ya), (xb, yb) = pos[a], pos[b]
-        x1, y1, x2, y2 = xa + node_w, ya + node_h / 2, xb, yb + node_h / 2
-        mid = (x1 + x2) / 2
-        return (
-            f'<path class="{cls}" d="M{x1:.1f},{y1:.1f} C{mid:.1f},{y1:.1f} '
-            f'{mid:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"/>'
-        )
 
+def _graph(s: RunSummary, plan: dict[str, Any]) -> str:
+    head = '<section id="graph"><h2>Graph</h2>'
+    if is_large(s):
+        return batch_graph(s, plan, _e, _legend(), head)
+    levels = [[str(t) for t in lv] for lv in plan.get("levels") or s.batches]
+    columns = [(f"level {n}", lv) for n, lv in enumerate(levels, 1) if lv]
+    blocked = [str(t) for t in plan.get("blocked", [])]
+    if blocked:
+        columns.append(("blocked", blocked))
+    if not columns:
+        return head + '<p class="note">No ticket in the plan.</p></section>'
+    layout = _graph_layout(columns)
     path = _critical_ids(s, plan)
-    crit = {(a, b) for a, b in itertools.pairwise(path) if a in pos and b in pos}
-    edges: list[str] = []
-    skipped = 0
-    for tid, deps in plan.get("deps", {}).items():
-        for dep in deps:
-            if (dep, tid) in crit or dep not in pos or tid not in pos:
-                continue
-            if len(edges) < _EDGE_CAP:
-                edges.append(edge(dep, tid, "e"))
-            else:
-                skipped += 1
-    edges += [edge(a, b, "ce") for a, b in sorted(crit)]
-    state = {r.id: r.state for r in s.rows}
-    on_path = set(path)
-    nodes: list[str] = []
-    for tid, (nx, ny) in pos.items():
-        st = state.get(tid, Phase.PENDING.value)
-        cls = _cls(st) + (" cp" if tid in on_path else "")
-        nodes.append(
-            f'<rect class="{cls}" x="{nx:.1f}" y="{ny:.1f}" width="{node_w:.1f}" '
-            f'height="{node_h:.1f}" rx="2"><title>{_e(tid)}: {_e(st)}</title></rect>'
-        )
-        if labelled:
-            nodes.append(
-                f'<text class="in" x="{nx + 4:.1f}" y="{ny + node_h * 0.72:.1f}">'
-                f"{_e(_clip(tid, 17))}</text>"
-            )
-    w, h = 20 + col * step, top + tallest * pitch + 10
+    edges, skipped = _graph_edges(layout, plan.get("deps", {}), path)
+    nodes = _graph_nodes(layout, {r.id: r.state for r in s.rows}, set(path))
+    w = 20 + layout.columns * layout.step
+    h = _GRAPH_TOP + layout.tallest * layout.pitch + 10
     svg = (
         f'<svg width="{w:.0f}" height="{h:.0f}" viewBox="0 0 {w:.0f} {h:.0f}" role="img" '
-        f'aria-label="graph">{"".join(heads)}{"".join(edges)}{"".join(nodes)}</svg>'
+        f'aria-label="graph">{"".join(layout.heads)}{"".join(edges)}{"".join(nodes)}</svg>'
     )
     note = "Columns are levels; blue edges and outlines: the critical path."
     if skipped:
@@ -414,8 +456,47 @@ def _graph(s: RunSummary, plan: dict[str, Any]) -> str:
     return f'{head}{_legend()}<p class="note">{note}</p><div class="scroll">{svg}</div></section>'
 
 
+def _graph_edges(
+    layout: _GraphLayout, deps: dict[str, list[str]], path: list[str]
+) -> tuple[list[str], int]:
+    """The dependency edges drawn (at most ``_EDGE_CAP``, then the critical path's) and
+    how many were left out."""
+    pos = layout.pos
+    crit = {(a, b) for a, b in itertools.pairwise(path) if a in pos and b in pos}
+    edges: list[str] = []
+    skipped = 0
+    for tid, names in deps.items():
+        for dep in names:
+            if (dep, tid) in crit or dep not in pos or tid not in pos:
+                continue
+            if len(edges) < _EDGE_CAP:
+                edges.append(layout.edge(dep, tid, "e"))
+            else:
+                skipped += 1
+    edges += [layout.edge(a, b, "ce") for a, b in sorted(crit)]
+    return edges, skipped
+
+
+def _graph_nodes(layout: _GraphLayout, state: dict[str, str], on_path: set[str]) -> list[str]:
+    node_w, node_h = layout.node_w, layout.node_h
+    nodes: list[str] = []
+    for tid, (nx, ny) in layout.pos.items():
+        st = state.get(tid, Phase.PENDING.value)
+        cls = _cls(st) + (" cp" if tid in on_path else "")
+        nodes.append(
+            f'<rect class="{cls}" x="{nx:.1f}" y="{ny:.1f}" width="{node_w:.1f}" '
+            f'height="{node_h:.1f}" rx="2"><title>{_e(tid)}: {_e(st)}</title></rect>'
+        )
+        if layout.labelled:
+            nodes.append(
+                f'<text class="in" x="{nx + 4:.1f}" y="{ny + node_h * 0.72:.1f}">'
+                f"{_e(_clip(tid, 17))}</text>"
+            )
+    return nodes
+
+
 def _is_eager(s: RunSummary) -> bool:
-    return s.info.extra.get("schedule") == "eager"
+    return s.info.options.eager
 
 
 def _has_reason(row: TicketRow) -> bool:

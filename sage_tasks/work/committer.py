@@ -9,6 +9,7 @@ trailer check make a lost lock or a second delivery harmless.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import replace
@@ -179,6 +180,17 @@ def _commit_group(
     return mine
 
 
+def ticket_title(record: dict[str, str]) -> str:
+    """The ticket's title: its definition's, as submitted (the ticket's hash keeps no long
+    value); the record's own ``title`` for a run stored before definitions carried it."""
+    try:
+        definition = json.loads(record.get("ticket") or "{}")
+    except ValueError:
+        definition = None
+    title = definition.get("title") if isinstance(definition, dict) else None
+    return title if isinstance(title, str) else record.get("title", "")
+
+
 def plan_commit(
     info: RunInfo,
     record: dict[str, str],
@@ -204,7 +216,7 @@ def plan_commit(
     if (result.rerun or 0) < reruns:
         return None
     may_rerun = result.kind == OutcomeKind.OK and reruns < int(info.options.conflict_retries)
-    title = record.get("title", "")
+    title = ticket_title(record)
     return Planned(ChainItem(ticket_id, title, run_id, patch, state, reason, may_rerun), reruns)
 
 

@@ -58,7 +58,7 @@ def gather(rt: Runtime, info: RunInfo, run_id: str, own: str, plan: Plan) -> lis
 
 def _waiting(rt: Runtime, info: RunInfo, run_id: str, ticket_id: str, plan: Plan) -> Planned | None:
     """What a waiting ticket's recorded outcome commits; None when it is not one to take."""
-    record = rt.store.ticket(run_id, ticket_id)
+    record = rt.store.record(run_id, ticket_id)
     if record.get("state") != Phase.RAN.value or not record.get("result"):
         return None
     try:

@@ -241,7 +241,7 @@ def _wait_while_running_elsewhere(
         if time.time() - beat > stale_after or runner_is_gone(record):
             break
         time.sleep(rt.settings.heartbeat_interval)
-        record = rt.store.ticket(run_id, ticket_id)
+        record = rt.store.record(run_id, ticket_id)
     return record
 
 

@@ -29,10 +29,11 @@ from typing import Any
 
 import pytest
 
-from tests.support.fleet import bin_path, wait_until
+from tests.support.builders import ticket, writes
 from tests.support.gitrepo import INDEX, commit_files, index_bytes, make_repo
+from tests.support.procs import bin_path, wait_until
 from tests.support.redis_server import free_port
-from tests.support.runs import states, ticket, ticket_log, writes
+from tests.support.runs import states, ticket_log
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "sage-tasks-compose-test"
@@ -358,7 +359,7 @@ def test_a_redis_restart_keeps_the_run_and_it_finishes(stack: Stack) -> None:
 
     def two_done() -> bool:
         found = stack.status(run_id)["tickets"]
-        return sum(t["state"] == "COMPLETED" for t in found.values()) >= 2
+        return bool(sum(t["state"] == "COMPLETED" for t in found.values()) >= 2)
 
     assert wait_until(two_done, timeout=120, interval=1)
     stack.compose("restart", "redis")

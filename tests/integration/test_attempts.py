@@ -6,22 +6,15 @@ import time
 
 from sage_tasks.model.outcome import Outcome
 from sage_tasks.store import keys, liveness
-from sage_tasks.store.runstate import Phase, RunStatus, RunStore
+from sage_tasks.store.runstate import Phase, RunStatus
+from tests.support.builders import run_with_ticket
 from tests.support.redis_server import RedisServer
-from tests.support.runs import run_info
-
-
-def store_with_ticket(server: RedisServer, tid: str = "T") -> RunStore:
-    store = RunStore(server.client(), ttl=3600)
-    info = run_info("run1", status=RunStatus.RUNNING.value)
-    store.create(info, '{"batches": [["T"]]}', {tid: {"state": Phase.QUEUED.value}})
-    return store
 
 
 def test_each_start_is_a_new_attempt_and_only_the_current_one_beats_and_reports(
     redis_server: RedisServer,
 ) -> None:
-    store = store_with_ticket(redis_server)
+    store = run_with_ticket(redis_server.client())
     client = redis_server.client()
     first = store.start_ticket("run1", "T", "w1@a")
     second = store.start_ticket("run1", "T", "w2@b")
@@ -30,14 +23,16 @@ def test_each_start_is_a_new_attempt_and_only_the_current_one_beats_and_reports(
     assert liveness.beat(client, "run1", "T", second) == liveness.Beat.OK
     assert not store.ran("run1", "T", {"outcome": "ok"}, attempt_no=first)
     assert store.ticket("run1", "T")["state"] == Phase.RUNNING
+    assert client.hget(keys.results("run1"), "T") is None  # the fence keeps the result out
     assert store.ran("run1", "T", {"outcome": "ok"}, attempt_no=second)
     assert store.ticket("run1", "T")["state"] == Phase.RAN
+    assert store.record("run1", "T")["result"] == '{"outcome": "ok"}'
 
 
 def test_a_silent_attempt_is_taken_over_once_and_its_late_beats_and_outcome_are_refused(
     redis_server: RedisServer,
 ) -> None:
-    store = store_with_ticket(redis_server)
+    store = run_with_ticket(redis_server.client())
     client = redis_server.client()
     attempt = store.start_ticket("run1", "T", "w1@a")
     now = time.time()
@@ -61,7 +56,7 @@ def test_a_silent_attempt_is_taken_over_once_and_its_late_beats_and_outcome_are_
 def test_a_cancelled_run_refuses_every_beat_and_a_final_ticket_says_so(
     redis_server: RedisServer,
 ) -> None:
-    store = store_with_ticket(redis_server)
+    store = run_with_ticket(redis_server.client())
     client = redis_server.client()
     attempt = store.start_ticket("run1", "T", "w1@a")
     store.finish_ticket("run1", "T", Phase.COMPLETED, commit="abc")
@@ -79,7 +74,7 @@ def test_a_cancelled_run_refuses_every_beat_and_a_final_ticket_says_so(
 def test_a_ticket_finished_after_its_run_was_cancelled_still_leaves_only_expiring_keys(
     redis_server: RedisServer,
 ) -> None:
-    store = store_with_ticket(redis_server)
+    store = run_with_ticket(redis_server.client())
     client = redis_server.client()
     liveness.cancel(store, "run1", "/repo", by="someone@host")
     # a commit under way when the cancel came finishes after it

@@ -15,15 +15,18 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.fleet import Fleet, bin_path, empty_fleet, graph_runner, unique_queue, wait_until
+from tests.support.builders import ticket, writes
+from tests.support.fleet import Fleet, graph_runner, unique_queue
 from tests.support.gitrepo import make_repo
+from tests.support.procs import bin_path, wait_until
 from tests.support.redis_server import free_port
-from tests.support.runs import ticket, ticket_log, writes
+from tests.support.runs import ticket_log
+
+pytestmark = pytest.mark.fleet(per_test=True, concurrency=None, password="celery-cli-pw")
 
 
 def celery(fleet: Fleet, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -31,12 +34,6 @@ def celery(fleet: Fleet, *args: str, timeout: float = 60) -> subprocess.Complete
         [bin_path("celery"), "-A", "sage_tasks", *args],
         capture_output=True, text=True, env=fleet.env(), timeout=timeout, check=False,
     )  # fmt: skip
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with empty_fleet(tmp_path, password="celery-cli-pw") as f:
-        yield f
 
 
 def start_celery_worker(fleet: Fleet, name: str, *args: str) -> subprocess.Popen[bytes]:

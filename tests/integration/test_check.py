@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.fleet import Fleet, bin_path, empty_fleet, unique_queue, wait_until
+from tests.support.builders import ticket
+from tests.support.fleet import Fleet, unique_queue
 from tests.support.gitrepo import make_repo
+from tests.support.procs import bin_path, wait_until
 from tests.support.redis_server import free_port
-from tests.support.runs import ticket
+
+pytestmark = pytest.mark.fleet(per_test=True, concurrency=None)
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with empty_fleet(tmp_path) as f:
-        yield f
-
-
-def check(fleet: Fleet, *args: str, broker: str | None = None) -> tuple[int, dict[str, dict]]:
+def check(
+    fleet: Fleet, *args: str, broker: str | None = None
+) -> tuple[int, dict[str, dict[str, Any]]]:
     env = fleet.env() if broker is None else fleet.env(SAGE_BROKER_URL=broker)
     proc = subprocess.run([bin_path("sage-submit"), "check", "--json", *args],
                           capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
@@ -36,19 +35,28 @@ def repo_with_tickets(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "repo", {}, {"version": "1.0", "tickets": tickets})
 
 
-def test_a_fleet_with_a_ticket_worker_and_one_commit_worker_is_ready(
-    fleet: Fleet, tmp_path: Path
-) -> None:
+def wait_ready(fleet: Fleet, *args: str) -> None:
+    """Until ``check ARGS`` passes: the workers just started answer."""
+    assert wait_until(lambda: check(fleet, *args)[0] == 0, timeout=60, interval=1), fleet.logs()
+
+
+def serve(fleet: Fleet, tmp_path: Path) -> tuple[str, tuple[str, ...]]:
+    """A ticket worker and a commit worker for a repository of three tickets, once ``check``
+    sees them: the commit queue, and the arguments ``check`` was given."""
     repo = repo_with_tickets(tmp_path)
     queue = unique_queue()
     fleet.start_tickets("tickets", concurrency=1)
     fleet.start_commit(repo, queue)
+    args = ("--repo", str(repo), "--commit-queue", queue)
+    wait_ready(fleet, *args)
+    return queue, args
 
-    def ready() -> bool:
-        return check(fleet, "--repo", str(repo), "--commit-queue", queue)[0] == 0
 
-    assert wait_until(ready, timeout=60, interval=1), fleet.logs()
-    code, checks = check(fleet, "--repo", str(repo), "--commit-queue", queue)
+def test_a_fleet_with_a_ticket_worker_and_one_commit_worker_is_ready(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    queue, args = serve(fleet, tmp_path)
+    code, checks = check(fleet, *args)
     assert code == 0
     assert checks["commit worker"]["ok"] and queue in checks["commit worker"]["detail"]
     assert checks["ticket workers"]["ok"]
@@ -106,7 +114,7 @@ def test_a_path_the_workers_read_the_repository_at_is_not_looked_up_on_this_host
         "commit", "commit", "--repo", str(repo), "--repo-url", "/repo", "--commit-queue", queue
     )
     args = ["--repo", str(repo), "--repo-url", "/repo", "--commit-queue", queue]
-    assert wait_until(lambda: check(fleet, *args)[0] == 0, timeout=60, interval=1), fleet.logs()
+    wait_ready(fleet, *args)
     _, checks = check(fleet, *args)
     finding = checks["repository URL"]
     assert finding["info"] and "/repo is a path on the workers' hosts" in finding["detail"]
@@ -118,12 +126,7 @@ def test_a_path_the_workers_read_the_repository_at_is_not_looked_up_on_this_host
 def test_heartbeat_and_visibility_settings_that_slow_or_race_recovery_are_warnings_not_failures(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    repo = repo_with_tickets(tmp_path)
-    queue = unique_queue()
-    fleet.start_tickets("tickets", concurrency=1)
-    fleet.start_commit(repo, queue)
-    args = ("--repo", str(repo), "--commit-queue", queue)
-    assert wait_until(lambda: check(fleet, *args)[0] == 0, timeout=60, interval=1), fleet.logs()
+    _, args = serve(fleet, tmp_path)
     _, fine = check(fleet, *args)
     assert fine["heartbeat timeout"]["ok"] and not fine["heartbeat timeout"]["warning"]
     assert "visibility timeout" not in fine

@@ -7,16 +7,16 @@ environment and prompt, and completes on top of the other's work.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sage_tasks.store import keys
-from tests.support.fleet import Fleet, ticket_fleet, unique_queue
-from tests.support.gitrepo import make_repo
-from tests.support.runs import git, states, ticket, ticket_log, writes
+from tests.support.builders import ticket, writes
+from tests.support.fleet import Fleet, unique_queue
+from tests.support.gitrepo import git, make_repo
+from tests.support.runs import states, ticket_log
 
 #: appends the ticket's name to line 1, and notes what a re-run was told
 EDIT = (
@@ -26,12 +26,6 @@ EDIT = (
     'grep -q "Re-run after a merge conflict" "$SAGE_PROMPT_FILE" '
     '&& grep -q "shared.txt" "$SAGE_PROMPT_FILE" && echo yes > "told/$SAGE_TICKET_ID.prompt"; fi'
 )
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with ticket_fleet(tmp_path_factory.mktemp("fleet")) as f:
-        yield f
 
 
 def siblings() -> list[dict[str, Any]]:

@@ -16,7 +16,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,10 @@ import yaml
 
 from sage_tasks.config import Settings
 from sage_tasks.work.executor import TICKET_ENV_VARS
+from tests.support.procs import BIN
 from tests.support.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 DEPLOY = ROOT / "deploy"
 COMPOSE = ROOT / "docker-compose.yml"
 UNITS = ["sage-ticket-worker@.service", "sage-commit-worker.service", "sage-flower.service"]

@@ -7,7 +7,6 @@ the run records in Redis tell how often each ticket was sent and when it ran.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +16,19 @@ from sage_tasks.app.celery_app import make_app
 from sage_tasks.config import load_settings
 from sage_tasks.dispatch.names import TASK_COMMIT
 from sage_tasks.store import keys
-from tests.support.fleet import Fleet, graph_runner, ticket_fleet, unique_queue, wait_until
-from tests.support.gitrepo import make_repo
+from tests.support.builders import run_info, ticket, writes
+from tests.support.fleet import Fleet, unique_queue
+from tests.support.gitrepo import git, make_repo
+from tests.support.procs import wait_until
 from tests.support.redis_server import RedisServer
-from tests.support.runs import git, run_info, states, ticket, ticket_log, writes
+from tests.support.runs import record, states, ticket_log
 
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with ticket_fleet(tmp_path_factory.mktemp("fleet"), concurrency=3) as f:
-        yield f
-
-
-@pytest.fixture
-def run(fleet: Fleet, tmp_path: Path) -> Iterator[Any]:
-    """Build a repo from tickets, start its commit worker, return a submit function."""
-    with graph_runner(fleet, tmp_path) as go:
-        yield go
+pytestmark = pytest.mark.fleet(concurrency=3)
 
 
 def records(fleet: Fleet, run_id: str, ids: list[str]) -> dict[str, dict[str, str]]:
     client = fleet.redis.client()
-    out = {}
-    for tid in ids:
-        raw = client.hgetall(keys.ticket(run_id, tid))
-        out[tid] = {k.decode(): v.decode() for k, v in raw.items()}
-    return out
+    return {tid: record(client, run_id, tid) for tid in ids}
 
 
 def most_in_flight(recs: dict[str, dict[str, str]]) -> int:
@@ -128,7 +114,7 @@ def test_a_duplicate_commit_delivery_sends_no_dependent_twice(
             return client.hget(keys.ticket(run_id, "B"), "state") == b"RUNNING"
 
         assert wait_until(b_running, timeout=60), fleet.logs()
-        result = json.loads(client.hget(keys.ticket(run_id, "A"), "result") or b"{}")
+        result = json.loads(client.hget(keys.results(run_id), "A") or b"{}")
         app = make_app(load_settings(broker_url=fleet.redis.url))
         again = app.send_task(TASK_COMMIT, args=(result, run_id, "A"), queue=queue)
         assert again.get(timeout=60) == {"ticket": "A", "state": "COMPLETED"}
@@ -244,7 +230,7 @@ def test_the_supervisors_pass_sends_claimed_tickets_that_were_never_sent(
     settings = load_settings(broker_url=redis_server.url)
     app = make_app(settings)
     rt = app_runtime(app)
-    plan = {"batches": [["A", "D"], ["B", "C"]], "deps": {"B": ["A"], "C": ["A"]}}
+    plan: dict[str, Any] = {"batches": [["A", "D"], ["B", "C"]], "deps": {"B": ["A"], "C": ["A"]}}
     info = run_info(
         "repair1",
         commit_queue="commit-x",

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
+from tests.support.procs import bin_path
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 PAR001 = EXAMPLES / "par-001"
 AGENT = EXAMPLES / "agent-executor" / "stand_in_agent.py"
-BIN = Path(sys.executable).parent
-SAGE_SUBMIT = str(BIN / "sage-submit")
+SAGE_SUBMIT = bin_path("sage-submit")
 AGENT_EXECUTOR = f"{sys.executable} {AGENT}"
 
 PAR001_LEVELS = [
@@ -91,7 +92,9 @@ def ancestors(tickets: list[dict[str, Any]]) -> dict[str, set[str]]:
     return result
 
 
-def run_script(script: Path, cwd: Path, ticket: dict[str, Any], tmp: Path, **env: str):
+def run_script(
+    script: Path, cwd: Path, ticket: dict[str, Any], tmp: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
     ticket_file = tmp / f"{ticket['id']}.json"
     ticket_file.write_text(json.dumps(ticket))
     return subprocess.run(

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,11 @@ from typing import Any
 import celery
 import pytest
 
-from tests.support.fleet import Fleet, bin_path, unique_queue, wait_until
+from tests.support.builders import ticket
+from tests.support.fleet import Fleet, fleet_on, private_fleet, unique_queue
 from tests.support.gitrepo import make_repo
 from tests.support.net import get, listening
+from tests.support.procs import BIN, bin_path, wait_until
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.tls import TlsRedisServer, make_certs
 
@@ -34,9 +35,8 @@ TICKETS_NODE = f"tickets@{socket.gethostname()}"
 #: a command that fails after writing far more output than Celery keeps of a task's arguments
 LOUD_FAILURE = "head -c 6000 /dev/zero | tr '\\0' x; exit 1"
 
-
-def ticket(tid: str, run: str) -> dict[str, Any]:
-    return {"id": tid, "title": f"ticket {tid}", "state": "UNPROCESSED", "run": run}
+#: the fleet of ``monitored``: a broker with a password, no ticket worker before Flower
+pytestmark = pytest.mark.fleet(concurrency=None, password=BROKER_PASSWORD)
 
 
 @dataclass
@@ -48,40 +48,32 @@ class Monitored:
 
 
 @pytest.fixture(scope="module")
-def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
+def monitored(shared_fleet: Fleet) -> Monitored:
     """Flower with credentials beside a fleet that has finished one run."""
-    root = tmp_path_factory.mktemp("flower")
-    server = RedisServer(root / "redis", password=BROKER_PASSWORD)
-    server.start()
-    fleet = Fleet(root, server)
     port = free_port()
-    try:
-        fleet.start(
-            "flower",
-            "flower",
-            f"--port={port}",
-            FLOWER_BASIC_AUTH=f"{FLOWER_USER}:{FLOWER_PASSWORD}",
-        )
-        fleet.start_tickets("tickets", concurrency=1)
-        repo = make_repo(
-            root / "repo",
-            {},
-            {
-                "version": "1.0",
-                "tickets": [ticket("FLW-1", "echo one > one.txt"), ticket("FLW-2", LOUD_FAILURE)],
-            },
-            bare=True,
-        )
-        queue = unique_queue()
-        fleet.start_commit(repo, queue)
-        assert wait_until(lambda: get(port, "/")[0] is not None, 30), fleet.log("flower")
-        res = fleet.submit(repo, "--wait", "--json", queue=queue)
-        assert res.code == 1 and res.data is not None, res.stderr + fleet.logs()
-        assert res.data["completed"] == ["FLW-1"] and list(res.data["deferred"]) == ["FLW-2"]
-        yield Monitored(fleet, port, res.data, queue)
-    finally:
-        fleet.stop()
-        server.stop(kill=True)
+    shared_fleet.start(
+        "flower",
+        "flower",
+        f"--port={port}",
+        FLOWER_BASIC_AUTH=f"{FLOWER_USER}:{FLOWER_PASSWORD}",
+    )
+    shared_fleet.start_tickets("tickets", concurrency=1)
+    repo = make_repo(
+        shared_fleet.root / "repo",
+        {},
+        {
+            "version": "1.0",
+            "tickets": [ticket("FLW-1", "echo one > one.txt"), ticket("FLW-2", LOUD_FAILURE)],
+        },
+        bare=True,
+    )
+    queue = unique_queue()
+    shared_fleet.start_commit(repo, queue)
+    assert wait_until(lambda: get(port, "/")[0] is not None, 30), shared_fleet.log("flower")
+    res = shared_fleet.submit(repo, "--wait", "--json", queue=queue)
+    assert res.code == 1 and res.data is not None, res.stderr + shared_fleet.logs()
+    assert res.data["completed"] == ["FLW-1"] and list(res.data["deferred"]) == ["FLW-2"]
+    return Monitored(shared_fleet, port, res.data, queue)
 
 
 def test_requests_without_the_right_credentials_get_401_and_with_them_200(
@@ -234,27 +226,20 @@ def test_flower_refuses_to_start_without_proper_credentials(
 
 
 def test_flower_starts_without_credentials_only_when_told_to(tmp_path: Path) -> None:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    fleet = Fleet(tmp_path, server)
     port = free_port()
-    try:
+    with private_fleet(tmp_path, concurrency=None) as fleet:
         fleet.start("flower", "flower", f"--port={port}", "--no-auth")
         assert wait_until(lambda: get(port, "/")[0] == 200, 30), fleet.log("flower")
         assert listening(port) == ["0100007F"]
-    finally:
-        fleet.stop()
-        server.stop(kill=True)
 
 
 def test_flower_checks_a_tls_brokers_certificate_as_the_workers_do(tmp_path: Path) -> None:
     certs = make_certs(tmp_path / "certs")
     server = TlsRedisServer(tmp_path / "redis", certs)
     server.start()
-    fleet = Fleet(tmp_path, server)
     bare = f"rediss://127.0.0.1:{server.port}/0"  # no TLS options: certificates are checked
     auth = f"{FLOWER_USER}:{FLOWER_PASSWORD}"
-    try:
+    with fleet_on(server, tmp_path) as fleet:
         for name, env in (
             ("untrusting", {"SAGE_BROKER_URL": bare}),
             ("trusting", {"SAGE_BROKER_URL": bare, "SSL_CERT_FILE": str(certs.ca)}),
@@ -271,9 +256,6 @@ def test_flower_checks_a_tls_brokers_certificate_as_the_workers_do(tmp_path: Pat
         time.sleep(0.5)
         log = fleet.log("untrusting")
         assert "Connected to" not in log and "insecure" not in log
-    finally:
-        fleet.stop()
-        server.stop(kill=True)
 
 
 def test_make_flower_starts_flower_for_the_workers_broker_behind_the_environments_credentials(
@@ -343,7 +325,7 @@ def test_flower_finds_celery_on_the_path_when_it_is_not_beside_the_interpreter(
     server = RedisServer(tmp_path / "redis")
     server.start()
     port = free_port()
-    cmd, env = system_python_env(f"{Path(sys.executable).parent}:/usr/bin:/bin")
+    cmd, env = system_python_env(f"{BIN}:/usr/bin:/bin")
     env["SAGE_BROKER_URL"] = server.url
     with (tmp_path / "flower.log").open("wb") as log:
         proc = subprocess.Popen(

@@ -15,7 +15,8 @@ from sage_tasks.gitops import (
     resolve_ref,
     working_copy_differs,
 )
-from tests.support.gitrepo import INDEX, commit_files, git, index_bytes, make_repo, ticket
+from tests.support.builders import ticket
+from tests.support.gitrepo import INDEX, commit_files, git, index_bytes, make_repo
 
 INDEX_DATA = {"version": "1.0", "tickets": [ticket("A")]}
 

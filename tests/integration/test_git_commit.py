@@ -14,6 +14,7 @@ import pytest
 from sage_tasks.core.index import State
 from sage_tasks.errors import GitError, PatchRejected, RefMoved, RepositoryError
 from sage_tasks.gitops import CommitTarget, Repository, ticket_commits
+from tests.support.builders import ticket
 from tests.support.gitrepo import (
     INDEX,
     changed_paths,
@@ -24,8 +25,8 @@ from tests.support.gitrepo import (
     make_repo,
     read_file,
     read_index,
-    ticket,
     ticket_state,
+    work_tree_files,
 )
 
 LINES = "".join(f"line {i}\n" for i in range(1, 11))
@@ -263,14 +264,7 @@ def test_the_checked_out_target_branch_keeps_its_work_tree_index_and_local_chang
     (repo / "f.txt").write_text(edit_line(1, "local edit"))
     (repo / "untracked.txt").write_text("untracked\n")
 
-    def snapshot() -> dict[str, bytes]:
-        return {
-            str(p.relative_to(repo)): p.read_bytes()
-            for p in sorted(repo.rglob("*"))
-            if p.is_file() and ".git" not in p.relative_to(repo).parts
-        }
-
-    before = snapshot()
+    before = work_tree_files(repo)
     before_index = (repo / ".git" / "index").read_bytes()
     before_diff = git(repo, "diff")
     before_untracked = git(repo, "ls-files", "--others", "--exclude-standard")
@@ -280,7 +274,7 @@ def test_the_checked_out_target_branch_keeps_its_work_tree_index_and_local_chang
         res = target.commit("A", "ticket A", "r1", patch, State.COMPLETED, None)
 
     assert git(repo, "rev-parse", "main").strip() == res.sha
-    assert snapshot() == before
+    assert work_tree_files(repo) == before
     assert (repo / ".git" / "index").read_bytes() == before_index
     assert git(repo, "diff") == before_diff
     assert git(repo, "ls-files", "--others", "--exclude-standard") == before_untracked

@@ -35,9 +35,9 @@ def origin(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def mirror(tmp_path: Path, origin: Path) -> Mirror:
+def mirror(tmp_path: Path, origin: Path) -> Iterator[Mirror]:
     m = Mirror(tmp_path / "workdir", str(origin))
-    yield m  # type: ignore[misc]
+    yield m
     m.close()
 
 
@@ -258,8 +258,8 @@ def test_nested_worktrees_of_one_process_are_distinct(mirror: Mirror) -> None:
 
 
 def _child_takes_a_worktree(
-    workdir: str, url: str, head: str, queue: multiprocessing.Queue
-) -> None:  # type: ignore[type-arg]
+    workdir: str, url: str, head: str, queue: multiprocessing.Queue[str]
+) -> None:
     m = Mirror(Path(workdir), url)
     with m.worktree(head) as path:
         queue.put(str(path))

@@ -16,7 +16,8 @@ import pytest
 
 from sage_tasks.core.index import State
 from sage_tasks.gitops import CommitTarget, Repository
-from tests.support.gitrepo import GIT_ENV, INDEX, git, make_repo, read_index, ticket, ticket_state
+from tests.support.builders import ticket
+from tests.support.gitrepo import GIT_ENV, INDEX, git, make_repo, read_index, ticket_state
 
 INDEX_DOC = {"version": "1.0", "tickets": [ticket(t) for t in ("A", "B", "C")]}
 FILES: dict[str, str | bytes] = {

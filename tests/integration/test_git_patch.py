@@ -10,7 +10,8 @@ import pytest
 from sage_tasks.errors import PatchRejected
 from sage_tasks.gitops import capture_patch, check_patch
 from sage_tasks.gitops.diff import parse_patch
-from tests.support.gitrepo import INDEX, checkout, git, make_repo, ticket
+from tests.support.builders import ticket
+from tests.support.gitrepo import INDEX, checkout, git, make_repo
 
 
 @pytest.fixture

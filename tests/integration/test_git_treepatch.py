@@ -16,11 +16,13 @@ import pytest
 from sage_tasks.core.index import State
 from sage_tasks.gitops import CommitTarget, Repository
 from sage_tasks.gitops.diff import parse_patch
-from tests.support.gitrepo import INDEX, git, index_bytes, make_repo, ticket, ticket_state
+from tests.support.builders import ticket
+from tests.support.gitrepo import INDEX, git, index_bytes, make_repo, ticket_state
 
 INDEX_DOC = {"version": "1.0", "tickets": [ticket("A"), ticket("B")]}
+A_TXT = "one\ntwo\nthree\nfour\nfive\nsix\nseven\neight\nnine\nten\n"
 FILES: dict[str, str | bytes] = {
-    "a.txt": "one\ntwo\nthree\nfour\nfive\nsix\nseven\neight\nnine\nten\n",
+    "a.txt": A_TXT,
     "crlf.txt": "one\r\ntwo\r\n",
     "no-eol.txt": "first\nlast",
     "lone/only.txt": "alone\n",
@@ -104,11 +106,11 @@ def test_a_file_that_moved_on_since_the_base_is_left_to_git_which_merges_it(
     repo = make_repo(tmp_path / "repo", FILES, INDEX_DOC, bare=True)
 
     def second_line(work: Path) -> None:
-        (work / "a.txt").write_text(FILES["a.txt"].replace("two", "TWO"))  # type: ignore[union-attr]
+        (work / "a.txt").write_text(A_TXT.replace("two", "TWO"))
 
     patch = captured(repo, tmp_path, second_line)
     with CommitTarget(repo, "main") as target:
-        other = FILES["a.txt"].replace("nine", "NINE")  # type: ignore[union-attr]
+        other = A_TXT.replace("nine", "NINE")
         first = tmp_path / "first"
         first.mkdir()
         other_patch = captured(repo, first, lambda w: (w / "a.txt").write_text(other))

@@ -16,9 +16,9 @@ from sage_tasks.config import Settings
 from sage_tasks.store.runstate import RunStore
 from sage_tasks.work import committer
 from sage_tasks.work.runtime import Runtime
-from tests.support.gitrepo import INDEX, git, make_patch, make_repo, ticket, ticket_state
+from tests.support.builders import run_info, ticket
+from tests.support.gitrepo import INDEX, git, make_patch, make_repo, ticket_state
 from tests.support.redis_server import RedisServer
-from tests.support.runs import run_info
 
 IDS = ("A", "B", "C", "D")
 

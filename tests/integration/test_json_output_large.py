@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 
 from tests.support.gitrepo import make_repo
+from tests.support.procs import bin_path
 
 TICKETS = 100_000
 LEVELS = 20
@@ -30,10 +30,10 @@ def test_dry_run_json_of_a_hundred_thousand_tickets_on_a_pipe_reads_back_byte_fo
         for n in range(TICKETS)
     ]
     repo = make_repo(tmp_path / "repo", {}, {"version": "1.0", "tickets": tickets})
-    sage_submit = Path(sys.executable).parent / "sage-submit"
+    sage_submit = bin_path("sage-submit")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAGE_")}
     done = subprocess.run(
-        [str(sage_submit), "--repo", str(repo), "--dry-run", "--json"],
+        [sage_submit, "--repo", str(repo), "--dry-run", "--json"],
         capture_output=True,  # stdout a pipe, as in a script or | jq
         env=env,
         timeout=300,

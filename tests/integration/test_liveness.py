@@ -16,62 +16,66 @@ import shlex
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
 
-from tests.support.faults import Background, alive, descendants, kill_host
-from tests.support.fleet import Fleet, bin_path, ticket_fleet, unique_queue, wait_until
+from tests.support.builders import ticket, writes
+from tests.support.faults import Background, kill_host
+from tests.support.fleet import Fleet, unique_queue
 from tests.support.gitrepo import make_repo
-from tests.support.runs import states, ticket, ticket_log, writes
+from tests.support.procs import (
+    alive,
+    bin_path,
+    descendants,
+    group_alive,
+    marked_groups,
+    record_group,
+    wait_until,
+)
+from tests.support.runs import latest_run, record, states, ticket_log
 
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    with ticket_fleet(tmp_path / "fleet", concurrency=2) as f:
-        yield f
+pytestmark = pytest.mark.fleet(per_test=True)
 
 
 def gated(tid: str, pids: Path, gate: Path, deps: list[str] | None = None) -> str:
     """Record the command's process group, wait for ``gate`` (or for ever), write a file."""
-    mark = shlex.quote(f"{pids}/{tid}.") + "${WORKER:-w}"
     loop = f"while [ ! -f {shlex.quote(str(gate))} ]; do sleep 0.1; done"
-    return f"echo $$ > {mark} && {loop} && {writes(tid, deps)}"
+    return f"{record_group(tid, pids, '${WORKER:-w}')} && {loop} && {writes(tid, deps)}"
 
 
-def groups(pids: Path, tid: str) -> dict[str, int]:
-    """Worker name -> the process group its command of ``tid`` ran in."""
-    out = {}
-    for p in pids.glob(f"{tid}.*"):
-        text = p.read_text().strip()
-        if text.isdigit():
-            out[p.name.split(".", 1)[1]] = int(text)
-    return out
+@dataclass
+class Held:
+    """A run of one ticket held by the only ticket worker: its command waits for ``gate``."""
+
+    repo: Path
+    queue: str
+    submitted: Background
+    pids: Path
+    gate: Path
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def client(fleet: Fleet) -> Any:
-    return redis.Redis.from_url(fleet.redis.url)
-
-
-def latest_run(fleet: Fleet) -> str:
-    found: list[bytes] = client(fleet).zrevrange("sage:runs", 0, 0)
-    return found[0].decode() if found else ""
-
-
-def record(fleet: Fleet, run_id: str, tid: str) -> dict[str, str]:
-    raw = client(fleet).hgetall(f"sage:run:{run_id}:t:{tid}")
-    return {k.decode(): v.decode() for k, v in raw.items()}
+def held_on(fleet: Fleet, tmp_path: Path, tid: str, worker: str, **env: str) -> Held:
+    """Run ticket ``tid`` on a ticket worker of its own, ``worker`` (the fleet's ``tickets``
+    stopped), where it waits for a gate; anywhere else it is quick. ``env`` goes to the
+    workers and ``sage-submit --wait``; returns once the command runs."""
+    pids, gate = tmp_path / "pids", tmp_path / "gate"
+    pids.mkdir()
+    slow = gated(tid, pids, gate)
+    quick = f"{record_group(tid, pids, '$WORKER')} && {writes(tid)}"
+    command = f'if [ "$WORKER" = {worker} ]; then {slow}; else {quick}; fi'
+    repo = make_repo(
+        tmp_path / "repo", {}, {"version": "1.0", "tickets": [ticket(tid, command, timeout=300)]}
+    )
+    queue = unique_queue()
+    fleet.kill("tickets")  # only the named workers
+    fleet.start_tickets(worker, concurrency=1, WORKER=worker, **env)
+    fleet.start_commit(repo, queue, **env)
+    fleet.wait_ready(worker)
+    bg = Background(fleet, repo, "--wait", "--json", queue=queue, **env)
+    assert wait_until(lambda: worker in marked_groups(pids, tid), 60), fleet.logs()
+    return Held(repo, queue, bg, pids, gate)
 
 
 def test_cancel_kills_the_running_commands_commits_nothing_more_wait_exits_4_and_the_branch_resumes(
@@ -90,13 +94,13 @@ def test_cancel_kills_the_running_commands_commits_nothing_more_wait_exits_4_and
     fleet.start_commit(repo, queue)
     branch = "sage/cancelled"
     bg = Background(fleet, repo, "--wait", "--json", "--branch", branch, queue=queue)
-    assert wait_until(lambda: len(groups(pids, "B")) + len(groups(pids, "C")) == 2, 60), (
-        fleet.logs()
-    )
+    assert wait_until(
+        lambda: len(marked_groups(pids, "B")) + len(marked_groups(pids, "C")) == 2, 60
+    ), fleet.logs()
     assert wait_until(lambda: "A" in ticket_log(repo, branch), 30), fleet.logs()
-    running = [*groups(pids, "B").values(), *groups(pids, "C").values()]
+    running = [*marked_groups(pids, "B").values(), *marked_groups(pids, "C").values()]
     assert all(group_alive(g) for g in running)
-    run_id = latest_run(fleet)
+    run_id = latest_run(fleet.redis.client())
 
     cancel = fleet.submit(repo, "cancel", queue=queue)
     assert cancel.code == 0, cancel.stderr + cancel.stdout
@@ -124,23 +128,9 @@ def test_cancel_kills_the_running_commands_commits_nothing_more_wait_exits_4_and
 def test_a_frozen_worker_loses_its_ticket_after_the_heartbeat_timeout_and_kills_its_command_on_thaw(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    pids, gate = tmp_path / "pids", tmp_path / "gate"
-    pids.mkdir()
     # on the frozen worker the ticket waits for the gate; anywhere else it is quick
-    slow = gated("F", pids, gate)
-    quick = f"echo $$ > {pids}/F.$WORKER && {writes('F')}"
-    command = f'if [ "$WORKER" = frozen ]; then {slow}; else {quick}; fi'
-    repo = make_repo(
-        tmp_path / "repo", {}, {"version": "1.0", "tickets": [ticket("F", command, timeout=300)]}
-    )
-    queue = unique_queue()
-    fleet.kill("tickets")  # only the two named workers below
-    fleet.start_tickets("frozen", concurrency=1, WORKER="frozen", SAGE_VISIBILITY_TIMEOUT="3600")
-    fleet.start_commit(repo, queue, SAGE_VISIBILITY_TIMEOUT="3600")
-    assert wait_until(lambda: " ready." in fleet.log("frozen"), 60), fleet.logs()
-    bg = Background(fleet, repo, "--wait", "--json", queue=queue, SAGE_VISIBILITY_TIMEOUT="3600")
-    assert wait_until(lambda: "frozen" in groups(pids, "F"), 60), fleet.logs()
-    old_group = groups(pids, "F")["frozen"]
+    held = held_on(fleet, tmp_path, "F", "frozen", SAGE_VISIBILITY_TIMEOUT="3600")
+    old_group = marked_groups(held.pids, "F")["frozen"]
     tree = [fleet.procs["frozen"].pid, *descendants(fleet.procs["frozen"].pid)]
     for pid in tree:
         os.kill(pid, signal.SIGSTOP)
@@ -148,7 +138,7 @@ def test_a_frozen_worker_loses_its_ticket_after_the_heartbeat_timeout_and_kills_
         os.killpg(old_group, signal.SIGSTOP)
     try:
         fleet.start_tickets("other", concurrency=1, WORKER="other", SAGE_VISIBILITY_TIMEOUT="3600")
-        res = bg.result(timeout=90)
+        res = held.submitted.result(timeout=90)
     finally:
         for pid in tree:
             with contextlib.suppress(ProcessLookupError):
@@ -164,43 +154,29 @@ def test_a_frozen_worker_loses_its_ticket_after_the_heartbeat_timeout_and_kills_
     # (stale, or final when the ticket's commit got there first)
     stopped = r"attempt 1 stopped \((stale|final)\); killing its command"
     assert re.search(stopped, fleet.log("frozen"))
-    gate.touch()
+    held.gate.touch()
     time.sleep(3)
-    assert ticket_log(repo, res.data["branch"]) == ["F"]
-    assert record(fleet, res.data["run_id"], "F")["attempt_no"] == "2"
+    assert ticket_log(held.repo, res.data["branch"]) == ["F"]
+    assert record(fleet.redis.client(), res.data["run_id"], "F")["attempt_no"] == "2"
 
 
 def test_a_worker_killed_whole_has_its_ticket_run_elsewhere_long_before_the_visibility_timeout(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    pids, gate = tmp_path / "pids", tmp_path / "gate"
-    pids.mkdir()
-    slow = gated("K", pids, gate)
-    quick = f"echo $$ > {pids}/K.$WORKER && {writes('K')}"
-    command = f'if [ "$WORKER" = doomed ]; then {slow}; else {quick}; fi'
-    repo = make_repo(
-        tmp_path / "repo", {}, {"version": "1.0", "tickets": [ticket("K", command, timeout=300)]}
-    )
-    queue = unique_queue()
     hour = {"SAGE_VISIBILITY_TIMEOUT": "3600", "SAGE_TICKET_TIMEOUT": "600"}
-    fleet.kill("tickets")
-    fleet.start_tickets("doomed", concurrency=1, WORKER="doomed", **hour)
-    fleet.start_commit(repo, queue, **hour)
-    assert wait_until(lambda: " ready." in fleet.log("doomed"), 60), fleet.logs()
-    bg = Background(fleet, repo, "--wait", "--json", queue=queue, **hour)
-    assert wait_until(lambda: "doomed" in groups(pids, "K"), 60), fleet.logs()
+    held = held_on(fleet, tmp_path, "K", "doomed", **hour)
     fleet.start_tickets("survivor", concurrency=1, WORKER="survivor", **hour)
     killed = kill_host(fleet, "doomed")
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(groups(pids, "K")["doomed"], signal.SIGKILL)
+        os.killpg(marked_groups(held.pids, "K")["doomed"], signal.SIGKILL)
     assert wait_until(lambda: not any(alive(p) for p in killed), 10)
-    res = bg.result(timeout=90)
+    res = held.submitted.result(timeout=90)
     assert res.code == 0, res.stderr + fleet.logs()
     assert res.data is not None
-    assert ticket_log(repo, res.data["branch"]) == ["K"]
+    assert ticket_log(held.repo, res.data["branch"]) == ["K"]
     row = res.data["tickets"][0]
     assert row["host"].startswith("survivor@") and row["attempts"] == 2, row
-    assert "silent for" in fleet.log(f"commit-{queue}")
+    assert "silent for" in fleet.log(f"commit-{held.queue}")
 
 
 def test_a_commit_worker_that_refuses_the_repository_ends_wait_with_exit_3_and_its_reason(
@@ -246,13 +222,13 @@ def test_wait_warns_naming_the_queue_nobody_consumes_and_ctrl_c_only_stops_watch
     finally:
         if proc.poll() is None:
             proc.kill()
-    run_id = latest_run(fleet)
+    run_id = latest_run(fleet.redis.client())
     assert f"stopped watching run {run_id}; it goes on" in err.read_text()
     # the run did go on: a commit worker started now runs it
     fleet.start_commit(repo, queue)
-    assert wait_until(lambda: record(fleet, run_id, "W").get("state") == "COMPLETED", 60), (
-        fleet.logs()
-    )
+    assert wait_until(
+        lambda: record(fleet.redis.client(), run_id, "W").get("state") == "COMPLETED", 60
+    ), fleet.logs()
 
 
 def test_cancel_of_an_unknown_run_is_one_line_and_exit_2(fleet: Fleet, tmp_path: Path) -> None:
@@ -292,7 +268,7 @@ def test_ctrl_c_during_wait_on_a_terminal_asks_and_cancel_ends_the_run_with_exit
         return text in seen
 
     try:
-        assert wait_until(lambda: bool(groups(pids, "P")), 60), fleet.logs()
+        assert wait_until(lambda: bool(marked_groups(pids, "P")), 60), fleet.logs()
         proc.send_signal(signal.SIGINT)
         assert read_until(b"only stop watching it (w)?", 20), seen.decode(errors="replace")
         os.write(master, b"c\n")
@@ -304,5 +280,5 @@ def test_ctrl_c_during_wait_on_a_terminal_asks_and_cancel_ends_the_run_with_exit
         os.close(master)
     text = seen.decode(errors="replace")
     assert "CANCELLED" in text
-    assert not any(group_alive(g) for g in groups(pids, "P").values())
-    assert ticket_log(repo, f"sage/run-{latest_run(fleet)}") == []
+    assert not any(group_alive(g) for g in marked_groups(pids, "P").values())
+    assert ticket_log(repo, f"sage/run-{latest_run(fleet.redis.client())}") == []

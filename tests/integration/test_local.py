@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,22 +17,14 @@ import pytest
 import redis
 
 from tests.support.browser import dump_dom
-from tests.support.fleet import wait_until
+from tests.support.builders import index, ticket
 from tests.support.gitrepo import make_repo
 from tests.support.net import get, listening
+from tests.support.procs import BIN, bin_path, wait_until
 from tests.support.redis_server import RedisServer, free_port
 
-BIN = Path(sys.executable).parent
 #: the line ``--flower`` prints once
 FLOWER_LINE = re.compile(r"Flower: (http://127\.0\.0\.1:(\d+)/)\s+user (\S+)\s+password (\S+)")
-
-
-def index(*tickets: dict[str, Any]) -> dict[str, Any]:
-    return {"version": "1.0", "tickets": list(tickets)}
-
-
-def ticket(tid: str, run: str, deps: list[str] | None = None) -> dict[str, Any]:
-    return {"id": tid, "title": tid, "dependencies": deps or [], "run": run}
 
 
 def gated(tid: str, gate: Path) -> dict[str, Any]:
@@ -113,7 +104,7 @@ def place(root: Path) -> Place:
 
 def submit_local(repo: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [str(BIN / "sage-submit"), "--repo", str(repo), "--local", "--json", *args],
+        [bin_path("sage-submit"), "--repo", str(repo), "--local", "--json", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,
     )  # fmt: skip
@@ -123,7 +114,7 @@ def sage(
     env: dict[str, str], *args: str, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "sage-submit"), *args],
+        [bin_path("sage-submit"), *args],
         capture_output=True, text=True, env=env, cwd=cwd, timeout=120, check=False,
     )  # fmt: skip
 
@@ -374,7 +365,7 @@ def test_flower_and_status_answer_during_a_local_run_behind_its_doors_and_go_wit
     repo = make_repo(tmp_path / "repo", {}, index(gated("W", gate)))
     port = free_port()
     proc = subprocess.Popen(
-        [str(BIN / "sage-submit"), "--repo", str(repo), "--local", "--flower", str(port)],
+        [bin_path("sage-submit"), "--repo", str(repo), "--local", "--flower", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=p.env,
         start_new_session=True,
     )  # fmt: skip

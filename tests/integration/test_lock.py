@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import cast
 
 import pytest
@@ -15,6 +14,7 @@ import redis
 
 from sage_tasks.errors import LockBusy, Retryable
 from sage_tasks.store.lock import CommitLock
+from tests.support.procs import wait_until
 from tests.support.redis_server import RedisServer
 
 NAME = "sage:test:commit-lock"
@@ -27,15 +27,6 @@ lock.acquire(5)
 print("held", flush=True)
 time.sleep(1000)
 """
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def get_int(client: redis.Redis, key: str) -> int:
@@ -109,7 +100,7 @@ def test_the_lease_is_renewed_past_its_first_expiry_while_held(redis_server: Red
     while time.monotonic() < until:
         with pytest.raises(LockBusy):
             other.acquire(blocking_timeout=0)
-        assert 0 < cast(int, redis_server.client().pttl(NAME)) <= 1000
+        assert 0 < redis_server.client().pttl(NAME) <= 1000
         time.sleep(0.1)
     assert holder.held and not holder.lost
     holder.release()
@@ -151,7 +142,7 @@ def test_a_lock_dropped_without_release_stops_renewing_and_expires(
     gc.collect()
     keepalive.join(2)
     assert not keepalive.is_alive()
-    assert wait_until(lambda: is_free(redis_server), timeout=2)
+    assert wait_until(lambda: is_free(redis_server), timeout=2, interval=0.02)
 
 
 def test_lost_is_set_when_the_key_is_deleted_from_under_the_holder(
@@ -161,7 +152,7 @@ def test_lost_is_set_when_the_key_is_deleted_from_under_the_holder(
     holder.acquire(blocking_timeout=1)
     assert not holder.lost
     redis_server.client().delete(NAME)
-    assert wait_until(lambda: holder.lost, timeout=2)
+    assert wait_until(lambda: holder.lost, timeout=2, interval=0.02)
     holder.release()
     assert holder.lost
     assert not holder.held
@@ -174,7 +165,7 @@ def test_release_after_the_lease_expired_does_not_raise_or_free_the_next_holder(
     holder.acquire(blocking_timeout=1)
     # expire it well before the first renewal (after 1 s)
     redis_server.client().pexpire(NAME, 20)
-    assert wait_until(lambda: is_free(redis_server), timeout=0.5)
+    assert wait_until(lambda: is_free(redis_server), timeout=0.5, interval=0.02)
     successor = CommitLock(redis_server.client(), NAME, lease=5)
     successor.acquire(blocking_timeout=0)
 
@@ -194,7 +185,7 @@ def test_a_lost_connection_marks_the_lease_lost_and_release_does_not_raise(
     holder = CommitLock(client, NAME, lease=0.6)
     holder.acquire(blocking_timeout=1)
     redis_server.stop(kill=True)
-    assert wait_until(lambda: holder.lost, timeout=3)
+    assert wait_until(lambda: holder.lost, timeout=3, interval=0.02)
     holder.release()
     assert holder.lost
     assert not holder.held
@@ -249,7 +240,7 @@ def test_a_released_lock_can_be_acquired_again_and_lost_is_reset(
     lock = CommitLock(redis_server.client(), NAME, lease=0.6)
     lock.acquire(blocking_timeout=1)
     redis_server.client().delete(NAME)
-    assert wait_until(lambda: lock.lost, timeout=2)
+    assert wait_until(lambda: lock.lost, timeout=2, interval=0.02)
     lock.release()
     lock.acquire(blocking_timeout=1)
     assert lock.held and not lock.lost

@@ -7,16 +7,16 @@ import re
 import time
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from sage_tasks.cli.submit import cli
 from sage_tasks.errors import UnknownRun
-from sage_tasks.store.runstate import Phase, RunInfo, RunStatus, RunStore
+from sage_tasks.store.runstate import Phase, RunStatus, RunStore
 from sage_tasks.views.report import render_html, write_report
 from sage_tasks.views.summary import RunSummary, TicketRow
+from tests.support.builders import run_info
 from tests.support.redis_server import RedisServer
 
 RUN_ID = "r-20260101-report"
@@ -74,16 +74,12 @@ def parse(page: str) -> Document:
 def finished_run(store: RunStore) -> None:
     """A run that finished with COMPLETED, DEFERRED and BLOCKED tickets."""
     t0 = time.time() - 60
-    info = RunInfo(
-        run_id=RUN_ID,
+    info = run_info(
+        RUN_ID,
         repo=REPO,
         repo_url=REPO,
         branch="sage/run-report",
-        base="main",
         index_path="tickets/index.json",
-        commit_queue="commit",
-        executor=None,
-        ticket_timeout=600.0,
         batches=2,
         tickets=7,
         to_run=4,
@@ -127,11 +123,6 @@ def finished_run(store: RunStore) -> None:
     store.finish_ticket(RUN_ID, "T-3", Phase.COMPLETED, commit="c3" * 20)
     store.update(RUN_ID, head="d" * 40)
     store.finish(RUN_ID, REPO, status=RunStatus.FINISHED)
-
-
-@pytest.fixture
-def store(redis_server: RedisServer) -> RunStore:
-    return RunStore(redis_server.client(), ttl=3600)
 
 
 @pytest.fixture
@@ -250,27 +241,6 @@ def test_an_unknown_run_raises_unknown_run_and_writes_nothing(
     assert not out.exists()
 
 
-def run_info(run_id: str, created: float, **fields: Any) -> RunInfo:
-    """A finished run's record, as a summary built without Redis needs it."""
-    base: dict[str, Any] = {
-        "repo": REPO,
-        "repo_url": REPO,
-        "branch": "b",
-        "base": "main",
-        "index_path": "i.json",
-        "commit_queue": "c",
-        "executor": None,
-        "ticket_timeout": 1.0,
-        "batches": 0,
-        "tickets": 0,
-        "to_run": 0,
-        "status": "FINISHED",
-    }
-    fields = {**base, **fields}
-    fields.setdefault("to_run", fields["tickets"])
-    return RunInfo(run_id=run_id, created=created, **fields)
-
-
 def test_an_eager_run_draws_no_batch_boundaries() -> None:
     t0 = 1_700_000_000.0
     rows = [
@@ -287,7 +257,9 @@ def test_an_eager_run_draws_no_batch_boundaries() -> None:
         )
         for n, t in enumerate(["E-1", "E-2"])
     ]
-    info = run_info("eager", t0, tickets=2, ended=t0 + 5, extra={"schedule": "eager"})
+    info = run_info(
+        "eager", created=t0, status="FINISHED", tickets=2, ended=t0 + 5, extra={"schedule": "eager"}
+    )
     summary = RunSummary(info, rows, [["E-1"], ["E-2"]], ["E-1", "E-2"])
     page = render_html(summary, {"levels": [["E-1"], ["E-2"]], "deps": {"E-2": ["E-1"]}})
     timeline = section(page, "timeline")
@@ -320,7 +292,9 @@ def test_a_run_of_two_thousand_tickets_stays_a_readable_size() -> None:
         )
         for i, t in enumerate(ids)
     ]
-    info = run_info("big", t0, batches=len(levels), tickets=n, ended=t0 + 130)
+    info = run_info(
+        "big", created=t0, status="FINISHED", batches=len(levels), tickets=n, ended=t0 + 130
+    )
     path = [lv[0] for lv in levels]
     summary = RunSummary(info, rows, levels, path)
     page = render_html(summary, {"levels": levels, "deps": deps, "critical_path": path})

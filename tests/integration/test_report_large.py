@@ -13,10 +13,9 @@ from pathlib import Path
 from sage_tasks.store import keys
 from sage_tasks.store.runstate import Phase, RunStore
 from sage_tasks.views.report import write_report
-from tests.integration.test_report import run_info
 from tests.support.browser import WINDOW, dump_dom_and_console, screenshot
+from tests.support.builders import run_info
 from tests.support.png import read_png
-from tests.support.redis_server import RedisServer
 
 TICKETS = 100_000
 BATCHES = 20
@@ -58,8 +57,8 @@ def large_run(store: RunStore) -> list[str]:
         for t in batches[b]
     }
     path = [batches[b][7] for b in range(BATCHES)]
-    for a, b in itertools.pairwise(path):
-        deps[b] = [a]
+    for before, after in itertools.pairwise(path):
+        deps[after] = [before]
     plan = {
         "batches": batches,
         "levels": batches,
@@ -70,7 +69,15 @@ def large_run(store: RunStore) -> list[str]:
         "to_run": TICKETS,
     }
     t0 = time.time() - 3600
-    info = run_info(RUN_ID, t0, batches=BATCHES, tickets=TICKETS, started=t0, ended=t0 + 3000)
+    info = run_info(
+        RUN_ID,
+        created=t0,
+        status="FINISHED",
+        batches=BATCHES,
+        tickets=TICKETS,
+        started=t0,
+        ended=t0 + 3000,
+    )
     records = {
         t: {"state": "PENDING", "batch": str(n // per), "attempts": "0"} for n, t in enumerate(ids)
     }
@@ -103,9 +110,8 @@ def large_run(store: RunStore) -> list[str]:
 
 
 def test_the_report_of_a_hundred_thousand_tickets_loads_and_draws_in_chromium(
-    redis_server: RedisServer, tmp_path: Path
+    store: RunStore, tmp_path: Path
 ) -> None:
-    store = RunStore(redis_server.client(), ttl=3600)
     path = large_run(store)
     page = tmp_path / "report.html"
     write_report(store, RUN_ID, page)

@@ -7,28 +7,14 @@ so a test passes only when the commit order and the worktrees are right.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support.fleet import Fleet, graph_runner, ticket_fleet, unique_queue, wait_until
-from tests.support.gitrepo import make_repo
-from tests.support.runs import INDEX, git, index_at, states, ticket, ticket_log, writes
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with ticket_fleet(tmp_path_factory.mktemp("fleet")) as f:
-        yield f
-
-
-@pytest.fixture
-def run(fleet: Fleet, tmp_path: Path) -> Iterator[Any]:
-    """Build a repo from tickets, start its commit worker, return a submit function."""
-    with graph_runner(fleet, tmp_path) as go:
-        yield go
+from tests.support.builders import ticket, writes
+from tests.support.fleet import Fleet, unique_queue
+from tests.support.gitrepo import INDEX, git, make_repo, work_tree_files
+from tests.support.procs import wait_until
+from tests.support.runs import index_at, states, ticket_log
 
 
 def test_a_diamond_runs_in_dependency_order_with_one_commit_per_ticket(run: Any) -> None:
@@ -154,14 +140,7 @@ def test_a_run_onto_the_checked_out_branch_leaves_the_work_tree_untouched(
     (repo / "keep.txt").write_text("local edit, not committed\n")
     (repo / "scratch.txt").write_text("untracked\n")
 
-    def snapshot() -> dict[str, bytes]:
-        return {
-            str(p.relative_to(repo)): p.read_bytes()
-            for p in sorted(repo.rglob("*"))
-            if p.is_file() and ".git" not in p.relative_to(repo).parts
-        }
-
-    before_files = snapshot()
+    before_files = work_tree_files(repo)
     before_index = (repo / ".git" / "index").read_bytes()
     queue = unique_queue()
     node = fleet.start_commit(repo, queue)
@@ -171,7 +150,7 @@ def test_a_run_onto_the_checked_out_branch_leaves_the_work_tree_untouched(
         fleet.kill(node)
     assert res.code == 0, res.stderr + fleet.logs()
     assert ticket_log(repo, "work") == ["W"]
-    assert snapshot() == before_files
+    assert work_tree_files(repo) == before_files
     assert (repo / ".git" / "index").read_bytes() == before_index
     assert git(repo, "symbolic-ref", "HEAD").strip() == "refs/heads/work"
 

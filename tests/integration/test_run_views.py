@@ -15,22 +15,18 @@ from typing import Any
 import pytest
 
 from tests.support.browser import WINDOW, dump_dom, screenshot
-from tests.support.fleet import Fleet, Submitted, ticket_fleet, wait_until
+from tests.support.builders import Submitted, ticket, writes
+from tests.support.fleet import Fleet
 from tests.support.gitrepo import make_repo
 from tests.support.png import read_png
-from tests.support.runs import ticket, writes
+from tests.support.procs import wait_until
+from tests.support.runs import rows
 
 HOST = f"tickets@{socket.gethostname()}"
 #: executor output that is markup to rich and to HTML
 NASTY_OUTPUT = "[/oops] <b>bold</b> [red]"
 #: wide enough that rich does not fold the status table in a captured stdout
-WIDE = {"COLUMNS": "220"}
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with ticket_fleet(tmp_path_factory.mktemp("views")) as f:
-        yield f
+WIDE = "220"
 
 
 @dataclass
@@ -45,7 +41,7 @@ class Finished:
 
 
 @pytest.fixture(scope="module")
-def finished(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Finished]:
+def finished(shared_fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Finished]:
     # A -> C -> F, B alone, D fails -> E is BLOCKED: three batches
     tickets = [
         ticket("A", "sleep 0.4 && " + writes("A")),
@@ -58,18 +54,14 @@ def finished(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     repo = make_repo(
         tmp_path_factory.mktemp("finished") / "repo", {}, {"version": "1.0", "tickets": tickets}
     )
-    with fleet.serving(repo) as (queue, node):
-        res = fleet.submit(repo, "--wait", "--json", queue=queue)
-        assert res.code == 1 and res.data is not None, res.stderr + fleet.logs()
+    with shared_fleet.serving(repo) as (queue, node):
+        res = shared_fleet.submit(repo, "--wait", "--json", queue=queue)
+        assert res.code == 1 and res.data is not None, res.stderr + shared_fleet.logs()
         yield Finished(repo, queue, node, res.data["run_id"], res.data)
 
 
 def status(fleet: Fleet, repo: Path, queue: str, *args: str) -> Submitted:
-    return fleet.submit(repo, "status", *args, queue=queue, **WIDE)
-
-
-def rows(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {t["id"]: t for t in data["tickets"]}
+    return fleet.submit(repo, "status", *args, queue=queue, COLUMNS=WIDE)
 
 
 # -- status ------------------------------------------------------------------------------
@@ -93,7 +85,7 @@ def test_status_follows_a_run_while_it_runs_and_after(fleet: Fleet, tmp_path: Pa
             assert st.code == 0 and st.data is not None, st.stderr
             seen.update(st.data)
             t = rows(st.data)
-            return t["GATED"]["state"] == "RUNNING" and t["QUICK"]["state"] == "COMPLETED"
+            return bool(t["GATED"]["state"] == "RUNNING" and t["QUICK"]["state"] == "COMPLETED")
 
         assert wait_until(gated_runs_and_quick_is_done, 60, 0.5), f"{seen}\n{fleet.logs()}"
         live = rows(seen)

@@ -10,19 +10,18 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support.fleet import Fleet, ticket_fleet
-from tests.support.gitrepo import make_repo
-from tests.support.runs import git, index_at, ticket_log
+from tests.support.builders import story, upstream_index, writes
+from tests.support.fleet import Fleet
+from tests.support.gitrepo import git, make_repo
+from tests.support.procs import bin_path
+from tests.support.runs import index_at, ticket_log
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "sage-2.2"
-SAGE_SUBMIT = str(Path(sys.executable).parent / "sage-submit")
+SAGE_SUBMIT = bin_path("sage-submit")
 #: what the example's index names that sage-tasks never writes
 UPSTREAM_FIELDS = (
     "type",
@@ -213,43 +212,26 @@ def test_a_local_run_commits_every_ticket_after_all_it_waits_for_and_keeps_every
 # -- an eager run on a fleet: status and the report ---------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with ticket_fleet(tmp_path_factory.mktemp("sage22"), concurrency=2) as f:
-        yield f
-
-
-def writes(tid: str, *needs: str) -> str:
-    """A command that fails unless each ticket it waits for has written its file."""
-    checks = "".join(f"test -f out/{n}.txt && " for n in needs)
-    return f"{checks}mkdir -p out && echo {tid} > out/{tid}.txt"
-
-
 def test_an_eager_run_orders_by_every_edge_and_status_and_report_say_why_tickets_wait(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    def story(tid: str, run: str, **links: Any) -> dict[str, Any]:
-        return {"id": tid, "title": f"Story {tid}", "type": "story", "state": "UNPROCESSED",
-                "run": run, **links}  # fmt: skip
-
     tickets = [
-        story("CORE-001", writes("CORE-001"), blocks=["CORE-002", "CORE-003"], blockedBy=None),
-        story("CORE-002", writes("CORE-002", "CORE-001"), dependencies=None),
-        story("CORE-003", writes("CORE-003", "CORE-001"), blockedBy=["CORE-001"]),
+        story("CORE-001", run=writes("CORE-001"), blocks=["CORE-002", "CORE-003"], blockedBy=None),
+        story("CORE-002", run=writes("CORE-002", ["CORE-001"]), dependencies=None),
+        story("CORE-003", run=writes("CORE-003", ["CORE-001"]), blockedBy=["CORE-001"]),
         story(
             "CORE-004",
-            writes("CORE-004", "CORE-002", "CORE-003"),
+            run=writes("CORE-004", ["CORE-002", "CORE-003"]),
             blockedBy=["CORE-002"],
             dependencies=["CORE-003"],
         ),
-        story("FAIL-001", "echo broken >&2; exit 4", blocks=["NEXT-001"]),
-        story("NEXT-001", writes("NEXT-001"), relatedTo=["CORE-004"]),
-        story("AFTER-001", writes("AFTER-001"), blockedBy=["NEXT-001"]),
+        story("FAIL-001", run="echo broken >&2; exit 4", blocks=["NEXT-001"]),
+        story("NEXT-001", run=writes("NEXT-001"), relatedTo=["CORE-004"]),
+        story("AFTER-001", run=writes("AFTER-001"), blockedBy=["NEXT-001"]),
         {"id": "EPIC-001", "type": "epic", "state": "DEFERRED", "run": "true"},
-        story("CHILD-001", writes("CHILD-001"), parent="EPIC-001"),
+        story("CHILD-001", run=writes("CHILD-001"), parent="EPIC-001"),
     ]
-    index = {"version": "2.2.0", "workflow_mode": "TICKET_BASED", "tickets": tickets}
-    repo = make_repo(tmp_path / "repo", {}, index)
+    repo = make_repo(tmp_path / "repo", {}, upstream_index(*tickets))
     with fleet.serving(repo) as (queue, _):
         res = fleet.submit(repo, "--wait", "--json", "--schedule", "eager", queue=queue)
         assert res.code == 1 and res.data is not None, res.stderr + fleet.logs()

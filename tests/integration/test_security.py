@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,24 @@ from sage_tasks.dispatch.names import TASK_COMMIT, TASK_PREPARE, TASK_RUN
 from sage_tasks.errors import PatchRejected
 from sage_tasks.gitops import CommitTarget, check_patch
 from sage_tasks.gitops.safety import link_problem, path_problem
-from tests.support.fleet import Fleet, Submitted, ticket_fleet, unique_queue, wait_until
+from tests.support.builders import Submitted, ticket
+from tests.support.fleet import Fleet, fleet_on, unique_queue
 from tests.support.gitrepo import INDEX, commit_files, git, index_bytes, make_repo
+from tests.support.procs import wait_until
 from tests.support.redis_server import RedisServer
-from tests.support.runs import ticket, tickets_at
+from tests.support.runs import tickets_at
 from tests.support.tls import TlsRedisServer, make_ca, make_certs
 
 #: the shared ticket worker cuts patches and output small, so the limits are cheap to reach
 MAX_PATCH_BYTES = 20_000
 MAX_OUTPUT_BYTES = 4096
+
+pytestmark = pytest.mark.fleet(
+    env={
+        "SAGE_MAX_PATCH_BYTES": str(MAX_PATCH_BYTES),
+        "SAGE_MAX_OUTPUT_BYTES": str(MAX_OUTPUT_BYTES),
+    }
+)
 
 
 @dataclass
@@ -46,11 +54,6 @@ class Served:
     repo: Path
     queue: str
     node: str
-
-
-def wait_ready(fleet: Fleet, *names: str, timeout: float = 30) -> None:
-    for name in names:
-        assert wait_until(lambda n=name: " ready." in fleet.log(n), timeout), fleet.logs()
 
 
 def refs(repo: Path) -> str:
@@ -108,33 +111,23 @@ def ticket_commit_paths(repo: Path, branch: str, tid: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with ticket_fleet(
-        tmp_path_factory.mktemp("security"),
-        SAGE_MAX_PATCH_BYTES=str(MAX_PATCH_BYTES),
-        SAGE_MAX_OUTPUT_BYTES=str(MAX_OUTPUT_BYTES),
-    ) as f:
-        yield f
-
-
-@pytest.fixture(scope="module")
-def served(fleet: Fleet) -> Served:
+def served(shared_fleet: Fleet) -> Served:
     repo = make_repo(
-        fleet.root / "repo-a",
+        shared_fleet.root / "repo-a",
         {"README.md": "hello\n", "docs/guide.md": "guide\n"},
         None,
         bare=True,
     )
     queue = unique_queue()
-    node = fleet.start_commit(repo, queue)
-    wait_ready(fleet, "tickets", node)
+    node = shared_fleet.start_commit(repo, queue)
+    shared_fleet.wait_ready("tickets", node, timeout=30)
     return Served(repo, queue, node)
 
 
 @pytest.fixture(scope="module")
-def app(fleet: Fleet) -> Celery:
+def app(shared_fleet: Fleet) -> Celery:
     """A Celery app on the fleet's broker, to send tasks the way an attacker with access would."""
-    return make_app(load_settings(broker_url=fleet.redis.url))
+    return make_app(load_settings(broker_url=shared_fleet.redis.url))
 
 
 # --- messages that are not JSON ----------------------------------------------------------
@@ -229,10 +222,10 @@ BAD_IDS = ["../../etc", "A;rm -rf /", "x" * 10_000, "A\nSage-Ticket: B", "", "-A
 
 
 @pytest.fixture(scope="module")
-def done_run(fleet: Fleet, served: Served) -> dict[str, Any]:
+def done_run(shared_fleet: Fleet, served: Served) -> dict[str, Any]:
     """A finished run of the served repository (its id is a real one)."""
-    res = run_on_branch(fleet, served, [ticket("A", "echo a > a.txt")])
-    assert res.code == 0 and res.data is not None, res.stderr + fleet.logs()
+    res = run_on_branch(shared_fleet, served, [ticket("A", "echo a > a.txt")])
+    assert res.code == 0 and res.data is not None, res.stderr + shared_fleet.logs()
     return res.data
 
 
@@ -324,10 +317,10 @@ UNSAFE_TICKETS = {
 
 
 @pytest.fixture(scope="module")
-def unsafe_run(fleet: Fleet, served: Served) -> tuple[Submitted, dict[str, dict[str, Any]]]:
+def unsafe_run(shared_fleet: Fleet, served: Served) -> tuple[Submitted, dict[str, dict[str, Any]]]:
     tickets = [ticket(tid, cmd) for tid, cmd in UNSAFE_TICKETS.items()]
-    res = run_on_branch(fleet, served, tickets)
-    assert res.code == 1 and res.data is not None, res.stderr + fleet.logs()
+    res = run_on_branch(shared_fleet, served, tickets)
+    assert res.code == 1 and res.data is not None, res.stderr + shared_fleet.logs()
     return res, tickets_at(served.repo, res.data["branch"])
 
 
@@ -386,7 +379,9 @@ class LimitsRun:
 
 
 @pytest.fixture(scope="module")
-def limits_run(fleet: Fleet, served: Served, tmp_path_factory: pytest.TempPathFactory) -> LimitsRun:
+def limits_run(
+    shared_fleet: Fleet, served: Served, tmp_path_factory: pytest.TempPathFactory
+) -> LimitsRun:
     outside = tmp_path_factory.mktemp("outside")
     pgid_file, pids_file = outside / "pgid", outside / "pids"
     hang = (
@@ -405,8 +400,8 @@ def limits_run(fleet: Fleet, served: Served, tmp_path_factory: pytest.TempPathFa
         # retitles and clears the terminal of whoever reads the reason, if it got through
         ticket("ESCAPES", "printf 'before \\033]0;pwned\\007\\033[2J after\\r\\n'; exit 2"),
     ]
-    res = run_on_branch(fleet, served, tickets)
-    assert res.code == 1 and res.data is not None, res.stderr + fleet.logs()
+    res = run_on_branch(shared_fleet, served, tickets)
+    assert res.code == 1 and res.data is not None, res.stderr + shared_fleet.logs()
     return LimitsRun(res, tickets_at(served.repo, res.data["branch"]), pgid_file, pids_file)
 
 
@@ -501,8 +496,7 @@ def test_a_broker_with_a_password_and_an_acl_user_works_end_to_end_and_never_sho
     acl_url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{port}/0"
     assert redis.Redis.from_url(acl_url).acl_whoami() == ACL_USER
     env_dump = tmp_path / "ticket-env.txt"
-    fleet = Fleet(tmp_path / "fleet", server)
-    try:
+    with fleet_on(server, tmp_path / "fleet") as fleet:
         # the ticket worker logs in as the ACL user, the commit worker with the default password
         fleet.start_tickets("tickets", concurrency=1, SAGE_BROKER_URL=acl_url)
         repo = make_repo(
@@ -537,9 +531,6 @@ def test_a_broker_with_a_password_and_an_acl_user_works_end_to_end_and_never_sho
             assert [ln for ln in res.stderr.splitlines() if ln.strip()] == errors
         logs = fleet.log("tickets") + fleet.log(node)
         assert DEFAULT_PASSWORD not in logs and ACL_PASSWORD not in logs
-    finally:
-        fleet.stop()
-        server.stop(kill=True)
 
 
 # --- TLS ---------------------------------------------------------------------------------
@@ -552,9 +543,8 @@ def test_a_tls_broker_works_end_to_end_and_a_certificate_from_another_ca_is_refu
     other_ca, _ = make_ca(tmp_path / "other-ca", "someone else")
     server = TlsRedisServer(tmp_path / "redis", certs, password="tls-pw-5e1d")
     server.start()
-    fleet = Fleet(tmp_path / "fleet", server)
     plain = f"rediss://:tls-pw-5e1d@127.0.0.1:{server.port}/0"
-    try:
+    with fleet_on(server, tmp_path / "fleet") as fleet:
         # the ticket worker names its CA in the URL; the commit worker gives no TLS options
         # at all, so certificates are checked against the default trust store (SSL_CERT_FILE)
         fleet.start_tickets("tickets", concurrency=1)
@@ -582,9 +572,6 @@ def test_a_tls_broker_works_end_to_end_and_a_certificate_from_another_ca_is_refu
         for name in ("untrusting", "untrusting-bare"):
             assert wait_until(lambda n=name: "certificate verify failed" in fleet.log(n), 20)
             assert " ready." not in fleet.log(name)
-    finally:
-        fleet.stop()
-        server.stop(kill=True)
 
 
 # --- patch checks that tests/integration/test_git_patch.py does not cover ----------------

@@ -29,27 +29,29 @@ from sage_tasks.store import keys
 from sage_tasks.store.runstate import RunInfo, RunStore
 from sage_tasks.work import committer
 from sage_tasks.work.runtime import Runtime
+from tests.support.builders import ticket
 from tests.support.faults import (
     Background,
-    alive,
     check_history,
-    descendants,
     head,
-    kill_groups,
     kill_host,
     pool_deaths,
-    proc_state,
     run_counts,
     runs,
     traced,
-    wait_for_run,
-    wait_ready,
-    wait_state,
 )
-from tests.support.fleet import Fleet, unique_queue, wait_until
-from tests.support.gitrepo import make_patch, make_repo
+from tests.support.fleet import Fleet, unique_queue
+from tests.support.gitrepo import INDEX, git, make_patch, make_repo
+from tests.support.procs import (
+    alive,
+    bin_path,
+    descendants,
+    kill_groups,
+    proc_state,
+    wait_until,
+)
 from tests.support.redis_server import RedisServer
-from tests.support.runs import INDEX, git, states, ticket, ticket_log
+from tests.support.runs import states, ticket_log, wait_for_run, wait_state
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +100,7 @@ class Lab:
         for f in self.fleets:
             f.stop()
         # ticket commands orphaned by a killed pool process lead their own groups
-        kill_groups([r.pid for r in runs(self.trace)])
+        kill_groups([r.pid for r in runs(self.trace)], grace=None)
         self.server.stop(kill=True)
 
 
@@ -311,7 +313,7 @@ def test_two_commit_workers_on_one_queue_are_kept_apart_by_the_lock(lab: Lab) ->
     fleet.start_tickets("tickets", concurrency=3)
     fleet.start_commit(repo, lab.queue, name="commitA")
     fleet.start_commit(repo, lab.queue, name="commitB")
-    wait_ready(fleet, "tickets", "commitA", "commitB")
+    fleet.wait_ready("tickets", "commitA", "commitB")
     res = lab.submit(fleet, "--wait", "--json").result(timeout=120)
     assert res.code == 0, res.stderr + lab.logs()
     assert res.data is not None
@@ -608,7 +610,7 @@ def test_an_unreachable_broker_at_submit_time_is_one_clear_line_and_exit_3_withi
     started = time.monotonic()
     try:
         proc = subprocess.run(
-            [str(Path(sys.executable).parent / "sage-submit"), *args],
+            [bin_path("sage-submit"), *args],
             capture_output=True,
             text=True,
             timeout=40,

@@ -10,7 +10,6 @@ can tell when that command's process group is gone.
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import time
@@ -19,9 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.slow.test_multihost import Fleet, check_commits, check_completed, host_of, index, rows
-from tests.support.netns import SageHosts, wait_for
-from tests.support.runs import ticket, ticket_log
+from tests.support.builders import index, ticket
+from tests.support.netns_fleet import Multihost, SageHosts, Submission, check_completed, host_of
+from tests.support.procs import group_alive, marked_groups, record_group, wait_for
+from tests.support.runs import check_commits, rows, ticket_log
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def long_once(tid: str, marks: Path, seconds: float) -> str:
     """Record the group, then: the first time anywhere sleep ``seconds``, later runs are quick."""
     first = shlex.quote(f"{marks}/{tid}.first")
     return (
-        f"echo $$ > {shlex.quote(str(marks))}/{tid}.$FLEET_HOST && "
+        f"{record_group(tid, marks, '$FLEET_HOST')} && "
         f"if [ -e {first} ]; then :; else touch {first} && sleep {seconds:g}; fi && "
         f'mkdir -p out && echo "$FLEET_HOST" > out/{tid}.txt'
     )
@@ -39,56 +39,48 @@ def long_once(tid: str, marks: Path, seconds: float) -> str:
 def gated(tid: str, marks: Path, gate: Path) -> str:
     """Record the group, wait until ``gate`` exists, write the ticket's file."""
     return (
-        f"echo $$ > {shlex.quote(str(marks))}/{tid}.$FLEET_HOST && "
+        f"{record_group(tid, marks, '$FLEET_HOST')} && "
         f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.2; done && "
         f'mkdir -p out && echo "$FLEET_HOST" > out/{tid}.txt'
     )
 
 
-def started(marks: Path, tid: str) -> dict[str, int]:
-    """Host -> the process group its command of ``tid`` runs in."""
-    out = {}
-    for p in marks.glob(f"{tid}.*"):
-        text = p.read_text().strip() if p.suffix != ".first" else ""
-        if text.isdigit():
-            out[p.name.split(".", 1)[1]] = int(text)
-    return out
+def long_ticket_started(
+    multihost: Multihost, marks: Path, heartbeat_timeout: float
+) -> tuple[SageHosts, list[dict[str, Any]], Submission, str, int]:
+    """LONG (five minutes the first time it runs, quick later) and four quick tickets on two
+    worker hosts, the visibility timeout an hour, until LONG has started.
 
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def one_long_ticket(fleet: SageHosts, marks: Path, seconds: float) -> list[dict[str, Any]]:
-    tickets = [ticket("LONG", long_once("LONG", marks, seconds), timeout=600)]
+    Returns the fleet, the tickets, the run, and where LONG runs: its host, its process group.
+    """
+    marks.mkdir()
+    fleet = multihost(
+        ("w1", "w2"),
+        visibility_timeout=3600,
+        ticket_timeout=600,
+        heartbeat_timeout=heartbeat_timeout,
+    )
+    tickets = [ticket("LONG", long_once("LONG", marks, 300), timeout=600)]
     tickets += [ticket(f"Q{i}", f"mkdir -p out && echo q > out/Q{i}.txt") for i in range(3)]
     tickets.append(ticket("AFTER", "test -f out/LONG.txt && echo a > after.txt", ["LONG"]))
-    fleet.start(index(tickets))
-    return tickets
+    fleet.start(index(*tickets))
+    sub = fleet.submit()
+    started = wait_for(lambda: marked_groups(marks, "LONG"), 60, "LONG to start", logs=fleet.logs)
+    ((host, group),) = started.items()
+    return fleet, tickets, sub, host, group
 
 
 def test_a_host_killed_whole_during_a_five_minute_ticket_has_it_run_elsewhere_within_45_s(
-    multihost: Fleet, tmp_path: Path
+    multihost: Multihost, tmp_path: Path
 ) -> None:
     marks = tmp_path / "marks"
-    marks.mkdir()
-    # the visibility timeout an hour, the heartbeat timeout its default
-    fleet = multihost(
-        ("w1", "w2"), visibility_timeout=3600, ticket_timeout=600, heartbeat_timeout=30
-    )
-    tickets = one_long_ticket(fleet, marks, 300)
-    sub = fleet.submit()
-    first = wait_for(lambda: started(marks, "LONG"), 60, "LONG to start", logs=fleet.logs)
-    (doomed,) = first
+    # the heartbeat timeout its default
+    fleet, tickets, sub, doomed, _ = long_ticket_started(multihost, marks, heartbeat_timeout=30)
     assert fleet.topo.kill_host(doomed)
     killed_at = time.monotonic()
     wait_for(lambda: not fleet.topo.pids(doomed), 10, "every process of the host to be dead")
     other = wait_for(
-        lambda: [h for h in started(marks, "LONG") if h != doomed],
+        lambda: [h for h in marked_groups(marks, "LONG") if h != doomed],
         60,
         "LONG to run again elsewhere",
         logs=fleet.logs,
@@ -104,17 +96,11 @@ def test_a_host_killed_whole_during_a_five_minute_ticket_has_it_run_elsewhere_wi
 
 @pytest.mark.parametrize("fault", ["partition", "freeze"])
 def test_a_host_cut_off_or_frozen_loses_its_ticket_and_kills_the_command_when_it_comes_back(
-    multihost: Fleet, tmp_path: Path, fault: str
+    multihost: Multihost, tmp_path: Path, fault: str
 ) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    fleet = multihost(
-        ("w1", "w2"), visibility_timeout=3600, ticket_timeout=600, heartbeat_timeout=5
+    fleet, tickets, sub, away, old_group = long_ticket_started(
+        multihost, tmp_path / "marks", heartbeat_timeout=5
     )
-    tickets = one_long_ticket(fleet, marks, 300)
-    sub = fleet.submit()
-    (away,) = wait_for(lambda: started(marks, "LONG"), 60, "LONG to start", logs=fleet.logs)
-    old_group = started(marks, "LONG")[away]
     if fault == "partition":
         fleet.topo.cut(away)
     else:
@@ -154,7 +140,7 @@ def test_a_host_cut_off_or_frozen_loses_its_ticket_and_kills_the_command_when_it
 
 
 def test_cancel_on_two_hosts_kills_every_command_commits_nothing_more_and_resubmitting_finishes(
-    multihost: Fleet, tmp_path: Path
+    multihost: Multihost, tmp_path: Path
 ) -> None:
     marks, gate = tmp_path / "marks", tmp_path / "gate"
     marks.mkdir()
@@ -163,11 +149,11 @@ def test_cancel_on_two_hosts_kills_every_command_commits_nothing_more_and_resubm
     tickets = [ticket(t, gated(t, marks, gate), timeout=600) for t in long_ids]
     tickets.append(ticket("QUICK", "echo q > quick.txt", priority="P0"))
     tickets.append(ticket("NEXT", "echo n > next.txt", long_ids))
-    fleet.start(index(tickets))
+    fleet.start(index(*tickets))
     sub = fleet.submit("--parallel", "8")
 
     def all_running() -> dict[str, int]:
-        groups = {f"{t}.{h}": g for t in long_ids for h, g in started(marks, t).items()}
+        groups = {f"{t}.{h}": g for t in long_ids for h, g in marked_groups(marks, t).items()}
         return groups if len(groups) == len(long_ids) else {}
 
     # QUICK goes first (P0), then the four long tickets fill both hosts' two slots each
@@ -203,10 +189,10 @@ def test_cancel_on_two_hosts_kills_every_command_commits_nothing_more_and_resubm
 
 
 def test_a_commit_worker_that_refuses_the_run_ends_wait_with_exit_3_and_its_reason(
-    multihost: Fleet,
+    multihost: Multihost,
 ) -> None:
     fleet = multihost(("w1",))
-    fleet.start(index([ticket("R", "echo r > r.txt")]))
+    fleet.start(index(ticket("R", "echo r > r.txt")))
     # the commit worker restarted without the --repo-url the producer gives
     fleet.stop_process("commit")
     fleet.start_commit_worker(with_url=False)

@@ -16,24 +16,19 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.gitrepo import INDEX, commit_files, index_bytes
-from tests.support.netns import SageHosts, wait_for
-from tests.support.runs import git, ticket, ticket_log
+from tests.support.builders import index, ticket
+from tests.support.gitrepo import INDEX, commit_files, git, index_bytes
+from tests.support.netns_fleet import Multihost, SageHosts, Submission, check_completed, host_of
+from tests.support.procs import wait_for
+from tests.support.runs import check_commits, rows, ticket_log
 
 pytestmark = pytest.mark.slow
-
-Fleet = Callable[..., SageHosts]
-
-
-def index(tickets: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"version": "1.0", "tickets": tickets}
 
 
 def work(
@@ -82,50 +77,37 @@ def layered(sizes: Sequence[int], seed: int, **kw: Any) -> list[dict[str, Any]]:
     return tickets
 
 
-def check_commits(repo: Path, branch: str, tickets: list[dict[str, Any]]) -> list[str]:
-    """Exactly one commit per ticket, each after the commits of all its dependencies."""
-    order = ticket_log(repo, branch)
-    counts = Counter(order)
-    twice = sorted(t for t, n in counts.items() if n > 1)
-    assert not twice, f"committed more than once: {twice}"
-    assert sorted(order) == sorted(t["id"] for t in tickets), order
-    pos = {tid: i for i, tid in enumerate(order)}
-    for t in tickets:
-        for dep in t["dependencies"]:
-            assert pos[dep] < pos[t["id"]], f"{t['id']} committed before its dependency {dep}"
-    return order
+def layered_run_under_way(
+    multihost: Multihost, workers: Sequence[str], sizes: Sequence[int], seed: int, marks: Path
+) -> tuple[SageHosts, list[dict[str, Any]], Submission]:
+    """A fleet on ``workers`` running a :func:`layered` graph of two-second tickets, once three
+    of them have started (each drops its mark in ``marks``): the fleet, the tickets, the run."""
+    fleet = multihost(workers)
+    marks.mkdir()
+    tickets = layered(sizes, seed=seed, sleep=2, marks=marks)
+    fleet.start(index(*tickets))
+    sub = fleet.submit()
+    wait_for(
+        lambda: len(list(marks.iterdir())) >= 3,
+        60,
+        "tickets to start",
+        interval=0.1,
+        logs=fleet.logs,
+    )
+    return fleet, tickets, sub
 
 
 def file_at(repo: Path, ref: str, path: str) -> str:
     return git(repo, "show", f"{ref}:{path}")
 
 
-def host_of(node: str) -> str:
-    """The host part of a worker's node name (``w1@w1`` -> ``w1``)."""
-    return node.rsplit("@", 1)[-1]
-
-
-def rows(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {r["id"]: r for r in data["tickets"]}
-
-
-def check_completed(fleet: SageHosts, res: Any, tickets: list[dict[str, Any]]) -> dict[str, Any]:
-    assert res.code == 0, f"sage-submit exit {res.code}\n{res.stderr[-3000:]}\n{fleet.logs()}"
-    data: dict[str, Any] = res.data
-    assert data["deferred"] == {} and data["blocked"] == [], data
-    assert sorted(data["completed"]) == sorted(t["id"] for t in tickets)
-    assert {r["state"] for r in data["tickets"]} == {"COMPLETED"}
-    assert git(fleet.canonical, "rev-parse", data["branch"]).strip() == data["head"]
-    return data
-
-
 def test_a_forty_ticket_graph_runs_on_every_worker_host_and_commits_in_dependency_order(
-    multihost: Fleet,
+    multihost: Multihost,
 ) -> None:
     fleet = multihost(("w1", "w2", "w3"))
     tickets = layered([8, 8, 8, 8, 8], seed=40, sleep=0.5)
     assert len(tickets) == 40
-    fleet.start(index(tickets))
+    fleet.start(index(*tickets))
     res = fleet.submit().wait(240)
     data = check_completed(fleet, res, tickets)
     record = rows(data)
@@ -154,7 +136,7 @@ def _settled(fleet: SageHosts, name: str) -> bool:
 
 
 def test_a_host_cut_off_mid_ticket_has_them_finished_elsewhere_and_no_double_commit_on_return(
-    multihost: Fleet,
+    multihost: Multihost,
 ) -> None:
     vt = 12.0
     silence = 5.0
@@ -167,7 +149,7 @@ def test_a_host_cut_off_mid_ticket_has_them_finished_elsewhere_and_no_double_com
         deps = [f"L{2 * i:02d}", f"L{2 * i + 1:02d}"]
         second.append(ticket(f"M{i:02d}", work(f"M{i:02d}", deps), deps))
     tickets = first + second
-    fleet.start(index(tickets))
+    fleet.start(index(*tickets))
     sub = fleet.submit()
 
     def on_w1() -> list[str]:
@@ -213,27 +195,18 @@ def test_a_host_cut_off_mid_ticket_has_them_finished_elsewhere_and_no_double_com
 
     # and it takes tickets again: a second run, eight tickets for six slots
     again = [ticket(f"N{i}", work(f"N{i}", sleep=1)) for i in range(8)]
-    commit_files(fleet.canonical, "main", {INDEX: index_bytes(index(again))}, "second graph")
+    commit_files(fleet.canonical, "main", {INDEX: index_bytes(index(*again))}, "second graph")
     res2 = fleet.submit().wait(120)
     data2 = check_completed(fleet, res2, again)
     assert "w1" in {host_of(r["host"]) for r in data2["tickets"]}, data2["tickets"]
 
 
 def test_the_hub_cut_off_for_a_few_seconds_delays_the_run_but_it_completes(
-    multihost: Fleet, tmp_path: Path
+    multihost: Multihost, tmp_path: Path
 ) -> None:
-    fleet = multihost(("w1", "w2", "w3"))
     marks = tmp_path / "marks"
-    marks.mkdir()
-    tickets = layered([6, 6, 6, 6], seed=3, sleep=2, marks=marks)
-    fleet.start(index(tickets))
-    sub = fleet.submit()
-    wait_for(
-        lambda: len(list(marks.iterdir())) >= 3,
-        60,
-        "tickets to start",
-        interval=0.1,
-        logs=fleet.logs,
+    fleet, tickets, sub = layered_run_under_way(
+        multihost, ("w1", "w2", "w3"), [6, 6, 6, 6], 3, marks
     )
     fleet.topo.cut("hub")
     # Redis, the git daemon and the commit worker are out of every worker's reach; the
@@ -249,33 +222,21 @@ def test_the_hub_cut_off_for_a_few_seconds_delays_the_run_but_it_completes(
 
 
 def test_the_hub_s_redis_restarting_on_its_append_only_file_loses_neither_the_run_nor_its_follower(
-    multihost: Fleet, tmp_path: Path
+    multihost: Multihost, tmp_path: Path
 ) -> None:
-    fleet = multihost(("w1", "w2"))
     marks = tmp_path / "marks"
-    marks.mkdir()
-    tickets = layered([5, 5, 5], seed=5, sleep=2, marks=marks)
-    fleet.start(index(tickets))
-    sub = fleet.submit()
-    wait_for(
-        lambda: len(list(marks.iterdir())) >= 3,
-        60,
-        "tickets to start",
-        interval=0.1,
-        logs=fleet.logs,
-    )
+    fleet, tickets, sub = layered_run_under_way(multihost, ("w1", "w2"), [5, 5, 5], 5, marks)
     fleet.stop_process("redis", grace=15)  # SIGTERM: Redis syncs its append-only file and exits
     time.sleep(3)
     fleet.start_redis()
     fleet.wait_redis(["hub", "w1", "w2", "producer"])
+
     # the run, seen from Redis itself, whatever the follower does
-    final = wait_for(
-        lambda: (st := fleet.status(check=False)).get("status") in ("FINISHED", "FAILED") and st,
-        180,
-        "the run to end",
-        logs=fleet.logs,
-        interval=1,
-    )
+    def ended() -> dict[str, Any]:
+        st = fleet.status(check=False)
+        return st if st.get("status") in ("FINISHED", "FAILED") else {}
+
+    final = wait_for(ended, 180, "the run to end", logs=fleet.logs, interval=1)
     assert final["status"] == "FINISHED", final
     assert {r["state"] for r in final["tickets"]} == {"COMPLETED"}, final["tickets"]
     check_commits(fleet.canonical, final["branch"], tickets)
@@ -286,7 +247,7 @@ def test_the_hub_s_redis_restarting_on_its_append_only_file_loses_neither_the_ru
 
 
 def test_a_ticket_sees_its_dependency_s_file_even_when_another_host_made_it(
-    multihost: Fleet,
+    multihost: Multihost,
 ) -> None:
     fleet = multihost(("w1", "w2"))
     chains = [[f"C{c}{i}" for i in range(6)] for c in range(3)]
@@ -297,7 +258,7 @@ def test_a_ticket_sees_its_dependency_s_file_even_when_another_host_made_it(
             tickets.append(ticket(tid, work(tid, deps, saw=True, sleep=0.3), deps))
     tails = [chain[-1] for chain in chains]
     tickets.append(ticket("JOIN", work("JOIN", tails, saw=True), tails))
-    fleet.start(index(tickets))
+    fleet.start(index(*tickets))
     res = fleet.submit().wait(240)
     data = check_completed(fleet, res, tickets)
     check_commits(fleet.canonical, data["branch"], tickets)

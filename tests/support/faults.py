@@ -1,4 +1,5 @@
-"""Helpers for the fault tier: tickets that leave traces, process trees, history checks.
+"""Helpers for the fault tier: tickets that leave traces, history checks, a worker "host"
+killed whole, and ``sage-submit`` running in the background.
 
 Every ticket command here appends a line to a log outside the repository
 (``<id> <shell pid> <parent pid> <worker's work folder>``), so a test can tell how often
@@ -8,18 +9,17 @@ run's own record says.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tests.support.fleet import Fleet, Submitted, bin_path, wait_until
-from tests.support.runs import INDEX, git, states
+from tests.support.builders import Submitted
+from tests.support.fleet import Fleet
+from tests.support.gitrepo import INDEX, git
+from tests.support.procs import bin_path, descendants, signal_all
+from tests.support.runs import states
 
 
 def traced(tid: str, trace: Path, *, sleep: str = "0", first_sleep: str | None = None) -> str:
@@ -111,46 +111,6 @@ def check_history(repo: Path, base: str, branch: str) -> list[str]:
 # -- processes ---------------------------------------------------------------------
 
 
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # the command name (field 2) may hold spaces; it ends at the last ')'
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
-
-
-def proc_state(pid: int) -> str | None:
-    """The one-letter state of ``pid`` (``T`` stopped, ``Z`` zombie), None when gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return stat[stat.rindex(")") + 2]
-
-
-def alive(pid: int) -> bool:
-    state = proc_state(pid)
-    return state is not None and state != "Z"
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``, whatever session or group it runs in."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            parent = _ppid(int(entry.name))
-            if parent is not None:
-                children.setdefault(parent, []).append(int(entry.name))
-    out: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def kill_host(fleet: Fleet, name: str) -> list[int]:
     """SIGKILL a worker "host": its main process, pool processes and ticket commands.
 
@@ -158,30 +118,12 @@ def kill_host(fleet: Fleet, name: str) -> list[int]:
     group does not hold them; the process tree does. Returns the pids killed.
     """
     proc = fleet.procs.pop(name)
-    pids = [proc.pid, *descendants(proc.pid)]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)  # nobody forks or reaps while we aim
+    # frozen first: nobody forks or reaps while we aim
+    pids = signal_all([proc.pid, *descendants(proc.pid)], signal.SIGSTOP)
     pids += [p for p in descendants(proc.pid) if p not in pids]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    signal_all(pids, signal.SIGKILL)
     proc.wait(10)
     return pids
-
-
-def kill_groups(pids: list[int]) -> None:
-    """SIGKILL the process groups led by ``pids`` (orphaned ticket commands), if any remain."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-
-
-def wait_ready(fleet: Fleet, *names: str, timeout: float = 60) -> None:
-    """Wait until each worker's log says it is ready to consume."""
-    for name in names:
-        ok = wait_until(lambda n=name: " ready." in fleet.log(n), timeout=timeout)
-        assert ok, f"worker {name} did not start:\n{fleet.logs()}"
 
 
 def pool_deaths(fleet: Fleet, name: str) -> int:
@@ -222,58 +164,9 @@ class Background:
                 f"sage-submit still running after {timeout} s:\n{stderr}"
             ) from None
         self.ended = self.ended or time.monotonic()
-        data = None
-        if "--json" in self.args and stdout.strip():
-            try:
-                data = json.loads(stdout)
-            except json.JSONDecodeError:
-                data = None
-        return Submitted(self.proc.returncode, data, stdout, stderr)
+        return Submitted.parse(self.proc.returncode, stdout, stderr, json_out="--json" in self.args)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.communicate()
-
-
-# -- the run's record ---------------------------------------------------------------------
-
-
-def latest_run(client: Any) -> str | None:
-    ids = client.zrevrange("sage:runs", 0, 0)
-    return ids[0].decode() if ids else None
-
-
-def record(client: Any, run_id: str, tid: str) -> dict[str, str]:
-    data = client.hgetall(f"sage:run:{run_id}:t:{tid}")
-    return {k.decode(): v.decode() for k, v in data.items()}
-
-
-def wait_for_run(client: Any, timeout: float = 30) -> str:
-    found: list[str] = []
-
-    def submitted() -> bool:
-        rid = latest_run(client)
-        if rid:
-            found.append(rid)
-        return bool(rid)
-
-    assert wait_until(submitted, timeout=timeout), "no run was submitted"
-    return found[-1]
-
-
-def wait_state(
-    client: Any, run_id: str, tid: str, state: str, timeout: float = 60
-) -> dict[str, str]:
-    """Wait until the run's record shows ``tid`` in ``state``; returns the record."""
-    seen: list[dict[str, str]] = []
-
-    def reached() -> bool:
-        rec = record(client, run_id, tid)
-        seen.append(rec)
-        return rec.get("state") == state
-
-    assert wait_until(reached, timeout=timeout, interval=0.1), (
-        f"{tid} never reached {state}: {seen[-1] if seen else {}}"
-    )
-    return seen[-1]

@@ -8,36 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.support.builders import Submitted
 from tests.support.gitrepo import make_repo
+from tests.support.procs import bin_path, kill_group, kill_groups, wait_until
 from tests.support.redis_server import RedisServer
-
-BIN = Path(sys.executable).parent
-
-
-def bin_path(name: str) -> str:
-    return str(BIN / name)
-
-
-@dataclass
-class Submitted:
-    """What ``sage-submit`` did: exit code, parsed JSON (when any), and its output."""
-
-    code: int
-    data: dict[str, Any] | None
-    stdout: str
-    stderr: str
 
 
 class Fleet:
@@ -129,13 +110,7 @@ class Fleet:
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env=self.env(**env)
         )
-        data = None
-        if "--json" in args and proc.stdout.strip():
-            try:
-                data = json.loads(proc.stdout)
-            except json.JSONDecodeError:
-                data = None
-        return Submitted(proc.returncode, data, proc.stdout, proc.stderr)
+        return Submitted.parse(proc.returncode, proc.stdout, proc.stderr, json_out="--json" in args)
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
@@ -144,48 +119,52 @@ class Fleet:
     def logs(self) -> str:
         return "\n".join(f"== {n} ==\n{self.log(n)[-4000:]}" for n in self.procs)
 
-    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+    def wait_ready(self, *names: str, timeout: float = 60) -> None:
+        """Wait until each worker's log says it is ready to consume."""
+        for name in names:
+            ok = wait_until(lambda n=name: " ready." in self.log(n), timeout=timeout)
+            assert ok, f"worker {name} did not start:\n{self.logs()}"
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process group of ``name`` (gone already: nothing)."""
         proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        if proc is not None:
+            kill_group(proc, grace=None)
 
     def stop(self) -> None:
-        for name in list(self.procs):
-            self.kill(name, signal.SIGTERM)
+        """SIGTERM every process group at once; SIGKILL what is left after 15 s."""
+        kill_groups(list(self.procs.values()), grace=15)
+        self.procs.clear()
 
 
 @contextlib.contextmanager
-def empty_fleet(root: Path, password: str | None = None) -> Iterator[Fleet]:
-    """A private redis-server and no worker yet; every process stopped after."""
-    server = RedisServer(root / "redis", password=password)
-    server.start()
-    fleet = Fleet(root / "fleet", server)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
-        server.stop(kill=True)
-
-
-@contextlib.contextmanager
-def ticket_fleet(root: Path, concurrency: int = 2, **env: str) -> Iterator[Fleet]:
-    """A private redis-server with one ticket worker (``tickets``) on it; all stopped after."""
-    server = RedisServer(root / "redis")
-    server.start()
+def fleet_on(server: RedisServer, root: Path, **env: str) -> Iterator[Fleet]:
+    """A fleet on ``server`` (started already), ``env`` its settings; the fleet's processes,
+    then the server, stopped after."""
     fleet = Fleet(root, server, **env)
     try:
-        fleet.start_tickets("tickets", concurrency=concurrency)
         yield fleet
     finally:
         fleet.stop()
         server.stop(kill=True)
+
+
+@contextlib.contextmanager
+def private_fleet(
+    root: Path, *, concurrency: int | None = 2, password: str | None = None, **env: str
+) -> Iterator[Fleet]:
+    """A private redis-server (in ``root/redis``) and a fleet on it, ``env`` its settings;
+    every process stopped after.
+
+    The fleet has one ticket worker, ``tickets``, with ``concurrency`` slots;
+    None: no worker yet.
+    """
+    server = RedisServer(root / "redis", password=password)
+    server.start()
+    with fleet_on(server, root, **env) as fleet:
+        if concurrency is not None:
+            fleet.start_tickets("tickets", concurrency=concurrency)
+        yield fleet
 
 
 @contextlib.contextmanager
@@ -220,13 +199,5 @@ def graph_runner(fleet: Fleet, root: Path) -> Iterator[Callable[..., tuple[Path,
 
 
 def unique_queue() -> str:
+    """A commit queue name no other test uses."""
     return f"commit-{uuid.uuid4().hex[:8]}"
-
-
-def wait_until(predicate: Any, timeout: float = 30, interval: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False

@@ -41,21 +41,6 @@ def git(
     return proc.stdout.decode("utf-8", "surrogateescape")
 
 
-def ticket(
-    tid: str, title: str | None = None, state: str = "UNPROCESSED", **extra: Any
-) -> dict[str, Any]:
-    """A ticket as the index holds it (``run`` defaults to ``true``)."""
-    return {
-        "id": tid,
-        "title": title or f"ticket {tid}",
-        "state": state,
-        "priority": "P2",
-        "dependencies": [],
-        "run": "true",
-        **extra,
-    }
-
-
 def index_bytes(index: dict[str, Any]) -> bytes:
     """An index as sage-tasks writes it: 2-space indent, trailing newline."""
     return (json.dumps(index, indent=2, ensure_ascii=False) + "\n").encode()
@@ -184,6 +169,15 @@ def checkout(repo: Path, ref: str, dest: Path) -> Path:
     git(dest.parent, "clone", "-q", "--no-checkout", str(repo), str(dest))
     git(dest, "checkout", "-q", "--detach", ref)
     return dest
+
+
+def work_tree_files(repo: Path) -> dict[str, bytes]:
+    """Every file of ``repo``'s work tree (outside ``.git``), by path: its content."""
+    return {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(repo).parts
+    }
 
 
 def edit_tree(root: Path, changes: dict[str, str | bytes | None]) -> None:

@@ -1,65 +1,17 @@
-"""Building ticket indexes and reading what a run left on its branch."""
+"""Reading what a run left: the commits and the index on its branch, its record in Redis."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sage_tasks.store.runstate import RunInfo
+from sage_tasks.store import keys
 from tests.support.gitrepo import INDEX, git
+from tests.support.procs import wait_until
 
-__all__ = [
-    "INDEX",
-    "git",
-    "index_at",
-    "run_info",
-    "states",
-    "ticket",
-    "ticket_log",
-    "tickets_at",
-    "writes",
-]
-
-
-def run_info(run_id: str, **fields: Any) -> RunInfo:
-    """A run record for tests that write one directly; ``fields`` override the defaults."""
-    values: dict[str, Any] = {
-        "run_id": run_id,
-        "repo": "/nowhere",
-        "repo_url": "/nowhere",
-        "branch": f"sage/run-{run_id}",
-        "base": "main",
-        "index_path": INDEX,
-        "commit_queue": "commit",
-        "executor": None,
-        "ticket_timeout": 600.0,
-        "batches": 1,
-        "tickets": 0,
-        "to_run": 0,
-        "created": 0.0,
-        **fields,
-    }
-    return RunInfo(**values)
-
-
-def ticket(tid: str, run: str, deps: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    """One ticket of an index, UNPROCESSED at P2 unless ``extra`` says otherwise."""
-    return {
-        "id": tid,
-        "title": f"ticket {tid}",
-        "state": "UNPROCESSED",
-        "priority": "P2",
-        "dependencies": deps or [],
-        "run": run,
-        **extra,
-    }
-
-
-def writes(tid: str, needs: list[str] | None = None) -> str:
-    """A command that fails unless each dependency's file is present, then writes its own."""
-    checks = "".join(f"test -f out/{d}.txt && " for d in (needs or []))
-    return f"{checks}mkdir -p out && echo {tid} > out/{tid}.txt"
+# -- the branch ----------------------------------------------------------------------
 
 
 def ticket_log(repo: Path, branch: str) -> list[str]:
@@ -84,3 +36,72 @@ def states(repo: Path, ref: str) -> dict[str, str]:
 def tickets_at(repo: Path, ref: str) -> dict[str, dict[str, Any]]:
     """Ticket id -> the whole ticket, as the index at ``ref`` holds it."""
     return {t["id"]: t for t in index_at(repo, ref)["tickets"]}
+
+
+def check_commits(repo: Path, branch: str, tickets: list[dict[str, Any]]) -> list[str]:
+    """Exactly one commit per ticket, each after the commits of all its dependencies;
+    the tickets in commit order."""
+    order = ticket_log(repo, branch)
+    counts = Counter(order)
+    twice = sorted(t for t, n in counts.items() if n > 1)
+    assert not twice, f"committed more than once: {twice}"
+    assert sorted(order) == sorted(t["id"] for t in tickets), order
+    pos = {tid: i for i, tid in enumerate(order)}
+    for t in tickets:
+        for dep in t["dependencies"]:
+            assert pos[dep] < pos[t["id"]], f"{t['id']} committed before its dependency {dep}"
+    return order
+
+
+# -- what sage-submit says of it -------------------------------------------------------
+
+
+def rows(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Ticket id -> its row in a run's JSON (``--wait --json``, ``status --json``)."""
+    return {t["id"]: t for t in data["tickets"]}
+
+
+# -- the record in Redis -----------------------------------------------------------------
+
+
+def latest_run(client: Any) -> str:
+    """The id of the run submitted last ('' before any)."""
+    ids = client.zrevrange(keys.RUNS, 0, 0)
+    return ids[0].decode() if ids else ""
+
+
+def record(client: Any, run_id: str, tid: str) -> dict[str, str]:
+    """The record of ticket ``tid`` of the run ({} before it has one)."""
+    data = client.hgetall(keys.ticket(run_id, tid))
+    return {k.decode(): v.decode() for k, v in data.items()}
+
+
+def wait_for_run(client: Any, timeout: float = 30) -> str:
+    """Wait until a run was submitted; its id."""
+    found: list[str] = []
+
+    def submitted() -> bool:
+        rid = latest_run(client)
+        if rid:
+            found.append(rid)
+        return bool(rid)
+
+    assert wait_until(submitted, timeout=timeout), "no run was submitted"
+    return found[-1]
+
+
+def wait_state(
+    client: Any, run_id: str, tid: str, state: str, timeout: float = 60
+) -> dict[str, str]:
+    """Wait until the run's record shows ``tid`` in ``state``; returns the record."""
+    seen: list[dict[str, str]] = []
+
+    def reached() -> bool:
+        rec = record(client, run_id, tid)
+        seen.append(rec)
+        return rec.get("state") == state
+
+    assert wait_until(reached, timeout=timeout, interval=0.1), (
+        f"{tid} never reached {state}: {seen[-1] if seen else {}}"
+    )
+    return seen[-1]

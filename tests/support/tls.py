@@ -25,14 +25,12 @@ def _openssl(cwd: Path, *args: str) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_ca(folder: Path, name: str = "sage test CA") -> tuple[Path, Path]:
-    """A self-signed CA: (certificate, key)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / "ca.pem", folder / "ca.key"
+def _new_key_request(cwd: Path, key: Path, out: Path, subject: str, *args: str) -> None:
+    """``openssl req`` with a new P-256 key (unencrypted) in ``key``, written to ``out``."""
     _openssl(
-        folder,
+        cwd,
         "req",
-        "-x509",
+        *args,
         "-newkey",
         "ec",
         "-pkeyopt",
@@ -41,12 +39,17 @@ def make_ca(folder: Path, name: str = "sage test CA") -> tuple[Path, Path]:
         "-keyout",
         str(key),
         "-out",
-        str(cert),
-        "-days",
-        "2",
+        str(out),
         "-subj",
-        f"/CN={name}",
+        subject,
     )
+
+
+def make_ca(folder: Path, name: str = "sage test CA") -> tuple[Path, Path]:
+    """A self-signed CA: (certificate, key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "ca.pem", folder / "ca.key"
+    _new_key_request(folder, key, cert, f"/CN={name}", "-x509", "-days", "2")
     return cert, key
 
 
@@ -56,21 +59,7 @@ def make_certs(folder: Path) -> Certs:
     key, csr, cert = folder / "server.key", folder / "server.csr", folder / "server.pem"
     ext = folder / "server.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl(
-        folder,
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        str(key),
-        "-out",
-        str(csr),
-        "-subj",
-        "/CN=localhost",
-    )
+    _new_key_request(folder, key, csr, "/CN=localhost")
     _openssl(
         folder,
         "x509",

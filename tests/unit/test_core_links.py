@@ -17,17 +17,9 @@ from sage_tasks.core.links import own_waits, warning_lines
 from sage_tasks.core.plan import Plan, build_plan
 from sage_tasks.errors import IndexValidationError, Problem
 from sage_tasks.work.prompt import render_prompt
+from tests.support.builders import story, upstream_index
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sage-2.2" / "index.json"
-
-
-def index(*tickets: dict[str, Any], **top: Any) -> dict[str, Any]:
-    """An index as upstream writes it today: schema 2.2.0, ticket-based workflow."""
-    return {"version": "2.2.0", "workflow_mode": "TICKET_BASED", **top, "tickets": list(tickets)}
-
-
-def story(tid: str, state: str = "UNPROCESSED", **fields: Any) -> dict[str, Any]:
-    return {"id": tid, "state": state, "type": "story", "title": f"Story {tid}", **fields}
 
 
 def plan_of(data: dict[str, Any], **kwargs: Any) -> Plan:
@@ -45,7 +37,7 @@ def problems_of(data: dict[str, Any]) -> list[str]:
 
 def test_the_reported_index_runs_auth_002_after_the_ticket_it_is_blocked_by() -> None:
     plan = plan_of(
-        index(
+        upstream_index(
             story("AUTH-001", title="JWT", blocks=["AUTH-002"], blockedBy=[]),
             story("AUTH-002", title="Refresh", blockedBy=["AUTH-001"]),
             {"id": "DB-001", "state": "UNPROCESSED", "title": "Database", "dependencies": None},
@@ -86,14 +78,14 @@ ONE_CHAIN = [
 
 @pytest.mark.parametrize("tickets", ONE_CHAIN)
 def test_every_way_of_writing_an_edge_orders_the_same_chain(tickets: list[dict[str, Any]]) -> None:
-    plan = plan_of(index(*tickets))
+    plan = plan_of(upstream_index(*tickets))
     assert plan.batches == [["A"], ["B"], ["C"]]
     assert plan.critical_path == ["A", "B", "C"]
     assert plan.deps == {"A": [], "B": ["A"], "C": ["B"]}
 
 
 def test_an_edge_named_on_both_sides_counts_once() -> None:
-    data = index(story("A", blocks=["B"]), story("B", blockedBy=["A"], dependencies=["A"]))
+    data = upstream_index(story("A", blocks=["B"]), story("B", blockedBy=["A"], dependencies=["A"]))
     doc = IndexDocument.loads(json.dumps(data))
     plan = build_plan(doc, has_executor=True)
     assert plan.deps["B"] == ["A"]
@@ -106,7 +98,9 @@ def test_an_edge_named_on_both_sides_counts_once() -> None:
 
 
 def test_a_completed_blocker_satisfies_the_ticket_it_blocks() -> None:
-    plan = plan_of(index(story("DEPS-001", "COMPLETED", blocks=["READY-001"]), story("READY-001")))
+    plan = plan_of(
+        upstream_index(story("DEPS-001", "COMPLETED", blocks=["READY-001"]), story("READY-001"))
+    )
     assert plan.batches == [["READY-001"]]
     assert plan.completed == ["DEPS-001"]
 
@@ -114,7 +108,7 @@ def test_a_completed_blocker_satisfies_the_ticket_it_blocks() -> None:
 def test_the_upstream_mixed_states_fixture_runs_what_is_unprocessed_or_in_progress() -> None:
     # tests/stream's create_mixed_state_fixtures, with the AUTH chain written as blocks
     plan = plan_of(
-        index(
+        upstream_index(
             story("AUTH-001", "COMPLETED", blocks=["AUTH-002"]),
             story("AUTH-002"),
             story("AUTH-003", "DEFERRED", blockedBy=["AUTH-002"]),
@@ -132,7 +126,7 @@ def test_a_ticket_blocked_by_a_deferred_ticket_is_blocked_unless_it_is_retried(
     retry: bool,
 ) -> None:
     plan = plan_of(
-        index(
+        upstream_index(
             story("WIP-001", "DEFERRED", blocks=["WAIT-001"]),
             story("WAIT-001"),
             story("NEXT-001", blockedBy=["WAIT-001"]),
@@ -159,7 +153,7 @@ def test_a_null_or_missing_list_is_an_empty_one(empty: Any) -> None:
     lists = {} if empty == "missing" else dict.fromkeys(fields, empty)
     if isinstance(empty, list):
         lists["discoveredFrom"] = lists["parent"] = None  # single ids upstream: null when none
-    doc = IndexDocument.loads(json.dumps(index(story("A", **lists), story("B", **lists))))
+    doc = IndexDocument.loads(json.dumps(upstream_index(story("A", **lists), story("B", **lists))))
     assert build_plan(doc, has_executor=True).batches == [["A", "B"]]
     assert doc.warnings == []
     ticket = doc.get("A")
@@ -223,12 +217,12 @@ BAD_LINKS = [
 def test_a_bad_link_names_its_ticket_and_its_field(
     tickets: list[dict[str, Any]], message: str
 ) -> None:
-    assert problems_of(index(*tickets)) == [message]
+    assert problems_of(upstream_index(*tickets)) == [message]
 
 
 def test_every_bad_link_is_reported_at_once() -> None:
     found = problems_of(
-        index(
+        upstream_index(
             story("A", blocks=["X-1", "B"], blockedBy=["A"]),
             story("B", blockedBy="A", dependencies=["Y-2"]),
             story("C", blocks=[3]),
@@ -249,14 +243,16 @@ def test_every_bad_link_is_reported_at_once() -> None:
 def test_a_cycle_through_mixed_edge_kinds_is_printed_with_the_field_of_each_step() -> None:
     # A waits for B (its dependencies), B for C (C blocks B), C for A (C's blockedBy)
     found = problems_of(
-        index(story("A", dependencies=["B"]), story("B"), story("C", blocks=["B"], blockedBy=["A"]))
+        upstream_index(
+            story("A", dependencies=["B"]), story("B"), story("C", blocks=["B"], blockedBy=["A"])
+        )
     )
     assert found == ["cycle: A -> B -> C -> A (B -> C: 'blocks' of C; C -> A: 'blockedBy' of C)"]
 
 
 def test_a_cycle_of_dependencies_only_is_printed_as_before() -> None:
     found = problems_of(
-        index(
+        upstream_index(
             story("A", dependencies=["B"], blocks=["C"]), story("B", dependencies=["A"]), story("C")
         )
     )
@@ -269,7 +265,7 @@ def test_a_cycle_of_dependencies_only_is_printed_as_before() -> None:
 def test_unknown_ids_in_informational_links_are_warnings_and_the_run_proceeds() -> None:
     doc = IndexDocument.loads(
         json.dumps(
-            index(
+            upstream_index(
                 story("UI-005", relatedTo=["AUTH-003", "UI-006"], parent="EPIC-9"),
                 story("BUG-015", discoveredFrom="STREAM-006"),
                 story("UI-006", relatedTo=["UI-005"], discoveredFrom=["UI-005"]),
@@ -289,7 +285,7 @@ def test_unknown_ids_in_informational_links_are_warnings_and_the_run_proceeds() 
 def test_informational_links_of_an_odd_shape_are_warnings_too() -> None:
     doc = IndexDocument.loads(
         json.dumps(
-            index(
+            upstream_index(
                 story("A", relatedTo="B", parent=["B"]),
                 story("B", discoveredFrom=5, relatedTo=[1], parent="B"),
             )
@@ -307,7 +303,7 @@ def test_informational_links_of_an_odd_shape_are_warnings_too() -> None:
 
 def test_informational_links_order_nothing() -> None:
     plan = plan_of(
-        index(
+        upstream_index(
             story("A", relatedTo=["B"], discoveredFrom="B", parent="B"),
             story("B", relatedTo=["A"]),
         )
@@ -327,7 +323,7 @@ def test_a_long_list_of_warnings_is_cut_with_a_count() -> None:
 
 def test_a_child_of_a_deferred_parent_is_blocked_with_that_reason() -> None:
     plan = plan_of(
-        index(
+        upstream_index(
             {"id": "STREAM-001", "type": "epic", "state": "DEFERRED"},
             story("STREAM-002", parent="STREAM-001"),
             story("STREAM-003", parent="STREAM-001", blocks=["STREAM-004"]),
@@ -349,7 +345,7 @@ def test_a_child_of_a_deferred_parent_is_blocked_with_that_reason() -> None:
 
 def test_a_child_of_a_retried_parent_runs_and_the_parent_orders_nothing() -> None:
     plan = plan_of(
-        index(
+        upstream_index(
             {"id": "EPIC-1", "type": "epic", "state": "DEFERRED"},
             story("STORY-1", parent="EPIC-1"),
         ),
@@ -362,7 +358,7 @@ def test_a_child_of_a_retried_parent_runs_and_the_parent_orders_nothing() -> Non
 def test_a_completed_parent_ends_the_hold_of_a_deferred_grandparent(middle: str) -> None:
     state = "COMPLETED" if middle == "COMPLETED" else "UNPROCESSED"
     plan = plan_of(
-        index(
+        upstream_index(
             {"id": "EPIC-1", "state": "DEFERRED"},
             story("STORY-1", state, parent="EPIC-1"),
             story("TASK-1", parent="STORY-1"),
@@ -375,7 +371,7 @@ def test_a_completed_parent_ends_the_hold_of_a_deferred_grandparent(middle: str)
 
 
 def test_parents_that_name_each_other_hold_nothing() -> None:
-    plan = plan_of(index(story("A", parent="B"), story("B", parent="A")))
+    plan = plan_of(upstream_index(story("A", parent="B"), story("B", parent="A")))
     assert plan.batches == [["A", "B"]] and plan.blocked == []
 
 

@@ -10,6 +10,7 @@ all. The plan must be the one of the same graph with every edge in
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -74,7 +75,7 @@ def all_in_dependencies(graph: Graph) -> dict[str, Any]:
     return {"version": "2.1.0", "tickets": [tickets[i] for i in order]}
 
 
-def split(graph: Graph, draw: st.DrawFn) -> dict[str, Any]:
+def split(graph: Graph, draw: Callable[..., Any]) -> dict[str, Any]:
     """The same graph with each edge written in a random mix of the three fields."""
     bodies, edges, order = graph
     lists: list[dict[str, list[str]]] = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -242,11 +243,17 @@ def test_ticket_env_sets_the_ticket_variables(tmp_path: Path) -> None:
 
 
 def test_ticket_env_names_the_conflicting_paths_of_a_rerun_only(tmp_path: Path) -> None:
-    files = {"ticket_file": tmp_path / "t.json", "prompt_file": tmp_path / "p.md"}
-    base = {"SAGE_CONFLICT_PATHS": "stale"}
-    env = ticket_env(base, ticket_id="A", run_id="r1", conflicts=["a.txt", "b/c.txt"], **files)
+    env_of = functools.partial(
+        ticket_env,
+        {"SAGE_CONFLICT_PATHS": "stale"},
+        ticket_id="A",
+        run_id="r1",
+        ticket_file=tmp_path / "t.json",
+        prompt_file=tmp_path / "p.md",
+    )
+    env = env_of(conflicts=["a.txt", "b/c.txt"])
     assert env["SAGE_CONFLICT_PATHS"] == "a.txt\nb/c.txt"
-    assert "SAGE_CONFLICT_PATHS" not in ticket_env(base, ticket_id="A", run_id="r1", **files)
+    assert "SAGE_CONFLICT_PATHS" not in env_of()
 
 
 @pytest.mark.parametrize(

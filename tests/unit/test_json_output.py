@@ -16,7 +16,8 @@ TICKETS = 100_000
 AWKWARD = 'say "hi" \\ \x01\t\n Größe ✗ 失败 \u2028 </script>'
 
 
-def ticket(n: int) -> dict[str, Any]:
+def row(n: int) -> dict[str, Any]:
+    """Ticket ``n``'s row of a run's JSON."""
     return {
         "id": f"T-{n:06d}",
         "state": ("COMPLETED", "DEFERRED", "RUNNING", "PENDING")[n % 4],
@@ -49,7 +50,7 @@ def through_a_pipe(document: dict[str, Any]) -> bytes:
 
 
 def test_streamed_json_on_a_pipe_is_byte_for_byte_what_json_loads_reads_back() -> None:
-    rows = [ticket(n) for n in range(TICKETS)]
+    rows = [row(n) for n in range(TICKETS)]
     document = {
         "run_id": "r1",
         "status": "RUNNING",

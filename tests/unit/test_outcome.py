@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from sage_tasks.model.outcome import MalformedOutcome, Outcome, OutcomeKind
 def test_each_kind_is_written_with_the_keys_and_key_order_of_the_plain_objects_it_replaces() -> (
     None
 ):
-    wire = [
+    wire: list[dict[str, Any]] = [
         {"ticket": "A", "outcome": "lost", "reason": "the run is gone from Redis"},
         {"ticket": "A", "outcome": "cancelled"},
         {"ticket": "A", "outcome": "done", "state": "COMPLETED"},

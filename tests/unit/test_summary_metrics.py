@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sage_tasks.store.runstate import RunInfo
 from sage_tasks.views.summary import RunSummary, TicketRow
+from tests.support.builders import run_info
 
 #: start and duration on a coarse grid, so that starts and ends often meet
 _spans = st.lists(
@@ -19,21 +19,7 @@ _spans = st.lists(
 
 
 def _summary(spans: list[tuple[float | None, float | None]]) -> RunSummary:
-    info = RunInfo(
-        run_id="r",
-        repo="/repo",
-        repo_url="/repo",
-        branch="b",
-        base="HEAD",
-        index_path="i.json",
-        commit_queue="q",
-        executor=None,
-        ticket_timeout=60.0,
-        batches=1,
-        tickets=len(spans),
-        to_run=len(spans),
-        created=0.0,
-    )
+    info = run_info("r", tickets=len(spans))
     rows = [
         TicketRow(id=f"T{n}", state="COMPLETED", started=s, duration_s=d)
         for n, (s, d) in enumerate(spans)

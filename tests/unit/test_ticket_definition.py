@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from sage_tasks.work.ticket_runner import _ticket_definition
-from tests.support.runs import run_info, ticket
+from tests.support.builders import run_info, ticket
 
 INDEX_DOC = {"version": "1.0", "tickets": [ticket("A", "echo from-index", timeout=5)]}
 
