@@ -17,8 +17,14 @@ import pytest
 
 from sage_tasks.errors import PatchRejected
 from sage_tasks.gitops import Mirror, capture_patch, prune_workdir
-from tests.support.gitrepo import INDEX, checkout, commit_files, git, make_repo
-from tests.support.worktrees import admin_dirs, assert_clean_checkout, sh, worktrees_of
+from tests.support.gitrepo import INDEX, commit_files, git, make_repo
+from tests.support.worktrees import (
+    admin_dirs,
+    assert_clean_checkout,
+    fresh_clones,
+    sh,
+    worktrees_of,
+)
 
 FILES: dict[str, str | bytes] = {
     "a.txt": "a\n",
@@ -44,14 +50,7 @@ def mirror(tmp_path: Path, origin: Path) -> Iterator[Mirror]:
 @pytest.fixture
 def fresh(tmp_path: Path, origin: Path) -> Callable[[str], Path]:
     """A fresh clone of ``origin`` at a commit, for comparison."""
-
-    def make(sha: str) -> Path:
-        dest = tmp_path / f"fresh-{sha[:12]}"
-        if not dest.exists():
-            checkout(origin, sha, dest)
-        return dest
-
-    return make
+    return fresh_clones(origin, tmp_path)
 
 
 MESS = """

@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 
 from sage_tasks.gitops import Mirror, capture_patch, prune_workdir
-from tests.support.gitrepo import INDEX, checkout, commit_files, make_repo
+from tests.support.gitrepo import INDEX, commit_files, make_repo
 from tests.support.worktrees import (
     GitTrace,
     admin_dirs,
     assert_clean_checkout,
+    fresh_clones,
     sh,
     worktrees_of,
 )
@@ -68,13 +69,7 @@ def adopter(workdir: Path, origin: Path) -> Iterator[Mirror]:
 
 @pytest.fixture
 def fresh(tmp_path: Path, origin: Path) -> Callable[[str], Path]:
-    def make(sha: str) -> Path:
-        dest = tmp_path / f"fresh-{sha[:12]}"
-        if not dest.exists():
-            checkout(origin, sha, dest)
-        return dest
-
-    return make
+    return fresh_clones(origin, tmp_path)
 
 
 def leave(workdir: Path, origin: Path, *, how: str = "stop", adopt: bool = False) -> str:

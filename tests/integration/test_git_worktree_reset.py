@@ -19,7 +19,7 @@ import pytest
 
 from sage_tasks.gitops import Mirror, Patch, capture_patch, worktree
 from tests.support.gitrepo import INDEX, checkout, commit_files, git, make_repo
-from tests.support.worktrees import GitTrace, assert_clean_checkout, sh
+from tests.support.worktrees import GitTrace, assert_clean_checkout, fresh_clones, sh
 
 FILES: dict[str, str | bytes] = {
     "a.txt": "a\n",
@@ -84,13 +84,7 @@ def mirror(tmp_path: Path, origin: Path) -> Iterator[Mirror]:
 
 @pytest.fixture
 def fresh(tmp_path: Path, origin: Path) -> Callable[[str], Path]:
-    def make(sha: str) -> Path:
-        dest = tmp_path / f"fresh-{sha[:12]}"
-        if not dest.exists():
-            checkout(origin, sha, dest)
-        return dest
-
-    return make
+    return fresh_clones(origin, tmp_path)
 
 
 def reference_patch(origin: Path, tmp: Path, head: str, script: str) -> bytes:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from sage_tasks.work.executor import survivors
-from tests.support.fleet import wait_until
 from tests.support.gitrepo import INDEX, git, index_bytes, make_repo, read_file
+from tests.support.procs import wait_until
 from tests.support.worktrees import GitTrace
 
 BIN = Path(sys.executable).parent

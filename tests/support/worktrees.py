@@ -6,10 +6,11 @@ import json
 import os
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from sage_tasks.gitops import Mirror
-from tests.support.gitrepo import git
+from tests.support.gitrepo import checkout, git
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
@@ -43,6 +44,19 @@ def assert_clean_checkout(path: Path, head: str, fresh: Path) -> None:
     assert {ln[:2] for ln in git(path, "ls-files", "-v").splitlines()} == {"H "}
     assert git(path, "diff", "--cached", "--name-only", head) == ""
     assert git(path, "stash", "list") == ""
+
+
+def fresh_clones(origin: Path, root: Path) -> Callable[[str], Path]:
+    """A function giving a fresh clone of ``origin`` at a commit (made once, under
+    ``root``), to compare a kept worktree with."""
+
+    def make(sha: str) -> Path:
+        dest = root / f"fresh-{sha[:12]}"
+        if not dest.exists():
+            checkout(origin, sha, dest)
+        return dest
+
+    return make
 
 
 def sh(path: Path, script: str) -> None:
