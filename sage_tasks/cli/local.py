@@ -78,7 +78,7 @@ FLOWER_START_S = 60.0
 #: the environment variable that marks every process a ``--local`` run starts
 MARKER = "SAGE_LOCAL_FLEET"
 #: how long idle workers get to stop after a FINISHED run before they are killed
-IDLE_STOP_S = 0.5
+IDLE_STOP_S = 0.25
 
 
 @dataclass(frozen=True)
