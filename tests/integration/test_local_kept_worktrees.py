@@ -11,16 +11,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from sage_tasks.work.executor import survivors
 from tests.support.gitrepo import INDEX, git, index_bytes, make_repo, read_file
-from tests.support.procs import wait_until
+from tests.support.procs import bin_path, wait_until
 from tests.support.worktrees import GitTrace
-
-BIN = Path(sys.executable).parent
 
 
 def chain(*runs: tuple[str, str]) -> dict[str, Any]:
@@ -34,7 +31,7 @@ def chain(*runs: tuple[str, str]) -> dict[str, Any]:
 
 def local_run(repo: Path, env: dict[str, str], branch: str, parallel: int) -> dict[str, Any]:
     proc = subprocess.run(
-        [str(BIN / "sage-submit"), "--repo", str(repo), "--local", "--json",
+        [bin_path("sage-submit"), "--repo", str(repo), "--local", "--json",
          "--branch", branch, "--parallel", str(parallel)],
         capture_output=True, text=True, env=env, timeout=300, check=False,
     )  # fmt: skip

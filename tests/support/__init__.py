@@ -3,6 +3,8 @@
 - ``builders``: tickets, indexes, run records, what ``sage-submit`` answered
 - ``procs``: the installed entry points, process groups and trees, polling
 - ``gitrepo``: real git repositories, built and read
+- ``worktrees``: a ticket worker's worktrees seen from outside (their files
+  against a fresh clone, the git commands run in them)
 - ``runs``: what a run left: its branch, its JSON rows, its records in Redis
 - ``redis_server``, ``tls``: real redis-server processes, plain or TLS only
 - ``fleet``: sage-worker processes on a private redis-server (the integration
