@@ -8,6 +8,7 @@ URL are readable, git is recent enough, and how parallel the index is.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,13 +90,23 @@ def queue_consumers(app: Any, timeout: float) -> dict[str, list[str]]:
     return consumers
 
 
-def check_workers(settings: Settings, report: CheckReport, timeout: float = 3.0) -> None:
-    """Which workers consume which queues, asked over the broker's control channel."""
+#: seconds to wait for the workers' answers (Celery's own ``inspect`` waits 1 s)
+WORKERS_TIMEOUT = 1.0
+
+
+def ask_workers(settings: Settings, timeout: float) -> dict[str, list[str]]:
+    """Queue name -> its consumers: every worker that answers within ``timeout``."""
     app = make_app(settings)
     try:
-        consumers = queue_consumers(app, timeout)
+        return queue_consumers(app, timeout)
     finally:
         app.close()
+
+
+def report_workers(
+    settings: Settings, report: CheckReport, consumers: dict[str, list[str]]
+) -> None:
+    """The findings on the workers of the ticket and commit queues."""
     tickets = sorted(consumers.get(settings.ticket_queue, []))
     commits = sorted(consumers.get(settings.commit_queue, []))
     report.add(
@@ -159,9 +170,20 @@ def check_liveness(settings: Settings, report: CheckReport) -> None:
 
 
 def run_checks(
-    settings: Settings, *, repo: str | None, repo_url: str | None, index: str | None, parallel: Any
+    settings: Settings,
+    *,
+    repo: str | None,
+    repo_url: str | None,
+    index: str | None,
+    parallel: Any,
+    timeout: float = WORKERS_TIMEOUT,
 ) -> CheckReport:
-    """Every check, each a finding; nothing is written anywhere."""
+    """Every check, each a finding; nothing is written anywhere.
+
+    The workers are asked on a thread while git, the repository and the index
+    are checked: their answers take ``timeout`` (the broker cannot tell how
+    many workers there are, so every answer is awaited), the index its size.
+    """
     report = CheckReport()
     check_liveness(settings, report)
     try:
@@ -171,12 +193,29 @@ def run_checks(
     except SageError as exc:
         report.add("broker", False, str(exc))
         broker_ok = False
-    if broker_ok:
-        try:
-            check_workers(settings, report)
-        except Exception as exc:  # control channel trouble is a finding, not a crash
-            report.add("workers", False, f"could not ask the workers: {exc}")
+    rest = CheckReport()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        asked = pool.submit(ask_workers, settings, timeout) if broker_ok else None
+        check_local(settings, rest, repo=repo, repo_url=repo_url, index=index, parallel=parallel)
+        if asked is not None:
+            try:
+                report_workers(settings, report, asked.result())
+            except Exception as exc:  # control channel trouble is a finding, not a crash
+                report.add("workers", False, f"could not ask the workers: {exc}")
+    report.findings += rest.findings
+    return report
 
+
+def check_local(
+    settings: Settings,
+    report: CheckReport,
+    *,
+    repo: str | None,
+    repo_url: str | None,
+    index: str | None,
+    parallel: Any,
+) -> None:
+    """git, the repository, its URL and its ticket index."""
     try:
         version = gitops.git_version()
         ok = _version_tuple(version) >= MIN_GIT
@@ -189,13 +228,13 @@ def run_checks(
         report.add("git", False, str(exc))
 
     if repo is None:
-        return report
+        return
     try:
         root = gitops.repo_root(Path(repo))
         report.add("repository", True, str(root))
     except SageError as exc:
         report.add("repository", False, str(exc))
-        return report
+        return
     url = repo_url or str(root)
     if repo_url and is_local_path(repo_url):
         # the workers' name for the repository (e.g. /repo inside their containers):
@@ -220,12 +259,12 @@ def run_checks(
         data = gitops.read_index_at(root, gitops.resolve_ref(root, "HEAD"), index_path)
         if data is None:
             report.add("ticket index", False, f"no {index_path} at HEAD")
-            return report
+            return
         doc = IndexDocument.loads(data, source=index_path)
         plan = build_plan(doc, parallel=parallel, has_executor=bool(settings.executor))
     except SageError as exc:
         report.add("ticket index", False, str(exc).splitlines()[0])
-        return report
+        return
     report.add(
         "ticket index",
         True,
@@ -243,4 +282,3 @@ def run_checks(
         f"{stats.recommended_workers}",
         info=True,
     )
-    return report

@@ -464,6 +464,14 @@ def report(
 @click.option("--executor", help="Command for tickets without 'run' (env SAGE_EXECUTOR).")
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
 @click.option("--commit-queue", help="The repository's commit queue (env SAGE_COMMIT_QUEUE).")
+@click.option(
+    "--timeout",
+    "workers_timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for the workers' answers (slow links may need more).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 @handle_errors
@@ -476,6 +484,7 @@ def check(
     executor: str | None,
     broker: str | None,
     commit_queue: str | None,
+    workers_timeout: float,
     as_json: bool,
 ) -> None:
     """Check the prerequisites of a run: broker, workers, repository, git, parallelism."""
@@ -486,7 +495,14 @@ def check(
         broker_url=broker or ctx.obj.get("broker"), commit_queue=commit_queue, executor=executor
     )
     human, _ = _consoles(as_json)
-    report = run_checks(settings, repo=repo, repo_url=repo_url, index=index, parallel=parallel)
+    report = run_checks(
+        settings,
+        repo=repo,
+        repo_url=repo_url,
+        index=index,
+        parallel=parallel,
+        timeout=workers_timeout,
+    )
     if as_json:
         write_json({"ready": report.ready, "checks": [f.to_json() for f in report.findings]})
     else:

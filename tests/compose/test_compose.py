@@ -245,7 +245,9 @@ def test_every_worker_runs_under_tini_as_a_user_and_the_commit_worker_as_the_rep
 
 def test_the_check_from_the_host_with_the_workers_repository_path_is_ready(stack: Stack) -> None:
     stack.set_tickets(layered_graph(1, 2))
-    proc = stack.sage("check", "--repo", str(stack.repo), "--repo-url", "/repo", "--json")
+    proc = stack.sage(
+        "check", "--timeout", "3", "--repo", str(stack.repo), "--repo-url", "/repo", "--json"
+    )
     data = json.loads(proc.stdout)
     checks = {c["what"]: c for c in data["checks"]}
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -18,11 +18,16 @@ from tests.support.redis_server import free_port
 pytestmark = pytest.mark.fleet(per_test=True, concurrency=None)
 
 
+#: a loaded machine's workers may answer after the default second: the checks, not the
+#: answer time, are under test
+WAIT = ("--timeout", "3")
+
+
 def check(
     fleet: Fleet, *args: str, broker: str | None = None
 ) -> tuple[int, dict[str, dict[str, Any]]]:
     env = fleet.env() if broker is None else fleet.env(SAGE_BROKER_URL=broker)
-    proc = subprocess.run([bin_path("sage-submit"), "check", "--json", *args],
+    proc = subprocess.run([bin_path("sage-submit"), "check", "--json", *WAIT, *args],
                           capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
     assert "Traceback" not in proc.stderr, proc.stderr
     data = json.loads(proc.stdout)
@@ -137,16 +142,25 @@ def test_heartbeat_and_visibility_settings_that_slow_or_race_recovery_are_warnin
         SAGE_TICKET_TIMEOUT="600",
         SAGE_VISIBILITY_TIMEOUT="300",
     )
-    proc = subprocess.run([bin_path("sage-submit"), "check", *args], capture_output=True,
+    proc = subprocess.run([bin_path("sage-submit"), "check", *WAIT, *args], capture_output=True,
                           text=True, env=risky, timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr  # warnings do not fail the check
     line = next(ln for ln in proc.stdout.splitlines() if "visibility timeout:" in ln)
     assert line.lstrip().startswith("warn") and "SAGE_VISIBILITY_TIMEOUT=300 s" in line
 
     tight = fleet.env(SAGE_HEARTBEAT_INTERVAL="5", SAGE_HEARTBEAT_TIMEOUT="8")
-    proc = subprocess.run([bin_path("sage-submit"), "check", "--json", *args],
+    proc = subprocess.run([bin_path("sage-submit"), "check", "--json", *WAIT, *args],
                           capture_output=True, text=True, env=tight, timeout=60)  # fmt: skip
     found = {c["what"]: c for c in json.loads(proc.stdout)["checks"]}
     beat = found["heartbeat timeout"]
     assert beat["warning"] and not beat["ok"] and "SAGE_HEARTBEAT_TIMEOUT=8 s" in beat["detail"]
     assert proc.returncode == 0
+
+
+def test_a_timeout_that_is_not_a_positive_number_is_refused_before_anything_is_asked() -> None:
+    for bad in ("0", "-1", "soon"):
+        proc = subprocess.run([bin_path("sage-submit"), "check", "--timeout", bad],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert proc.returncode == 2, (bad, proc.stdout, proc.stderr)
+        assert "--timeout" in proc.stderr and "Traceback" not in proc.stderr
+        assert proc.stdout == ""
