@@ -12,6 +12,7 @@ import json
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,33 +142,38 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def ticket_records(sub: Submission) -> dict[str, dict[str, str]]:
-    """Each planned ticket's first record in the run."""
-    records: dict[str, dict[str, str]] = {}
+def ticket_records(sub: Submission) -> Iterator[tuple[str, dict[str, str]]]:
+    """Each planned ticket's first record in the run, made as the store takes them."""
     eager = sub.schedule == Schedule.EAGER
     rank = {t: n for n, t in enumerate(eager_order(sub.doc, sub.plan))} if eager else {}
     for index, batch in enumerate(sub.plan.batches):
         for tid in batch:
             # the ticket as submitted: its worker reads it here, not from the whole index
             raw = sub.doc.ticket_json(tid)
-            records[tid] = {
-                "state": "PENDING",
-                # the title too is in there: a value past 64 bytes would cost the ticket's hash
-                # its compact encoding (see sage_tasks.store.runstate.APART)
-                "ticket": _dumps(raw),
-                "rank": str(rank.get(tid, 0)),
-                "deps": _dumps(sub.plan.deps.get(tid, [])),
-                "batch": str(index),
-                "attempts": "0",
-            }
+            yield (
+                tid,
+                {
+                    "state": "PENDING",
+                    # the title too is in there: a value past 64 bytes would cost the
+                    # ticket's hash its compact encoding (see sage_tasks.store.runstate.APART)
+                    "ticket": _dumps(raw),
+                    "rank": str(rank.get(tid, 0)),
+                    "deps": _dumps(sub.plan.deps.get(tid, [])),
+                    "batch": str(index),
+                    "attempts": "0",
+                },
+            )
+    ended = str(time.time())
     for tid in sub.plan.blocked:
-        records[tid] = {
-            "state": "BLOCKED",
-            "reason": sub.plan.blocked_reasons.get(tid, PLANNED_BLOCK),
-            "ended": str(time.time()),
-            "attempts": "0",
-        }
-    return records
+        yield (
+            tid,
+            {
+                "state": "BLOCKED",
+                "reason": sub.plan.blocked_reasons.get(tid, PLANNED_BLOCK),
+                "ended": ended,
+                "attempts": "0",
+            },
+        )
 
 
 def send(sub: Submission, *, repo_identity: str | None = None) -> None:
@@ -210,4 +216,4 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
             conflict_retries=sub.conflict_retries,
         ).to_json(),
     )
-    producer.submit(app, rt, info, json.dumps(sub.plan.to_json()), ticket_records(sub))
+    producer.submit(app, rt, info, _dumps(sub.plan.to_json()), ticket_records(sub))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery import Celery, chord, group
@@ -43,7 +44,11 @@ def commit_only(
 
 
 def submit(
-    app: Celery, rt: Runtime, info: RunInfo, plan_json: str, tickets: dict[str, dict[str, str]]
+    app: Celery,
+    rt: Runtime,
+    info: RunInfo,
+    plan_json: str,
+    tickets: Iterable[tuple[str, Mapping[str, str]]],
 ) -> None:
     """Store the run and ask its repository's commit worker to start it."""
     rt.store.create(info, plan_json, tickets)

@@ -12,8 +12,10 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -232,25 +234,39 @@ class RunStore:
     # -- the run ---------------------------------------------------------------
 
     def create(
-        self, info: RunInfo, plan_json: str, tickets: Mapping[str, Mapping[str, str]]
+        self,
+        info: RunInfo,
+        plan_json: str,
+        tickets: Mapping[str, Mapping[str, str]] | Iterable[tuple[str, Mapping[str, str]]],
     ) -> None:
         """Store a new run: its record, its plan and a record per ticket.
 
-        The tickets' records go first, by script a few thousand at a time
-        (each chunk one JSON argument), their :data:`APART` fields into the
-        run's hashes of them; the run's record, which makes the run visible,
-        goes last, in one transaction with its indexes.
+        The tickets' records (a mapping, or pairs as they are made) go first,
+        by script a few thousand at a time (each chunk one JSON argument),
+        their :data:`APART` fields into the run's hashes of them; the run's
+        record, which makes the run visible, goes last, in one transaction
+        with its indexes.
         """
-        ids = list(tickets)
-        for start in range(0, len(ids), SCRIPT_CHUNK):
-            self._create_tickets(
-                info.run_id, {t: tickets[t] for t in ids[start : start + SCRIPT_CHUNK]}
-            )
+        pairs = iter(tickets.items() if isinstance(tickets, Mapping) else tickets)
+        finals: dict[str, str] = {}
+        # a thread sends each chunk while the next one is made: Redis's work on one
+        # overlaps ours on the other (the sender waits on its socket, without the GIL)
+        with ThreadPoolExecutor(max_workers=1) as sender:
+            sent: Future[Any] | None = None
+            while chunk := dict(islice(pairs, SCRIPT_CHUNK)):
+                finals.update(
+                    (t, f["state"]) for t, f in chunk.items() if f.get("state") in FINAL_PHASES
+                )
+                pipe = self._tickets_pipeline(info.run_id, chunk)
+                if sent is not None:
+                    sent.result()
+                sent = sender.submit(pipe.execute)
+            if sent is not None:
+                sent.result()
         pipe = self.r.pipeline(transaction=True)
         key = keys.run(info.run_id)
         pipe.hset(key, mapping={**info.to_hash(), "plan": plan_json})
         pipe.expire(key, self.ttl)
-        finals = {t: f["state"] for t, f in tickets.items() if f.get("state") in FINAL_PHASES}
         if finals:
             pipe.hset(keys.final(info.run_id), mapping=finals)
             pipe.expire(keys.final(info.run_id), self.ttl)
@@ -263,8 +279,10 @@ class RunStore:
         pipe.expire(keys.active_runs(info.repo), self.ttl)
         pipe.execute()
 
-    def _create_tickets(self, run_id: str, tickets: Mapping[str, Mapping[str, str]]) -> None:
-        """Store some tickets' first records (one round trip)."""
+    def _tickets_pipeline(
+        self, run_id: str, tickets: Mapping[str, Mapping[str, str]]
+    ) -> Any:  # redis-py's Pipeline
+        """The pipeline that stores some tickets' first records (one round trip)."""
         rows: list[list[str]] = []
         apart: dict[str, dict[str, str]] = {name: {} for name in APART}
         for tid, fields in tickets.items():
@@ -282,7 +300,7 @@ class RunStore:
             if values:
                 pipe.hset(APART[name](run_id), mapping=values)
                 pipe.expire(APART[name](run_id), self.ttl)
-        pipe.execute()
+        return pipe
 
     def get(self, run_id: str) -> RunInfo | None:
         """The run's record, or None when Redis does not know it (anymore)."""
