@@ -1,0 +1,405 @@
+"""Adversarial probes of kept worktrees (short reset, folder check, adoption).
+
+Each probe plays tickets as the ticket runner does (reset, command, capture, the
+mirror told of the capture) and compares with a fresh clone: the patch must be the
+one a fresh clone, the same command and ``git add -A`` give, and the next ticket
+must see exactly a clean checkout of its head.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sage_tasks.gitops import Mirror, capture_patch
+from sage_tasks.work.executor import run_command, survivors
+from tests.integration.test_git_worktree_reset import (
+    EVERYTHING,
+    FILES,
+    MAX,
+    commit_patch,
+    reference_patch,
+    ticket,
+)
+from tests.support.gitrepo import INDEX, commit_files, git, make_repo
+from tests.support.worktrees import assert_clean_checkout, fresh_clones, sh
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "origin.git", FILES, None, bare=True)
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, origin: Path) -> Iterator[Mirror]:
+    m = Mirror(tmp_path / "workdir", str(origin))
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, origin: Path) -> Callable[[str], Path]:
+    return fresh_clones(origin, tmp_path)
+
+
+def warm(mirror: Mirror) -> str:
+    """The branch head, with the worktree made and captured once (the next reset is short)."""
+    head = mirror.fetch("main")
+    ticket(mirror, head, "true")
+    return head
+
+
+# -- the patch of a ticket that (by the folders' times) added nothing -------------------
+
+ROOT_REPLACEMENTS = {
+    "file-to-folder": "rm a.txt && mkdir a.txt && echo x > a.txt/x",
+    "file-to-deep-folder": "rm run.sh && mkdir -p run.sh/d/e && echo x > run.sh/d/e/x",
+    "ignore-file-to-folder": "rm .gitignore && mkdir .gitignore && echo x > .gitignore/x",
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROOT_REPLACEMENTS))
+def test_a_root_file_replaced_by_a_folder_travels_whole(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path], case: str
+) -> None:
+    """The root's names are the same (``a.txt`` is still there, now a folder) and no
+    tracked folder's times moved: the folder check says "nothing added", the capture
+    runs ``git add -u`` and the files in the new folder are lost from the patch."""
+    head = warm(mirror)
+    script = ROOT_REPLACEMENTS[case]
+    patch = ticket(mirror, head, script)
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, head, script)
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+
+
+def test_a_root_file_replaced_by_a_folder_is_cleaned_when_the_head_keeps_it(
+    mirror: Mirror, origin: Path, fresh: Callable[[str], Path]
+) -> None:
+    """As above, and the next head deletes ``a.txt`` too (what the ticket's wrong patch
+    said): the index then equals the head at ``a.txt``, nothing is checked out there, no
+    folder is cleaned, and the ticket's untracked ``a.txt/x`` reaches the next ticket."""
+    head = warm(mirror)
+    patch = ticket(mirror, head, ROOT_REPLACEMENTS["file-to-folder"])
+    assert patch is not None
+    nxt = commit_patch(origin, patch.data)
+    assert mirror.fetch("main") == nxt
+    with mirror.worktree(nxt) as path:
+        assert_clean_checkout(path, nxt, fresh(nxt))
+
+
+# -- a process of the command that outlives it ------------------------------------------
+
+def test_a_daemon_with_a_cleared_environment_is_a_survivor(
+    mirror: Mirror, tmp_path: Path, fresh: Callable[[str], Path]
+) -> None:
+    """``survivors`` finds a command's daemon by the ticket's marks in its environment;
+    ``env -i`` (or any ``execve`` with a new environment) drops them. Such a daemon that
+    writes a tracked file in place after the capture: the next reset is the short one
+    (no process "left"), the file is not among the paths where the index differs from
+    the head, and the next ticket sees the daemon's change."""
+    head = warm(mirror)
+    marks = {"SAGE_RUN_ID": "run-review", "SAGE_TICKET_ID": "T-review"}
+    go, done, started = tmp_path / "go", tmp_path / "done", tmp_path / "started"
+    script = (
+        f"setsid env -i /bin/sh -c 'touch {started}; "
+        f"while [ ! -e {go} ]; do sleep 0.01; done; echo late >> a.txt; touch {done}'"
+        f" > /dev/null 2>&1 < /dev/null & while [ ! -e {started} ]; do sleep 0.01; done"
+    )
+    try:
+        with mirror.worktree(head) as path:
+            res = run_command(
+                script,
+                cwd=path,
+                env={**os.environ, **marks},
+                timeout=30,
+                max_output_bytes=1000,
+                kill_grace=1,
+            )
+            assert res.ok, res
+            alone = not survivors(marks)
+            capture_patch(
+                path,
+                head,
+                exclude=[INDEX],
+                max_bytes=MAX,
+                git_dir=mirror.git_dir(path),
+                untracked=mirror.may_hold_untracked(path),
+            )
+            if alone:
+                mirror.captured(path)
+        go.touch()
+        for _ in range(3000):  # the daemon's write, at most 30 s away
+            if done.exists():
+                break
+            time.sleep(0.01)
+        assert done.exists()
+        with mirror.worktree(head) as path:
+            assert_clean_checkout(path, head, fresh(head))
+    finally:
+        go.touch()
+
+
+# -- git inside the command -------------------------------------------------------------
+
+GIT_IN_COMMAND = {
+    "commit": "echo c > a.txt && echo n > sub/n.txt && git add -A && git commit -qm x",
+    "commit-then-edit": "git rm -q gone.txt && git commit -qm x && echo y > a.txt",
+    "stash": "echo s > a.txt && echo u > u.txt && git stash -u -q && echo t > sub/t.txt",
+    "stash-pop": "echo s > a.txt && git stash -q && git stash pop -q",
+    "add-then-remove": "echo n > sub/n.txt && git add sub/n.txt && rm sub/n.txt",
+    "reset-hard-older": "git rm -q --cached a.txt",
+    "checkout-file": "echo z > a.txt && git checkout -- a.txt && echo w > sub/w",
+    "update-index-chmod": "git update-index --chmod=+x a.txt",
+}
+
+
+@pytest.mark.parametrize("case", sorted(GIT_IN_COMMAND))
+def test_git_in_the_command_gives_the_fresh_patch_and_a_clean_next_ticket(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path], case: str
+) -> None:
+    head = warm(mirror)
+    script = GIT_IN_COMMAND[case]
+    patch = ticket(mirror, head, script)
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, head, script)
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+
+
+def test_a_branch_made_by_one_ticket_does_not_stop_the_next(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path]
+) -> None:
+    """Refs live in the mirror, shared by every worktree and ticket: a branch one
+    ticket's command made is there for the next (``git checkout -b`` fails there,
+    as it never does in a fresh clone). Not new with kept worktrees."""
+    head = warm(mirror)
+    script = "git checkout -q -b work && echo w > a.txt && git commit -qam w"
+    ticket(mirror, head, script)
+    patch = ticket(mirror, head, script)
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, head, script)
+
+
+# -- odd entries ------------------------------------------------------------------------
+
+ODD = {
+    "hard-link": "ln a.txt sub/dir/hl && ln sub/dir/f.txt top-hl",
+    "mv-in-from-outside": "echo o > ../outside-$$ && mv ../outside-$$ sub/dir/in.txt",
+    "mv-folder-in": "mkdir -p ../od-$$/x && echo o > ../od-$$/x/f && mv ../od-$$ sub/od",
+    "rename-folder": "mv sub/dir sub/dir2",
+    "rename-root-folder": "mv sub sub2",
+    "file-to-link": "rm sub/dir/f.txt && ln -s g.txt sub/dir/f.txt",
+    "root-file-to-link": "rm a.txt && ln -s sub a.txt",
+    "root-file-to-link-to-folder-and-write": "rm a.txt && ln -s sub a.txt && echo w > a.txt/w",
+    "chmod": "chmod +x a.txt sub/dir/f.txt && chmod -x run.sh",
+    "mtime-in-past": "echo p > sub/dir/p.txt && touch -d 2001-01-01 sub/dir/p.txt sub/dir sub",
+    "same-size-same-mtime": "printf 'b\\n' > a.txt && touch -d 2001-01-01 a.txt",
+    "create-then-delete-sibling": "echo n > sub/dir/n.txt && rm sub/dir/f.txt",
+    "ignored-only": "echo i > sub/dir/i.log && mkdir -p build && echo b > build/b",
+    "read-only-new-folder": "mkdir -p sub/ro && echo r > sub/ro/r && chmod 555 sub/ro",
+    "read-only-tracked-folder": "echo r > sub/dir/r && chmod 555 sub/dir",
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD))
+def test_odd_entries_give_the_fresh_patch_and_a_clean_next_ticket(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path], case: str
+) -> None:
+    head = warm(mirror)
+    script = ODD[case]
+    patch = ticket(mirror, head, script)
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, head, script)
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+    # and once more, the patch committed (the next head holds what the ticket made)
+    if patch.data:
+        nxt = commit_patch(origin, patch.data)
+        assert mirror.fetch("main") == nxt
+        with mirror.worktree(nxt) as path:
+            assert_clean_checkout(path, nxt, fresh(nxt))
+            sh(path, "mkdir -p sub && echo more > sub/late.txt")
+            mirror.captured(path)
+        with mirror.worktree(nxt) as path:
+            assert_clean_checkout(path, nxt, fresh(nxt))
+
+
+def test_a_fifo_the_command_made_is_gone_for_the_next_ticket(mirror: Mirror) -> None:
+    """``git clean`` leaves what is neither a file, a link nor a folder (a fifo, a
+    socket): the next ticket sees it (full and short resets alike)."""
+    head = warm(mirror)
+    ticket(mirror, head, "mkfifo sub/dir/p && mkfifo top-fifo && echo x > sub/dir/x")
+    with mirror.worktree(head) as path:
+        assert not os.path.lexists(path / "sub" / "dir" / "p")
+        assert not os.path.lexists(path / "top-fifo")
+
+
+# -- a failed or killed ticket, then another in the same worktree -----------------------
+
+def test_a_failed_ticket_then_one_that_adds_nothing(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path]
+) -> None:
+    head = warm(mirror)
+    ticket(mirror, head, EVERYTHING, capture=False)  # exit code 1: DEFERRED, no capture
+    patch = ticket(mirror, head, "echo x >> a.txt")
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, head, "echo x >> a.txt")
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+
+
+def test_a_killed_ticket_leaves_nothing(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path]
+) -> None:
+    head = warm(mirror)
+    with mirror.worktree(head) as path:
+        res = run_command(
+            "echo x > new.txt && mkdir -p sub/k && echo k > sub/k/k && sleep 60",
+            cwd=path,
+            env=dict(os.environ),
+            timeout=1,
+            max_output_bytes=1000,
+            kill_grace=1,
+        )
+        assert not res.ok
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+
+
+# -- the head the next ticket starts on -------------------------------------------------
+
+def test_a_head_that_adds_a_file_where_the_ticket_made_a_folder(
+    mirror: Mirror, origin: Path, fresh: Callable[[str], Path]
+) -> None:
+    """The ticket makes ``sub/dir/extra/e.txt``; a sibling's commit (the next head) makes
+    ``sub/dir/extra`` a file."""
+    head = warm(mirror)
+    ticket(mirror, head, "mkdir -p sub/dir/extra && echo e > sub/dir/extra/e.txt")
+    nxt = commit_files(origin, "main", {"sub/dir/extra": "a file now\n"})
+    assert mirror.fetch("main") == nxt
+    with mirror.worktree(nxt) as path:
+        assert_clean_checkout(path, nxt, fresh(nxt))
+
+
+def test_a_folder_made_by_the_checkout_gets_an_entry_in_the_next_ticket(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path]
+) -> None:
+    """A folder the short reset created (the next head adds ``z/late/t.txt``) is noted by
+    the survey without git: a file the next command adds there must travel."""
+    head = warm(mirror)
+    ticket(mirror, head, "echo x >> a.txt")
+    nxt = commit_files(origin, "main", {"z/late/t.txt": "late\n"})
+    assert mirror.fetch("main") == nxt
+    script = "echo n > z/late/n.txt"
+    patch = ticket(mirror, nxt, script)
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, nxt, script)
+    with mirror.worktree(nxt) as path:
+        assert_clean_checkout(path, nxt, fresh(nxt))
+
+
+def test_a_folder_the_ticket_made_and_the_head_took_gets_an_entry_later(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path]
+) -> None:
+    """The ticket makes ``new/deep/f``, its patch is committed: the index already equals
+    the next head there, so ``new/deep`` is not among the reset's paths; it must still be
+    watched for the ticket after."""
+    head = warm(mirror)
+    patch = ticket(mirror, head, "mkdir -p new/deep && echo f > new/deep/f")
+    assert patch is not None
+    nxt = commit_patch(origin, patch.data)
+    assert mirror.fetch("main") == nxt
+    ticket(mirror, nxt, "echo x >> a.txt")  # the ticket between: a survey without git
+    script = "echo n > new/deep/n.txt"
+    patch = ticket(mirror, nxt, script)
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, nxt, script)
+    with mirror.worktree(nxt) as path:
+        assert_clean_checkout(path, nxt, fresh(nxt))
+
+
+# -- submodules (gitlinks): a folder git tracks that ls-tree -d does not list ---------------
+
+@pytest.fixture
+def with_gitlink(origin: Path) -> str:
+    """``main`` of ``origin`` gains a gitlink ``sub/mod`` (an uninitialised submodule)."""
+    head = git(origin, "rev-parse", "main").strip()
+    env = {"GIT_INDEX_FILE": str(origin / "review-index")}
+    git(origin, "read-tree", head, env=env)
+    git(origin, "update-index", "--add", "--cacheinfo", f"160000,{head},sub/mod", env=env)
+    tree = git(origin, "write-tree", env=env).strip()
+    sha = git(origin, "commit-tree", tree, "-p", head, "-m", "gitlink").strip()
+    git(origin, "update-ref", "refs/heads/main", sha, head)
+    os.unlink(origin / "review-index")
+    return sha
+
+
+def test_a_file_written_in_an_uninitialised_submodule_folder(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path], with_gitlink: str
+) -> None:
+    head = warm(mirror)
+    assert head == with_gitlink
+    script = "echo x > sub/mod/x"
+    patch = ticket(mirror, head, script)
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, head, script)
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+
+
+def test_the_folder_of_a_gitlink_stays_after_a_short_reset(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path], with_gitlink: str
+) -> None:
+    """A ticket adds a file in ``sub``: the survey after the next reset walks ``sub`` and
+    notes the gitlink's empty folder ``sub/mod`` among the folders. A ticket then adds and
+    removes an entry in ``sub/mod``: its times move, the reset after removes the folders
+    it left empty there (``sub/mod`` is no path the checkout touched, so it is not kept):
+    the gitlink's folder is gone, and the ticket after stages the submodule's deletion."""
+    head = warm(mirror)
+    ticket(mirror, head, "echo n > sub/n")
+    ticket(mirror, head, "echo x > sub/mod/x && rm sub/mod/x")
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+    script = "echo y >> a.txt"
+    patch = ticket(mirror, head, script)
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, head, script)
+
+
+# -- adoption after a crash -------------------------------------------------------------
+
+def test_a_worktree_adopted_after_its_process_died_between_tickets(
+    tmp_path: Path, origin: Path, fresh: Callable[[str], Path]
+) -> None:
+    """A process plays a ticket (captured) and dies without closing its mirror; a later
+    process adopts the idle worktree: it must reset it in full."""
+    workdir = tmp_path / "workdir"
+    head = git(origin, "rev-parse", "main").strip()
+    child = f"""
+import os, sys
+sys.path.insert(0, {str(Path.cwd())!r})
+from pathlib import Path
+from sage_tasks.gitops import Mirror
+from tests.integration.test_git_worktree_reset import ticket
+m = Mirror(Path({str(workdir)!r}), {str(origin)!r}, adopt=True)
+head = m.fetch("main")
+ticket(m, head, "true")
+ticket(m, head, {EVERYTHING!r})
+with m.worktree(head) as path:
+    (path / "a.txt").write_text("left by a process that died\\n")
+os._exit(0)
+"""
+    subprocess.run([os.sys.executable, "-c", child], check=True)  # type: ignore[attr-defined]
+    m = Mirror(workdir, str(origin), adopt=True)
+    try:
+        with m.worktree(head) as path:
+            assert_clean_checkout(path, head, fresh(head))
+    finally:
+        m.close()
