@@ -43,7 +43,9 @@ class Folders:
     """The folders of a worktree as a survey found them (paths relative to its root)."""
 
     stamps: dict[str, Stamp]
-    root_names: frozenset[str]
+    #: the root's entries: name, inode and whether it is a folder (a file replaced by a
+    #: folder of the same name moves no tracked folder's times)
+    root_names: frozenset[tuple[str, int, bool]]
 
 
 def survey(
@@ -69,7 +71,7 @@ def survey(
             names = set(_listed(path, admin, sha))
         else:
             names = _now_there(path, before, touched, added)
-        root_names = frozenset(os.listdir(path))
+        root_names = _root_entries(path)
         root = os.fspath(path)
         stamps = {name: _stamp(f"{root}/{name}") for name in names}
         stamps = {name: s for name, s in stamps.items() if s is not None}
@@ -133,15 +135,21 @@ def changed(path: Path, folders: Folders | None) -> list[str] | None:
     if folders is None:
         return None
     try:
-        root_names = os.listdir(path)
+        root_names = _root_entries(path)
     except OSError:
         return None
-    found = sorted(n for n in root_names if n not in folders.root_names)
+    found = sorted(e[0] for e in root_names - folders.root_names)
     root = os.fspath(path)
     for name, was in folders.stamps.items():
         if was is None or _stamp(f"{root}/{name}") != was:
             found.append(name)
     return found
+
+
+def _root_entries(path: Path) -> frozenset[tuple[str, int, bool]]:
+    """The entries at ``path``: name, inode, folder or not (from the directory alone)."""
+    with os.scandir(path) as entries:
+        return frozenset((e.name, e.inode(), e.is_dir(follow_symlinks=False)) for e in entries)
 
 
 def _stamp(folder: str) -> Stamp:

@@ -109,6 +109,9 @@ class _Slot:
     captured: IndexStamp | None = None
     #: its folders right after its last reset (see :mod:`.folders`)
     folders: Folders | None = None
+    #: its index right after its last reset: a command that wrote it (``git rm
+    #: --cached``, ``git reset <older>``) may have made a file untracked in place
+    reset_index: IndexStamp | None = None
 
 
 #: (workdir, mirror key) -> the worktrees this process keeps for that mirror
@@ -315,6 +318,10 @@ class Mirror:
         with _slots_guard:
             for slot in _slots.get(self._slot_key, []):
                 if slot.busy and self.worktrees / slot.name == worktree:
+                    if slot.admin is None or slot.reset_index is None:
+                        return True
+                    if index_stamp(slot.admin) != slot.reset_index:
+                        return True
                     return changed(worktree, slot.folders) != []
         return True
 
@@ -424,6 +431,7 @@ class Mirror:
             slot.admin = admin_of(path)
             full_reset(path, slot.admin, sha, clean=False)
             slot.folders = survey(path, slot.admin, sha)
+            slot.reset_index = index_stamp(slot.admin)
         except BaseException:
             self._discard(slot)
             raise
@@ -451,6 +459,7 @@ class Mirror:
         ticket's capture left the index (``captured``) untouched, else in full; then
         note its folders for the next look (see :mod:`.folders`)."""
         admin, folders, slot.folders = slot.admin, slot.folders, None
+        slot.reset_index = None
         assert admin is not None
         path = self.worktrees / slot.name
         if captured is not None and _FULL_SHA_RE.match(sha) and index_stamp(admin) == captured:
@@ -461,11 +470,13 @@ class Mirror:
                     slot.folders = survey(
                         path, admin, sha, before=folders, touched=touched, added=added
                     )
+                    slot.reset_index = index_stamp(admin)
                     return
             except (GitError, Broken) as exc:
                 log.warning("worktree %s: %s; checking it out in full", slot.name, exc)
         full_reset(path, admin, sha, clean=True)
         slot.folders = survey(path, admin, sha)
+        slot.reset_index = index_stamp(admin)
 
     def _admin_root(self) -> Path:
         """Where git keeps this mirror's worktree directories (as git names them)."""

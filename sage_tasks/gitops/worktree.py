@@ -218,7 +218,7 @@ def known_reset(path: Path, admin: Path, sha: str, *, added: list[str] | None) -
                 what="cleaning the changed folders of a worktree",
             )
         touched = [p.decode("utf-8", "surrogateescape") for p in paths]
-        _remove_empty_folders(path, added + touched, keep=set(touched))
+        _remove_empty_folders(path, admin, added + touched, keep=set(touched))
     differs = _git(
         path, admin, "diff-index", "--cached", "--quiet", sha, what="checking", check=False
     )
@@ -227,20 +227,41 @@ def known_reset(path: Path, admin: Path, sha: str, *, added: list[str] | None) -
     return [p.decode("utf-8", "surrogateescape") for p in paths]
 
 
-def _remove_empty_folders(path: Path, below: list[str], *, keep: set[str]) -> None:
+def _remove_empty_folders(path: Path, admin: Path, below: list[str], *, keep: set[str]) -> None:
     """Remove the folders of ``path`` left empty above (and at) the paths in ``below``,
     deepest first, as ``git clean -d`` would: a checkout or a clean there may have
-    emptied them. A folder at a path in ``keep`` (an index entry, such as a submodule's
-    empty folder) stays."""
+    emptied them. A folder at a path in ``keep``, or that the index holds (an
+    uninitialised submodule's empty folder), stays."""
     folders: set[str] = set()
     for p in below:
         parts = p.split("/")
         folders.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
     for folder in sorted(folders - keep, key=lambda f: f.count("/"), reverse=True):
         target = path / folder
-        if stat.S_ISDIR(_lmode(target)):
-            with contextlib.suppress(OSError):  # not empty: something tracked is in it
-                os.rmdir(target)
+        if not stat.S_ISDIR(_lmode(target)) or not _empty(target):
+            continue  # not empty: something tracked is in it
+        if _git(
+            path,
+            admin,
+            "--literal-pathspecs",
+            "ls-files",
+            "-z",
+            "--",
+            folder,
+            what="listing a folder",
+        ).stdout:
+            continue  # a gitlink: its folder is part of the checkout
+        with contextlib.suppress(OSError):
+            os.rmdir(target)
+
+
+def _empty(folder: Path) -> bool:
+    """True when ``folder`` holds no entry (False when it cannot be read)."""
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
 
 
 def _lmode(path: Path) -> int:

@@ -96,6 +96,7 @@ def test_a_root_file_replaced_by_a_folder_is_cleaned_when_the_head_keeps_it(
 
 # -- a process of the command that outlives it ------------------------------------------
 
+
 def test_a_daemon_with_a_cleared_environment_is_a_survivor(
     mirror: Mirror, tmp_path: Path, fresh: Callable[[str], Path]
 ) -> None:
@@ -243,6 +244,7 @@ def test_a_fifo_the_command_made_is_gone_for_the_next_ticket(mirror: Mirror) -> 
 
 # -- a failed or killed ticket, then another in the same worktree -----------------------
 
+
 def test_a_failed_ticket_then_one_that_adds_nothing(
     mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path]
 ) -> None:
@@ -274,6 +276,7 @@ def test_a_killed_ticket_leaves_nothing(
 
 
 # -- the head the next ticket starts on -------------------------------------------------
+
 
 def test_a_head_that_adds_a_file_where_the_ticket_made_a_folder(
     mirror: Mirror, origin: Path, fresh: Callable[[str], Path]
@@ -327,6 +330,7 @@ def test_a_folder_the_ticket_made_and_the_head_took_gets_an_entry_later(
 
 # -- submodules (gitlinks): a folder git tracks that ls-tree -d does not list ---------------
 
+
 @pytest.fixture
 def with_gitlink(origin: Path) -> str:
     """``main`` of ``origin`` gains a gitlink ``sub/mod`` (an uninitialised submodule)."""
@@ -374,6 +378,7 @@ def test_the_folder_of_a_gitlink_stays_after_a_short_reset(
 
 
 # -- adoption after a crash -------------------------------------------------------------
+
 
 def test_a_worktree_adopted_after_its_process_died_between_tickets(
     tmp_path: Path, origin: Path, fresh: Callable[[str], Path]
