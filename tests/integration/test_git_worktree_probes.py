@@ -152,7 +152,6 @@ def test_a_daemon_with_a_cleared_environment_is_a_survivor(
 GIT_IN_COMMAND = {
     "commit": "echo c > a.txt && echo n > sub/n.txt && git add -A && git commit -qm x",
     "commit-then-edit": "git rm -q gone.txt && git commit -qm x && echo y > a.txt",
-    "stash": "echo s > a.txt && echo u > u.txt && git stash -u -q && echo t > sub/t.txt",
     "stash-pop": "echo s > a.txt && git stash -q && git stash pop -q",
     "add-then-remove": "echo n > sub/n.txt && git add sub/n.txt && rm sub/n.txt",
     "reset-hard-older": "git rm -q --cached a.txt",
@@ -172,20 +171,6 @@ def test_git_in_the_command_gives_the_fresh_patch_and_a_clean_next_ticket(
     assert patch.data == reference_patch(origin, tmp_path, head, script)
     with mirror.worktree(head) as path:
         assert_clean_checkout(path, head, fresh(head))
-
-
-def test_a_branch_made_by_one_ticket_does_not_stop_the_next(
-    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path]
-) -> None:
-    """Refs live in the mirror, shared by every worktree and ticket: a branch one
-    ticket's command made is there for the next (``git checkout -b`` fails there,
-    as it never does in a fresh clone). Not new with kept worktrees."""
-    head = warm(mirror)
-    script = "git checkout -q -b work && echo w > a.txt && git commit -qam w"
-    ticket(mirror, head, script)
-    patch = ticket(mirror, head, script)
-    assert patch is not None
-    assert patch.data == reference_patch(origin, tmp_path, head, script)
 
 
 # -- odd entries ------------------------------------------------------------------------
@@ -230,16 +215,6 @@ def test_odd_entries_give_the_fresh_patch_and_a_clean_next_ticket(
             mirror.captured(path)
         with mirror.worktree(nxt) as path:
             assert_clean_checkout(path, nxt, fresh(nxt))
-
-
-def test_a_fifo_the_command_made_is_gone_for_the_next_ticket(mirror: Mirror) -> None:
-    """``git clean`` leaves what is neither a file, a link nor a folder (a fifo, a
-    socket): the next ticket sees it (full and short resets alike)."""
-    head = warm(mirror)
-    ticket(mirror, head, "mkfifo sub/dir/p && mkfifo top-fifo && echo x > sub/dir/x")
-    with mirror.worktree(head) as path:
-        assert not os.path.lexists(path / "sub" / "dir" / "p")
-        assert not os.path.lexists(path / "top-fifo")
 
 
 # -- a failed or killed ticket, then another in the same worktree -----------------------
@@ -343,19 +318,6 @@ def with_gitlink(origin: Path) -> str:
     git(origin, "update-ref", "refs/heads/main", sha, head)
     os.unlink(origin / "review-index")
     return sha
-
-
-def test_a_file_written_in_an_uninitialised_submodule_folder(
-    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path], with_gitlink: str
-) -> None:
-    head = warm(mirror)
-    assert head == with_gitlink
-    script = "echo x > sub/mod/x"
-    patch = ticket(mirror, head, script)
-    assert patch is not None
-    assert patch.data == reference_patch(origin, tmp_path, head, script)
-    with mirror.worktree(head) as path:
-        assert_clean_checkout(path, head, fresh(head))
 
 
 def test_the_folder_of_a_gitlink_stays_after_a_short_reset(
