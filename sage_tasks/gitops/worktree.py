@@ -169,8 +169,9 @@ def known_reset(path: Path, admin: Path, sha: str, *, added: list[str] | None) -
     :mod:`.folders`; None: anywhere): only they are cleaned. Returns the
     paths it checked out, or None, having changed nothing, when more than
     :data:`KNOWN_RESET_MAX_PATHS` paths differ (a full reset is cheaper
-    then) or a tracked file no longer matches the index; raises :class:`GitError` when git fails and :class:`Broken` when
-    the index does not end as the commit's tree.
+    then) or a tracked file no longer matches the index; raises
+    :class:`GitError` when git fails and :class:`Broken` when the index does
+    not end as the commit's tree.
     """
     # a tracked file written since the capture (a process the command left behind that
     # the survivor check could not see, its environment cleared): the files are no
