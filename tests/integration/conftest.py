@@ -13,7 +13,7 @@ stop, replace or count the workers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 
+from sage_tasks.gitops import Mirror
 from sage_tasks.store.runstate import RunStore
 from tests.support.fleet import Fleet, graph_runner, private_fleet
 from tests.support.redis_server import RedisServer
+from tests.support.worktrees import fresh_clones
 
 
 @dataclass(frozen=True)
@@ -81,3 +83,20 @@ def run(fleet: Fleet, tmp_path: Path) -> Iterator[Any]:
 def store(redis_server: RedisServer) -> RunStore:
     """The run records of the test's private redis-server (kept an hour)."""
     return RunStore(redis_server.client(), ttl=3600)
+
+
+# -- kept worktrees: a module defines ``origin`` (its bare repository) ------------------
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, origin: Path) -> Iterator[Mirror]:
+    """A ticket worker's mirror of the module's ``origin``."""
+    m = Mirror(tmp_path / "workdir", str(origin))
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, origin: Path) -> Callable[[str], Path]:
+    """A fresh clone of ``origin`` at a commit, for comparison."""
+    return fresh_clones(origin, tmp_path)

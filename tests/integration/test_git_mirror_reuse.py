@@ -21,7 +21,6 @@ from tests.support.gitrepo import INDEX, commit_files, git, make_repo
 from tests.support.worktrees import (
     admin_dirs,
     assert_clean_checkout,
-    fresh_clones,
     sh,
     worktrees_of,
 )
@@ -38,19 +37,6 @@ FILES: dict[str, str | bytes] = {
 @pytest.fixture
 def origin(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "origin.git", FILES, None, bare=True)
-
-
-@pytest.fixture
-def mirror(tmp_path: Path, origin: Path) -> Iterator[Mirror]:
-    m = Mirror(tmp_path / "workdir", str(origin))
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def fresh(tmp_path: Path, origin: Path) -> Callable[[str], Path]:
-    """A fresh clone of ``origin`` at a commit, for comparison."""
-    return fresh_clones(origin, tmp_path)
 
 
 MESS = """

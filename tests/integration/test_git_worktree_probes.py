@@ -11,40 +11,28 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sage_tasks.gitops import Mirror, capture_patch
 from sage_tasks.work.executor import run_command, survivors
-from tests.integration.test_git_worktree_reset import (
-    EVERYTHING,
-    FILES,
+from tests.integration.test_git_worktree_reset import EVERYTHING, FILES
+from tests.support.gitrepo import INDEX, commit_files, git, make_repo
+from tests.support.worktrees import (
     MAX,
+    assert_clean_checkout,
     commit_patch,
     reference_patch,
+    sh,
     ticket,
 )
-from tests.support.gitrepo import INDEX, commit_files, git, make_repo
-from tests.support.worktrees import assert_clean_checkout, fresh_clones, sh
 
 
 @pytest.fixture
 def origin(tmp_path: Path) -> Path:
     return make_repo(tmp_path / "origin.git", FILES, None, bare=True)
-
-
-@pytest.fixture
-def mirror(tmp_path: Path, origin: Path) -> Iterator[Mirror]:
-    m = Mirror(tmp_path / "workdir", str(origin))
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def fresh(tmp_path: Path, origin: Path) -> Callable[[str], Path]:
-    return fresh_clones(origin, tmp_path)
 
 
 def warm(mirror: Mirror) -> str:
@@ -354,7 +342,7 @@ import os, sys
 sys.path.insert(0, {str(Path.cwd())!r})
 from pathlib import Path
 from sage_tasks.gitops import Mirror
-from tests.integration.test_git_worktree_reset import ticket
+from tests.support.worktrees import ticket
 m = Mirror(Path({str(workdir)!r}), {str(origin)!r}, adopt=True)
 head = m.fetch("main")
 ticket(m, head, "true")

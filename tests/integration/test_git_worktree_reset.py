@@ -11,15 +11,22 @@ trace tells which way each reset went.
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sage_tasks.gitops import Mirror, Patch, capture_patch, worktree
-from tests.support.gitrepo import INDEX, checkout, commit_files, git, make_repo
-from tests.support.worktrees import GitTrace, assert_clean_checkout, fresh_clones, sh
+from sage_tasks.gitops import Mirror, capture_patch, worktree
+from tests.support.gitrepo import INDEX, commit_files, make_repo
+from tests.support.worktrees import (
+    MAX,
+    GitTrace,
+    assert_clean_checkout,
+    commit_patch,
+    reference_patch,
+    sh,
+    ticket,
+)
 
 FILES: dict[str, str | bytes] = {
     "a.txt": "a\n",
@@ -59,8 +66,6 @@ IN_PLACE = """
     echo '{}' > .sage/tickets/index.json
 """
 
-MAX = 1 << 20
-
 
 @pytest.fixture
 def origin(tmp_path: Path) -> Path:
@@ -73,57 +78,6 @@ def trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> GitTrace:
     path = tmp_path / "git-trace.json"
     monkeypatch.setenv("GIT_TRACE2_EVENT", str(path))
     return GitTrace(path)
-
-
-@pytest.fixture
-def mirror(tmp_path: Path, origin: Path) -> Iterator[Mirror]:
-    m = Mirror(tmp_path / "workdir", str(origin))
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def fresh(tmp_path: Path, origin: Path) -> Callable[[str], Path]:
-    return fresh_clones(origin, tmp_path)
-
-
-def reference_patch(origin: Path, tmp: Path, head: str, script: str) -> bytes:
-    """The patch of ``script`` in a fresh clone at ``head`` (``git add -A``, then the diff)."""
-    dest = tmp / f"reference-{os.urandom(4).hex()}"
-    checkout(origin, head, dest)
-    sh(dest, script)
-    return capture_patch(dest, head, exclude=[INDEX], max_bytes=MAX).data
-
-
-def commit_patch(origin: Path, data: bytes) -> str:
-    """Commit a ticket's patch on ``main`` of ``origin``, as the commit queue does."""
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        head = git(origin, "rev-parse", "main").strip()
-        git(origin, "read-tree", head, env=env)
-        git(origin, "apply", "--cached", input=data, env=env)
-        tree = git(origin, "write-tree", env=env).strip()
-    sha = git(origin, "commit-tree", tree, "-p", head, "-m", "ticket").strip()
-    git(origin, "update-ref", "refs/heads/main", sha, head)
-    return sha
-
-
-def ticket(mirror: Mirror, head: str, script: str, *, capture: bool = True) -> Patch | None:
-    """One ticket as the ticket runner plays it: its command, then its patch captured."""
-    with mirror.worktree(head) as path:
-        sh(path, script)
-        if not capture:
-            return None
-        patch = capture_patch(
-            path,
-            head,
-            exclude=[INDEX],
-            max_bytes=MAX,
-            git_dir=mirror.git_dir(path),
-            untracked=mirror.may_hold_untracked(path),
-        )
-        mirror.captured(path)
-        return patch
 
 
 def full_resets(trace: GitTrace) -> list[str]:

@@ -6,11 +6,15 @@ import json
 import os
 import stat
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from sage_tasks.gitops import Mirror
-from tests.support.gitrepo import checkout, git
+from sage_tasks.gitops import Mirror, Patch, capture_patch
+from tests.support.gitrepo import INDEX, checkout, git
+
+#: the largest patch the probes capture
+MAX = 1 << 20
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
@@ -65,6 +69,45 @@ def sh(path: Path, script: str) -> None:
     env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@e", GIT_COMMITTER_NAME="t")
     env.update(GIT_COMMITTER_EMAIL="t@e")
     subprocess.run(["/bin/sh", "-ec", script], cwd=path, env=env, check=True)
+
+
+def reference_patch(origin: Path, tmp: Path, head: str, script: str) -> bytes:
+    """The patch of ``script`` in a fresh clone at ``head`` (``git add -A``, then the diff)."""
+    dest = tmp / f"reference-{os.urandom(4).hex()}"
+    checkout(origin, head, dest)
+    sh(dest, script)
+    return capture_patch(dest, head, exclude=[INDEX], max_bytes=MAX).data
+
+
+def commit_patch(origin: Path, data: bytes) -> str:
+    """Commit a ticket's patch on ``main`` of ``origin``, as the commit queue does."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        head = git(origin, "rev-parse", "main").strip()
+        git(origin, "read-tree", head, env=env)
+        git(origin, "apply", "--cached", input=data, env=env)
+        tree = git(origin, "write-tree", env=env).strip()
+    sha = git(origin, "commit-tree", tree, "-p", head, "-m", "ticket").strip()
+    git(origin, "update-ref", "refs/heads/main", sha, head)
+    return sha
+
+
+def ticket(mirror: Mirror, head: str, script: str, *, capture: bool = True) -> Patch | None:
+    """One ticket as the ticket runner plays it: its command, then its patch captured."""
+    with mirror.worktree(head) as path:
+        sh(path, script)
+        if not capture:
+            return None
+        patch = capture_patch(
+            path,
+            head,
+            exclude=[INDEX],
+            max_bytes=MAX,
+            git_dir=mirror.git_dir(path),
+            untracked=mirror.may_hold_untracked(path),
+        )
+        mirror.captured(path)
+        return patch
 
 
 def worktrees_of(mirror: Mirror) -> list[str]:
