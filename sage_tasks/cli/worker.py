@@ -1,28 +1,34 @@
-"""``sage-worker``: start a ticket worker, a repository's commit worker, or Flower."""
+"""``sage-worker``: start a ticket worker, a repository's commit worker, or Flower.
+
+A worker's start is on the way of every ``--local`` run, which starts two
+while it reads the index: each command loads only what it uses (Flower's
+none of Celery), and a worker is started by Celery's own ``worker`` command
+alone, the options parsed as ``celery worker`` parses them, without Celery's
+whole command line and the plugins it loads (Flower's, a shell), which a
+worker never uses.
+"""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from celery import Celery
 
-from sage_tasks.app.celery_app import make_app, verified_url
 from sage_tasks.cli.common import error, handle_errors
-from sage_tasks.config import load_settings
-from sage_tasks.core.urls import redact_url
-from sage_tasks.dispatch import supervisor
 from sage_tasks.errors import ConfigError, SageError
-from sage_tasks.gitops import prune_workdir, repo_root
-from sage_tasks.work.runtime import app_runtime
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 
 def _worker_argv(*, queue: str, concurrency: int, hostname: str, loglevel: str) -> list[str]:
+    """The options of Celery's ``worker`` command for a sage-tasks worker."""
     return [
-        "worker",
         f"--queues={queue}",
         f"--concurrency={concurrency}",
         f"--hostname={hostname}",
@@ -38,7 +44,15 @@ def _worker_argv(*, queue: str, concurrency: int, hostname: str, loglevel: str) 
 
 def _run_worker(app: Celery, argv: list[str]) -> None:
     """Run the Celery worker and exit with its exit code (systemd restarts on failure)."""
-    code: int | None = app.start(argv=argv)
+    from celery.bin.base import CLIContext
+    from celery.bin.worker import worker
+
+    # what is loaded by now lives as long as the worker: set apart from the collector,
+    # it is not walked again by the collection Celery runs before forking each pool
+    # process, and the pages that hold it stay shared with them
+    gc.freeze()
+    context = CLIContext(app=app, no_color=bool(os.environ.get("NO_COLOR")), workdir=None)
+    code = worker.main(args=argv, prog_name="sage-worker", obj=context, standalone_mode=False)
     sys.exit(code or 0)
 
 
@@ -60,6 +74,11 @@ def cli() -> None:
 @handle_errors
 def tickets(concurrency: int | None, hostname: str, broker: str | None, loglevel: str) -> None:
     """A ticket worker: runs tickets in fresh worktrees and turns their changes into patches."""
+    from sage_tasks.app.celery_app import make_app
+    from sage_tasks.config import load_settings
+    from sage_tasks.gitops import prune_workdir
+    from sage_tasks.work.runtime import app_runtime
+
     settings = load_settings(broker_url=broker)
     settings.workdir.mkdir(parents=True, exist_ok=True)
     prune_workdir(settings.workdir, keep_idle=settings.keep_worktrees)
@@ -96,6 +115,12 @@ def commit(
     loglevel: str,
 ) -> None:
     """The commit worker of one repository (always one slot), with the run supervisor."""
+    from sage_tasks.app.celery_app import make_app
+    from sage_tasks.config import load_settings
+    from sage_tasks.dispatch import supervisor
+    from sage_tasks.gitops import repo_root
+    from sage_tasks.work.runtime import app_runtime
+
     settings = load_settings(broker_url=broker, commit_queue=commit_queue)
     root = repo_root(Path(repo))
     app = make_app(settings)
@@ -118,6 +143,10 @@ def commit(
 @handle_errors
 def flower(port: int, address: str, no_auth: bool, broker: str | None) -> None:
     """Flower for the configured broker, behind basic auth (FLOWER_BASIC_AUTH=user:password)."""
+    from sage_tasks.app.celery_app import verified_url
+    from sage_tasks.config import load_settings
+    from sage_tasks.core.urls import redact_url
+
     settings = load_settings(broker_url=broker)
     auth = os.environ.get("FLOWER_BASIC_AUTH", "")
     if not auth and not no_auth:
