@@ -112,7 +112,7 @@ class Redis:
     user's own Redis may well have them): nothing that changes how keys are encoded."""
 
     def __init__(self, workdir: Path):
-        from sage_tasks.cli.local import free_port
+        from sage_tasks.cli.local_redis import free_port
 
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"

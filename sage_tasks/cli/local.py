@@ -3,12 +3,15 @@
 :func:`local_fleet` runs a private ``redis-server`` on the repository's own
 data folder under ``SAGE_WORKDIR`` (see :mod:`sage_tasks.cli.local_redis`: one
 per repository, kept on disk, so later commands read the run's history),
-one ticket worker, one commit worker and, if asked, Flower; the command line
-submits and follows the run on them; then every process it started is
-stopped — also on Ctrl-C, on errors and when a worker dies. A run that did
-not end is marked FAILED and its queued work dropped, so the next run on the
-repository starts clean. One ``--local`` run at a time uses a repository's
-folder: a second one waits for the first to end.
+one ticket worker, one commit worker and, if asked, Flower, all started
+first: they boot (on the other cores) while the command line reads and plans
+the index; then it submits and follows the run on them; then every process
+it started is stopped — also on Ctrl-C, on errors and when a worker dies. A
+run that did not end is marked FAILED and its queued work dropped, so the
+next run on the repository starts clean; an index rejected leaves nothing
+behind (the processes stopped at once, the folders this command made
+removed). One ``--local`` run at a time uses a repository's folder: a second
+one waits for the first to end.
 
 The ticket worker's mirror and worktrees stay in that folder (``work/``) from
 one run to the next: the next run's worker takes over the worktrees the last
@@ -21,21 +24,14 @@ big repository's files again, and what no run used is removed at the end.
 
 from __future__ import annotations
 
-import base64
 import os
-import secrets
 import shlex
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -43,20 +39,19 @@ from typing import Any
 from rich.console import Console
 
 from sage_tasks.cli.local_redis import (
-    Server,
-    free_port,
     homes,
     local_home,
     local_runs,
-    prepare_home,
     private_redis,
-    remember_run,
+    remove_unused,
     repo_of,
     run_lock,
     terminate,
 )
+from sage_tasks.cli.local_workers import MARKER, LocalFleet, flower_port, local_settings
 from sage_tasks.config import Settings
-from sage_tasks.errors import ConfigError, LocalError, SageError, UnknownRun
+from sage_tasks.core.plan import Parallel, resolve_parallel
+from sage_tasks.errors import LocalError, SageError, UnknownRun
 from sage_tasks.store.broker import connect
 from sage_tasks.store.runstate import RunStatus, RunStore
 
@@ -67,219 +62,8 @@ __all__ = [
     "local_hint",
     "local_reader",
     "terminate_as_interrupt",
+    "ticket_slots",
 ]
-
-#: the port ``--flower`` without a number takes when it is free (Flower's own default)
-FLOWER_PORT = 5555
-#: the user name of a ``--local`` Flower
-FLOWER_USER = "sage"
-#: how long Flower may take to answer before the run gives up on it
-FLOWER_START_S = 60.0
-#: the environment variable that marks every process a ``--local`` run starts
-MARKER = "SAGE_LOCAL_FLEET"
-#: how long idle workers get to stop after a FINISHED run before they are killed
-IDLE_STOP_S = 0.25
-
-
-@dataclass(frozen=True)
-class FlowerAccess:
-    """Where a ``--local`` Flower listens and its credentials (printed once)."""
-
-    url: str
-    user: str
-    password: str
-
-
-class LocalFleet:
-    """The workers (and Flower) ``--local`` starts on a private Redis, and their folder."""
-
-    def __init__(self, root: Path, home: Path, server: Server, human: Console):
-        self.root = root
-        self.home = home
-        self.server = server
-        self.human = human
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        #: the run ended FINISHED: nothing is in flight, so the workers need no grace
-        self.finished = False
-        #: the workers' node names are ``tickets-<node>@host`` and ``commit-<node>@host``
-        self.node = f"local-{os.getpid()}"
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def workdir(self) -> Path:
-        """The ticket worker's mirror and worktrees: kept from one run to the next."""
-        return self.home / "work"
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["SAGE_BROKER_URL"] = self.url
-        env.pop("SAGE_RESULT_BACKEND", None)
-        env["SAGE_WORKDIR"] = str(self.workdir)
-        env["SAGE_KEEP_WORKTREES"] = "1"
-        env["PYTHONUNBUFFERED"] = "1"
-        env[MARKER] = str(self.home)
-        return env
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
-        self.procs[name] = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-            cwd=self.root,
-        )
-        log.close()
-
-    def start_workers(self, repo: Path, concurrency: int) -> None:
-        env = self.env()
-        base = _sage_worker()
-        self._spawn(
-            "tickets",
-            [
-                *base,
-                "tickets",
-                f"--concurrency={concurrency}",
-                f"--hostname=tickets-{self.node}@%h",
-                "--loglevel=WARNING",
-            ],
-            env,
-        )
-        self._spawn(
-            "commit",
-            [
-                *base,
-                "commit",
-                "--repo",
-                str(repo),
-                f"--hostname=commit-{self.node}@%h",
-                "--loglevel=WARNING",
-            ],
-            env,
-        )
-
-    def start_flower(self, port: int) -> FlowerAccess:
-        """Flower on loopback ``port`` behind a generated password.
-
-        Returns once Flower receives the ticket worker's events, so that it
-        sees the whole run (it learns about tasks only from events).
-        """
-        password = secrets.token_hex(12)
-        auth = f"{FLOWER_USER}:{password}"
-        self._spawn(
-            "flower",
-            [*_sage_worker(), "flower", f"--port={port}", "--address=127.0.0.1"],
-            {**self.env(), "FLOWER_BASIC_AUTH": auth},
-        )
-        node = f"tickets-{self.node}@".encode()
-        deadline = time.monotonic() + FLOWER_START_S
-        while time.monotonic() < deadline:
-            if self.procs["flower"].poll() is not None:
-                raise LocalError(f"Flower did not start: {self.log_tail('flower')}")
-            status, body = _http_get(port, "/api/workers?status=1", auth)
-            if status == 200 and node in body:
-                return FlowerAccess(f"http://127.0.0.1:{port}/", FLOWER_USER, password)
-            time.sleep(0.3)
-        raise LocalError(
-            f"Flower on 127.0.0.1:{port} did not see the workers within {FLOWER_START_S:.0f} s"
-        )
-
-    def check(self) -> None:
-        """Raise when the private Redis or a worker we started has died (Flower may)."""
-        if not self.server.alive():
-            raise LocalError(f"the private redis-server exited; see {self.home / 'redis'}")
-        for name in ("tickets", "commit"):
-            proc = self.procs.get(name)
-            code = proc.poll() if proc else None
-            if code is not None:
-                tail = self.log_tail(name)
-                raise LocalError(
-                    f"the local {name} process exited with code {code}"
-                    + (f"; its log ends: {tail}" if tail else "")
-                )
-
-    def log_tail(self, name: str, lines: int = 5) -> str:
-        path = self.root / f"{name}.log"
-        try:
-            text = path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(text[-lines:])
-
-    def remember(self, run_id: str, created: float, ttl: float) -> None:
-        """Note the run as one of the repository's local runs (see ``status --local``)."""
-        remember_run(self.home, run_id, created, ttl)
-
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop Flower and the workers, all at once.
-
-        After a FINISHED run they get :data:`IDLE_STOP_S` instead of ``grace``:
-        a worker's own shutdown is then done in a fraction of a second, and
-        what is left is each pool process's one-second pause before it exits
-        (billiard's), which nothing needs.
-        """
-        self._stop(["flower", "tickets", "commit"], IDLE_STOP_S if self.finished else grace)
-
-    def _stop(self, names: list[str], grace: float) -> None:
-        """SIGTERM each process group, wait ``grace`` seconds for all, SIGKILL what is left."""
-        procs = [p for p in (self.procs.pop(name, None) for name in names) if p is not None]
-        for proc in procs:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in procs:
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.0, deadline - time.monotonic()))
-        for proc in procs:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # pool children and ticket commands too
-            with suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
-
-
-def _sage_worker() -> list[str]:
-    """The command that starts ``sage-worker`` beside this Python."""
-    bin_dir = Path(sys.executable).parent
-    worker = bin_dir / "sage-worker"
-    return [str(worker)] if worker.exists() else [sys.executable, "-m", "sage_tasks.cli.worker"]
-
-
-def _http_get(port: int, path: str, auth: str) -> tuple[int | None, bytes]:
-    """Status and body of ``GET path`` on loopback ``port`` with basic auth (None: no answer)."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=2) as resp:
-            status: int = resp.status
-            return status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
-    except OSError:
-        return None, b""
-
-
-def flower_port(wanted: int) -> int:
-    """The port for ``--flower``: ``wanted``, or (0) Flower's default if free, else any free one.
-
-    Raises :class:`ConfigError` (exit 2) when the port asked for is taken.
-    """
-    candidates = [wanted] if wanted else [FLOWER_PORT]
-    for port in candidates:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                pass
-    if wanted:
-        raise ConfigError(f"--flower {wanted}: port {wanted} on 127.0.0.1 is already in use")
-    return free_port()
 
 
 def _leftovers(home: Path) -> list[int]:
@@ -339,11 +123,6 @@ def terminate_as_interrupt() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def _local_settings(settings: Settings, server: Server) -> Settings:
-    """The run's settings with the embedded Redis as broker and result backend."""
-    return settings.model_copy(update={"broker_url": server.url, "result_backend": None})
-
-
 @contextmanager
 def _run_folder(home: Path) -> Iterator[Path]:
     """The run's folder for worker logs, after clearing what a killed run left."""
@@ -390,54 +169,93 @@ def _keep_used_worktrees(workdir: Path, since: float) -> None:
 _CLOCK_SLACK_S = 1.0
 
 
+def ticket_slots(parallel: Parallel) -> int:
+    """The ticket worker's slots, known before the plan is: ``--parallel N``'s N; ``auto``
+    as for more tickets to run than that (half the cores, at most 8); else the cores.
+
+    Raises :class:`ConfigError` (exit 2) for a bad value.
+    """
+    return resolve_parallel(parallel, None, sys.maxsize) or os.cpu_count() or 1
+
+
 @contextmanager
 def local_fleet(
     repo: Path,
-    concurrency: int,
     settings: Settings,
     human: Console,
     *,
+    slots: int,
     flower: int | None = None,
-) -> Iterator[tuple[LocalFleet, Settings]]:
-    """The repository's private Redis and workers; the workers stopped after, whatever happens.
+    on_busy: Callable[[], None] | None = None,
+) -> Iterator[LocalFleet]:
+    """The repository's private Redis and workers, started at once; stopped after, whatever happens.
 
-    Yields the fleet (its ``check`` raises when a worker died) and ``settings``
-    pointed at the private Redis. ``flower`` (a port, 0: Flower's default or
-    any free one) also starts Flower and prints its address and credentials.
+    The block is meant to read and plan the index while the workers boot (on
+    another core), then submit the run on the fleet: its ``settings`` point
+    at the private Redis, its ``check`` raises when a worker died, its
+    ``ready`` waits for Flower, started when ``flower`` is a port (0:
+    Flower's default or any free one). When another ``--local`` run holds
+    the repository, ``on_busy`` runs before this one waits for it, so that
+    bad input is told at once, not once that run has ended.
+
+    A block that ends before a run was noted (:meth:`LocalFleet.remember`:
+    the index was rejected, or Ctrl-C came first) leaves nothing behind: the
+    workers are stopped at once, the worktrees kept for later runs stay as
+    they were, and a data folder this command made is removed.
     """
     home = local_home(settings.workdir, repo)
     port = flower_port(flower) if flower is not None else None
+    made = [p for p in (settings.workdir, home.parent) if not p.is_dir()]
 
     def waiting(holder: str) -> None:
+        if on_busy is not None:
+            on_busy()
         human.print(
             f"another --local run on {repo} is under way ({holder}); waiting for it to end "
             "(Ctrl-C to give up)",
             highlight=False,
         )
 
-    with terminate_as_interrupt():
-        prepare_home(home, repo)
-        with run_lock(home, waiting), _run_folder(home) as root, private_redis(home) as server:
-            local = _local_settings(settings, server)
-            _settle_killed(local, repo, human)
-            fleet = LocalFleet(root, home, server, human)
-            started = time.time()
-            try:
-                fleet.workdir.mkdir(mode=0o700, exist_ok=True)
-                fleet.start_workers(repo, concurrency)
-                if port is not None:
-                    access = fleet.start_flower(port)
-                    human.print(
-                        f"Flower: {access.url}  user {access.user}  password {access.password}"
-                        "  (until this run ends)",
-                        highlight=False,
-                    )
-                yield fleet, local
-            finally:
-                fleet.stop()
-                with suppress(Exception):  # the Redis may be what died
-                    settle(local, str(repo), "its sage-submit --local stopped before the run ended")
-                _keep_used_worktrees(fleet.workdir, started)
+    with terminate_as_interrupt(), run_lock(home, repo, waiting) as fresh:
+        fleet: LocalFleet | None = None
+        try:
+            with _run_folder(home) as root, private_redis(home) as server:
+                fleet = LocalFleet(root, home, server, human, settings, slots)
+                with _running(fleet, repo, port):
+                    yield fleet
+        finally:
+            if fresh and (fleet is None or fleet.run_id is None):
+                _remove_made(home, made)
+
+
+@contextmanager
+def _running(fleet: LocalFleet, repo: Path, flower: int | None) -> Iterator[None]:
+    """The fleet's workers (and Flower) on its Redis, after what a killed run left is settled;
+    stopped after, and the run (if one was sent) wound up."""
+    _settle_killed(fleet.settings, repo, fleet.human)
+    started = time.time()
+    try:
+        fleet.workdir.mkdir(mode=0o700, exist_ok=True)
+        fleet.start_workers(repo)
+        if flower is not None:
+            fleet.start_flower(flower)
+        yield
+    finally:
+        fleet.stop()
+        if fleet.run_id is not None:
+            why = "its sage-submit --local stopped before the run ended"
+            with suppress(Exception):  # the Redis may be what died
+                settle(fleet.settings, str(repo), why)
+            _keep_used_worktrees(fleet.workdir, started)
+
+
+def _remove_made(home: Path, made: list[Path]) -> None:
+    """Remove ``home`` (made by this command, which ran nothing there), then the folders
+    above it that it made, if empty."""
+    with suppress(OSError):
+        if remove_unused(home):
+            for folder in reversed(made):
+                folder.rmdir()
 
 
 @contextmanager
@@ -447,10 +265,16 @@ def local_reader(settings: Settings, repo: Path) -> Iterator[Settings]:
     Raises :class:`UnknownRun` (exit 2) when the repository has no local data.
     """
     home = local_home(settings.workdir, repo)
+    unknown = UnknownRun(f"no --local run of {repo} is known (no data in {home})")
     if not (home / "redis").is_dir():
-        raise UnknownRun(f"no --local run of {repo} is known (no data in {home})")
-    with terminate_as_interrupt(), private_redis(home) as server:
-        yield _local_settings(settings, server)
+        raise unknown
+    with terminate_as_interrupt(), ExitStack() as stack:
+        try:
+            server = stack.enter_context(private_redis(home))
+        except FileNotFoundError:
+            # the folder of a --local run that submitted nothing, removed meanwhile
+            raise unknown from None
+        yield local_settings(settings, server)
 
 
 def local_hint(settings: Settings, run_id: str | None, repo: str | None) -> str | None:

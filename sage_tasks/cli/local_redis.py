@@ -26,6 +26,9 @@ The folder (mode 0700) holds:
   without ``--local`` can tell a run is local without starting Redis;
 - ``repo``: the repository's path, for messages.
 
+A folder that a ``--local`` run made and then submitted nothing to (its
+index was rejected) is removed again (:func:`remove_unused`).
+
 A server whose command died before writing ``server.json``, or whose
 ``server.json`` no longer answers, is found by its working directory (the
 data folder) and stopped before another starts on the same data.
@@ -109,14 +112,19 @@ def local_home(workdir: Path, repo: Path) -> Path:
     return workdir / "local" / f"{name}-{repo_key(str(repo))}"
 
 
-def prepare_home(home: Path, repo: Path) -> None:
-    """Create the folder, private to this user, and note which repository it serves."""
+def prepare_home(home: Path, repo: Path) -> bool:
+    """Create the folder, private to this user, and note which repository it serves.
+
+    Returns True when the folder did not exist before.
+    """
+    made = not home.is_dir()
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o700)
     (home / "redis").mkdir(mode=0o700, exist_ok=True)
     note = home / "repo"
     if not note.exists() or note.read_text(errors="replace") != str(repo):
         note.write_text(str(repo))
+    return made
 
 
 @dataclass(frozen=True)
@@ -167,25 +175,84 @@ def _exclusive(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def run_lock(home: Path, on_wait: Callable[[str], None]) -> Iterator[None]:
+def run_lock(home: Path, repo: Path, on_wait: Callable[[str], None]) -> Iterator[bool]:
     """Held by the ``--local`` run whose workers use ``home``: a second run waits for it.
 
-    ``on_wait`` is told who holds the lock (``pid N since HH:MM:SS``) before
-    waiting. The lock goes with its process, so a crashed run never blocks
-    the next one.
+    The folder is made first (:func:`prepare_home`); yields True when this
+    command made it and nobody used it before the lock was taken. ``on_wait``
+    is told who holds the lock (``pid N since HH:MM:SS``) before waiting.
+    The lock goes with its process, so a crashed run never blocks the next
+    one. A run that removes the folder it made for nothing
+    (:func:`remove_unused`) leaves its waiter holding the lock of a removed
+    file: the waiter makes the folder again and locks that one.
     """
-    fd = _open_lock(home / "run.lock")
+    fd, fresh = _take_run_lock(home, repo, on_wait)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            on_wait(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run")
-            fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}".encode(), 0)
-        yield
+        yield fresh
     finally:
         os.close(fd)
+
+
+def _take_run_lock(home: Path, repo: Path, on_wait: Callable[[str], None]) -> tuple[int, bool]:
+    """The locked ``run.lock`` of ``home`` as it is now (the folder made if need be), and
+    whether this call made the folder and took the lock without waiting."""
+    told = False
+    while True:
+        path = home / "run.lock"
+        try:
+            made = prepare_home(home, repo)
+            fd = _open_lock(path)
+        except FileNotFoundError:
+            continue  # the folder was being removed: make it again
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                made = False  # another run used it meanwhile
+                if not told:
+                    told = True
+                    on_wait(os.pread(fd, 200, 0).decode(errors="replace").strip() or "another run")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, path):
+                return fd, made
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """True while ``path`` still names the file open as ``fd``."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
+
+
+def remove_unused(home: Path) -> bool:
+    """Remove ``home`` unless a command uses its Redis; True if it was removed.
+
+    For the folder a ``--local`` run made and then submitted nothing to (its
+    index was rejected), called with its server stopped and its run lock
+    held. The folder is renamed away before it is deleted, so a command that
+    makes it again meanwhile gets a folder of its own.
+    """
+    gone = home.with_name(f".{home.name}.removed-{os.getpid()}")
+    with _exclusive(home / "server.lock"):
+        users = _open_lock(home / "users.lock")
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a reader joined meanwhile: the folder is in use
+        finally:
+            os.close(users)
+        os.rename(home, gone)
+    shutil.rmtree(gone, ignore_errors=True)
+    return True
 
 
 # -- processes ----------------------------------------------------------------------------

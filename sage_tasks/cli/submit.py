@@ -111,8 +111,11 @@ def wait_for(
 
 
 def _run_local(
-    sub: Submission,
+    resolved: Callable[[], Submission],
     *,
+    repo: str,
+    parallel: Any,
+    settings: Settings,
     human: Console,
     out: Console,
     as_json: bool,
@@ -120,25 +123,33 @@ def _run_local(
     flower: int | None,
     show_all: bool,
 ) -> int:
-    """``--local``: the submission on the repository's private Redis and workers of this machine."""
-    from sage_tasks.cli.local import local_fleet
+    """``--local``: the submission on the repository's private Redis and workers of this machine.
 
-    concurrency = sub.plan.parallel or os.cpu_count() or 1
-    render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)", show_all=show_all)
-    with local_fleet(sub.repo, concurrency, sub.settings, human, flower=flower) as (
-        fleet,
-        settings,
-    ):
-        sub.settings = settings
+    They start first and boot while ``resolved`` reads and plans the index
+    (bad input still ends with its one line and exit 2, and nothing left).
+    """
+    from sage_tasks import gitops
+    from sage_tasks.cli.local import local_fleet, ticket_slots
+
+    root = gitops.repo_root(Path(repo))
+    slots = ticket_slots(parallel)
+    early: list[Submission] = []  # resolved before waiting for another run on the repository
+    with local_fleet(
+        root, settings, human, slots=slots, flower=flower, on_busy=lambda: early.append(resolved())
+    ) as fleet:
+        sub = early[0] if early else resolved()
+        render_plan(sub.plan, human, title=f"{sub.repo} → {sub.branch} (local)", show_all=show_all)
+        fleet.ready()
+        sub.settings = fleet.settings
+        fleet.remember(sub.run_id, time.time())
         send(sub)
-        fleet.remember(sub.run_id, time.time(), settings.result_expires)
         human.print(
             f"submitted run [bold]{sub.run_id}[/] → branch {sub.branch} "
-            f"(local: {concurrency} ticket slots)",
+            f"(local: {slots} ticket slots)",
             highlight=False,
         )
         code = wait_for(
-            settings,
+            fleet.settings,
             sub.run_id,
             human=human,
             out=out,
@@ -273,34 +284,33 @@ def cli(
     report_to = None if dry_run else _report_target(report_path)
     settings = load_settings(broker_url=broker, commit_queue=commit_queue, executor=executor)
     human, out = _consoles(as_json)
-    sub = resolve(
-        settings=settings,
-        repo=repo,
-        repo_url=repo_url,
-        index=index,
-        branch=branch,
-        base=base,
-        parallel=parallel,
-        retry_deferred=retry_deferred,
-        allow_main=allow_main,
-        human=human,
-        estimate=dry_run,
-    )
-    sub.schedule = Schedule(schedule)
-    sub.conflict_retries = conflict_retries
 
-    if dry_run:
-        if as_json:
-            write_json(sub.plan.to_json())
-        else:
-            title = f"{sub.repo} → {sub.branch} (dry run)"
-            render_plan(sub.plan, human, title=title, show_all=show_all)
-        return
-    _load_followers()
-    if local:
+    def resolved() -> Submission:
+        sub = resolve(
+            settings=settings,
+            repo=repo,
+            repo_url=repo_url,
+            index=index,
+            branch=branch,
+            base=base,
+            parallel=parallel,
+            retry_deferred=retry_deferred,
+            allow_main=allow_main,
+            human=human,
+            estimate=dry_run,
+        )
+        sub.schedule = Schedule(schedule)
+        sub.conflict_retries = conflict_retries
+        return sub
+
+    if local and not dry_run:
+        _load_followers()
         sys.exit(
             _run_local(
-                sub,
+                resolved,
+                repo=repo,
+                parallel=parallel,
+                settings=settings,
                 human=human,
                 out=out,
                 as_json=as_json,
@@ -309,6 +319,15 @@ def cli(
                 show_all=show_all,
             )
         )
+    sub = resolved()
+    if dry_run:
+        if as_json:
+            write_json(sub.plan.to_json())
+        else:
+            title = f"{sub.repo} → {sub.branch} (dry run)"
+            render_plan(sub.plan, human, title=title, show_all=show_all)
+        return
+    _load_followers()
     from sage_tasks.store.broker import connect
 
     connect(settings.backend_url)  # an unreachable broker is one line, before any output

@@ -18,7 +18,7 @@ import redis
 
 from tests.support.browser import dump_dom
 from tests.support.builders import index, ticket
-from tests.support.gitrepo import make_repo
+from tests.support.gitrepo import git, make_repo
 from tests.support.net import get, listening
 from tests.support.procs import BIN, bin_path, wait_until
 from tests.support.redis_server import RedisServer, free_port
@@ -47,6 +47,14 @@ def processes_mentioning(text: str) -> list[int]:
         if text.encode() in blob:
             found.append(int(entry.name))
     return found
+
+
+def cmdline(pid: int) -> bytes:
+    """The command line of ``pid`` (empty once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def local_dirs(tmp: Path) -> set[str]:
@@ -92,7 +100,7 @@ class Place:
             processes_mentioning(str(self.root))
         )
         assert local_dirs(self.tmp) == set()
-        for home in (self.workdir / "local").iterdir():
+        for home in (self.workdir / "local").glob("*"):
             assert not (home / "server.json").exists() and not (home / "run").exists()
 
 
@@ -248,6 +256,94 @@ def test_a_later_local_run_reuses_the_data_so_status_lists_both_runs(finished: F
     runs = [r["run_id"] for r in status_json(p, finished.repo)["runs"]]
     assert runs[:1] == [later] and finished.run_id in runs
     p.assert_nothing_left()
+
+
+# -- rejected before anything runs ------------------------------------------------------
+
+
+def heads(repo: Path) -> list[str]:
+    return git(repo, "for-each-ref", "--format=%(refname)", "refs/heads").split()
+
+
+def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
+    """The one ``sage: error:`` line a rejected command prints (exit 2, no traceback)."""
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sage: error: "), done.stderr
+    return lines[0]
+
+
+def test_an_invalid_index_under_local_is_one_line_exit_2_and_leaves_nothing_not_even_a_folder(
+    tmp_path: Path,
+) -> None:
+    p = place(tmp_path)
+    repo = make_repo(tmp_path / "repo", {}, index(ticket("A", "true", ["NOPE"])))
+    done = sage(p.env, "--repo", str(repo), "--local")
+    assert "NOPE" in one_error_line(done)
+    assert "submitted run" not in done.stdout
+    p.assert_nothing_left()
+    assert not p.workdir.exists()  # the data folder made for the run is gone with it
+    assert heads(repo) == ["refs/heads/main"]
+    # bad options are told the same way
+    for args in (("--base", "nope"), ("--index", "/etc/passwd"), ("--branch", "main")):
+        one_error_line(sage(p.env, "--repo", str(repo), "--local", *args))
+    p.assert_nothing_left()
+    assert not p.workdir.exists()
+
+
+def test_a_rejected_index_keeps_the_data_of_the_runs_before(finished: Finished) -> None:
+    p = finished.place
+    done = sage(p.env, "--repo", str(finished.repo), "--local", "--index", "none.json")
+    assert "no ticket index" in one_error_line(done)
+    p.assert_nothing_left()
+    runs = [r["run_id"] for r in status_json(p, finished.repo)["runs"]]
+    assert finished.run_id in runs
+    p.assert_nothing_left()
+
+
+def test_an_invalid_index_is_told_at_once_while_another_local_run_holds_the_repository(
+    tmp_path: Path,
+) -> None:
+    p = place(tmp_path)
+    gate = tmp_path / "gate"
+    repo = make_repo(tmp_path / "repo", {}, index(gated("G", gate)))
+    first = submit_local(repo, p.env)
+    try:
+        assert wait_until(lambda: latest(p, repo).get("running") == ["G"], 90), first.stderr
+        # told without waiting for the first run, which the gate holds until the end
+        done = sage(p.env, "--repo", str(repo), "--local", "--index", "none.json")
+        assert "no ticket index" in one_error_line(done)
+        assert "waiting" not in done.stdout
+        assert latest(p, repo).get("running") == ["G"]
+    finally:
+        gate.touch()
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert json.loads(out)["completed"] == ["G"]
+    p.assert_nothing_left()
+
+
+def test_sigterm_while_the_index_is_read_stops_the_workers_already_booting_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    p = place(tmp_path)
+    # big enough that reading and planning it outlasts the workers' start by far
+    many = [ticket(f"T{i:05d}", "true", [f"T{i - 1:05d}"] if i % 50 else []) for i in range(50_000)]
+    repo = make_repo(tmp_path / "repo", {}, index(*many))
+    proc = submit_local(repo, p.env)
+
+    def workers_booting() -> bool:
+        return any(b"sage-worker" in cmdline(pid) for pid in processes_mentioning(str(p.workdir)))
+
+    assert wait_until(workers_booting, 60, 0.02), proc.stderr
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["sage: error: interrupted"], err
+    assert out == ""  # nothing was submitted
+    p.assert_nothing_left()
+    assert not p.workdir.exists()
+    assert heads(repo) == ["refs/heads/main"]
 
 
 # -- interrupted, killed, concurrent ----------------------------------------------------
