@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Console
 
-from sage_tasks.config import Settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
 from sage_tasks.core.links import warning_lines
 from sage_tasks.core.plan import Plan, build_plan, eager_order
 from sage_tasks.errors import ConfigError, IndexValidationError, Problem
 from sage_tasks.model.run import RunOptions, Schedule
+
+if TYPE_CHECKING:
+    from sage_tasks.config import Settings
 
 #: a blocked ticket's reason when the plan does not say (a plan stored before it did)
 PLANNED_BLOCK = "depends on a DEFERRED ticket that is not retried"
@@ -66,21 +69,26 @@ class Submission:
     conflict_retries: int = 0
 
 
-def resolve(
-    *,
-    settings: Settings,
-    repo: str,
-    repo_url: str | None,
-    index: str | None,
-    branch: str | None,
-    base: str | None,
-    parallel: Any,
-    retry_deferred: bool,
-    allow_main: bool,
-    human: Console,
-    estimate: bool = False,
-) -> Submission:
-    """Read the index from the branch (or base), validate it and plan; exit 2 on bad input."""
+@dataclass
+class IndexSource:
+    """The committed index a submission plans, read from the repository."""
+
+    root: Path
+    index_path: str
+    run_id: str
+    branch: str
+    base: str
+    data: bytes
+    #: what was read, for messages: the branch, or the base and its commit
+    where: str
+    #: the file in the working copy is not the one read
+    differs: bool
+
+
+def read_source(
+    *, repo: str, index: str | None, branch: str | None, base: str | None, allow_main: bool
+) -> IndexSource:
+    """The index committed on the branch (or the base), and where it is; exit 2 on bad input."""
     # GitPython is loaded by the commands that read a repository, not by status or report
     from sage_tasks import gitops
 
@@ -101,13 +109,58 @@ def resolve(
     where = f"branch {branch_name}" if branch_sha else f"{base_ref} ({base_sha[:12]})"
     if data is None:
         raise IndexValidationError([Problem(f"no ticket index at {where}")], path=index_path)
-    if gitops.working_copy_differs(root, source_ref, index_path, data):
+    differs = gitops.working_copy_differs(root, source_ref, index_path, data)
+    return IndexSource(root, index_path, run_id, branch_name, base_sha, data, where, differs)
+
+
+class SourceReader(threading.Thread):
+    """:func:`read_source` on a thread, so that git reads while the caller loads the rest.
+
+    Most of that time is git's (a 100,000-ticket index is tens of megabytes
+    to inflate and pipe), during which this thread does not hold the GIL.
+    """
+
+    def __init__(self, **options: Any):
+        super().__init__(name="sage-read-index", daemon=True)
+        self._options = options
+        self._source: IndexSource | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._source = read_source(**self._options)
+        except BaseException as exc:  # handed to the caller by ``source``
+            self._error = exc
+
+    def source(self) -> IndexSource:
+        """The source once read; what reading it raised is raised here."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._source is not None
+        return self._source
+
+
+def resolve(
+    *,
+    settings: Settings,
+    source: IndexSource,
+    repo_url: str | None,
+    parallel: Any,
+    retry_deferred: bool,
+    allow_main: bool,
+    human: Console,
+    estimate: bool = False,
+) -> Submission:
+    """Validate and plan the index ``source`` holds; exit 2 on bad input."""
+    if source.differs:
         human.print(
-            f"[yellow]warning:[/] {index_path} in the working copy differs from "
-            f"{where}; the committed version is used",
+            f"[yellow]warning:[/] {source.index_path} in the working copy differs from "
+            f"{source.where}; the committed version is used",
             highlight=False,
         )
-    doc = IndexDocument.loads(data, source=index_path)
+    doc = IndexDocument.loads(source.data, source=source.index_path)
     warn_links(doc)
     plan = build_plan(
         doc,
@@ -117,15 +170,14 @@ def resolve(
         schedules=estimate,
     )
     plan.links = doc.link_summary()
-    url = repo_url or str(root)
     return Submission(
         settings=settings,
-        repo=root,
-        repo_url=url,
-        index_path=index_path,
-        branch=branch_name,
-        base=base_sha,
-        run_id=run_id,
+        repo=source.root,
+        repo_url=repo_url or str(source.root),
+        index_path=source.index_path,
+        branch=source.branch,
+        base=source.base,
+        run_id=source.run_id,
         doc=doc,
         plan=plan,
         allow_main=allow_main,
