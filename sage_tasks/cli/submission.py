@@ -13,8 +13,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from sage_tasks.model.run import RunOptions, Schedule
 
 if TYPE_CHECKING:
     from sage_tasks.config import Settings
+    from sage_tasks.store.runstate import TicketBlock
 
 #: a blocked ticket's reason when the plan does not say (a plan stored before it did)
 PLANNED_BLOCK = "depends on a DEFERRED ticket that is not retried"
@@ -194,35 +196,50 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def ticket_records(sub: Submission) -> Iterator[tuple[str, dict[str, str]]]:
-    """Each planned ticket's first record in the run, made as the store takes them."""
+def _dumps_each(values: Iterable[Any]) -> list[str]:
+    """Each of ``values`` as compact JSON (see :func:`_dumps`)."""
+    values = list(values)
+    try:
+        return [b.decode() for b in map(orjson.dumps, values)]
+    except TypeError:
+        return list(map(_dumps, values))
+
+
+def ticket_blocks(sub: Submission) -> Iterator[TicketBlock]:
+    """The planned tickets' first records in the run, a block of tickets at a time."""
+    from sage_tasks.store.runstate import SCRIPT_CHUNK, TicketBlock
+
+    plan, doc = sub.plan, sub.doc
     eager = sub.schedule == Schedule.EAGER
-    rank = {t: n for n, t in enumerate(eager_order(sub.doc, sub.plan))} if eager else {}
-    for index, batch in enumerate(sub.plan.batches):
-        for tid in batch:
-            # the ticket as submitted: its worker reads it here, not from the whole index
-            raw = sub.doc.ticket_json(tid)
-            yield (
-                tid,
-                {
-                    "state": "PENDING",
-                    # the title too is in there: a value past 64 bytes would cost the
-                    # ticket's hash its compact encoding (see sage_tasks.store.runstate.APART)
-                    "ticket": _dumps(raw),
-                    "rank": str(rank.get(tid, 0)),
-                    "deps": _dumps(sub.plan.deps.get(tid, [])),
-                    "batch": str(index),
-                    "attempts": "0",
-                },
-            )
-    ended = str(time.time())
-    for tid in sub.plan.blocked:
-        yield (
-            tid,
+    rank = {t: n for n, t in enumerate(eager_order(doc, plan))} if eager else {}
+    ids = list(chain.from_iterable(plan.batches))
+    batch = list(chain.from_iterable(repeat(str(n), len(b)) for n, b in enumerate(plan.batches)))
+    items, where = doc.raw["tickets"], doc.graph.index
+    for start in range(0, len(ids), SCRIPT_CHUNK):
+        chunk = ids[start : start + SCRIPT_CHUNK]
+        # the ticket as submitted: its worker reads it here, not from the whole index;
+        # the title too is in there: a value past 64 bytes would cost the ticket's hash
+        # its compact encoding (see sage_tasks.store.runstate.APART)
+        raw = map(items.__getitem__, map(where.__getitem__, chunk))
+        yield TicketBlock(
+            chunk,
+            {
+                "state": "PENDING",
+                "ticket": _dumps_each(raw),
+                "rank": [str(rank.get(t, 0)) for t in chunk] if eager else "0",
+                "deps": _dumps_each(map(plan.deps.get, chunk, repeat(()))),
+                "batch": batch[start : start + SCRIPT_CHUNK],
+                "attempts": "0",
+            },
+        )
+    if plan.blocked:
+        reasons = plan.blocked_reasons
+        yield TicketBlock(
+            list(plan.blocked),
             {
                 "state": "BLOCKED",
-                "reason": sub.plan.blocked_reasons.get(tid, PLANNED_BLOCK),
-                "ended": ended,
+                "reason": [reasons.get(t, PLANNED_BLOCK) for t in plan.blocked],
+                "ended": str(time.time()),
                 "attempts": "0",
             },
         )
@@ -234,15 +251,13 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
     from sage_tasks.app.celery_app import make_app
     from sage_tasks.dispatch import producer
     from sage_tasks.store.broker import connect
-    from sage_tasks.store.runstate import RunInfo
-    from sage_tasks.work.runtime import app_runtime
+    from sage_tasks.store.runstate import RunInfo, RunStore
 
     settings = sub.settings
-    connect(settings.backend_url)
+    store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
     if settings.broker_url != settings.backend_url:
         connect(settings.broker_url)
-    app = make_app(settings)
-    rt = app_runtime(app)
+    app = make_app(settings, tasks=False)  # it only sends: the tasks are named
     info = RunInfo(
         run_id=sub.run_id,
         repo=repo_identity or sub.repo_url,
@@ -268,4 +283,4 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
             conflict_retries=sub.conflict_retries,
         ).to_json(),
     )
-    producer.submit(app, rt, info, _dumps(sub.plan.to_json()), ticket_records(sub))
+    producer.submit(app, store, info, _dumps(sub.plan.to_json()), ticket_blocks(sub))

@@ -303,7 +303,8 @@ def cli(
             title = f"{sub.repo} → {sub.branch} (dry run)"
             render_plan(sub.plan, human, title=title, show_all=show_all)
         return
-    _load_followers()
+    if local or wait:
+        _load_followers()
     if local:
         sys.exit(
             _run_local(
