@@ -8,6 +8,7 @@ Both the command line and ``--local`` go through here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -248,8 +249,6 @@ def ticket_blocks(sub: Submission) -> Iterator[TicketBlock]:
 def send(sub: Submission, *, repo_identity: str | None = None) -> None:
     """Store the run in Redis and hand it to the repository's commit worker."""
     # Celery and redis-py are loaded only when a run is sent: a dry run answers without them
-    from sage_tasks.app.celery_app import make_app
-    from sage_tasks.dispatch import producer
     from sage_tasks.store.broker import connect
     from sage_tasks.store.runstate import RunInfo, RunStore
 
@@ -257,7 +256,9 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
     store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
     if settings.broker_url != settings.backend_url:
         connect(settings.broker_url)
-    app = make_app(settings, tasks=False)  # it only sends: the tasks are named
+    # Celery loads while the run is stored, most of which is Redis's work
+    loading = threading.Thread(target=_load_sender, name="sage-load-celery", daemon=True)
+    loading.start()
     info = RunInfo(
         run_id=sub.run_id,
         repo=repo_identity or sub.repo_url,
@@ -283,4 +284,16 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
             conflict_retries=sub.conflict_retries,
         ).to_json(),
     )
-    producer.submit(app, store, info, _dumps(sub.plan.to_json()), ticket_blocks(sub))
+    store.create(info, _dumps(sub.plan.to_json()), ticket_blocks(sub))
+    loading.join()
+    from sage_tasks.app.celery_app import make_app
+    from sage_tasks.dispatch import producer
+
+    producer.request_start(make_app(settings, tasks=False), info)  # sent by the task's name
+
+
+def _load_sender() -> None:
+    """Import what sends the run's first message (an error shows when the caller imports it)."""
+    with contextlib.suppress(Exception):
+        import sage_tasks.app.celery_app
+        import sage_tasks.dispatch.producer  # noqa: F401

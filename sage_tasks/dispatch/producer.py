@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, chord, group
@@ -26,8 +25,6 @@ from sage_tasks.store.runstate import (
     Phase,
     RunInfo,
     RunStatus,
-    RunStore,
-    TicketBlock,
     blocking_reason,
 )
 
@@ -53,15 +50,8 @@ def commit_only(
     )
 
 
-def submit(
-    app: Celery,
-    store: RunStore,
-    info: RunInfo,
-    plan_json: str,
-    tickets: Iterable[tuple[str, Mapping[str, str]]] | Iterable[TicketBlock],
-) -> None:
-    """Store the run and ask its repository's commit worker to start it."""
-    store.create(info, plan_json, tickets)
+def request_start(app: Celery, info: RunInfo) -> None:
+    """Ask the repository's commit worker to start the run (stored before: see RunStore.create)."""
     app.send_task(TASK_PREPARE, args=(info.run_id,), queue=info.commit_queue)
 
 

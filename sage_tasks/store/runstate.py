@@ -125,20 +125,40 @@ return 1
 
 #: HSET each key's fields, given as one JSON document (ARGV[2]: a flat field, value list a
 #: key), and give it the TTL ARGV[1]: a run's records in one argument, not a command each
+#: store a :class:`TicketBlock`: KEYS are the run's hashes of the fields kept apart
+#: (ARGV[3] of them), then the tickets' hashes; ARGV[1] is the TTL, ARGV[2] the block as
+#: JSON ``[ids, names, columns, apart columns]`` (a column: a list, or one value for all)
 _HSET_COLUMNS = """
-local spec = cjson.decode(ARGV[2])
-local names, columns = spec[1], spec[2]
-for i, key in ipairs(KEYS) do
-  local args = {}
-  for j, name in ipairs(names) do
-    local column = columns[j]
-    args[2 * j - 1] = name
-    if type(column) == 'table' then args[2 * j] = column[i] else args[2 * j] = column end
-  end
-  redis.call('HSET', key, unpack(args))
-  redis.call('EXPIRE', key, ARGV[1])
+local ttl, apart_n = ARGV[1], tonumber(ARGV[3])
+local block = cjson.decode(ARGV[2])
+local ids, names, columns, apart = block[1], block[2], block[3], block[4]
+local function value(column, i)
+  if type(column) == 'table' then return column[i] end
+  return column
 end
-return #KEYS
+local args = {}
+for i, id in ipairs(ids) do
+  for j, name in ipairs(names) do
+    args[2 * j - 1] = name
+    args[2 * j] = value(columns[j], i)
+  end
+  local key = KEYS[apart_n + i]
+  redis.call('HSET', key, unpack(args))
+  redis.call('EXPIRE', key, ttl)
+end
+for j = 1, apart_n do
+  -- a thousand fields a call (unpack has a limit)
+  for first = 1, #ids, 1000 do
+    local pairs = {}
+    for i = first, math.min(first + 999, #ids) do
+      pairs[#pairs + 1] = ids[i]
+      pairs[#pairs + 1] = value(apart[j], i)
+    end
+    redis.call('HSET', KEYS[j], unpack(pairs))
+  end
+  redis.call('EXPIRE', KEYS[j], ttl)
+end
+return #ids
 """
 
 #: keys read or written by one script call (a call blocks Redis for a few milliseconds)
@@ -345,17 +365,22 @@ class RunStore:
         return finals
 
     def _block_pipeline(self, run_id: str, block: TicketBlock) -> Any:  # redis-py's Pipeline
-        """The pipeline that stores a block of first records (one round trip)."""
-        names = [keys.ticket(run_id, t) for t in block.ids]
-        own = {n: c for n, c in block.columns.items() if n not in APART}
-        spec = [list(own), list(own.values())]
+        """The pipeline that stores a block of first records (one round trip).
+
+        Everything but the keys goes as one JSON argument: each argument
+        costs redis-py some Python work, and a block is thousands of values.
+        """
+        apart = [n for n in APART if n in block.columns]
+        own = [n for n in block.columns if n not in APART]
+        spec = [
+            block.ids,
+            own,
+            [block.columns[n] for n in own],
+            [block.columns[n] for n in apart],
+        ]
+        names = [APART[n](run_id) for n in apart] + [keys.ticket(run_id, t) for t in block.ids]
         pipe = self.r.pipeline(transaction=False)
-        pipe.eval(_HSET_COLUMNS, len(names), *names, self.ttl, orjson.dumps(spec))
-        for name in APART:
-            if name in block.columns:
-                values = zip(block.ids, block.values(name), strict=True)
-                pipe.hset(APART[name](run_id), mapping=dict(values))
-                pipe.expire(APART[name](run_id), self.ttl)
+        pipe.eval(_HSET_COLUMNS, len(names), *names, self.ttl, orjson.dumps(spec), len(apart))
         return pipe
 
     def get(self, run_id: str) -> RunInfo | None:
