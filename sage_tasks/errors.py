@@ -134,3 +134,9 @@ class LocalError(SageError):
     """The embedded Redis or a local worker could not start or died."""
 
     exit_code = 3
+
+
+class OutputError(SageError):
+    """Standard output could not be written (a full disk, say); a closed pipe is not this."""
+
+    exit_code = 3

@@ -16,10 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 from celery import Celery, signals
 
 from sage_tasks.app import compat, monitoring
-from sage_tasks.app.tasks import register_tasks
 from sage_tasks.config import Settings, load_settings
 from sage_tasks.dispatch.names import TASK_RUN
-from sage_tasks.gitops import prune_workdir
 
 
 def _ssl_options(url: str) -> dict[str, Any] | None:
@@ -44,8 +42,12 @@ def verified_url(url: str) -> str:
     return urlunsplit(parts._replace(query=query))
 
 
-def make_app(settings: Settings) -> Celery:
-    """A configured Celery app with sage-tasks' tasks registered on it."""
+def make_app(settings: Settings, *, tasks: bool = True) -> Celery:
+    """A configured Celery app with sage-tasks' tasks registered on it.
+
+    ``tasks=False``: an app that only sends messages (a task is sent by its
+    name), without loading what the tasks run.
+    """
     compat.install()
     monitoring.install()  # what Flower and the workers' logs show of each task
     app = Celery("sage_tasks", broker=settings.broker_url, backend=settings.backend_url)
@@ -106,7 +108,10 @@ def make_app(settings: Settings) -> Celery:
     if backend_ssl:
         app.conf.redis_backend_use_ssl = backend_ssl
     app.sage_settings = settings  # type: ignore[attr-defined]
-    register_tasks(app)
+    if tasks:
+        from sage_tasks.app.tasks import register_tasks
+
+        register_tasks(app)
     return app
 
 
@@ -137,6 +142,8 @@ def default_app() -> Celery:
             )
             raise SystemExit(2)
         if settings.ticket_queue in queues:
+            from sage_tasks.gitops import prune_workdir
+
             settings.workdir.mkdir(parents=True, exist_ok=True)
             prune_workdir(settings.workdir, keep_idle=settings.keep_worktrees)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import os
 import sys
+import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -15,6 +18,48 @@ from sage_tasks.errors import IndexValidationError, SageError
 F = TypeVar("F", bound=Callable[..., Any])
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+#: what a command leaves for the process's end (see :func:`keep_until_exit`)
+_kept: list[object] = []
+
+
+def keep_until_exit(*objects: object) -> None:
+    """Leave ``objects`` alive until the process ends, instead of freeing them on return.
+
+    A 100,000-ticket index and its plan are millions of small objects, and
+    freeing them one by one takes a good part of a second that nobody waits
+    for: :func:`run_program` ends the process without it.
+    """
+    _kept.extend(objects)
+
+
+def run_program(command: click.Command, prog_name: str) -> NoReturn:
+    """Run ``command`` as the process's program, then end it without freeing every object.
+
+    The exit code is the command's (``sys.exit``'s rules: None is 0, a
+    message is printed and gives 1). Exit handlers run and stdout and stderr
+    are flushed as at a normal exit; only the interpreter's teardown is
+    skipped. With a thread still running, the normal exit waits for it.
+    """
+    try:
+        command.main(prog_name=prog_name)
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if threading.active_count() > 1:
+        sys.exit(code)
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # the reader went away, or the stream is closed
+            code = code or 1
+    os._exit(code)
 
 
 def error(message: str) -> None:

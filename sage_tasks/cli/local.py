@@ -98,7 +98,7 @@ def settle(settings: Settings, repo: str, why: str) -> list[str]:
         info = store.get(run_id)
         resume = f"; to resume: sage-submit --local --branch {info.branch}" if info else ""
         store.finish(run_id, repo, status=RunStatus.FAILED, error=f"{why}{resume}")
-    app = make_app(settings)
+    app = make_app(settings, tasks=False)  # only its connection: no task is sent
     with app.connection_for_write() as conn:
         channel: Any = conn.default_channel  # kombu's Redis channel
         for queue in (settings.ticket_queue, settings.commit_queue):

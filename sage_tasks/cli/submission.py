@@ -8,24 +8,30 @@ Both the command line and ``--local`` go through here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Console
 
-from sage_tasks.config import Settings
 from sage_tasks.core.index import DEFAULT_INDEX_PATH, IndexDocument
 from sage_tasks.core.links import warning_lines
 from sage_tasks.core.plan import Plan, build_plan, eager_order
 from sage_tasks.errors import ConfigError, IndexValidationError, Problem
 from sage_tasks.model.run import RunOptions, Schedule
+
+if TYPE_CHECKING:
+    from sage_tasks.config import Settings
+    from sage_tasks.store.runstate import TicketBlock
 
 #: a blocked ticket's reason when the plan does not say (a plan stored before it did)
 PLANNED_BLOCK = "depends on a DEFERRED ticket that is not retried"
@@ -66,21 +72,26 @@ class Submission:
     conflict_retries: int = 0
 
 
-def resolve(
-    *,
-    settings: Settings,
-    repo: str,
-    repo_url: str | None,
-    index: str | None,
-    branch: str | None,
-    base: str | None,
-    parallel: Any,
-    retry_deferred: bool,
-    allow_main: bool,
-    human: Console,
-    estimate: bool = False,
-) -> Submission:
-    """Read the index from the branch (or base), validate it and plan; exit 2 on bad input."""
+@dataclass
+class IndexSource:
+    """The committed index a submission plans, read from the repository."""
+
+    root: Path
+    index_path: str
+    run_id: str
+    branch: str
+    base: str
+    data: bytes
+    #: what was read, for messages: the branch, or the base and its commit
+    where: str
+    #: the file in the working copy is not the one read
+    differs: bool
+
+
+def read_source(
+    *, repo: str, index: str | None, branch: str | None, base: str | None, allow_main: bool
+) -> IndexSource:
+    """The index committed on the branch (or the base), and where it is; exit 2 on bad input."""
     # GitPython is loaded by the commands that read a repository, not by status or report
     from sage_tasks import gitops
 
@@ -101,13 +112,58 @@ def resolve(
     where = f"branch {branch_name}" if branch_sha else f"{base_ref} ({base_sha[:12]})"
     if data is None:
         raise IndexValidationError([Problem(f"no ticket index at {where}")], path=index_path)
-    if gitops.working_copy_differs(root, source_ref, index_path, data):
+    differs = gitops.working_copy_differs(root, source_ref, index_path, data)
+    return IndexSource(root, index_path, run_id, branch_name, base_sha, data, where, differs)
+
+
+class SourceReader(threading.Thread):
+    """:func:`read_source` on a thread, so that git reads while the caller loads the rest.
+
+    Most of that time is git's (a 100,000-ticket index is tens of megabytes
+    to inflate and pipe), during which this thread does not hold the GIL.
+    """
+
+    def __init__(self, **options: Any):
+        super().__init__(name="sage-read-index", daemon=True)
+        self._options = options
+        self._source: IndexSource | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._source = read_source(**self._options)
+        except BaseException as exc:  # handed to the caller by ``source``
+            self._error = exc
+
+    def source(self) -> IndexSource:
+        """The source once read; what reading it raised is raised here."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._source is not None
+        return self._source
+
+
+def resolve(
+    *,
+    settings: Settings,
+    source: IndexSource,
+    repo_url: str | None,
+    parallel: Any,
+    retry_deferred: bool,
+    allow_main: bool,
+    human: Console,
+    estimate: bool = False,
+) -> Submission:
+    """Validate and plan the index ``source`` holds; exit 2 on bad input."""
+    if source.differs:
         human.print(
-            f"[yellow]warning:[/] {index_path} in the working copy differs from "
-            f"{where}; the committed version is used",
+            f"[yellow]warning:[/] {source.index_path} in the working copy differs from "
+            f"{source.where}; the committed version is used",
             highlight=False,
         )
-    doc = IndexDocument.loads(data, source=index_path)
+    doc = IndexDocument.loads(source.data, source=source.index_path)
     warn_links(doc)
     plan = build_plan(
         doc,
@@ -117,15 +173,14 @@ def resolve(
         schedules=estimate,
     )
     plan.links = doc.link_summary()
-    url = repo_url or str(root)
     return Submission(
         settings=settings,
-        repo=root,
-        repo_url=url,
-        index_path=index_path,
-        branch=branch_name,
-        base=base_sha,
-        run_id=run_id,
+        repo=source.root,
+        repo_url=repo_url or str(source.root),
+        index_path=source.index_path,
+        branch=source.branch,
+        base=source.base,
+        run_id=source.run_id,
         doc=doc,
         plan=plan,
         allow_main=allow_main,
@@ -142,35 +197,50 @@ def _dumps(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def ticket_records(sub: Submission) -> Iterator[tuple[str, dict[str, str]]]:
-    """Each planned ticket's first record in the run, made as the store takes them."""
+def _dumps_each(values: Iterable[Any]) -> list[str]:
+    """Each of ``values`` as compact JSON (see :func:`_dumps`)."""
+    values = list(values)
+    try:
+        return [b.decode() for b in map(orjson.dumps, values)]
+    except TypeError:
+        return list(map(_dumps, values))
+
+
+def ticket_blocks(sub: Submission) -> Iterator[TicketBlock]:
+    """The planned tickets' first records in the run, a block of tickets at a time."""
+    from sage_tasks.store.runstate import SCRIPT_CHUNK, TicketBlock
+
+    plan, doc = sub.plan, sub.doc
     eager = sub.schedule == Schedule.EAGER
-    rank = {t: n for n, t in enumerate(eager_order(sub.doc, sub.plan))} if eager else {}
-    for index, batch in enumerate(sub.plan.batches):
-        for tid in batch:
-            # the ticket as submitted: its worker reads it here, not from the whole index
-            raw = sub.doc.ticket_json(tid)
-            yield (
-                tid,
-                {
-                    "state": "PENDING",
-                    # the title too is in there: a value past 64 bytes would cost the
-                    # ticket's hash its compact encoding (see sage_tasks.store.runstate.APART)
-                    "ticket": _dumps(raw),
-                    "rank": str(rank.get(tid, 0)),
-                    "deps": _dumps(sub.plan.deps.get(tid, [])),
-                    "batch": str(index),
-                    "attempts": "0",
-                },
-            )
-    ended = str(time.time())
-    for tid in sub.plan.blocked:
-        yield (
-            tid,
+    rank = {t: n for n, t in enumerate(eager_order(doc, plan))} if eager else {}
+    ids = list(chain.from_iterable(plan.batches))
+    batch = list(chain.from_iterable(repeat(str(n), len(b)) for n, b in enumerate(plan.batches)))
+    items, where = doc.raw["tickets"], doc.graph.index
+    for start in range(0, len(ids), SCRIPT_CHUNK):
+        chunk = ids[start : start + SCRIPT_CHUNK]
+        # the ticket as submitted: its worker reads it here, not from the whole index;
+        # the title too is in there: a value past 64 bytes would cost the ticket's hash
+        # its compact encoding (see sage_tasks.store.runstate.APART)
+        raw = map(items.__getitem__, map(where.__getitem__, chunk))
+        yield TicketBlock(
+            chunk,
+            {
+                "state": "PENDING",
+                "ticket": _dumps_each(raw),
+                "rank": [str(rank.get(t, 0)) for t in chunk] if eager else "0",
+                "deps": _dumps_each(map(plan.deps.get, chunk, repeat(()))),
+                "batch": batch[start : start + SCRIPT_CHUNK],
+                "attempts": "0",
+            },
+        )
+    if plan.blocked:
+        reasons = plan.blocked_reasons
+        yield TicketBlock(
+            list(plan.blocked),
             {
                 "state": "BLOCKED",
-                "reason": sub.plan.blocked_reasons.get(tid, PLANNED_BLOCK),
-                "ended": ended,
+                "reason": [reasons.get(t, PLANNED_BLOCK) for t in plan.blocked],
+                "ended": str(time.time()),
                 "attempts": "0",
             },
         )
@@ -179,18 +249,16 @@ def ticket_records(sub: Submission) -> Iterator[tuple[str, dict[str, str]]]:
 def send(sub: Submission, *, repo_identity: str | None = None) -> None:
     """Store the run in Redis and hand it to the repository's commit worker."""
     # Celery and redis-py are loaded only when a run is sent: a dry run answers without them
-    from sage_tasks.app.celery_app import make_app
-    from sage_tasks.dispatch import producer
     from sage_tasks.store.broker import connect
-    from sage_tasks.store.runstate import RunInfo
-    from sage_tasks.work.runtime import app_runtime
+    from sage_tasks.store.runstate import RunInfo, RunStore
 
     settings = sub.settings
-    connect(settings.backend_url)
+    store = RunStore(connect(settings.backend_url), ttl=settings.result_expires)
     if settings.broker_url != settings.backend_url:
         connect(settings.broker_url)
-    app = make_app(settings)
-    rt = app_runtime(app)
+    # Celery loads while the run is stored, most of which is Redis's work
+    loading = threading.Thread(target=_load_sender, name="sage-load-celery", daemon=True)
+    loading.start()
     info = RunInfo(
         run_id=sub.run_id,
         repo=repo_identity or sub.repo_url,
@@ -216,4 +284,16 @@ def send(sub: Submission, *, repo_identity: str | None = None) -> None:
             conflict_retries=sub.conflict_retries,
         ).to_json(),
     )
-    producer.submit(app, rt, info, _dumps(sub.plan.to_json()), ticket_records(sub))
+    store.create(info, _dumps(sub.plan.to_json()), ticket_blocks(sub))
+    loading.join()
+    from sage_tasks.app.celery_app import make_app
+    from sage_tasks.dispatch import producer
+
+    producer.request_start(make_app(settings, tasks=False), info)  # sent by the task's name
+
+
+def _load_sender() -> None:
+    """Import what sends the run's first message (an error shows when the caller imports it)."""
+    with contextlib.suppress(Exception):
+        import sage_tasks.app.celery_app
+        import sage_tasks.dispatch.producer  # noqa: F401

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.console import Console
 
-from sage_tasks.cli.common import ParallelType, handle_errors
-from sage_tasks.cli.submission import Submission, resolve, send
-from sage_tasks.config import Settings, load_settings
+from sage_tasks.cli.common import ParallelType, handle_errors, keep_until_exit, run_program
+from sage_tasks.cli.submission import SourceReader, Submission, resolve, send
 from sage_tasks.core.index import DEFAULT_INDEX_PATH
 from sage_tasks.errors import BrokerUnavailable, ConfigError, UnknownRun
 from sage_tasks.model.run import Schedule
@@ -25,6 +24,7 @@ from sage_tasks.views.output import write_json
 from sage_tasks.views.plan_view import render_plan
 
 if TYPE_CHECKING:
+    from sage_tasks.config import Settings
     from sage_tasks.store.runstate import RunStore
 
 # What talks to the broker (redis-py, the run store, the views of a run, --local's
@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 
 #: how often ``--local`` looks at its run once every ticket left is under way (seconds)
 LOCAL_LAST_WAVE_POLL_S = 0.05
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings; pydantic-settings is imported here, while git reads the index."""
+    from sage_tasks import config
+
+    return config.load_settings(**overrides)
 
 
 def _consoles(as_json: bool) -> tuple[Console, Console]:
@@ -282,23 +289,23 @@ def cli(
     if report_path is not None and not (local or wait):
         raise ConfigError("--report needs --local or --wait (the report is written at the end)")
     report_to = None if dry_run else _report_target(report_path)
+    # git reads the index while the settings are loaded
+    reader = SourceReader(repo=repo, index=index, branch=branch, base=base, allow_main=allow_main)
     settings = load_settings(broker_url=broker, commit_queue=commit_queue, executor=executor)
     human, out = _consoles(as_json)
 
     def resolved() -> Submission:
         sub = resolve(
             settings=settings,
-            repo=repo,
+            source=reader.source(),
             repo_url=repo_url,
-            index=index,
-            branch=branch,
-            base=base,
             parallel=parallel,
             retry_deferred=retry_deferred,
             allow_main=allow_main,
             human=human,
             estimate=dry_run,
         )
+        keep_until_exit(sub)  # freed by the process's end, not one object at a time
         sub.schedule = Schedule(schedule)
         sub.conflict_retries = conflict_retries
         return sub
@@ -327,7 +334,8 @@ def cli(
             title = f"{sub.repo} → {sub.branch} (dry run)"
             render_plan(sub.plan, human, title=title, show_all=show_all)
         return
-    _load_followers()
+    if wait:
+        _load_followers()
     from sage_tasks.store.broker import connect
 
     connect(settings.backend_url)  # an unreachable broker is one line, before any output
@@ -538,7 +546,7 @@ def check(
 def main() -> None:
     """Entry point of ``sage-submit``."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    cli(prog_name="sage-submit")
+    run_program(cli, "sage-submit")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from itertools import chain, compress, repeat
 from operator import add, setitem
 from typing import Any
 
+from sage_tasks.core.columns import Columns
 from sage_tasks.core.graph import TicketGraph
 from sage_tasks.errors import Problem
 
@@ -236,23 +237,28 @@ class LinkSummary:
 
 def summarize_links(graph: TicketGraph, version: object, items: list[Any]) -> LinkSummary:
     """Count the edges of ``graph`` per field (O(edges); for reports, not for planning)."""
-    own = [graph.own_deps.get(v, names) for v, names in enumerate(graph.dep_names)]
+    distinct = sum(map(len, map(set, graph.deps)))
+    if graph.own_deps:
+        own = [graph.own_deps.get(v, names) for v, names in enumerate(graph.dep_names)]
+        own_count = sum(map(len, map(set, own)))
+    else:  # no ticket gained edges from blockedBy or blocks: its names are its own
+        own_count = distinct
     edges = {
-        DEPENDENCIES: sum(map(len, map(set, own))),
+        DEPENDENCIES: own_count,
         BLOCKED_BY: sum(map(len, map(set, graph.blocked_by.values()))),
         BLOCKS: sum(map(len, map(set, graph.blocks.values()))),
-        "total": sum(map(len, map(set, graph.deps))),
+        "total": distinct,
     }
-    informational = dict.fromkeys(INFORMATIONAL_FIELDS, 0)
-    for item in items:
-        if type(item) is dict:
-            for field in INFORMATIONAL_FIELDS:
-                value = item.get(field)
-                if type(value) is list:
-                    informational[field] += len(value)
-                elif type(value) is str:
-                    informational[field] += 1
+    column = Columns([item for item in items if type(item) is dict])
+    informational = {field: _count_named(column(field)) for field in INFORMATIONAL_FIELDS}
     return LinkSummary(None if version is None else str(version), edges, informational)
+
+
+def _count_named(values: list[Any]) -> int:
+    """The ids a column of informational links names: a list's length, a string's one."""
+    if values.count(None) == len(values):
+        return 0
+    return sum(len(v) if type(v) is list else 1 for v in values if type(v) in (list, str))
 
 
 def warning_lines(warnings: list[Problem]) -> list[str]:

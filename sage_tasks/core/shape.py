@@ -30,6 +30,7 @@ from itertools import compress, repeat
 from operator import contains, is_not
 from typing import Any
 
+from sage_tasks.core.columns import Columns
 from sage_tasks.core.estimate import parse_estimate
 from sage_tasks.core.graph import PRIORITY_CODES, STATE_CODES, TicketGraph
 from sage_tasks.core.links import (
@@ -83,30 +84,30 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
     """The whole check in column operations, or None at the first anomaly."""
     if items and set(map(type, items)) != {dict}:
         return None
-    ids = _column(items, "id")
+    column = Columns(items)
+    ids = column("id")
     if not _ids_ok(ids):
         return None
     n = len(ids)
     index = dict(zip(ids, range(n), strict=True))
-    states = list(map(STATE_CODES.__getitem__, _column(items, "state", "UNPROCESSED")))
-    prios = list(map(PRIORITY_CODES.__getitem__, _column(items, "priority", "P2")))
-    runs = _column(items, "run")
-    ests = _column(items, "estimate")
-    if len(index) != n or not _scalars_ok(items, runs, ests):
+    states = list(map(STATE_CODES.__getitem__, column("state", "UNPROCESSED")))
+    prios = list(map(PRIORITY_CODES.__getitem__, column("priority", "P2")))
+    runs = column("run")
+    ests = column("estimate")
+    if len(index) != n or not _scalars_ok(column, runs, ests):
         return None
     seconds = {e: _seconds(e) for e in set(ests)}
-    dls = _column(items, "dependencies")
+    dls = column("dependencies")
     kinds = set(map(type, dls))
     if -1.0 in seconds.values() or not kinds <= _LISTS:
         return None
     if _NONE in kinds:  # a missing or null list is an empty one
         dls = [_EMPTY if d is None else d for d in dls]
-    blocked_by = _fast_links(ids, _column(items, "blockedBy"))
-    blocks = _fast_links(ids, _column(items, "blocks"))
+    blocked_by = _fast_links(ids, column("blockedBy"))
+    blocks = _fast_links(ids, column("blocks"))
     if blocked_by is None or blocks is None:
         return None
-    globs = _column(items, "paths")
-    paths = {v: g for v, g in enumerate(globs) if g is not None}
+    paths = column.present_values("paths")
     if paths and any(_paths_problem(g) for g in paths.values()):
         return None
     graph = TicketGraph(
@@ -124,13 +125,8 @@ def _fast(items: list[Any]) -> CheckedIndex | None:
     # dependency listed twice stays twice (harmless), a self dependency shows up as
     # a cycle of one ticket, reported as such
     graph.link()
-    info = (_column(items, key) for key in ("relatedTo", "discoveredFrom", "parent"))
+    info = (column(key) for key in ("relatedTo", "discoveredFrom", "parent"))
     return CheckedIndex(graph, warnings=read_informational(graph, *info))
-
-
-def _column(items: list[dict[str, Any]], key: str, default: Any = None) -> list[Any]:
-    """``item.get(key, default)`` of every ticket (all known to be plain dicts)."""
-    return list(map(dict.get, items, repeat(key), repeat(default)))
 
 
 def _ids_ok(ids: list[Any]) -> bool:
@@ -144,13 +140,13 @@ def _ids_ok(ids: list[Any]) -> bool:
     return joined.count("\n") == len(ids) - 1 and _IDS_RE.fullmatch(joined + "\n") is not None
 
 
-def _scalars_ok(items: list[dict[str, Any]], runs: list[Any], ests: list[Any]) -> bool:
+def _scalars_ok(column: Columns, runs: list[Any], ests: list[Any]) -> bool:
     """``run``, ``title``, ``timeout``, ``retries`` and the estimates' types are all sound."""
-    touts = _column(items, "timeout")
-    tries = _column(items, "retries", 0)
+    touts = column("timeout")
+    tries = column("retries", 0)
     return (
         set(map(type, runs)) <= _OPT_STR
-        and set(map(type, _column(items, "title", ""))) <= _STRINGS
+        and set(map(type, column("title", ""))) <= _STRINGS
         and set(map(type, touts)) <= _NUMBERS
         and set(map(type, tries)) <= _INTS
         and min(tries, default=0) >= 0

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, chord, group
 from celery.canvas import Signature
@@ -21,8 +20,16 @@ from celery.canvas import Signature
 from sage_tasks.dispatch.names import TASK_BATCH_DONE, TASK_COMMIT, TASK_PREPARE, TASK_RUN
 from sage_tasks.errors import RepositoryRefused
 from sage_tasks.store.keys import RUN_ID_RE
-from sage_tasks.store.runstate import FINAL_PHASES, Phase, RunInfo, RunStatus, blocking_reason
-from sage_tasks.work.runtime import Runtime
+from sage_tasks.store.runstate import (
+    FINAL_PHASES,
+    Phase,
+    RunInfo,
+    RunStatus,
+    blocking_reason,
+)
+
+if TYPE_CHECKING:  # the submitter sends without loading what the workers run
+    from sage_tasks.work.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +50,8 @@ def commit_only(
     )
 
 
-def submit(
-    app: Celery,
-    rt: Runtime,
-    info: RunInfo,
-    plan_json: str,
-    tickets: Iterable[tuple[str, Mapping[str, str]]],
-) -> None:
-    """Store the run and ask its repository's commit worker to start it."""
-    rt.store.create(info, plan_json, tickets)
+def request_start(app: Celery, info: RunInfo) -> None:
+    """Ask the repository's commit worker to start the run (stored before: see RunStore.create)."""
     app.send_task(TASK_PREPARE, args=(info.run_id,), queue=info.commit_queue)
 
 

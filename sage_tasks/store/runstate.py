@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from itertools import islice
+from itertools import chain, repeat
 from typing import Any
 
 import orjson
@@ -125,13 +125,40 @@ return 1
 
 #: HSET each key's fields, given as one JSON document (ARGV[2]: a flat field, value list a
 #: key), and give it the TTL ARGV[1]: a run's records in one argument, not a command each
-_HSET_JSON = """
-local rows = cjson.decode(ARGV[2])
-for i, key in ipairs(KEYS) do
-  redis.call('HSET', key, unpack(rows[i]))
-  redis.call('EXPIRE', key, ARGV[1])
+#: store a :class:`TicketBlock`: KEYS are the run's hashes of the fields kept apart
+#: (ARGV[3] of them), then the tickets' hashes; ARGV[1] is the TTL, ARGV[2] the block as
+#: JSON ``[ids, names, columns, apart columns]`` (a column: a list, or one value for all)
+_HSET_COLUMNS = """
+local ttl, apart_n = ARGV[1], tonumber(ARGV[3])
+local block = cjson.decode(ARGV[2])
+local ids, names, columns, apart = block[1], block[2], block[3], block[4]
+local function value(column, i)
+  if type(column) == 'table' then return column[i] end
+  return column
 end
-return #KEYS
+local args = {}
+for i, id in ipairs(ids) do
+  for j, name in ipairs(names) do
+    args[2 * j - 1] = name
+    args[2 * j] = value(columns[j], i)
+  end
+  local key = KEYS[apart_n + i]
+  redis.call('HSET', key, unpack(args))
+  redis.call('EXPIRE', key, ttl)
+end
+for j = 1, apart_n do
+  -- a thousand fields a call (unpack has a limit)
+  for first = 1, #ids, 1000 do
+    local pairs = {}
+    for i = first, math.min(first + 999, #ids) do
+      pairs[#pairs + 1] = ids[i]
+      pairs[#pairs + 1] = value(apart[j], i)
+    end
+    redis.call('HSET', KEYS[j], unpack(pairs))
+  end
+  redis.call('EXPIRE', KEYS[j], ttl)
+end
+return #ids
 """
 
 #: keys read or written by one script call (a call blocks Redis for a few milliseconds)
@@ -145,6 +172,59 @@ def blocking_reason(records: Mapping[str, Mapping[str, str]], deps: Iterable[str
         if state in (Phase.DEFERRED, Phase.BLOCKED):
             return f"dependency {dep} is {state}"
     return ""
+
+
+#: a field's values in a :class:`TicketBlock`: one per ticket, or one for them all
+Column = list[str] | str
+
+
+@dataclass(slots=True)
+class TicketBlock:
+    """The first records of some tickets of a run, a column per field.
+
+    Ticket ``ids[i]`` has, for each ``name``, ``columns[name][i]`` (or the
+    string itself when that column is one value for all). Made a few
+    thousand tickets at a time, it is stored with one script call and
+    encodes as one JSON document instead of a dict per ticket.
+    """
+
+    ids: list[str]
+    columns: dict[str, Column]
+
+    def values(self, name: str) -> Iterator[Any]:
+        """The ``name`` of each ticket, in ``ids`` order."""
+        column = self.columns[name]
+        return repeat(column, len(self.ids)) if isinstance(column, str) else iter(column)
+
+
+def blocks_of(
+    tickets: Mapping[str, Mapping[str, str]] | Iterable[tuple[str, Mapping[str, str]]],
+) -> Iterator[TicketBlock]:
+    """Records given a ticket at a time, as blocks: consecutive tickets with the same fields."""
+    pairs = iter(tickets.items() if isinstance(tickets, Mapping) else tickets)
+    ids: list[str] = []
+    columns: dict[str, list[str]] = {}
+    for tid, fields in pairs:
+        if ids and (list(columns) != list(fields) or len(ids) >= SCRIPT_CHUNK):
+            yield TicketBlock(ids, dict(columns))
+            ids, columns = [], {}
+        if not ids:
+            columns = {name: [] for name in fields}
+        ids.append(tid)
+        for name, value in fields.items():
+            columns[name].append(value)
+    if ids:
+        yield TicketBlock(ids, dict(columns))
+
+
+def _as_blocks(tickets: Any) -> Iterator[TicketBlock]:
+    """``tickets`` as :meth:`RunStore.create` takes them, as blocks."""
+    items = iter(tickets.items() if isinstance(tickets, Mapping) else tickets)
+    first = next(items, None)
+    if first is None:
+        return iter(())
+    rest = chain([first], items)
+    return rest if isinstance(first, TicketBlock) else blocks_of(rest)
 
 
 class RunStatus(StrEnum):
@@ -237,32 +317,19 @@ class RunStore:
         self,
         info: RunInfo,
         plan_json: str,
-        tickets: Mapping[str, Mapping[str, str]] | Iterable[tuple[str, Mapping[str, str]]],
+        tickets: Mapping[str, Mapping[str, str]]
+        | Iterable[tuple[str, Mapping[str, str]]]
+        | Iterable[TicketBlock],
     ) -> None:
         """Store a new run: its record, its plan and a record per ticket.
 
-        The tickets' records (a mapping, or pairs as they are made) go first,
-        by script a few thousand at a time (each chunk one JSON argument),
-        their :data:`APART` fields into the run's hashes of them; the run's
-        record, which makes the run visible, goes last, in one transaction
-        with its indexes.
+        The tickets' records (a mapping, pairs as they are made, or
+        :class:`TicketBlock` s) go first, by script a block at a time, their
+        :data:`APART` fields into the run's hashes of them; the run's record,
+        which makes the run visible, goes last, in one transaction with its
+        indexes.
         """
-        pairs = iter(tickets.items() if isinstance(tickets, Mapping) else tickets)
-        finals: dict[str, str] = {}
-        # a thread sends each chunk while the next one is made: Redis's work on one
-        # overlaps ours on the other (the sender waits on its socket, without the GIL)
-        with ThreadPoolExecutor(max_workers=1) as sender:
-            sent: Future[Any] | None = None
-            while chunk := dict(islice(pairs, SCRIPT_CHUNK)):
-                finals.update(
-                    (t, f["state"]) for t, f in chunk.items() if f.get("state") in FINAL_PHASES
-                )
-                pipe = self._tickets_pipeline(info.run_id, chunk)
-                if sent is not None:
-                    sent.result()
-                sent = sender.submit(pipe.execute)
-            if sent is not None:
-                sent.result()
+        finals = self._store_tickets(info.run_id, _as_blocks(tickets))
         pipe = self.r.pipeline(transaction=True)
         key = keys.run(info.run_id)
         pipe.hset(key, mapping={**info.to_hash(), "plan": plan_json})
@@ -279,27 +346,41 @@ class RunStore:
         pipe.expire(keys.active_runs(info.repo), self.ttl)
         pipe.execute()
 
-    def _tickets_pipeline(
-        self, run_id: str, tickets: Mapping[str, Mapping[str, str]]
-    ) -> Any:  # redis-py's Pipeline
-        """The pipeline that stores some tickets' first records (one round trip)."""
-        rows: list[list[str]] = []
-        apart: dict[str, dict[str, str]] = {name: {} for name in APART}
-        for tid, fields in tickets.items():
-            row: list[str] = []
-            for name, value in fields.items():
-                if name in apart:
-                    apart[name][tid] = value
-                else:
-                    row += (name, value)
-            rows.append(row)
-        names = [keys.ticket(run_id, t) for t in tickets]
+    def _store_tickets(self, run_id: str, blocks: Iterable[TicketBlock]) -> dict[str, str]:
+        """Store each block of first records; the tickets already final, with their state."""
+        finals: dict[str, str] = {}
+        # a thread sends each block while the next one is made: Redis's work on one
+        # overlaps ours on the other (the sender waits on its socket, without the GIL)
+        with ThreadPoolExecutor(max_workers=1) as sender:
+            sent: Future[Any] | None = None
+            for block in blocks:
+                states = zip(block.ids, block.values("state"), strict=True)
+                finals.update((t, s) for t, s in states if s in FINAL_PHASES)
+                pipe = self._block_pipeline(run_id, block)
+                if sent is not None:
+                    sent.result()
+                sent = sender.submit(pipe.execute)
+            if sent is not None:
+                sent.result()
+        return finals
+
+    def _block_pipeline(self, run_id: str, block: TicketBlock) -> Any:  # redis-py's Pipeline
+        """The pipeline that stores a block of first records (one round trip).
+
+        Everything but the keys goes as one JSON argument: each argument
+        costs redis-py some Python work, and a block is thousands of values.
+        """
+        apart = [n for n in APART if n in block.columns]
+        own = [n for n in block.columns if n not in APART]
+        spec = [
+            block.ids,
+            own,
+            [block.columns[n] for n in own],
+            [block.columns[n] for n in apart],
+        ]
+        names = [APART[n](run_id) for n in apart] + [keys.ticket(run_id, t) for t in block.ids]
         pipe = self.r.pipeline(transaction=False)
-        pipe.eval(_HSET_JSON, len(names), *names, self.ttl, orjson.dumps(rows))
-        for name, values in apart.items():
-            if values:
-                pipe.hset(APART[name](run_id), mapping=values)
-                pipe.expire(APART[name](run_id), self.ttl)
+        pipe.eval(_HSET_COLUMNS, len(names), *names, self.ttl, orjson.dumps(spec), len(apart))
         return pipe
 
     def get(self, run_id: str) -> RunInfo | None:

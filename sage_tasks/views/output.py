@@ -17,6 +17,8 @@ from typing import IO, Any
 
 import orjson
 
+from sage_tasks.errors import OutputError
+
 #: items of a streamed array encoded and written at once
 CHUNK = 2000
 
@@ -58,11 +60,16 @@ def write_json(document: Mapping[str, Any], stream: IO[bytes] | None = None) -> 
     On a terminal, where a person reads it, the whole document is indented.
     """
     out = stream or sys.stdout.buffer
-    sys.stdout.flush()
-    if stream is None and sys.stdout.isatty():
-        whole = {k: list(v.items) if isinstance(v, Stream) else v for k, v in document.items()}
-        out.write(orjson.dumps(whole, option=orjson.OPT_INDENT_2) + b"\n")
-    else:
-        for piece in encode(document):
-            out.write(piece)
-    out.flush()
+    try:
+        sys.stdout.flush()
+        if stream is None and sys.stdout.isatty():
+            whole = {k: list(v.items) if isinstance(v, Stream) else v for k, v in document.items()}
+            out.write(orjson.dumps(whole, option=orjson.OPT_INDENT_2) + b"\n")
+        else:
+            for piece in encode(document):
+                out.write(piece)
+        out.flush()
+    except BrokenPipeError:
+        raise  # the reader is gone (``| head``): the command line ends quietly
+    except OSError as exc:
+        raise OutputError(f"cannot write the output: {exc.strerror or exc}") from None
