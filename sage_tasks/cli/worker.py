@@ -26,34 +26,49 @@ if TYPE_CHECKING:
     from celery import Celery
 
 
-def _worker_argv(*, queue: str, concurrency: int, hostname: str, loglevel: str) -> list[str]:
-    """The options of Celery's ``worker`` command for a sage-tasks worker."""
-    return [
-        f"--queues={queue}",
-        f"--concurrency={concurrency}",
-        f"--hostname={hostname}",
-        f"--loglevel={loglevel}",
-        "--pool=prefork",
-        "--without-gossip",
-        "--without-mingle",
-        "--task-events",
-        "-O",
-        "fair",
-    ]
+def _run_worker(app: Celery, *, queue: str, concurrency: int, hostname: str, loglevel: str) -> None:
+    """Run a prefork Celery worker on ``queue`` and exit with its exit code (systemd
+    restarts on failure).
 
-
-def _run_worker(app: Celery, argv: list[str]) -> None:
-    """Run the Celery worker and exit with its exit code (systemd restarts on failure)."""
-    from celery.bin.base import CLIContext
-    from celery.bin.worker import worker
+    Started the way Celery's ``worker`` command starts one (``app.Worker``),
+    without loading Celery's command line: its option parsing, and the
+    plugins it loads with it (Flower's, a shell), are a good part of a
+    worker's start and nothing a worker uses.
+    """
+    from celery.utils.nodenames import default_nodename, host_format
 
     # what is loaded by now lives as long as the worker: set apart from the collector,
     # it is not walked again by the collection Celery runs before forking each pool
     # process, and the pages that hold it stay shared with them
     gc.freeze()
-    context = CLIContext(app=app, no_color=bool(os.environ.get("NO_COLOR")), workdir=None)
-    code = worker.main(args=argv, prog_name="sage-worker", obj=context, standalone_mode=False)
-    sys.exit(code or 0)
+    worker = app.Worker(
+        hostname=host_format(default_nodename(hostname)),
+        pool_cls="prefork",
+        loglevel=loglevel,
+        queues=[queue],
+        concurrency=concurrency,
+        without_gossip=True,
+        without_mingle=True,
+        task_events=True,
+        optimization="fair",
+        no_color=bool(os.environ.get("NO_COLOR")),
+    )
+    worker.start()
+    sys.exit(worker.exitcode or 0)
+
+
+def _log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--loglevel``: a level Celery knows (by name, any case)."""
+    from kombu.log import LOG_LEVELS
+
+    if value.upper() not in LOG_LEVELS:
+        raise click.BadParameter(f"{value!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
+    return value.upper()
+
+
+_LOGLEVEL = click.option(
+    "--loglevel", default="INFO", show_default=True, callback=_log_level, help="Logging level."
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -70,7 +85,7 @@ def cli() -> None:
     help="Node name (shown as the ticket's host).",
 )
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
-@click.option("--loglevel", default="INFO", show_default=True)
+@_LOGLEVEL
 @handle_errors
 def tickets(concurrency: int | None, hostname: str, broker: str | None, loglevel: str) -> None:
     """A ticket worker: runs tickets in fresh worktrees and turns their changes into patches."""
@@ -86,10 +101,7 @@ def tickets(concurrency: int | None, hostname: str, broker: str | None, loglevel
     app_runtime(app)
     n = concurrency or os.cpu_count() or 1
     _run_worker(
-        app,
-        _worker_argv(
-            queue=settings.ticket_queue, concurrency=n, hostname=hostname, loglevel=loglevel
-        ),
+        app, queue=settings.ticket_queue, concurrency=n, hostname=hostname, loglevel=loglevel
     )
 
 
@@ -104,7 +116,7 @@ def tickets(concurrency: int | None, hostname: str, broker: str | None, loglevel
 @click.option("--commit-queue", help="The repository's commit queue (env SAGE_COMMIT_QUEUE).")
 @click.option("--hostname", default="commit@%h", show_default=True, help="Node name.")
 @click.option("--broker", help="Broker URL (env SAGE_BROKER_URL).")
-@click.option("--loglevel", default="INFO", show_default=True)
+@_LOGLEVEL
 @handle_errors
 def commit(
     repo: str,
@@ -128,10 +140,7 @@ def commit(
     rt.serve(root, repo_urls)
     supervisor.install(app, rt)
     _run_worker(
-        app,
-        _worker_argv(
-            queue=settings.commit_queue, concurrency=1, hostname=hostname, loglevel=loglevel
-        ),
+        app, queue=settings.commit_queue, concurrency=1, hostname=hostname, loglevel=loglevel
     )
 
 
