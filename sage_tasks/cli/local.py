@@ -3,15 +3,15 @@
 :func:`local_fleet` runs a private ``redis-server`` on the repository's own
 data folder under ``SAGE_WORKDIR`` (see :mod:`sage_tasks.cli.local_redis`: one
 per repository, kept on disk, so later commands read the run's history),
-one ticket worker, one commit worker and, if asked, Flower, all started
-first: they boot (on the other cores) while the command line reads and plans
-the index; then it submits and follows the run on them; then every process
-it started is stopped — also on Ctrl-C, on errors and when a worker dies. A
-run that did not end is marked FAILED and its queued work dropped, so the
-next run on the repository starts clean; an index rejected leaves nothing
-behind (the processes stopped at once, the folders this command made
-removed). One ``--local`` run at a time uses a repository's folder: a second
-one waits for the first to end.
+one ticket worker, one commit worker and, if asked, Flower, started first:
+they boot (on the other cores) while the command line reads and plans the
+index (see :meth:`LocalFleet.start_workers`); then it submits and follows
+the run on them; then every process it started is stopped — also on Ctrl-C,
+on errors and when a worker dies. A run that did not end is marked FAILED
+and its queued work dropped, so the next run on the repository starts
+clean; an index rejected leaves nothing behind (the processes stopped at
+once, the folders this command made removed). One ``--local`` run at a time
+uses a repository's folder: a second one waits for the first to end.
 
 The ticket worker's mirror and worktrees stay in that folder (``work/``) from
 one run to the next: the next run's worker takes over the worktrees the last
@@ -193,7 +193,8 @@ def local_fleet(
     The block is meant to read and plan the index while the workers boot (on
     another core), then submit the run on the fleet: its ``settings`` point
     at the private Redis, its ``check`` raises when a worker died, its
-    ``ready`` waits for Flower, started when ``flower`` is a port (0:
+    ``ready`` (called just before the run is sent) starts what was left for
+    then and waits for Flower, started when ``flower`` is a port (0:
     Flower's default or any free one). When another ``--local`` run holds
     the repository, ``on_busy`` runs before this one waits for it, so that
     bad input is told at once, not once that run has ended.

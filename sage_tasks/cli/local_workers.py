@@ -71,6 +71,8 @@ class LocalFleet:
         self.node = f"local-{os.getpid()}"
         #: Flower's port and ``user:password``, while it starts
         self._flower: tuple[int, str] | None = None
+        #: the repository the commit worker serves
+        self.repo: Path | None = None
 
     @property
     def url(self) -> str:
@@ -105,31 +107,44 @@ class LocalFleet:
         log.close()
 
     def start_workers(self, repo: Path) -> None:
-        """Start the ticket worker and the commit worker (they boot meanwhile)."""
-        env = self.env()
-        base = _sage_worker()
+        """Start the ticket worker and, with cores to spare, the commit worker.
+
+        They boot while the submitter reads and plans the index, which keeps
+        one core busy. On two cores (or one) the commit worker, which the
+        run needs only once it is stored, starts in :meth:`ready` instead:
+        it boots while the run is stored, Redis's work, the submitter
+        waiting; so each worker boots on the core left free.
+        """
+        self.repo = repo
         self._spawn(
             "tickets",
             [
-                *base,
+                *_sage_worker(),
                 "tickets",
                 f"--concurrency={self.slots}",
                 f"--hostname=tickets-{self.node}@%h",
                 "--loglevel=WARNING",
             ],
-            env,
+            self.env(),
         )
+        if _cores() > 2:
+            self._start_commit_worker()
+
+    def _start_commit_worker(self) -> None:
+        """Start the commit worker of :attr:`repo` (once)."""
+        if "commit" in self.procs or self.repo is None:
+            return
         self._spawn(
             "commit",
             [
-                *base,
+                *_sage_worker(),
                 "commit",
                 "--repo",
-                str(repo),
+                str(self.repo),
                 f"--hostname=commit-{self.node}@%h",
                 "--loglevel=WARNING",
             ],
-            env,
+            self.env(),
         )
 
     def start_flower(self, port: int) -> None:
@@ -144,9 +159,11 @@ class LocalFleet:
         self._flower = (port, auth)
 
     def ready(self) -> None:
-        """Wait for what must see the run from its start: Flower, if started, once it
-        receives the ticket worker's events (it learns about tasks only from events);
-        then print its address and credentials."""
+        """Start what the run needs once it is sent (the commit worker, if not yet), and
+        wait for what must see it from its start: Flower, if started, once it receives the
+        ticket worker's events (it learns about tasks only from events); then print
+        Flower's address and credentials."""
+        self._start_commit_worker()
         if self._flower is None:
             return
         port, auth = self._flower
@@ -226,6 +243,13 @@ class LocalFleet:
                 os.killpg(proc.pid, signal.SIGKILL)  # pool children and ticket commands too
             with suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _sage_worker() -> list[str]:
