@@ -305,11 +305,8 @@ def test_an_invalid_index_is_told_at_once_while_another_local_run_holds_the_repo
     tmp_path: Path,
 ) -> None:
     p = place(tmp_path)
-    gate = tmp_path / "gate"
-    repo = make_repo(tmp_path / "repo", {}, index(gated("G", gate)))
-    first = submit_local(repo, p.env)
+    repo, gate, first = gated_run(p, tmp_path)
     try:
-        assert wait_until(lambda: latest(p, repo).get("running") == ["G"], 90), first.stderr
         # told without waiting for the first run, which the gate holds until the end
         done = sage(p.env, "--repo", str(repo), "--local", "--index", "none.json")
         assert "no ticket index" in one_error_line(done)
@@ -387,10 +384,7 @@ def test_a_killed_local_run_is_cleaned_up_by_the_next_one_on_the_repository(
     tmp_path: Path,
 ) -> None:
     p = place(tmp_path)
-    gate = tmp_path / "gate"
-    repo = make_repo(tmp_path / "repo", {}, index(gated("G", gate)))
-    first = submit_local(repo, p.env)
-    assert wait_until(lambda: latest(p, repo).get("running") == ["G"], 90), first.stderr
+    repo, gate, first = gated_run(p, tmp_path)
     first_id = latest(p, repo)["run_id"]
     os.killpg(first.pid, signal.SIGKILL)  # no cleanup at all: Redis and workers stay
     first.wait(10)
@@ -417,6 +411,16 @@ def test_a_killed_local_run_is_cleaned_up_by_the_next_one_on_the_repository(
     assert listening(server["port"]) == []
     runs = {r["run_id"]: r["status"] for r in status_json(p, repo)["runs"]}
     assert sorted(runs.values()) == ["FAILED", "FINISHED"]
+
+
+def gated_run(p: Place, tmp_path: Path) -> tuple[Path, Path, subprocess.Popen[str]]:
+    """A ``--local`` run of one ticket, G, that waits for its gate: (repo, gate, the
+    ``sage-submit`` process), once G runs."""
+    gate = tmp_path / "gate"
+    repo = make_repo(tmp_path / "repo", {}, index(gated("G", gate)))
+    proc = submit_local(repo, p.env)
+    assert wait_until(lambda: latest(p, repo).get("running") == ["G"], 90), proc.stderr
+    return repo, gate, proc
 
 
 def latest(p: Place, repo: Path) -> dict[str, Any]:
