@@ -11,6 +11,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@# an editable install has no bytecode yet; where PYTHONDONTWRITEBYTECODE is set, every
+	@# command would compile the package again (a tenth of a second each): compile it once
+	$(BIN)/python -m compileall -q sage_tasks
 	touch $(STAMP)
 
 install: $(STAMP)

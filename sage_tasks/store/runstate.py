@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from typing import Any
 
 import orjson
@@ -467,8 +467,12 @@ class RunStore:
         self.update(run_id, status=status.value, ended=time.time(), error=error)
         self.r.srem(keys.active_runs(repo), run_id)
         self.r.zremrangebyscore(keys.RUNS, "-inf", time.time() - self.ttl)
-        for key in self.r.scan_iter(match=keys.run_keys_pattern(run_id), count=500):
-            self.r.expire(key, self.ttl)
+        found = self.r.scan_iter(match=keys.run_keys_pattern(run_id), count=SCRIPT_CHUNK)
+        while batch := list(islice(found, SCRIPT_CHUNK)):  # one round trip per batch of keys
+            pipe = self.r.pipeline(transaction=False)
+            for key in batch:
+                pipe.expire(key, self.ttl)
+            pipe.execute()
 
     # -- tickets -----------------------------------------------------------------
 
