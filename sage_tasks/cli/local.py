@@ -165,8 +165,9 @@ def _keep_used_worktrees(workdir: Path, since: float) -> None:
         prune_workdir(workdir, keep_idle=True, used_since=since - _CLOCK_SLACK_S)
 
 
-#: file times come from a coarser clock than ``time.time()``
-_CLOCK_SLACK_S = 1.0
+#: file times come from a coarser clock than ``time.time()`` (the kernel's, a tick behind
+#: at most); any more slack would keep a worktree the run before made just before it ended
+_CLOCK_SLACK_S = 0.05
 
 
 def ticket_slots(parallel: Parallel) -> int:
