@@ -123,8 +123,6 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return 1
 """
 
-#: HSET each key's fields, given as one JSON document (ARGV[2]: a flat field, value list a
-#: key), and give it the TTL ARGV[1]: a run's records in one argument, not a command each
 #: store a :class:`TicketBlock`: KEYS are the run's hashes of the fields kept apart
 #: (ARGV[3] of them), then the tickets' hashes; ARGV[1] is the TTL, ARGV[2] the block as
 #: JSON ``[ids, names, columns, apart columns]`` (a column: a list, or one value for all)
@@ -149,12 +147,12 @@ end
 for j = 1, apart_n do
   -- a thousand fields a call (unpack has a limit)
   for first = 1, #ids, 1000 do
-    local pairs = {}
+    local fields = {}
     for i = first, math.min(first + 999, #ids) do
-      pairs[#pairs + 1] = ids[i]
-      pairs[#pairs + 1] = value(apart[j], i)
+      fields[#fields + 1] = ids[i]
+      fields[#fields + 1] = value(apart[j], i)
     end
-    redis.call('HSET', KEYS[j], unpack(pairs))
+    redis.call('HSET', KEYS[j], unpack(fields))
   end
   redis.call('EXPIRE', KEYS[j], ttl)
 end
@@ -197,17 +195,14 @@ class TicketBlock:
         return repeat(column, len(self.ids)) if isinstance(column, str) else iter(column)
 
 
-def blocks_of(
-    tickets: Mapping[str, Mapping[str, str]] | Iterable[tuple[str, Mapping[str, str]]],
-) -> Iterator[TicketBlock]:
+def blocks_of(pairs: Iterable[tuple[str, Mapping[str, str]]]) -> Iterator[TicketBlock]:
     """Records given a ticket at a time, as blocks: consecutive tickets with the same fields."""
-    pairs = iter(tickets.items() if isinstance(tickets, Mapping) else tickets)
     ids: list[str] = []
     columns: dict[str, list[str]] = {}
     for tid, fields in pairs:
         if ids and (list(columns) != list(fields) or len(ids) >= SCRIPT_CHUNK):
             yield TicketBlock(ids, dict(columns))
-            ids, columns = [], {}
+            ids = []
         if not ids:
             columns = {name: [] for name in fields}
         ids.append(tid)
@@ -218,7 +213,8 @@ def blocks_of(
 
 
 def _as_blocks(tickets: Any) -> Iterator[TicketBlock]:
-    """``tickets`` as :meth:`RunStore.create` takes them, as blocks."""
+    """``tickets`` as :meth:`RunStore.create` takes them (a mapping, pairs or blocks), as
+    blocks."""
     items = iter(tickets.items() if isinstance(tickets, Mapping) else tickets)
     first = next(items, None)
     if first is None:

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from sage_tasks.gitops import Mirror, capture_patch
+from sage_tasks.gitops import Mirror
 from sage_tasks.work.executor import run_command, survivors
 from tests.integration.test_git_worktree_reset import EVERYTHING, FILES
-from tests.support.gitrepo import INDEX, commit_files, git, make_repo
+from tests.support.gitrepo import commit_files, git, make_repo
 from tests.support.worktrees import (
-    MAX,
     assert_clean_checkout,
     commit_patch,
     reference_patch,
     sh,
+    take_patch,
     ticket,
 )
 
@@ -113,14 +113,7 @@ def test_a_daemon_with_a_cleared_environment_is_a_survivor(
             )
             assert res.ok, res
             alone = not survivors(marks)
-            capture_patch(
-                path,
-                head,
-                exclude=[INDEX],
-                max_bytes=MAX,
-                git_dir=mirror.git_dir(path),
-                untracked=mirror.may_hold_untracked(path),
-            )
+            take_patch(mirror, path, head)
             if alone:
                 mirror.captured(path)
         go.touch()

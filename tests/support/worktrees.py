@@ -98,16 +98,21 @@ def ticket(mirror: Mirror, head: str, script: str, *, capture: bool = True) -> P
         sh(path, script)
         if not capture:
             return None
-        patch = capture_patch(
-            path,
-            head,
-            exclude=[INDEX],
-            max_bytes=MAX,
-            git_dir=mirror.git_dir(path),
-            untracked=mirror.may_hold_untracked(path),
-        )
+        patch = take_patch(mirror, path, head)
         mirror.captured(path)
         return patch
+
+
+def take_patch(mirror: Mirror, path: Path, head: str) -> Patch:
+    """The patch of a ticket's worktree ``path`` against ``head``, as the ticket runner takes it."""
+    return capture_patch(
+        path,
+        head,
+        exclude=[INDEX],
+        max_bytes=MAX,
+        git_dir=mirror.git_dir(path),
+        untracked=mirror.may_hold_untracked(path),
+    )
 
 
 def worktrees_of(mirror: Mirror) -> list[str]:
