@@ -101,7 +101,7 @@ def prune_workdir(workdir: Path, *, keep_idle: bool = False, used_since: float =
     """
     mirrors = workdir / "mirrors"
     keys: set[str] = set()
-    for base in (mirrors, workdir / "worktrees", workdir / "idle"):
+    for base in (mirrors, workdir / "worktrees", workdir / "idle", workdir / "repos"):
         if base.is_dir():
             keys.update(e.name[:16] for e in base.iterdir() if re.match(r"^[0-9a-f]{16}", e.name))
     removed = 0
@@ -125,27 +125,29 @@ def prune_key(workdir: Path, key: str, *, keep_idle: bool = False, used_since: f
         remove_tree(tmp)
     if keep_idle and (mirror / "HEAD").exists():
         restore_pristine(mirror)
-    trees, idle = workdir / "worktrees", workdir / "idle"
+    trees, idle, repos = workdir / "worktrees", workdir / "idle", workdir / "repos"
     names: set[str] = set()
-    for base in (trees, idle):
+    for base in (trees, idle, repos):
         if base.is_dir():
             names.update(
                 e.name.removesuffix(".lock") for e in base.iterdir() if e.name.startswith(key + "-")
             )
     kept = used_since if keep_idle else None
-    removed = sum(_prune_worktree(trees, idle, name, kept) for name in sorted(names))
+    removed = sum(_prune_worktree(trees, idle, repos, name, kept) for name in sorted(names))
     if (mirror / "HEAD").exists():
         run_git(mirror, "worktree", "prune", check=False)
     return removed
 
 
-def _prune_worktree(trees: Path, idle: Path, name: str, kept: float | None) -> bool:
-    """Remove the worktree ``name`` if no live process holds it; True if it was removed.
+def _prune_worktree(trees: Path, idle: Path, repos: Path, name: str, kept: float | None) -> bool:
+    """Remove the worktree ``name`` (and its own repository) if no live process holds it;
+    True if it was removed.
 
     ``kept`` (a time): one put aside between two tickets and taken since then
     is kept for adoption instead.
     """
-    dirs = [d for d in (trees / name, idle / name) if d.exists() or d.is_symlink()]
+    found = [d for d in (trees / name, idle / name) if d.exists() or d.is_symlink()]
+    dirs = found + [d for d in (repos / name,) if d.exists() or d.is_symlink()]
     # the lock lives in idle/ (before: beside the worktree)
     lock = next((p for p in (idle / f"{name}.lock", trees / f"{name}.lock") if p.exists()), None)
 
@@ -156,7 +158,7 @@ def _prune_worktree(trees: Path, idle: Path, name: str, kept: float | None) -> b
     if lock is None:
         remove()
         return bool(dirs)
-    if kept is not None and dirs == [idle / name] and _used_since(lock, kept):
+    if kept is not None and found == [idle / name] and _used_since(lock, kept):
         return False
     if not dirs:
         _drop_stale_lock(lock, lambda: None, young_ok=True)

@@ -8,6 +8,9 @@ Layout under the worker's ``workdir``::
     worktrees/<name>       a worktree while a ticket runs in it (name: <key>-<pid>-<random>)
     idle/<name>            the same worktree between two tickets of its process
     idle/<name>.lock       flock held by the process owning the worktree, as long as it exists
+    repos/<name>           the worktree's own bare repository (see :mod:`.slotrepo`): it
+                           borrows the mirror's objects and keeps what git commands in the
+                           worktree write (refs, stashes, config, hooks, objects)
 
 A mirror of a local path borrows the repository's objects (git's
 alternates, as ``git clone --shared`` does): every commit the commit worker
@@ -34,17 +37,15 @@ its own takes over one another process put aside in ``idle/`` and no longer
 holds (it stopped), before making a new one: the next worker of a host, or
 the next ``--local`` run, does not write a big tree's files again.
 
-Several worker processes on one host share a mirror. git's own worktree
-bookkeeping (``$GIT_DIR/worktrees/<id>``) is not safe against itself: one
-``git worktree add`` reads every other worktree's directory and dies on a
-half-written one, and ``git worktree remove`` deletes ``$GIT_DIR/worktrees``
-when it becomes empty under another ``add``. So adding and removing
-worktrees (and fetching, which reads them too) take the mirror's exclusive
-lock, and only for the bookkeeping: files are checked out and deleted outside
-it. A worktree's lock is taken before the worktree exists and dropped after
-it is gone, and the kernel drops it when its process dies; so ``prune`` tells
-a crashed worker's leftovers (lockable) from a live one's (locked) without
-trusting pids.
+Several worker processes on one host share a mirror, and nothing of one
+ticket's git commands reaches another: each worktree is linked to a
+repository of its own (``repos/<name>``, see :mod:`.slotrepo`), not to the
+mirror, and that repository is emptied before each reset. Fetching, pruning
+and removing take the mirror's exclusive lock; moving a worktree between
+``worktrees/`` and ``idle/`` takes it shared. A worktree's lock is taken
+before the worktree exists and dropped after it is gone, and the kernel drops
+it when its process dies; so ``prune`` tells a crashed worker's leftovers
+(lockable) from a live one's (locked) without trusting pids.
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ from sage_tasks.gitops.folders import Folders, changed, survey
 from sage_tasks.gitops.leftovers import keep_pristine, prune_key, try_lock
 from sage_tasks.gitops.process import Helper, first_line, run_git
 from sage_tasks.gitops.removal import remove_tree
+from sage_tasks.gitops.slotrepo import (
+    Tampered,
+    drop_stale_objects,
+    make_repository,
+    tidy_repository,
+)
 from sage_tasks.gitops.worktree import (
     Broken,
     IndexStamp,
@@ -150,6 +157,7 @@ class Mirror:
         self.path = workdir / "mirrors" / self.key
         self.worktrees = workdir / "worktrees"
         self.idle = workdir / "idle"
+        self.repos = workdir / "repos"
         self._lock_file = workdir / "mirrors" / f"{self.key}.lock"
 
     @contextlib.contextmanager
@@ -276,15 +284,18 @@ class Mirror:
         return out.decode().strip()
 
     @contextlib.contextmanager
-    def worktree(self, sha: str) -> Iterator[Path]:
-        """A clean detached worktree at commit ``sha``, this process's alone until exit.
+    def worktree(self, sha: str, branch: str = "") -> Iterator[Path]:
+        """A clean detached worktree at commit ``sha``, this process's alone until exit;
+        with ``branch``, its repository has that branch, at ``sha`` (its only ref).
 
         The worktree is kept for the next call of this process (reset then);
         whatever happens inside, nothing of it is visible there.
         """
         if not _SHA_RE.match(sha):
             raise RepositoryError(f"{sha!r} is not a commit id", path=sha)
-        slot = self._ready(sha)
+        if branch:
+            check_branch_name(branch)
+        slot = self._ready(sha, branch)
         try:
             yield self.worktrees / slot.name
         finally:
@@ -345,7 +356,7 @@ class Mirror:
     def _slot_key(self) -> tuple[str, str]:
         return (str(self.workdir), self.key)
 
-    def _ready(self, sha: str) -> _Slot:
+    def _ready(self, sha: str, branch: str) -> _Slot:
         """This process's kept worktree reset to ``sha``, or an adopted one, or a new one."""
         slot = None
         with _slots_guard:
@@ -358,14 +369,14 @@ class Mirror:
             slot = self._adopt()
         if slot is not None:
             try:
-                self._reuse(slot, sha)
+                self._reuse(slot, sha, branch)
                 return slot
             except (OSError, GitError, Broken):
                 self._discard(slot)
             except BaseException:
                 self._discard(slot)
                 raise
-        return self._create(sha)
+        return self._create(sha, branch)
 
     def _adopt(self) -> _Slot | None:
         """An idle worktree of this mirror that no live process holds, now this one's.
@@ -403,9 +414,9 @@ class Mirror:
             back = (admin / "gitdir").read_bytes()
         except (OSError, Broken):
             return False
-        return admin.parent == self._admin_root() and back == f"{path.resolve()}/.git\n".encode()
+        return admin == self._admin_of(name) and back == f"{path.resolve()}/.git\n".encode()
 
-    def _create(self, sha: str) -> _Slot:
+    def _create(self, sha: str, branch: str) -> _Slot:
         self.worktrees.mkdir(parents=True, exist_ok=True)
         self.idle.mkdir(parents=True, exist_ok=True)
         name = f"{self.key}-{os.getpid()}-{secrets.token_hex(6)}"
@@ -413,22 +424,24 @@ class Mirror:
         slot = _Slot(name=name, lock_fd=fd, pid=os.getpid())
         with _slots_guard:
             _slots.setdefault(self._slot_key, []).append(slot)
-        path = self.worktrees / name
+        path, repo = self.worktrees / name, self.repos / name
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            with self._locked():
-                run_git(
-                    self.path,
-                    "worktree",
-                    "add",
-                    "--quiet",
-                    "--no-checkout",
-                    "--detach",
-                    str(path),
-                    sha,
-                    what=f"creating a worktree at {sha[:12]}",
-                )
+            make_repository(repo, self.path, branch, sha)
+            run_git(
+                repo,
+                "worktree",
+                "add",
+                "--quiet",
+                "--no-checkout",
+                "--detach",
+                str(path),
+                sha,
+                what=f"creating a worktree at {sha[:12]}",
+            )
             slot.admin = admin_of(path)
+            if slot.admin != self._admin_of(name):
+                raise Broken(f"git made the worktree's directory at {slot.admin}")
             full_reset(path, slot.admin, sha, clean=False)
             slot.folders = survey(path, slot.admin, sha)
             slot.reset_index = index_stamp(slot.admin)
@@ -437,22 +450,27 @@ class Mirror:
             raise
         return slot
 
-    def _reuse(self, slot: _Slot, sha: str) -> None:
+    def _reuse(self, slot: _Slot, sha: str, branch: str) -> None:
         """Bring the kept worktree back and reset it to ``sha``; raise if it looks wrong."""
         captured, slot.captured = slot.captured, None
         if slot.admin is None:
             raise Broken("no git directory")
         path = self.worktrees / slot.name
-        # under the lock: a fetch or worktree add reads every worktree's git directory
+        # under the lock: a prune must not see it in neither place
         with self._locked(shared=True):
             os.rename(self.idle / slot.name, path)
             write_file(slot.admin / "gitdir", f"{path.resolve()}/.git\n")
             if admin_of(path) != slot.admin:
                 raise Broken(".git file changed")
-            tidy_admin(slot.admin)
+        try:
+            tidy_repository(self.repos / slot.name, self.path, slot.name, branch, sha)
+        except Tampered as exc:
+            raise Broken(str(exc)) from None
+        tidy_admin(slot.admin)
         if not plain_index(slot.admin / "index"):
             raise Broken("index flags")
         self._reset(slot, sha, captured=captured)
+        drop_stale_objects(self.repos / slot.name, self.path)
 
     def _reset(self, slot: _Slot, sha: str, *, captured: IndexStamp | None) -> None:
         """Reset the worktree to ``sha``: only the paths that differ when the last
@@ -478,9 +496,9 @@ class Mirror:
         slot.folders = survey(path, admin, sha)
         slot.reset_index = index_stamp(admin)
 
-    def _admin_root(self) -> Path:
-        """Where git keeps this mirror's worktree directories (as git names them)."""
-        return (self.path / "worktrees").resolve()
+    def _admin_of(self, name: str) -> Path:
+        """The git directory of the worktree ``name`` (in its own repository), as git names it."""
+        return (self.repos / name).resolve() / "worktrees" / name
 
     def _park(self, slot: _Slot, sha: str) -> None:
         """Put the worktree aside until this process's next ticket (or remove it)."""
@@ -505,10 +523,10 @@ class Mirror:
         try:
             for path in (self.worktrees / slot.name, self.idle / slot.name):
                 _rmtree(path)
-            with self._locked():
-                if slot.admin is not None and slot.admin.parent == self._admin_root():
-                    _rmtree(slot.admin)
-                else:
+            _rmtree(self.repos / slot.name)
+            if slot.admin is None or slot.admin != self._admin_of(slot.name):
+                # one linked to the mirror itself (made by an earlier version)
+                with self._locked():
                     run_git(self.path, "worktree", "prune", check=False)
         except (OSError, GitError):
             pass

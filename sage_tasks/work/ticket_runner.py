@@ -320,7 +320,7 @@ def _try_once(job: _Job, info: RunInfo, mirror: Mirror, attempt: int) -> tuple[O
     whether the outcome is one a further try may change (the command failed)."""
     ticket_id, store = job.ticket_id, job.rt.store
     head = mirror.resolve(info.branch, info.head)
-    with mirror.worktree(head) as worktree:
+    with mirror.worktree(head, info.branch) as worktree:
         found = _ticket_definition(job.definition, worktree / info.index_path, info, ticket_id)
         if found is None:
             return (

@@ -21,6 +21,7 @@ import pytest
 from sage_tasks.errors import RepositoryError
 from sage_tasks.gitops import Mirror, prune_workdir
 from tests.support.gitrepo import commit_files, git, make_repo
+from tests.support.worktrees import worktree_listings
 
 
 @pytest.fixture
@@ -34,9 +35,8 @@ def mirror(tmp_path: Path, origin: Path) -> Mirror:
 
 
 def worktrees_of(mirror: Mirror) -> list[str]:
-    """The mirror's linked worktrees (``git worktree list`` minus the mirror itself)."""
-    out = git(mirror.path, "worktree", "list", "--porcelain")
-    return [ln for ln in out.splitlines() if ln.startswith("worktree ")][1:]
+    """The mirror's linked worktrees (``git worktree list`` lines, bare repositories left out)."""
+    return [entry.splitlines()[0] for entry in worktree_listings(mirror)]
 
 
 def test_fetch_keeps_one_bare_mirror_per_url_and_returns_the_branch_head(

@@ -22,6 +22,7 @@ from tests.support.worktrees import (
     admin_dirs,
     assert_clean_checkout,
     sh,
+    worktree_listings,
     worktrees_of,
 )
 
@@ -72,14 +73,14 @@ def test_consecutive_tickets_in_one_process_share_a_worktree_and_each_sees_a_cle
         assert_clean_checkout(first, head, fresh(head))
         sh(first, MESS)
         assert (first / "secret.txt").exists()
-    with mirror.worktree(head) as second:
+    with mirror.worktree(head, "main") as second:
         assert second == first  # reused, not made afresh
         assert_clean_checkout(second, head, fresh(head))
         # the command commits on a branch of its own and checks the run's branch out
         sh(second, "echo c > c.txt && git add c.txt && git commit -qm c && git checkout -q main")
     moved = commit_files(origin, "main", {"a.txt": "a2\n", "gone.txt": None, "z/new.txt": "z\n"})
     assert mirror.fetch("main") == moved
-    with mirror.worktree(moved) as third:
+    with mirror.worktree(moved, "main") as third:
         assert third == first
         assert_clean_checkout(third, moved, fresh(moved))
         # another ticket of the host can still fetch while this one has the branch checked out
@@ -87,7 +88,7 @@ def test_consecutive_tickets_in_one_process_share_a_worktree_and_each_sees_a_cle
         assert mirror.fetch("main") == moved
     assert len(worktrees_of(mirror)) == 1
     # put aside detached: the branch is free for any other worktree of the mirror
-    listing = git(mirror.path, "worktree", "list", "--porcelain").split("\n\n")[1]
+    (listing,) = worktree_listings(mirror)
     assert "\ndetached" in listing and "branch " not in listing
     # back to an older commit: what the newer one added is gone
     with mirror.worktree(head) as fourth:

@@ -212,17 +212,20 @@ def test_a_worktree_left_mid_ticket_is_not_adopted(
 def test_what_a_command_changed_in_the_shared_mirror_is_put_back_for_the_next_process(
     workdir: Path, origin: Path, tmp_path: Path
 ) -> None:
-    """``git config`` in a worktree writes the mirror's config; ``info/exclude`` is the
-    mirror's too: a keep-mode worker that starts puts both back as the mirror was made."""
+    """A command that finds the mirror (its worktree's repository borrows the mirror's
+    objects) and writes its config, ``info/exclude`` and ``info/attributes``: a keep-mode
+    worker that starts puts them back as the mirror was made."""
     m = Mirror(workdir, str(origin))
     head = m.fetch("main")
     made = {name: (m.path / name).read_bytes() for name in ("config", "info/exclude")}
     with m.worktree(head) as path:
         sh(
             path,
-            "git config core.filemode false && git config core.autocrlf true"
-            ' && echo "secret*" >> "$(git rev-parse --git-path info/exclude)"'
-            ' && echo "*.txt -diff" > "$(git rev-parse --git-common-dir)/info/attributes"',
+            'M="$(dirname "$(cat "$(git rev-parse --git-common-dir)/objects/info/alternates")")"'
+            ' && git --git-dir="$M" config core.filemode false'
+            ' && git --git-dir="$M" config core.autocrlf true'
+            ' && echo "secret*" >> "$M/info/exclude"'
+            ' && echo "*.txt -diff" > "$M/info/attributes"',
         )
     m.close()
     assert (m.path / "config").read_bytes() != made["config"]

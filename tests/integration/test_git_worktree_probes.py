@@ -154,6 +154,78 @@ def test_git_in_the_command_gives_the_fresh_patch_and_a_clean_next_ticket(
         assert_clean_checkout(path, head, fresh(head))
 
 
+# -- git state a command writes outside its files ---------------------------------------
+
+#: a fake loose object for ``a.txt``'s blob at the head: zlib of "blob 5\\0fake\\n"
+FAKE_BLOB = (
+    'd="$(git rev-parse --git-common-dir)/objects" && o="$(git rev-parse HEAD:a.txt)"'
+    ' && mkdir -p "$d/$(echo $o | cut -c1-2)"'
+    " && python3 -c 'import sys, zlib;"
+    ' sys.stdout.buffer.write(zlib.compress(b"blob 5\\0fake\\n"))\''
+    ' > "$d/$(echo $o | cut -c1-2)/$(echo $o | cut -c3-)"'
+)
+#: a command that leaves git state of every kind behind (and a change to a.txt)
+GIT_STATE = (
+    "echo s > a.txt && git stash -q"
+    " && git checkout -q -b feature && git commit -q --allow-empty -m on-feature"
+    " && git tag mark && git update-ref refs/custom/x HEAD"
+    " && git config user.name left-behind && git config core.autocrlf true"
+    ' && mkdir -p "$(git rev-parse --git-path hooks)"'
+    " && printf '#!/bin/sh\\nexit 1\\n' > \"$(git rev-parse --git-path hooks)/pre-commit\""
+    ' && chmod +x "$(git rev-parse --git-path hooks)/pre-commit"'
+    ' && echo "*.txt -diff" > "$(git rev-parse --git-common-dir)/info/attributes"'
+    " && echo c >> a.txt && " + FAKE_BLOB
+)
+#: the next command: each step fails if anything of GIT_STATE is still there
+AFTER_GIT_STATE = (
+    'test -z "$(git stash list)" && test -z "$(git tag)"'
+    ' && test -z "$(git config --local user.name || true)"'
+    " && test \"$(git for-each-ref --format='%(refname)')\" = refs/heads/main"
+    ' && test "$(git rev-parse main)" = "$(git rev-parse HEAD)"'
+    " && git checkout -q -b feature && git tag mark && git commit -q --allow-empty -m ok"
+    ' && echo x > a.txt && git stash -q && test "$(git stash list | wc -l)" = 1'
+    " && git stash pop -q"
+)
+
+
+def test_git_state_a_command_writes_reaches_neither_the_mirror_nor_the_next_ticket(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path]
+) -> None:
+    """Branches, tags, stashes, other refs, config, hooks, attributes and objects a
+    command writes through git stay in its worktree's own repository: the next ticket
+    in the same worktree makes the same branch and tag, sees no stash, config or hook,
+    and checks out the head's bytes, not the command's object; the mirror is unchanged."""
+    head = warm(mirror)
+    made = sorted((p.relative_to(mirror.path), p.read_bytes()) for p in _files(mirror.path))
+    ticket(mirror, head, GIT_STATE)
+    with mirror.worktree(head, "main") as path:
+        assert_clean_checkout(path, head, fresh(head))
+        assert (path / "a.txt").read_bytes() == (fresh(head) / "a.txt").read_bytes()
+        sh(path, AFTER_GIT_STATE)
+        patch = take_patch(mirror, path, head)
+        mirror.captured(path)
+    assert patch.data == reference_patch(origin, tmp_path, head, "echo x > a.txt")
+    assert sorted((p.relative_to(mirror.path), p.read_bytes()) for p in _files(mirror.path)) == made
+
+
+def test_two_worktrees_at_once_do_not_see_each_others_refs(
+    mirror: Mirror, fresh: Callable[[str], Path]
+) -> None:
+    """Two tickets of one process at the same time (nested): each makes branch ``x``."""
+    head = warm(mirror)
+    with mirror.worktree(head, "main") as one, mirror.worktree(head, "main") as two:
+        assert one != two
+        sh(one, "git checkout -q -b x && git stash list")
+        sh(two, "git checkout -q -b x && test \"$(git branch --list x)\" = '* x'")
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+
+
+def _files(root: Path) -> list[Path]:
+    """Every file under ``root`` (links and folders left out)."""
+    return [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+
+
 # -- odd entries ------------------------------------------------------------------------
 
 ODD = {

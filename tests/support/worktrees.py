@@ -115,16 +115,33 @@ def take_patch(mirror: Mirror, path: Path, head: str) -> Patch:
     )
 
 
+def _repositories(mirror: Mirror) -> list[Path]:
+    """The worktrees' own repositories of ``mirror`` (see :mod:`sage_tasks.gitops.slotrepo`)."""
+    if not mirror.repos.is_dir():
+        return []
+    return sorted(p for p in mirror.repos.iterdir() if p.name.startswith(f"{mirror.key}-"))
+
+
+def worktree_listings(mirror: Mirror) -> list[str]:
+    """``git worktree list --porcelain``'s entry of each worktree of ``mirror`` (the bare
+    repositories themselves left out): the mirror's own, and each worktree repository's."""
+    found: list[str] = []
+    for repo in [mirror.path, *_repositories(mirror)]:
+        if (repo / "HEAD").exists():
+            out = git(repo, "worktree", "list", "--porcelain")
+            found += [e for e in out.strip().split("\n\n") if e][1:]
+    return found
+
+
 def worktrees_of(mirror: Mirror) -> list[str]:
-    """The worktrees git knows for ``mirror`` (its own bare directory left out)."""
-    out = git(mirror.path, "worktree", "list", "--porcelain")
-    return [ln.split(" ", 1)[1] for ln in out.splitlines() if ln.startswith("worktree ")][1:]
+    """The worktrees git knows for ``mirror`` (in its repositories; bare ones left out)."""
+    return [entry.splitlines()[0].split(" ", 1)[1] for entry in worktree_listings(mirror)]
 
 
 def admin_dirs(mirror: Mirror) -> list[str]:
-    """The names of ``mirror``'s per-worktree git directories."""
-    root = mirror.path / "worktrees"
-    return sorted(os.listdir(root)) if root.is_dir() else []
+    """The names of the per-worktree git directories of ``mirror``'s worktrees."""
+    roots = [mirror.path / "worktrees"] + [r / "worktrees" for r in _repositories(mirror)]
+    return sorted(name for root in roots if root.is_dir() for name in os.listdir(root))
 
 
 class GitTrace:

@@ -1,0 +1,142 @@
+"""A kept worktree's own repository: what a ticket's git commands write stays in it.
+
+A worktree made with ``git worktree add`` shares its repository's refs,
+config, hooks, ``info/`` and object store with every other worktree of that
+repository. Had the ticket workers' worktrees been linked to the mirror
+itself, one ticket's ``git checkout -b x`` would leave a branch ``x`` that
+makes the next ticket's ``git checkout -b x`` fail, its ``git stash`` would
+be popped by another ticket, its ``git config`` or hook would change what
+git does in every later ticket of the host.
+
+So each kept worktree is linked to a small bare repository of its own
+(``repos/<name>``) that borrows the mirror's objects (git's alternates) and
+has no refs. Whatever a command writes through git lands there: refs,
+stashes, reflogs, config, hooks, objects. :func:`tidy_repository` puts it
+back to what :func:`make_repository` made before the next ticket's reset, so
+the next command sees nothing of the last one's.
+
+Objects need one step more. A short reset (see :mod:`.worktree`) compares
+the files with the index the last capture wrote, and a symlink's entry is
+compared by reading its blob, which the capture wrote into this repository.
+So the tidy moves the last ticket's objects aside (``stale-objects``) and
+lists them as a second alternate, after the mirror's: git looks in the
+mirror first, so an object a command wrote under the id of one of the
+mirror's never stands in for it. :func:`drop_stale_objects` removes them
+once the reset is done.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from sage_tasks.gitops.removal import remove_tree
+
+#: what git finds in a repository's config file besides the mirror's own settings:
+#: no automatic gc or maintenance in a repository that is emptied before every ticket
+_EXTRA_CONFIG = "[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n"
+#: the (unborn) branch HEAD names: a bare repository needs one; no ticket sees it
+_HEAD = "ref: refs/heads/main\n"
+#: where the last ticket's objects wait until the reset is done
+STALE = "stale-objects"
+#: the folders git needs to take a directory for a repository
+_FOLDERS = ("refs/heads", "refs/tags", "objects/info", "objects/pack", "info")
+
+
+class Tampered(Exception):
+    """A worktree's repository that cannot be put back (must not be reused)."""
+
+
+def config_text(mirror: Path) -> str:
+    """The config of a worktree's repository: the mirror's settings as it was made.
+
+    The copy kept aside when the mirror was made (``sage-pristine``) when there
+    is one; a mirror made before such copies were kept gives its config as now.
+    """
+    for source in (mirror / "sage-pristine" / "config", mirror / "config"):
+        try:
+            text = source.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError:
+            continue
+        return text if text.endswith("\n") or not text else text + "\n"
+    return ""
+
+
+def make_repository(repo: Path, mirror: Path, branch: str = "", sha: str = "") -> None:
+    """Make ``repo``: a bare repository that borrows ``mirror``'s objects, with no refs
+    but ``branch`` at ``sha`` when given."""
+    repo.mkdir(parents=True)
+    _fill(repo, mirror, branch, sha)
+
+
+def tidy_repository(
+    repo: Path, mirror: Path, worktree_name: str, branch: str = "", sha: str = ""
+) -> None:
+    """Put ``repo`` back as :func:`make_repository` made it, its worktree's git directory
+    (``worktrees/<worktree_name>``, which :func:`~.worktree.tidy_admin` checks) kept.
+
+    Refs, reflogs, stashes, hooks, ``info/`` and any other worktree registered there
+    go; the objects the last ticket wrote are moved aside (see the module docs);
+    config, HEAD, the alternates and ``branch`` (at ``sha``) are written again.
+    Raises :class:`Tampered` when ``repo`` or its worktree's git directory is not a
+    plain folder.
+    """
+    folders = (repo, repo / "worktrees", repo / "worktrees" / worktree_name)
+    if not all(_is_folder(folder) for folder in folders):
+        raise Tampered("the worktree's repository is not a folder")
+    stale = repo / STALE
+    remove_tree(stale)
+    for entry in os.scandir(repo):
+        if entry.name == "worktrees":
+            for admin in os.scandir(entry.path):
+                if admin.name != worktree_name:
+                    remove_tree(Path(admin.path))
+        elif entry.name == "objects" and entry.is_dir(follow_symlinks=False):
+            os.rename(entry.path, stale)
+        else:
+            remove_tree(Path(entry.path))
+    _fill(repo, mirror, branch, sha, stale=_is_folder(stale))
+
+
+def drop_stale_objects(repo: Path, mirror: Path) -> None:
+    """Remove the last ticket's objects :func:`tidy_repository` kept for the reset."""
+    stale = repo / STALE
+    if _is_folder(stale):
+        alternates = repo / "objects" / "info" / "alternates"
+        alternates.unlink()
+        _write(alternates, _alternates(mirror))
+        remove_tree(stale)
+
+
+def _fill(repo: Path, mirror: Path, branch: str, sha: str, *, stale: bool = False) -> None:
+    """Write what a fresh worktree repository holds into ``repo`` (emptied, or new)."""
+    for folder in _FOLDERS:
+        (repo / folder).mkdir(parents=True, exist_ok=True)
+    _write(repo / "HEAD", _HEAD)
+    _write(repo / "config", config_text(mirror) + _EXTRA_CONFIG)
+    extra = f"{(repo / STALE).resolve()}\n" if stale else ""
+    _write(repo / "objects" / "info" / "alternates", _alternates(mirror) + extra)
+    if branch and sha:
+        ref = repo / "refs" / "heads" / branch
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        _write(ref, f"{sha}\n")
+
+
+def _alternates(mirror: Path) -> str:
+    """The alternates of a worktree's repository: the mirror's object store."""
+    return f"{(mirror / 'objects').resolve()}\n"
+
+
+def _write(path: Path, text: str) -> None:
+    """A new file at ``path`` holding ``text`` (never through a symlink)."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(text)
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
