@@ -19,6 +19,12 @@ ignored, modified, staged, deleted or re-moded files, empty folders):
   (ignored files, empty folders, what the checkout dropped from the index),
   and the index is checked to be the head's tree. No file outside those
   paths is looked at.
+
+``git clean`` leaves fifos, sockets and device files where git tracks the
+folder (it removes them only with an untracked folder): a command's unix
+socket would make the next ticket's ``bind`` fail. Both resets unlink them
+(:func:`remove_special`): the full one anywhere, the short one in the
+folders that got new entries.
 """
 
 from __future__ import annotations
@@ -158,6 +164,55 @@ def full_reset(path: Path, admin: Path, sha: str, *, clean: bool) -> None:
     _git(path, admin, "checkout", "-q", "--force", "--detach", sha, what=f"checking out {sha[:12]}")
     if clean:
         _git(path, admin, "clean", "-ffdxq", what="cleaning a worktree")
+        remove_special(path, None)
+
+
+def remove_special(path: Path, below: list[str] | None) -> None:
+    """Unlink the fifos, sockets and device files ``git clean`` left in the worktree
+    ``path``: at the entries ``below`` (relative paths) and directly in those that are
+    folders; with None, anywhere (a walk of every folder; links are not followed)."""
+    if below is None:
+        folders = [os.fspath(path)]
+        while folders:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+                    elif _special(entry):
+                        _unlink(entry.path)
+        return
+    root = os.fspath(path)
+    for name in below:
+        where = f"{root}/{name}"
+        try:
+            mode = os.lstat(where).st_mode
+        except OSError:
+            continue
+        if stat.S_ISDIR(mode):
+            with os.scandir(where) as entries:
+                for entry in entries:
+                    if _special(entry):
+                        _unlink(entry.path)
+        elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            _unlink(where)
+
+
+def _unlink(path: str) -> None:
+    """Unlink ``path``, giving its folder write permission back if a command took it."""
+    try:
+        os.unlink(path)
+    except PermissionError:
+        os.chmod(os.path.dirname(path), 0o755)
+        os.unlink(path)
+
+
+def _special(entry: os.DirEntry[str]) -> bool:
+    """True for an entry that is no file, folder or link (from the directory alone)."""
+    return not (
+        entry.is_file(follow_symlinks=False)
+        or entry.is_dir(follow_symlinks=False)
+        or entry.is_symlink()
+    )
 
 
 def known_reset(path: Path, admin: Path, sha: str, *, added: list[str] | None) -> list[str] | None:
@@ -212,6 +267,7 @@ def known_reset(path: Path, admin: Path, sha: str, *, added: list[str] | None) -
     write_file(admin / "HEAD", f"{sha}\n")
     if added is None or len(added) > KNOWN_RESET_MAX_PATHS:
         _git(path, admin, "clean", "-ffdxq", what="cleaning a worktree")
+        remove_special(path, None)
     elif added or paths:
         if added:
             _git(
@@ -224,6 +280,7 @@ def known_reset(path: Path, admin: Path, sha: str, *, added: list[str] | None) -
                 *added,
                 what="cleaning the changed folders of a worktree",
             )
+            remove_special(path, added)
         touched = [p.decode("utf-8", "surrogateescape") for p in paths]
         _remove_empty_folders(path, admin, added + touched, keep=set(touched))
     differs = _git(

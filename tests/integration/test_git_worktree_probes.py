@@ -228,6 +228,12 @@ def _files(root: Path) -> list[Path]:
 
 # -- odd entries ------------------------------------------------------------------------
 
+#: fifos and unix sockets where git tracks the folder (``git clean`` leaves them)
+SPECIAL = (
+    "mkfifo top-p sub/dir/p && mkdir -p new/deep && mkfifo new/deep/p"
+    " && python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind(\"sub/s\")'"
+)
+
 ODD = {
     "hard-link": "ln a.txt sub/dir/hl && ln sub/dir/f.txt top-hl",
     "mv-in-from-outside": "echo o > ../outside-$$ && mv ../outside-$$ sub/dir/in.txt",
@@ -244,6 +250,8 @@ ODD = {
     "ignored-only": "echo i > sub/dir/i.log && mkdir -p build && echo b > build/b",
     "read-only-new-folder": "mkdir -p sub/ro && echo r > sub/ro/r && chmod 555 sub/ro",
     "read-only-tracked-folder": "echo r > sub/dir/r && chmod 555 sub/dir",
+    "fifo-and-socket": SPECIAL,
+    "fifo-in-read-only-folder": "mkfifo sub/dir/p && chmod 555 sub/dir",
 }
 
 
@@ -281,6 +289,16 @@ def test_a_failed_ticket_then_one_that_adds_nothing(
     patch = ticket(mirror, head, "echo x >> a.txt")
     assert patch is not None
     assert patch.data == reference_patch(origin, tmp_path, head, "echo x >> a.txt")
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+
+
+def test_a_failed_ticket_leaves_no_fifo_or_socket(
+    mirror: Mirror, fresh: Callable[[str], Path]
+) -> None:
+    """Not captured: the next reset is the full one, which walks every folder."""
+    head = warm(mirror)
+    ticket(mirror, head, SPECIAL + " && false || true", capture=False)
     with mirror.worktree(head) as path:
         assert_clean_checkout(path, head, fresh(head))
 

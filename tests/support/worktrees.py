@@ -33,6 +33,8 @@ def snapshot(root: Path) -> dict[str, tuple[str, bytes]]:
                 seen[key] = ("dir", b"")
             elif stat.S_ISLNK(st.st_mode):
                 seen[key] = ("link", os.readlink(path).encode())
+            elif not stat.S_ISREG(st.st_mode):  # a fifo, socket or device: never opened
+                seen[key] = (f"special{stat.S_IFMT(st.st_mode):o}", b"")
             else:
                 exe = "x" if st.st_mode & 0o100 else "-"
                 seen[key] = (f"file{exe}{stat.S_IMODE(st.st_mode):o}", path.read_bytes())
