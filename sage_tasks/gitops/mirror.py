@@ -81,10 +81,11 @@ from sage_tasks.gitops.worktree import (
     Broken,
     IndexStamp,
     admin_of,
+    empty_gitlinks,
     full_reset,
+    index_gitlinks,
     index_stamp,
     known_reset,
-    plain_index,
     tidy_admin,
     write_file,
 )
@@ -467,14 +468,18 @@ class Mirror:
         except Tampered as exc:
             raise Broken(str(exc)) from None
         tidy_admin(slot.admin)
-        if not plain_index(slot.admin / "index"):
+        gitlinks = index_gitlinks(slot.admin / "index")
+        if gitlinks is None:
             raise Broken("index flags")
-        self._reset(slot, sha, captured=captured)
+        self._reset(slot, sha, captured=captured, gitlinks=gitlinks)
         drop_stale_objects(self.repos / slot.name, self.path)
 
-    def _reset(self, slot: _Slot, sha: str, *, captured: IndexStamp | None) -> None:
+    def _reset(
+        self, slot: _Slot, sha: str, *, captured: IndexStamp | None, gitlinks: list[str]
+    ) -> None:
         """Reset the worktree to ``sha``: only the paths that differ when the last
-        ticket's capture left the index (``captured``) untouched, else in full; then
+        ticket's capture left the index (``captured``) untouched, else in full; empty
+        the submodules' folders (``gitlinks``: the index's before the reset); then
         note its folders for the next look (see :mod:`.folders`)."""
         admin, folders, slot.folders = slot.admin, slot.folders, None
         slot.reset_index = None
@@ -485,6 +490,7 @@ class Mirror:
                 added = changed(path, folders)
                 touched = known_reset(path, admin, sha, added=added)
                 if touched is not None:
+                    empty_gitlinks(path, gitlinks)
                     slot.folders = survey(
                         path, admin, sha, before=folders, touched=touched, added=added
                     )
@@ -493,6 +499,7 @@ class Mirror:
             except (GitError, Broken) as exc:
                 log.warning("worktree %s: %s; checking it out in full", slot.name, exc)
         full_reset(path, admin, sha, clean=True)
+        empty_gitlinks(path, index_gitlinks(admin / "index") or [])
         slot.folders = survey(path, admin, sha)
         slot.reset_index = index_stamp(admin)
 

@@ -97,38 +97,61 @@ def tidy_admin(admin: Path) -> None:
         raise Broken("commondir changed")
 
 
-def plain_index(index: Path) -> bool:
-    """True when no entry of git's index has a flag we never set.
+def index_gitlinks(index: Path) -> list[str] | None:
+    """The gitlinks (submodules) of git's index, or None when an entry has a flag we
+    never set.
 
     ``git checkout --force`` keeps assume-unchanged and skip-worktree bits
     (and a skip-worktree file's content), so an index with any such flag, or
-    in a format other than the plain version 2, is not reused. A missing
-    index is fine: the checkout writes every file.
+    in a format other than the plain version 2, is not reused (None). A
+    missing index is fine: the checkout writes every file.
     """
     try:
         data = index.read_bytes()
     except FileNotFoundError:
-        return True
+        return []
     if len(data) < 12 or data[:4] != b"DIRC":
-        return False
+        return None
     version, count = struct.unpack_from(">II", data, 4)
     if version != 2:
-        return False
+        return None
     offset, size = 12, len(data)
+    links: list[str] = []
     try:
         for _ in range(count):  # a hot loop on a big tree: bytes, not struct
             flags = (data[offset + 60] << 8) | data[offset + 61]
             if flags & 0xC000:  # assume-valid, extended (skip-worktree, intent-to-add)
-                return False
+                return None
             length = flags & 0x0FFF
             if length == 0x0FFF:
                 length = data.index(b"\0", offset + 62) - offset - 62
+            if data[offset + 26] == 0xE0:  # mode 160000: a gitlink
+                name = data[offset + 62 : offset + 62 + length]
+                links.append(name.decode("utf-8", "surrogateescape"))
             offset += (62 + length + 8) & ~7
             if offset > size:
-                return False
+                return None
     except (IndexError, ValueError):
-        return False
-    return True
+        return None
+    return links
+
+
+def empty_gitlinks(path: Path, links: list[str]) -> None:
+    """Empty the folders of the gitlinks ``links`` in the worktree ``path``.
+
+    A fresh checkout leaves a submodule's folder empty until it is initialised,
+    and neither ``git checkout --force`` nor ``git clean`` looks inside it: what
+    a command wrote there (``git submodule update --init`` among others) would
+    reach the next ticket.
+    """
+    for name in links:
+        folder = path / name
+        if not stat.S_ISDIR(_lmode(folder)):
+            continue
+        with os.scandir(folder) as entries:
+            inside = [Path(entry.path) for entry in entries]
+        for entry in inside:
+            remove_tree(entry)
 
 
 def index_stamp(admin: Path) -> IndexStamp | None:

@@ -410,6 +410,31 @@ def test_the_folder_of_a_gitlink_stays_after_a_short_reset(
     assert patch.data == reference_patch(origin, tmp_path, head, script)
 
 
+@pytest.mark.parametrize("capture", [True, False], ids=["short-reset", "full-reset"])
+def test_files_in_a_submodules_folder_are_gone_for_the_next_ticket(
+    mirror: Mirror,
+    origin: Path,
+    tmp_path: Path,
+    fresh: Callable[[str], Path],
+    with_gitlink: str,
+    capture: bool,
+) -> None:
+    """A command fills the uninitialised submodule's folder ``sub/mod`` (as ``git
+    submodule update --init`` would, here a repository of its own): neither ``git
+    checkout --force`` nor ``git clean`` looks inside it; a fresh clone has it empty."""
+    head = warm(mirror)
+    script = (
+        "echo x > sub/mod/x && mkdir -p sub/mod/d && echo y > sub/mod/d/y"
+        " && git -C sub/mod init -q && echo n >> a.txt"
+    )
+    ticket(mirror, head, script, capture=capture)
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+    patch = ticket(mirror, head, "echo y >> a.txt")
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, head, "echo y >> a.txt")
+
+
 # -- adoption after a crash -------------------------------------------------------------
 
 
