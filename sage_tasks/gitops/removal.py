@@ -25,18 +25,35 @@ _SPLIT = 4 * REMOVERS
 def remove_tree(path: Path) -> None:
     """Delete ``path`` and everything below it, even where write permission was taken away.
 
-    Never follows a symlink; a file or symlink at ``path`` is just unlinked.
+    Never follows a symlink; anything but a folder at ``path`` (a file, a link, a fifo
+    a command made) is just unlinked.
     """
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-        return
-    if not path.exists():
+    if not _unlink_unless_folder(path):
         return
     parts = _folders(path)
     if len(parts) > 1:
         with ThreadPoolExecutor(REMOVERS) as pool:
             list(pool.map(_rmtree, parts))
     _rmtree(path)
+
+
+def remove_small(path: Path) -> None:
+    """:func:`remove_tree` in this thread alone: for a few files, where starting threads
+    costs more than the deletes."""
+    if _unlink_unless_folder(path):
+        _rmtree(path)
+
+
+def _unlink_unless_folder(path: Path) -> bool:
+    """True when ``path`` is a folder; anything else there is unlinked (never opened:
+    ``shutil.rmtree`` would wait forever on a fifo)."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            return True
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    return False
 
 
 def _folders(path: Path) -> list[Path]:

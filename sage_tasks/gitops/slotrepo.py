@@ -31,7 +31,7 @@ import os
 import stat
 from pathlib import Path
 
-from sage_tasks.gitops.removal import remove_tree
+from sage_tasks.gitops.removal import remove_small
 
 #: what git finds in a repository's config file besides the mirror's own settings:
 #: no automatic gc or maintenance in a repository that is emptied before every ticket
@@ -78,24 +78,29 @@ def tidy_repository(
 
     Refs, reflogs, stashes, hooks, ``info/`` and any other worktree registered there
     go; the objects the last ticket wrote are moved aside (see the module docs);
-    config, HEAD, the alternates and ``branch`` (at ``sha``) are written again.
-    Raises :class:`Tampered` when ``repo`` or its worktree's git directory is not a
-    plain folder.
+    config, HEAD, the alternates and ``branch`` (at ``sha``) are written again where
+    they differ. Only what differs from a fresh repository is touched (a ticket runs
+    this once). Raises :class:`Tampered` when ``repo`` or its worktree's git
+    directory is not a plain folder.
     """
     folders = (repo, repo / "worktrees", repo / "worktrees" / worktree_name)
     if not all(_is_folder(folder) for folder in folders):
         raise Tampered("the worktree's repository is not a folder")
     stale = repo / STALE
-    remove_tree(stale)
+    remove_small(stale)  # left by a process that stopped between tidy and reset
     for entry in os.scandir(repo):
-        if entry.name == "worktrees":
-            for admin in os.scandir(entry.path):
-                if admin.name != worktree_name:
-                    remove_tree(Path(admin.path))
-        elif entry.name == "objects" and entry.is_dir(follow_symlinks=False):
-            os.rename(entry.path, stale)
-        else:
-            remove_tree(Path(entry.path))
+        name, folder = entry.name, entry.is_dir(follow_symlinks=False)
+        if name == "worktrees":
+            _keep_only(entry.path, {worktree_name})
+        elif name == "objects" and folder:
+            if not _plain_objects(entry.path):
+                os.rename(entry.path, stale)
+        elif name == "refs" and folder:
+            _tidy_refs(entry.path, branch)
+        elif name == "info" and folder:
+            _keep_only(entry.path, set())
+        elif name not in ("HEAD", "config") or folder:
+            remove_small(Path(entry.path))
     _fill(repo, mirror, branch, sha, stale=_is_folder(stale))
 
 
@@ -103,24 +108,66 @@ def drop_stale_objects(repo: Path, mirror: Path) -> None:
     """Remove the last ticket's objects :func:`tidy_repository` kept for the reset."""
     stale = repo / STALE
     if _is_folder(stale):
-        alternates = repo / "objects" / "info" / "alternates"
-        alternates.unlink()
-        _write(alternates, _alternates(mirror))
-        remove_tree(stale)
+        _put(repo / "objects" / "info" / "alternates", _alternates(mirror))
+        remove_small(stale)
 
 
 def _fill(repo: Path, mirror: Path, branch: str, sha: str, *, stale: bool = False) -> None:
     """Write what a fresh worktree repository holds into ``repo`` (emptied, or new)."""
     for folder in _FOLDERS:
         (repo / folder).mkdir(parents=True, exist_ok=True)
-    _write(repo / "HEAD", _HEAD)
-    _write(repo / "config", config_text(mirror) + _EXTRA_CONFIG)
+    _put(repo / "HEAD", _HEAD)
+    _put(repo / "config", config_text(mirror) + _EXTRA_CONFIG)
     extra = f"{(repo / STALE).resolve()}\n" if stale else ""
-    _write(repo / "objects" / "info" / "alternates", _alternates(mirror) + extra)
+    _put(repo / "objects" / "info" / "alternates", _alternates(mirror) + extra)
     if branch and sha:
         ref = repo / "refs" / "heads" / branch
         ref.parent.mkdir(parents=True, exist_ok=True)
-        _write(ref, f"{sha}\n")
+        _put(ref, f"{sha}\n")
+
+
+def _keep_only(folder: str, names: set[str]) -> None:
+    """Remove every entry of ``folder`` not named in ``names``."""
+    with os.scandir(folder) as entries:
+        gone = [Path(e.path) for e in entries if e.name not in names]
+    for path in gone:
+        remove_small(path)
+
+
+def _plain_objects(objects: str) -> bool:
+    """True when ``objects`` holds only what :func:`_fill` writes: ``info/alternates`` and
+    an empty ``pack/`` (no object a command wrote, no other alternate's list)."""
+    try:
+        with os.scandir(objects) as entries:
+            if sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries) != [
+                ("info", True),
+                ("pack", True),
+            ]:
+                return False
+        return not os.listdir(f"{objects}/pack") and os.listdir(f"{objects}/info") == ["alternates"]
+    except OSError:
+        return False
+
+
+def _tidy_refs(refs: str, branch: str) -> None:
+    """Remove every ref (and folder of refs) under ``refs`` but ``heads/<branch>`` and the
+    folders leading to it, and empty ``heads/`` and ``tags/``."""
+    keep = {"heads", "tags"}
+    if branch:
+        parts = f"heads/{branch}".split("/")
+        keep.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    folders = [""]
+    while folders:
+        rel = folders.pop()
+        with os.scandir(f"{refs}/{rel}" if rel else refs) as entries:
+            found = [(f"{rel}/{e.name}" if rel else e.name, e) for e in entries]
+        for name, entry in found:
+            if name not in keep:
+                remove_small(Path(entry.path))
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append(name)
+            elif name != f"heads/{branch}":
+                remove_small(Path(entry.path))
 
 
 def _alternates(mirror: Path) -> str:
@@ -128,11 +175,22 @@ def _alternates(mirror: Path) -> str:
     return f"{(mirror / 'objects').resolve()}\n"
 
 
-def _write(path: Path, text: str) -> None:
-    """A new file at ``path`` holding ``text`` (never through a symlink)."""
+def _put(path: Path, text: str) -> None:
+    """``path`` holding ``text``: left alone when it does, else a new file (never written
+    through a symlink)."""
+    data = text.encode("utf-8", "surrogateescape")
+    try:
+        # not blocking on a fifo a command put there; a folder fails to read
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if f.read(len(data) + 1) == data:
+                return
+    except OSError:
+        pass
+    remove_small(path)
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _is_folder(path: Path) -> bool:

@@ -208,6 +208,46 @@ def test_git_state_a_command_writes_reaches_neither_the_mirror_nor_the_next_tick
     assert sorted((p.relative_to(mirror.path), p.read_bytes()) for p in _files(mirror.path)) == made
 
 
+#: a command that changes its worktree's repository by hand, not through git
+REPO_BY_HAND = {
+    "branch-ref-a-fifo": "rm -f $R/refs/heads/main && mkfifo $R/refs/heads/main",
+    "branch-ref-a-folder": "rm -f $R/refs/heads/main && mkdir -p $R/refs/heads/main/x",
+    "packed-refs": 'echo "$(git rev-parse HEAD) refs/heads/packed" > $R/packed-refs',
+    "head-a-link": "rm $R/HEAD && ln -s /etc/hostname $R/HEAD",
+    "config-a-folder": "rm $R/config && mkdir $R/config",
+    "objects-a-link": "mv $R/objects $R/o2 && ln -s o2 $R/objects",
+    "alternates-extra": "echo /tmp >> $R/objects/info/alternates",
+    "pack-file": "touch $R/objects/pack/pack-x.pack",
+    "refs-a-file": "rm -r $R/refs && echo x > $R/refs",
+    "another-worktree": "mkdir -p $R/worktrees/other && echo x > $R/worktrees/other/HEAD",
+    "info-grafts": "echo $(git rev-parse HEAD) > $R/info/grafts",
+    "fifos": 'mkfifo $R/p "$(git rev-parse --git-dir)/p" && mkdir $R/hooks && mkfifo $R/hooks/p',
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPO_BY_HAND))
+def test_a_worktree_repository_changed_by_hand_is_put_back(
+    mirror: Mirror, fresh: Callable[[str], Path], case: str
+) -> None:
+    head = warm(mirror)
+    script = 'R="$(git rev-parse --git-common-dir)" && ' + REPO_BY_HAND[case]
+    ticket(mirror, head, script, capture=False)
+    with mirror.worktree(head, "main") as path:
+        assert_clean_checkout(path, head, fresh(head))
+        refs = git(path, "for-each-ref", "--format=%(refname) %(objectname)").split("\n")
+        assert refs == [f"refs/heads/main {head}", ""]
+        common = Path(git(path, "rev-parse", "--path-format=absolute", "--git-common-dir").strip())
+        assert sorted(os.listdir(common)) == [
+            "HEAD",
+            "config",
+            "info",
+            "objects",
+            "refs",
+            "worktrees",
+        ]
+        assert sorted(os.listdir(common / "worktrees")) == [path.name]
+
+
 def test_two_worktrees_at_once_do_not_see_each_others_refs(
     mirror: Mirror, fresh: Callable[[str], Path]
 ) -> None:
