@@ -239,3 +239,24 @@ def test_what_a_command_changed_in_the_shared_mirror_is_put_back_for_the_next_pr
         patch = capture_patch(path, head, exclude=[INDEX], max_bytes=1 << 20)
     assert sorted(patch.paths) == ["a.txt", "secret.txt"]
     adopter.close()
+
+
+def test_a_worktree_linked_to_the_mirror_itself_is_removed_not_adopted(
+    workdir: Path, origin: Path, adopter: Mirror, fresh: Callable[[str], Path]
+) -> None:
+    """An idle worktree left by a version whose worktrees shared the mirror's repository
+    (``git worktree add`` in the mirror): the adopter removes it, mirror side included,
+    and makes one with a repository of its own."""
+    head = adopter.fetch("main")
+    name = f"{adopter.key}-1-oldlayout000"
+    old = adopter.idle / name
+    adopter.idle.mkdir(parents=True)
+    sh(adopter.path, f"git worktree add -q --detach {old} {head}")
+    (adopter.idle / f"{name}.lock").touch()
+    assert worktrees_of(adopter) == [str(old)]
+    with adopter.worktree(head, "main") as path:
+        assert path.name != name
+        assert_clean_checkout(path, head, fresh(head))
+    assert not old.exists() and not (adopter.idle / f"{name}.lock").exists()
+    assert not (adopter.path / "worktrees" / name).exists()
+    assert worktrees_of(adopter) == [str(adopter.idle / path.name)]
