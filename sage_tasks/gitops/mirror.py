@@ -457,7 +457,7 @@ class Mirror:
         if slot.admin is None:
             raise Broken("no git directory")
         path = self.worktrees / slot.name
-        # under the lock: a prune must not see it in neither place
+        # under the lock: a prune always finds it in one of the two places
         with self._locked(shared=True):
             os.rename(self.idle / slot.name, path)
             write_file(slot.admin / "gitdir", f"{path.resolve()}/.git\n")
