@@ -490,7 +490,8 @@ class Mirror:
                 added = changed(path, folders)
                 touched = known_reset(path, admin, sha, added=added)
                 if touched is not None:
-                    empty_gitlinks(path, gitlinks)
+                    # a gitlink the reset touched may be a folder of the head now
+                    empty_gitlinks(path, [g for g in gitlinks if not _below(touched, g)])
                     slot.folders = survey(
                         path, admin, sha, before=folders, touched=touched, added=added
                     )
@@ -545,6 +546,11 @@ class Mirror:
             (self.idle / f"{slot.name}.lock").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 os.close(slot.lock_fd)
+
+
+def _below(paths: list[str], top: str) -> bool:
+    """True when one of ``paths`` is ``top`` or lies below it."""
+    return any(p == top or p.startswith(f"{top}/") for p in paths)
 
 
 def _commit_of(repo: Path, name: str) -> str | None:

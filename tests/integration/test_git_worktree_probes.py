@@ -475,6 +475,23 @@ def test_files_in_a_submodules_folder_are_gone_for_the_next_ticket(
     assert patch.data == reference_patch(origin, tmp_path, head, "echo y >> a.txt")
 
 
+def test_a_submodule_the_next_head_turns_into_a_folder_keeps_its_files(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path], with_gitlink: str
+) -> None:
+    """The last index had the gitlink ``sub/mod``; the next head has a folder with a file
+    there: the short reset checks ``sub/mod/f.txt`` out, and emptying the submodules'
+    folders must not take it away."""
+    head = warm(mirror)
+    ticket(mirror, head, "echo n >> a.txt")
+    nxt = commit_files(origin, "main", {"sub/mod": None, "sub/mod/f.txt": "f\n"})
+    assert mirror.fetch("main") == nxt
+    with mirror.worktree(nxt) as path:
+        assert_clean_checkout(path, nxt, fresh(nxt))
+    patch = ticket(mirror, nxt, "echo y >> a.txt")
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, nxt, "echo y >> a.txt")
+
+
 # -- adoption after a crash -------------------------------------------------------------
 
 
