@@ -17,17 +17,23 @@ the next command sees nothing of the last one's.
 
 Objects need one step more. A short reset (see :mod:`.worktree`) compares
 the files with the index the last capture wrote, and a symlink's entry is
-compared by reading its blob, which the capture wrote into this repository.
-So the tidy moves the last ticket's objects aside (``stale-objects``) and
-lists them as a second alternate, after the mirror's: git looks in the
-mirror first, so an object a command wrote under the id of one of the
-mirror's never stands in for it. :func:`drop_stale_objects` removes them
-once the reset is done.
+compared by reading its blob, which the capture wrote into this repository
+(``git add`` writes loose objects). So the tidy moves the last ticket's
+loose objects aside (``stale-objects``) and lists them as a second
+alternate, after the mirror's: git looks for a loose object in the mirror
+first, so one a command wrote under the id of one of the mirror's never
+stands in for it. Nothing else of the last ticket's object store is kept:
+git looks in every pack before any loose object, and in alternates' packs
+newest first, so a command's pack (its index lists what it likes) would win
+over the mirror's; its ``info/`` (more alternates, a commit-graph) would
+speak for the mirror's commits too. :func:`drop_stale_objects` removes the
+loose objects once the reset is done.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -42,6 +48,8 @@ _HEAD = "ref: refs/heads/main\n"
 STALE = "stale-objects"
 #: the folders git needs to take a directory for a repository
 _FOLDERS = ("refs/heads", "refs/tags", "objects/info", "objects/pack", "info")
+#: a folder of loose objects (what of the last ticket's objects the reset may read)
+_LOOSE = re.compile(r"[0-9a-f]{2}")
 
 
 class Tampered(Exception):
@@ -77,24 +85,28 @@ def tidy_repository(
     (``worktrees/<worktree_name>``, which :func:`~.worktree.tidy_admin` checks) kept.
 
     Refs, reflogs, stashes, hooks, ``info/`` and any other worktree registered there
-    go; the objects the last ticket wrote are moved aside (see the module docs);
-    config, HEAD, the alternates and ``branch`` (at ``sha``) are written again where
-    they differ. Only what differs from a fresh repository is touched (a ticket runs
-    this once). Raises :class:`Tampered` when ``repo`` or its worktree's git
-    directory is not a plain folder.
+    go; the loose objects the last ticket wrote are moved aside, the rest of its
+    objects go (see the module docs); config, HEAD, the alternates and ``branch`` (at
+    ``sha``) are written again where they differ. Only what differs from a fresh
+    repository is touched (a ticket runs this once). Raises :class:`Tampered` when
+    ``repo`` or its worktree's git directory is not a plain folder.
     """
     folders = (repo, repo / "worktrees", repo / "worktrees" / worktree_name)
     if not all(_is_folder(folder) for folder in folders):
         raise Tampered("the worktree's repository is not a folder")
     stale = repo / STALE
     remove_small(stale)  # left by a process that stopped between tidy and reset
-    for entry in os.scandir(repo):
+    # listed first: the rename below adds an entry a listing under way may show
+    with os.scandir(repo) as listing:
+        entries = list(listing)
+    for entry in entries:
         name, folder = entry.name, entry.is_dir(follow_symlinks=False)
         if name == "worktrees":
             _keep_only(entry.path, {worktree_name})
         elif name == "objects" and folder:
             if not _plain_objects(entry.path):
                 os.rename(entry.path, stale)
+                _keep_loose(stale)
         elif name == "refs" and folder:
             _tidy_refs(entry.path, branch)
         elif name == "info" and folder:
@@ -124,6 +136,19 @@ def _fill(repo: Path, mirror: Path, branch: str, sha: str, *, stale: bool = Fals
         ref = repo / "refs" / "heads" / branch
         ref.parent.mkdir(parents=True, exist_ok=True)
         _put(ref, f"{sha}\n")
+
+
+def _keep_loose(objects: Path) -> None:
+    """Remove from ``objects`` all but its folders of loose objects: packs, ``info/``
+    (see the module docs) and anything else."""
+    with os.scandir(objects) as entries:
+        gone = [
+            Path(e.path)
+            for e in entries
+            if not (_LOOSE.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
+        ]
+    for path in gone:
+        remove_small(path)
 
 
 def _keep_only(folder: str, names: set[str]) -> None:

@@ -8,15 +8,19 @@ must see exactly a clean checkout of its head.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 import subprocess
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from sage_tasks.gitops import Mirror
+from sage_tasks.gitops.slotrepo import STALE, tidy_repository
 from sage_tasks.work.executor import run_command, survivors
 from tests.integration.test_git_worktree_reset import EVERYTHING, FILES
 from tests.support.gitrepo import commit_files, git, make_repo
@@ -259,6 +263,78 @@ def test_two_worktrees_at_once_do_not_see_each_others_refs(
         sh(two, "git checkout -q -b x && test \"$(git branch --list x)\" = '* x'")
     with mirror.worktree(head) as path:
         assert_clean_checkout(path, head, fresh(head))
+
+
+def write_lying_pack(objects: Path, oid: str, content: bytes) -> None:
+    """A pack in ``objects/pack`` holding the blob ``content``, which its index lists as
+    ``oid`` (git reads a pack's index and never hashes what it unpacks)."""
+    size, header = len(content), bytearray()
+    byte = 0x30 | (size & 0x0F)  # type 3: a blob
+    size >>= 4
+    while size:
+        header.append(byte | 0x80)
+        byte, size = size & 0x7F, size >> 7
+    header.append(byte)
+    entry = bytes(header) + zlib.compress(content)
+    body = b"PACK" + struct.pack(">II", 2, 1) + entry
+    digest = hashlib.sha1(body).digest()
+    raw = bytes.fromhex(oid)
+    fanout = b"".join(struct.pack(">I", int(i >= raw[0])) for i in range(256))
+    idx = b"\xfftOc" + struct.pack(">I", 2) + fanout + raw
+    idx += struct.pack(">II", zlib.crc32(entry), 12) + digest
+    idx += hashlib.sha1(idx).digest()
+    (objects / "pack").mkdir(parents=True, exist_ok=True)
+    (objects / "pack" / f"pack-{digest.hex()}.pack").write_bytes(body + digest)
+    (objects / "pack" / f"pack-{digest.hex()}.idx").write_bytes(idx)
+
+
+@pytest.mark.parametrize("capture", [True, False], ids=["short-reset", "full-reset"])
+def test_a_pack_a_command_writes_never_stands_in_for_the_mirrors_objects(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path], capture: bool
+) -> None:
+    """A command writes a pack whose index lists fake bytes under the id of ``a.txt``'s
+    blob at the head, and changes ``a.txt``. Its objects wait in ``stale-objects``, an
+    alternate after the mirror's, during the next reset; but git looks in every pack
+    before any loose object, and in alternates' packs newest first: the reset checked
+    the fake bytes out, under a clean ``git status``, and the ticket after that edits
+    ``a.txt`` sent them in its patch."""
+    head = warm(mirror)
+    with mirror.worktree(head, "main") as path:
+        common = git(path, "rev-parse", "--path-format=absolute", "--git-common-dir").strip()
+        blob = git(path, "rev-parse", "HEAD:a.txt").strip()
+        write_lying_pack(Path(common) / "objects", blob, b"fake\n")
+        sh(path, "echo c >> a.txt")
+        if capture:
+            take_patch(mirror, path, head)
+            mirror.captured(path)
+    with mirror.worktree(head, "main") as path:
+        assert_clean_checkout(path, head, fresh(head))
+    patch = ticket(mirror, head, "echo y >> a.txt")
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, head, "echo y >> a.txt")
+
+
+def test_the_last_tickets_objects_stay_for_the_reset_whatever_the_repository_holds(
+    mirror: Mirror,
+) -> None:
+    """A command that leaves thousands of files in its worktree's repository: the tidy
+    lists the repository while it moves ``objects`` to ``stale-objects``, so the listing
+    may (here does) show ``stale-objects`` as one more stray entry, and the capture's
+    objects (a symlink's blob the short reset compares) were removed with the strays."""
+    head = warm(mirror)
+    with mirror.worktree(head, "main") as path:
+        sh(
+            path,
+            'R="$(git rev-parse --git-common-dir)" && seq 1 3000 | sed "s|^|$R/f|" | xargs touch'
+            " && ln -s a.txt link",
+        )
+        take_patch(mirror, path, head)
+        blob = git(path, "rev-parse", ":link").strip()
+        name = path.name
+    repo = mirror.repos / name
+    tidy_repository(repo, mirror.path, name, "main", head)
+    assert (repo / STALE).is_dir()
+    assert git(mirror.idle / name, "cat-file", "-p", blob) == "a.txt"
 
 
 def _files(root: Path) -> list[Path]:
