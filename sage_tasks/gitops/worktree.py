@@ -183,7 +183,16 @@ def _git(
 
 def full_reset(path: Path, admin: Path, sha: str, *, clean: bool) -> None:
     """Check ``sha`` out in ``path`` over whatever is there (and, with ``clean``, remove
-    everything git does not track): every file of the tree is looked at."""
+    everything git does not track): every file of the tree is looked at.
+
+    With ``clean``, the tree is cleaned before the checkout too: a tracked folder a
+    command replaced by a link (to the folder, moved) is untracked there, but ``git
+    checkout --force`` reads the files below it through the link (``lstat`` follows
+    a link on the way), finds them unchanged and keeps them; a clean after it would
+    then remove the link and the tracked files with it.
+    """
+    if clean:
+        _git(path, admin, "clean", "-ffdxq", what="cleaning a worktree")
     _git(path, admin, "checkout", "-q", "--force", "--detach", sha, what=f"checking out {sha[:12]}")
     if clean:
         _git(path, admin, "clean", "-ffdxq", what="cleaning a worktree")

@@ -437,6 +437,28 @@ def test_a_killed_ticket_leaves_nothing(
         assert_clean_checkout(path, head, fresh(head))
 
 
+@pytest.mark.parametrize(
+    "script",
+    ["mv sub sub2 && ln -s sub2 sub", "mv sub/dir ../moved-$$ && ln -s ../../moved-$$ sub/dir"],
+    ids=["inside", "outside"],
+)
+def test_a_folder_replaced_by_a_link_to_it_in_a_failed_ticket(
+    mirror: Mirror, origin: Path, tmp_path: Path, fresh: Callable[[str], Path], script: str
+) -> None:
+    """A command moves a tracked folder and leaves a link to it in its place, then fails
+    (or its patch is refused: a link out of the worktree): no capture, the next reset is
+    the full one. ``git checkout --force`` looks at ``sub/dir/f.txt`` through the link
+    (``lstat`` follows a link on the way) and finds it unchanged, then ``git clean``
+    removes the link: the next ticket had no ``sub/dir`` and its patch deleted it."""
+    head = warm(mirror)
+    ticket(mirror, head, script, capture=False)
+    patch = ticket(mirror, head, "echo y >> a.txt")
+    assert patch is not None
+    assert patch.data == reference_patch(origin, tmp_path, head, "echo y >> a.txt")
+    with mirror.worktree(head) as path:
+        assert_clean_checkout(path, head, fresh(head))
+
+
 # -- the head the next ticket starts on -------------------------------------------------
 
 
