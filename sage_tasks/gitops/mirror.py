@@ -287,12 +287,13 @@ class Mirror:
     @contextlib.contextmanager
     def worktree(self, sha: str, branch: str = "") -> Iterator[Path]:
         """A clean detached worktree at commit ``sha``, this process's alone until exit;
-        with ``branch``, its repository has that branch, at ``sha`` (its only ref).
+        with ``branch``, its repository has that branch, at ``sha`` (its only ref; ``sha``
+        is then a full commit id, as a ref file holds).
 
         The worktree is kept for the next call of this process (reset then);
         whatever happens inside, nothing of it is visible there.
         """
-        if not _SHA_RE.match(sha):
+        if not _SHA_RE.match(sha) or (branch and not _FULL_SHA_RE.match(sha)):
             raise RepositoryError(f"{sha!r} is not a commit id", path=sha)
         if branch:
             check_branch_name(branch)

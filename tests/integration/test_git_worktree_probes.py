@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from sage_tasks.errors import RepositoryError
 from sage_tasks.gitops import Mirror
 from sage_tasks.gitops.slotrepo import STALE, tidy_repository
 from sage_tasks.work.executor import run_command, survivors
@@ -335,6 +336,17 @@ def test_the_last_tickets_objects_stay_for_the_reset_whatever_the_repository_hol
     tidy_repository(repo, mirror.path, name, "main", head)
     assert (repo / STALE).is_dir()
     assert git(mirror.idle / name, "cat-file", "-p", blob) == "a.txt"
+
+
+def test_a_branch_is_asked_for_at_a_full_commit_id(mirror: Mirror) -> None:
+    """The branch ref is written as a file holding the id given: an abbreviated one made
+    a ref git ignores as broken (``git rev-parse main`` failed in the worktree)."""
+    head = mirror.fetch("main")
+    short = head[:12]
+    with pytest.raises(RepositoryError, match="not a commit id"), mirror.worktree(short, "main"):
+        pass
+    with mirror.worktree(short) as path:
+        assert git(path, "rev-parse", "HEAD").strip() == head
 
 
 def _files(root: Path) -> list[Path]:
