@@ -90,6 +90,8 @@ from sage_tasks.gitops.worktree import (
     write_file,
 )
 
+#: object formats git knows
+_FORMATS = ("sha1", "sha256")
 _SHA_RE = re.compile(r"^[0-9a-f]{4,64}$")
 _FULL_SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 #: git runs ``maintenance run --auto`` (gc) after one fetch in this many; it is a process
@@ -171,16 +173,26 @@ class Mirror:
         finally:
             os.close(fd)
 
-    def _init(self) -> None:
-        """Create the bare mirror if missing (caller holds the exclusive lock)."""
+    def _init(self, ref: str) -> None:
+        """Create the bare mirror if missing (caller holds the exclusive lock), in the
+        repository's object format (SHA-1 or SHA-256: git fetches between the same only)."""
         if (self.path / "HEAD").exists():
             return
         tmp = self.path.with_name(f"{self.key}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        run_git(self.workdir, "init", "--quiet", "--bare", str(tmp), what="creating a mirror")
+        borrowed, fmt = self._source() or (None, self._remote_format(ref))
+        run_git(
+            self.workdir,
+            "init",
+            "--quiet",
+            "--bare",
+            f"--object-format={fmt}",
+            str(tmp),
+            what="creating a mirror",
+        )
         for key, value in (("core.autocrlf", "false"), ("core.logAllRefUpdates", "false")):
             run_git(tmp, "config", key, value)
-        if borrowed := self._source_objects():
+        if borrowed:
             write_file(tmp / "objects" / "info" / "alternates", f"{borrowed}\n")
         keep_pristine(tmp)
         shutil.rmtree(self.path, ignore_errors=True)
@@ -198,7 +210,7 @@ class Mirror:
         else:
             upkeep = ("-c", "gc.autoDetach=false")
         with self._locked():
-            self._init()
+            self._init(ref)
             try:
                 proc = run_git(
                     self.path,
@@ -254,8 +266,9 @@ class Mirror:
         """True when this mirror reads a local repository's objects (git's alternates)."""
         return (self.path / "objects" / "info" / "alternates").exists()
 
-    def _source_objects(self) -> str | None:
-        """The object directory of the local repository this mirrors; None for a URL."""
+    def _source(self) -> tuple[str, str] | None:
+        """The object directory and object format of the local repository this mirrors;
+        None for a URL."""
         if _is_url(self.url) or not os.path.isdir(self.url):
             return None
         proc = run_git(
@@ -264,12 +277,27 @@ class Mirror:
             "--path-format=absolute",
             "--git-path",
             "objects",
+            "--show-object-format",
             check=False,
         )
-        path = proc.stdout.decode("utf-8", "surrogateescape").strip()
-        if proc.returncode != 0 or "\n" in path or not os.path.isdir(path):
+        lines = proc.stdout.decode("utf-8", "surrogateescape").splitlines()
+        if proc.returncode != 0 or len(lines) != 2 or not os.path.isdir(lines[0]):
             return None
-        return path
+        if lines[1] not in _FORMATS:
+            return None
+        return lines[0], lines[1]
+
+    def _remote_format(self, ref: str) -> str:
+        """The object format of the URL's repository, told by the length of the id it
+        gives for ``ref`` (SHA-1 when it gives none: the fetch then says what is wrong)."""
+        try:
+            proc = run_git(
+                self.workdir, "ls-remote", self.url, ref, check=False, timeout=self.fetch_timeout
+            )
+        except GitError:
+            return "sha1"
+        first = proc.stdout.split(b"\t", 1)[0].strip()
+        return "sha256" if proc.returncode == 0 and len(first) == 64 else "sha1"
 
     def _fetched(self, ref: str) -> str:
         """The commit just fetched for ``ref``: FETCH_HEAD's first line, else ``rev-parse``."""
@@ -469,7 +497,7 @@ class Mirror:
         except Tampered as exc:
             raise Broken(str(exc)) from None
         tidy_admin(slot.admin)
-        gitlinks = index_gitlinks(slot.admin / "index")
+        gitlinks = index_gitlinks(slot.admin / "index", _oid_size(sha))
         if gitlinks is None:
             raise Broken("index flags")
         self._reset(slot, sha, captured=captured, gitlinks=gitlinks)
@@ -501,7 +529,7 @@ class Mirror:
             except (GitError, Broken) as exc:
                 log.warning("worktree %s: %s; checking it out in full", slot.name, exc)
         full_reset(path, admin, sha, clean=True)
-        empty_gitlinks(path, index_gitlinks(admin / "index") or [])
+        empty_gitlinks(path, index_gitlinks(admin / "index", _oid_size(sha)) or [])
         slot.folders = survey(path, admin, sha)
         slot.reset_index = index_stamp(admin)
 
@@ -547,6 +575,11 @@ class Mirror:
             (self.idle / f"{slot.name}.lock").unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 os.close(slot.lock_fd)
+
+
+def _oid_size(sha: str) -> int:
+    """The bytes of an object id in the repository ``sha`` (a full commit id) is from."""
+    return 32 if len(sha) == 64 else 20
 
 
 def _below(paths: list[str], top: str) -> bool:

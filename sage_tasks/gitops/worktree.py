@@ -97,9 +97,9 @@ def tidy_admin(admin: Path) -> None:
         raise Broken("commondir changed")
 
 
-def index_gitlinks(index: Path) -> list[str] | None:
+def index_gitlinks(index: Path, oid_size: int = 20) -> list[str] | None:
     """The gitlinks (submodules) of git's index, or None when an entry has a flag we
-    never set.
+    never set (``oid_size``: 20 bytes in a SHA-1 repository, 32 in a SHA-256 one).
 
     ``git checkout --force`` keeps assume-unchanged and skip-worktree bits
     (and a skip-worktree file's content), so an index with any such flag, or
@@ -117,18 +117,19 @@ def index_gitlinks(index: Path) -> list[str] | None:
         return None
     offset, size = 12, len(data)
     links: list[str] = []
+    at = 40 + oid_size  # an entry's flags: after its stat fields and object id
     try:
         for _ in range(count):  # a hot loop on a big tree: bytes, not struct
-            flags = (data[offset + 60] << 8) | data[offset + 61]
+            flags = (data[offset + at] << 8) | data[offset + at + 1]
             if flags & 0xC000:  # assume-valid, extended (skip-worktree, intent-to-add)
                 return None
             length = flags & 0x0FFF
             if length == 0x0FFF:
-                length = data.index(b"\0", offset + 62) - offset - 62
+                length = data.index(b"\0", offset + at + 2) - offset - at - 2
             if data[offset + 26] == 0xE0:  # mode 160000: a gitlink
-                name = data[offset + 62 : offset + 62 + length]
+                name = data[offset + at + 2 : offset + at + 2 + length]
                 links.append(name.decode("utf-8", "surrogateescape"))
-            offset += (62 + length + 8) & ~7
+            offset += (at + 2 + length + 8) & ~7
             if offset > size:
                 return None
     except (IndexError, ValueError):

@@ -21,6 +21,7 @@ from tests.support.gitrepo import INDEX, commit_files, git, make_repo
 from tests.support.worktrees import (
     admin_dirs,
     assert_clean_checkout,
+    fresh_clones,
     sh,
     worktree_listings,
     worktrees_of,
@@ -309,3 +310,31 @@ def test_worktrees_added_and_removed_by_many_processes_at_once_never_fail(
     assert worktrees_of(mirror) == []
     assert admin_dirs(mirror) == []
     assert list(mirror.worktrees.iterdir()) == list(mirror.idle.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["path", "url"])
+def test_a_sha256_repository_is_mirrored_and_its_worktree_kept(tmp_path: Path, kind: str) -> None:
+    """git fetches only between repositories of one object format: the mirror is made in
+    the repository's (read from it, or from the length of the id the URL gives), and
+    the kept worktree's index, with 32-byte ids, is read and reused."""
+    origin = make_repo(tmp_path / "origin.git", FILES, None, bare=True, object_format="sha256")
+    url = str(origin) if kind == "path" else origin.resolve().as_uri()
+    mirror = Mirror(tmp_path / "workdir", url)
+    fresh = fresh_clones(origin, tmp_path)
+    try:
+        head = mirror.fetch("main")
+        assert len(head) == 64 and head == git(origin, "rev-parse", "main").strip()
+        with mirror.worktree(head, "main") as first:
+            assert_clean_checkout(first, head, fresh(head))
+            sh(first, "echo x >> a.txt && ln -s a.txt link && mkdir -p n && echo n > n/n")
+            patch = capture_patch(
+                first, head, exclude=[INDEX], max_bytes=1 << 20, git_dir=mirror.git_dir(first)
+            )
+            mirror.captured(first)
+        assert sorted(patch.paths) == ["a.txt", "link", "n/n"]
+        with mirror.worktree(head, "main") as second:
+            assert second == first  # reused: its index was read, not thrown away
+            assert_clean_checkout(second, head, fresh(head))
+            assert git(second, "rev-parse", "main").strip() == head
+    finally:
+        mirror.close()

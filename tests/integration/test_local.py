@@ -273,6 +273,29 @@ def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def test_a_sha256_repository_runs_under_local_each_ticket_committed_once(tmp_path: Path) -> None:
+    """A repository made with ``git init --object-format=sha256``: its tickets run in
+    worktrees of a SHA-256 mirror and commit on the run's branch."""
+    p = place(tmp_path)
+    repo = make_repo(
+        tmp_path / "repo",
+        {"a.txt": "a\n"},
+        index(ticket("A", "echo b > b.txt"), ticket("B", "test -f b.txt && echo c > c.txt", ["A"])),
+        object_format="sha256",
+    )
+    proc = submit_local(repo, p.env, "--parallel", "2")
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["completed"] == ["A", "B"], summary
+    branch = summary["branch"]
+    log = git(repo, "log", "--format=%H %s", f"main..{branch}").splitlines()
+    assert [line.split(" ", 1)[1].split(":")[0] for line in log] == ["B", "A"]
+    assert all(len(line.split(" ", 1)[0]) == 64 for line in log)
+    assert git(repo, "show", f"{branch}:c.txt") == "c\n"
+    p.assert_nothing_left()
+
+
 def test_an_invalid_index_under_local_is_one_line_exit_2_and_leaves_nothing_not_even_a_folder(
     tmp_path: Path,
 ) -> None:

@@ -61,19 +61,20 @@ def make_repo(
     *,
     index_path: str = INDEX,
     branch: str = "main",
+    object_format: str = "sha1",
 ) -> Path:
     """A repository at ``path`` whose ``branch`` has one commit: ``files`` plus the ticket index.
 
     ``index`` None means an index with no tickets. A non-bare repository has
     ``branch`` checked out and a clean work tree; a bare one is built without
-    any work tree of its own.
+    any work tree of its own. ``object_format``: git's ``sha1`` or ``sha256``.
     """
     data = dict(files)
     data[index_path] = index_bytes(
         index if index is not None else {"version": "1.0", "tickets": []}
     )
     path.mkdir(parents=True, exist_ok=True)
-    init = ["init", "-q", f"--initial-branch={branch}"]
+    init = ["init", "-q", f"--initial-branch={branch}", f"--object-format={object_format}"]
     if bare:
         git(path, *init, "--bare")
         with tempfile.TemporaryDirectory() as tmp:
