@@ -147,7 +147,8 @@ def _prune_worktree(trees: Path, idle: Path, repos: Path, name: str, kept: float
     is kept for adoption instead.
     """
     found = [d for d in (trees / name, idle / name) if d.exists() or d.is_symlink()]
-    dirs = found + [d for d in (repos / name,) if d.exists() or d.is_symlink()]
+    repo = repos / name  # its own repository: goes with it, never kept on its own
+    dirs = found + ([repo] if repo.exists() or repo.is_symlink() else [])
     # the lock lives in idle/ (before: beside the worktree)
     lock = next((p for p in (idle / f"{name}.lock", trees / f"{name}.lock") if p.exists()), None)
 

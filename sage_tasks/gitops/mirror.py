@@ -71,12 +71,7 @@ from sage_tasks.gitops.folders import Folders, changed, survey
 from sage_tasks.gitops.leftovers import keep_pristine, prune_key, try_lock
 from sage_tasks.gitops.process import Helper, first_line, run_git
 from sage_tasks.gitops.removal import remove_tree
-from sage_tasks.gitops.slotrepo import (
-    Tampered,
-    drop_stale_objects,
-    make_repository,
-    tidy_repository,
-)
+from sage_tasks.gitops.slotrepo import drop_stale_objects, make_repository, tidy_repository
 from sage_tasks.gitops.worktree import (
     Broken,
     IndexStamp,
@@ -492,10 +487,7 @@ class Mirror:
             write_file(slot.admin / "gitdir", f"{path.resolve()}/.git\n")
             if admin_of(path) != slot.admin:
                 raise Broken(".git file changed")
-        try:
-            tidy_repository(self.repos / slot.name, self.path, slot.name, branch, sha)
-        except Tampered as exc:
-            raise Broken(str(exc)) from None
+        tidy_repository(self.repos / slot.name, self.path, slot.name, branch, sha)
         tidy_admin(slot.admin)
         gitlinks = index_gitlinks(slot.admin / "index", _oid_size(sha))
         if gitlinks is None:

@@ -38,6 +38,7 @@ import stat
 from pathlib import Path
 
 from sage_tasks.gitops.removal import remove_small
+from sage_tasks.gitops.worktree import Broken, write_file
 
 #: what git finds in a repository's config file besides the mirror's own settings:
 #: no automatic gc or maintenance in a repository that is emptied before every ticket
@@ -50,10 +51,6 @@ STALE = "stale-objects"
 _FOLDERS = ("refs/heads", "refs/tags", "objects/info", "objects/pack", "info")
 #: a folder of loose objects (what of the last ticket's objects the reset may read)
 _LOOSE = re.compile(r"[0-9a-f]{2}")
-
-
-class Tampered(Exception):
-    """A worktree's repository that cannot be put back (must not be reused)."""
 
 
 def config_text(mirror: Path) -> str:
@@ -88,12 +85,12 @@ def tidy_repository(
     go; the loose objects the last ticket wrote are moved aside, the rest of its
     objects go (see the module docs); config, HEAD, the alternates and ``branch`` (at
     ``sha``) are written again where they differ. Only what differs from a fresh
-    repository is touched (a ticket runs this once). Raises :class:`Tampered` when
+    repository is touched (a ticket runs this once). Raises :class:`~.worktree.Broken` when
     ``repo`` or its worktree's git directory is not a plain folder.
     """
     folders = (repo, repo / "worktrees", repo / "worktrees" / worktree_name)
     if not all(_is_folder(folder) for folder in folders):
-        raise Tampered("the worktree's repository is not a folder")
+        raise Broken("the worktree's repository is not a folder")
     stale = repo / STALE
     remove_small(stale)  # left by a process that stopped between tidy and reset
     # listed first: the rename below adds an entry a listing under way may show
@@ -212,10 +209,8 @@ def _put(path: Path, text: str) -> None:
                 return
     except OSError:
         pass
-    remove_small(path)
-    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    remove_small(path)  # a folder or fifo there too
+    write_file(path, text)
 
 
 def _is_folder(path: Path) -> bool:

@@ -170,8 +170,8 @@ def write_file(path: Path, text: str) -> None:
     """Replace ``path`` with a new file holding ``text`` (never through a symlink)."""
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb") as f:
+        f.write(text.encode("utf-8", "surrogateescape"))
 
 
 def _git(
@@ -207,27 +207,27 @@ def remove_special(path: Path, below: list[str] | None) -> None:
     if below is None:
         folders = [os.fspath(path)]
         while folders:
-            with os.scandir(folders.pop()) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        folders.append(entry.path)
-                    elif _special(entry):
-                        _unlink(entry.path)
+            folders += _unlink_special_in(folders.pop())
         return
-    root = os.fspath(path)
     for name in below:
-        where = f"{root}/{name}"
-        try:
-            mode = os.lstat(where).st_mode
-        except OSError:
-            continue
+        where = path / name
+        mode = _lmode(where)
         if stat.S_ISDIR(mode):
-            with os.scandir(where) as entries:
-                for entry in entries:
-                    if _special(entry):
-                        _unlink(entry.path)
-        elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-            _unlink(where)
+            _unlink_special_in(os.fspath(where))
+        elif mode and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            _unlink(os.fspath(where))
+
+
+def _unlink_special_in(folder: str) -> list[str]:
+    """Unlink the fifos, sockets and device files directly in ``folder``; its folders."""
+    below: list[str] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                below.append(entry.path)
+            elif _special(entry):
+                _unlink(entry.path)
+    return below
 
 
 def _unlink(path: str) -> None:
